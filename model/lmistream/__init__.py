@@ -1,0 +1,1 @@
+"""lmistream: a streaming text-generation handler for DJL Serving (LMI), over transformers' continuous batching."""

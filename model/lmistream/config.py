@@ -1,0 +1,139 @@
+"""HandlerConfig: the init properties DJL hands to the handler, parsed once into a frozen, typed object.
+
+DJL strips the `option.` prefix and adds its own keys (handler, model_dir, device_id, ...). Every value arrives
+as a string (MPI mode passes tensor_parallel_degree as an int). No torch here: this module also validates
+serving.properties on the host before a deploy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+STREAMING_VALUES = ("true", "false", "huggingface")
+#: option.* keys this handler reads, each with a one-line meaning (used by `lmi build` to catch misspellings).
+HANDLER_OPTIONS = {
+    "model_id": "local directory or hub id of the model (default: the model directory itself)",
+    "dtype": "weights dtype: auto|fp32|fp16|bf16",
+    "data_type": "older alias of dtype",
+    "trust_remote_code": "allow model code from the model repository (default false)",
+    "tensor_parallel_degree": "number of devices one model copy spans (int, or max from LMI 0.24)",
+    "rolling_batch": "any value turns on DJL's rolling-batch loop (newest: 'disable' turns it off)",
+    "max_rolling_batch_size": "most requests generating at once (default 32)",
+    "max_rolling_batch_prefill_tokens": "most prompt tokens admitted in one step",
+    "enable_streaming": "stream without rolling batch: true|false|huggingface",
+    "output_formatter": "json|jsonlines|sse|none or the name of a formatter function in model.py",
+    "max_new_tokens": "default max_new_tokens of a request that does not give one",
+    "async_mode": "newest LMI: async handler, one async generator per request",
+    "entryPoint": "the handler file (model.py)",
+    "handler": "the handler function name (default handle)",
+    "predict_timeout": "seconds a request may wait for a rolling-batch slot",
+    "model_loading_timeout": "seconds the model may take to load",
+    "revision": "model revision on the hub",
+    "tgi_compat": "answer TGI-shaped payloads",
+}
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """Typed handler settings; build with `HandlerConfig.from_properties`."""
+
+    model_id: str
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    tensor_parallel_degree: int | None = None
+    rolling_batch: str | None = None
+    max_rolling_batch_size: int = 32
+    max_rolling_batch_prefill_tokens: int | None = None
+    enable_streaming: str = "false"
+    output_formatter: str | None = None
+    max_new_tokens: int = 256
+    async_mode: bool = False
+    device_id: int = -1
+
+    @classmethod
+    def from_properties(cls, props: Mapping[str, Any]) -> "HandlerConfig":
+        """Parse DJL's init properties (`option.` already stripped); raise ConfigError naming the option."""
+        p = _Props(props)
+        model_id = p.text("model_id") or p.text("model_dir")
+        if not model_id:
+            raise ConfigError("option.model_id is required (or a model directory holding the weights)")
+        return cls(
+            model_id=model_id,
+            dtype=p.choice("dtype", DTYPES, default=p.choice("data_type", DTYPES, default="auto")),
+            trust_remote_code=p.boolean("trust_remote_code", default=False),
+            tensor_parallel_degree=p.integer("tensor_parallel_degree", minimum=1, allow_max=True),
+            rolling_batch=p.text("rolling_batch"),
+            max_rolling_batch_size=p.integer("max_rolling_batch_size", minimum=1, maximum=999, default=32),
+            max_rolling_batch_prefill_tokens=p.integer("max_rolling_batch_prefill_tokens", minimum=1),
+            enable_streaming=p.choice("enable_streaming", STREAMING_VALUES, default="false"),
+            output_formatter=p.text("output_formatter"),
+            max_new_tokens=p.integer("max_new_tokens", minimum=1, maximum=1_000_000, default=256),
+            async_mode=p.boolean("async_mode", default=False),
+            device_id=p.integer("device_id", minimum=-1, default=-1),
+        )
+
+    def rolling_batch_enabled(self, newest: bool) -> bool:
+        """Whether DJL drives this model with its rolling-batch loop (0.23: any value; newest: not 'disable')."""
+        if self.rolling_batch is None:
+            return False
+        return self.rolling_batch.lower() != "disable" if newest else True
+
+    @property
+    def streaming(self) -> bool:
+        """Whether a non-rolling-batch response streams (0.23 treats any value but 'false' as on)."""
+        return self.enable_streaming != "false"
+
+
+class _Props:
+    """Typed readers over the raw property mapping; each error names `option.<key>` and the allowed range."""
+
+    def __init__(self, props: Mapping[str, Any]) -> None:
+        self._props = {str(k).lower(): v for k, v in props.items()}
+
+    def text(self, key: str) -> str | None:
+        value = self._props.get(key.lower())
+        if value is None:
+            return None
+        value = str(value).strip()
+        return value or None
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.text(key)
+        if value is None:
+            return default
+        if value.lower() not in allowed:
+            raise ConfigError(f"option.{key}={value!r} is not one of {', '.join(allowed)}")
+        return value.lower()
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.text(key)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false"):
+            raise ConfigError(f"option.{key}={value!r} must be true or false")
+        return value.lower() == "true"
+
+    def integer(
+        self,
+        key: str,
+        minimum: int,
+        maximum: int | None = None,
+        default: int | None = None,
+        allow_max: bool = False,
+    ) -> int | None:
+        value = self.text(key)
+        if value is None:
+            return default
+        if allow_max and value.lower() == "max":
+            return None
+        limits = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"option.{key}={value!r} must be an integer {limits}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            raise ConfigError(f"option.{key}={number} is out of range: must be {limits}")
+        return number

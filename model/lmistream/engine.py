@@ -1,0 +1,59 @@
+"""The engine interface: what the handler needs from a token generator, free of torch.
+
+An engine runs its own generation loop in the background. The handler submits tokenized prompts with
+their parameters and receives `EngineUpdate`s through the callback given to `start`, from the engine's
+thread. `hf_engine.HFEngine` implements it over transformers' continuous batching; tests use a scripted one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+from .params import GenerationParams
+
+
+class Tokenizer(Protocol):
+    """The few tokenizer operations the text pipeline needs."""
+
+    eos_token_ids: frozenset[int]
+    special_token_ids: frozenset[int]
+
+    def encode(self, text: str) -> list[int]:
+        """Prompt text to token ids (with the model's usual special tokens)."""
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Token ids to text, special tokens kept as their text."""
+
+
+@dataclass(frozen=True)
+class EngineUpdate:
+    """New tokens of one request since its previous update; `finished` once the engine stopped it."""
+
+    request_id: str
+    token_ids: tuple[int, ...] = ()
+    log_probs: tuple[float | None, ...] = ()
+    finished: bool = False
+    error: str | None = None
+
+
+UpdateCallback = Callable[[EngineUpdate], None]
+
+
+class Engine(Protocol):
+    """A continuous-batching token generator."""
+
+    tokenizer: Tokenizer
+    #: most tokens (prompt + generated) one sequence may hold
+    max_sequence_length: int
+
+    def start(self, on_update: UpdateCallback) -> None:
+        """Start the background loop; every update of every request goes to `on_update`."""
+
+    def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
+        """Queue a request; it joins the running batch at the engine's next step."""
+
+    def cancel(self, request_id: str) -> None:
+        """Stop generating for a request and free its slot; no further updates are required for it."""
+
+    def stop(self) -> None:
+        """Stop the loop and release resources."""

@@ -1,0 +1,180 @@
+"""Request parsing: the LMI/TGI request body to a validated `GenerationRequest`, normalised then verified.
+
+Every error is an `InvalidRequest` (HTTP 400) that names the field and its allowed range, raised before the
+request reaches the engine.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import InvalidRequest
+
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_SEQUENCE_CHARS = 256
+_PARAMETERS = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "do_sample",
+    "seed",
+    "repetition_penalty",
+    "stop_sequences",
+    "details",
+    "return_full_text",
+)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Per-request generation settings (defaults: greedy, no stop sequences)."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    stop_sequences: tuple[str, ...] = ()
+    details: bool = False
+    return_full_text: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One validated request: the prompt, its parameters and whether the client asked for a stream."""
+
+    inputs: str
+    params: GenerationParams
+    stream: bool | None = None
+
+
+def parse_request(body: bytes | bytearray, content_type: str | None, default_max_new_tokens: int) -> GenerationRequest:
+    """Decode a request body (JSON, or text/plain as the prompt itself) and validate it."""
+    if content_type and content_type.split(";")[0].strip().lower().startswith("text/"):
+        payload: Any = {"inputs": bytes(body).decode("utf-8", errors="replace")}
+    else:
+        try:
+            payload = json.loads(bytes(body) or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest('request body must be a JSON object like {"inputs": "...", "parameters": {...}}')
+    return request_from_payload(payload, default_max_new_tokens)
+
+
+def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int) -> GenerationRequest:
+    """Validate an already decoded payload."""
+    unknown = sorted(set(payload) - {"inputs", "parameters", "stream"})
+    if unknown:
+        raise InvalidRequest(f"unknown top-level field {unknown[0]!r}; allowed: inputs, parameters, stream")
+    inputs = payload.get("inputs")
+    if isinstance(inputs, list) and len(inputs) == 1:
+        inputs = inputs[0]
+    if not isinstance(inputs, str) or not inputs:
+        raise InvalidRequest("inputs must be a non-empty string")
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest(f"stream must be true or false, got {stream!r}")
+    raw = payload.get("parameters") or {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest("parameters must be a JSON object")
+    return GenerationRequest(inputs=inputs, params=parse_parameters(raw, default_max_new_tokens), stream=stream)
+
+
+def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> GenerationParams:
+    """Normalise then verify `parameters`; unknown or unsupported ones are rejected, never ignored."""
+    unknown = sorted(set(raw) - set(_PARAMETERS))
+    if unknown:
+        raise InvalidRequest(f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}")
+    r = _Reader(raw)
+    stops = r.stop_sequences()
+    params = GenerationParams(
+        max_new_tokens=r.integer("max_new_tokens", 1, 1_000_000, default_max_new_tokens),
+        do_sample=r.boolean("do_sample", False),
+        temperature=r.number("temperature", 0.0, 100.0, 1.0, open_low=True),
+        top_p=r.number("top_p", 0.0, 1.0, 1.0, open_low=True),
+        top_k=r.integer("top_k", 0, 1_000_000, 0),
+        seed=r.integer("seed", 0, 2**63 - 1, None),
+        repetition_penalty=r.number("repetition_penalty", 0.0, 100.0, 1.0, open_low=True),
+        stop_sequences=stops,
+        details=r.boolean("details", False),
+        return_full_text=r.boolean("return_full_text", False),
+    )
+    _verify_supported(params)
+    return params
+
+
+def _verify_supported(params: GenerationParams) -> None:
+    """Reject what the continuous-batching engine cannot honour instead of silently ignoring it."""
+    if params.repetition_penalty != 1.0:
+        raise InvalidRequest(
+            "parameters.repetition_penalty is not supported by the continuous-batching engine; use 1.0 or omit it"
+        )
+    if params.seed is not None and params.do_sample:
+        raise InvalidRequest(
+            "parameters.seed is not supported with do_sample=true: the continuous-batching engine samples all "
+            "requests from one shared generator, so a per-request seed cannot be reproduced"
+        )
+
+
+class _Reader:
+    """Typed field readers; each error names `parameters.<field>` and its range."""
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self._raw = raw
+
+    def _get(self, key: str) -> Any:
+        return self._raw.get(key)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"parameters.{key} must be true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default: Any) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"parameters.{key} must be an integer between {low} and {high}, got {value!r}")
+        if not low <= value <= high:
+            raise InvalidRequest(f"parameters.{key} must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, key: str, low: float, high: float, default: float, open_low: bool = False) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        bound = f"in ({low:g}, {high:g}]" if open_low else f"in [{low:g}, {high:g}]"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidRequest(f"parameters.{key} must be a number {bound}, got {value!r}")
+        if value > high or value < low or (open_low and value == low):
+            raise InvalidRequest(f"parameters.{key} must be {bound}, got {value:g}")
+        return float(value)
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        value = self._get("stop_sequences")
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
+            raise InvalidRequest("parameters.stop_sequences must be a list of non-empty strings")
+        if len(value) > MAX_STOP_SEQUENCES:
+            raise InvalidRequest(f"parameters.stop_sequences holds {len(value)} entries; at most {MAX_STOP_SEQUENCES}")
+        too_long = [s for s in value if len(s) > MAX_STOP_SEQUENCE_CHARS]
+        if too_long:
+            raise InvalidRequest(
+                f"parameters.stop_sequences entries must be at most {MAX_STOP_SEQUENCE_CHARS} characters"
+            )
+        return tuple(value)

@@ -1,0 +1,1 @@
+"""lmikit: host-side toolkit for LMI handlers: local endpoint, streaming client, build and deploy."""
