@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import click
 
+from .lifecycle import build_command, delete_command, deploy_command
+
 
 @click.group()
 @click.version_option(package_name="lmikit")
 def main() -> None:
     """Serve, invoke, build and deploy a DJL Serving (LMI) streaming model."""
+
+
+for _command in (build_command, deploy_command, delete_command):
+    main.add_command(_command)

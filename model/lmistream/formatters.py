@@ -1,0 +1,193 @@
+"""Output formatters: per-request stream events to the exact bytes LMI 0.23, newest LMI and TGI clients expect.
+
+Pure: a formatter instance belongs to one request and only remembers whether it has written before. The
+registry maps (name, dialect) to a formatter class and its content type; `dialect` is "0.23" or "newest"
+because the same option name (`jsonlines`, `json`) means different bytes in the two LMI generations.
+A user formatter is a plain function `fn(event: StreamEvent) -> str` named by `option.output_formatter`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from .textstream import FinishReason, Token
+
+DIALECTS = ("0.23", "newest")
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """What happened to one request in one step: a token and, on the last event, the final result."""
+
+    index: int  # 0 for the request's first event
+    token: Token | None
+    last: bool = False
+    generated_text: str | None = None  # the whole text, on the last event (prompt first if return_full_text)
+    finish_reason: FinishReason | None = None
+    generated_tokens: int = 0
+    inputs: str | None = None  # the prompt, for details
+    details: bool = False  # whether the request asked for details
+    error: str | None = None
+    code: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.token.text if self.token else ""
+
+    def details_dict(self) -> dict:
+        out = {"finish_reason": _reason(self), "generated_tokens": self.generated_tokens}
+        if self.inputs is not None:
+            out["inputs"] = self.inputs
+        return out
+
+
+def _reason(event: StreamEvent) -> str | None:
+    return event.finish_reason.value if event.finish_reason else None
+
+
+class Formatter:
+    """Base: turns one request's events into text; `write` is called once per event, in order."""
+
+    content_type = "text/plain"
+
+    def write(self, event: StreamEvent) -> str:
+        raise NotImplementedError
+
+    def error(self, event: StreamEvent) -> str:
+        """The in-band error for a request that already streamed bytes (or failed before its first token)."""
+        return json.dumps({"code": event.code, "error": event.error}) + "\n"
+
+
+class Raw(Formatter):
+    """`none`: the raw token text."""
+
+    def write(self, event: StreamEvent) -> str:
+        return event.text
+
+    def error(self, event: StreamEvent) -> str:
+        return str(event.error)
+
+
+class Json023(Formatter):
+    """LMI 0.23 `json`: one object streamed in pieces: `{"generated_text": "` ... `"}`."""
+
+    content_type = "application/json"
+
+    def __init__(self) -> None:
+        self._opened = False
+
+    def write(self, event: StreamEvent) -> str:
+        piece = json.dumps(event.text)[1:-1]
+        if not self._opened:
+            self._opened = True
+            piece = '{"generated_text": "' + piece
+        return piece + ('"}' if event.last else "")
+
+    def error(self, event: StreamEvent) -> str:
+        prefix = '"}' if self._opened else ""
+        return prefix + json.dumps({"code": event.code, "error": event.error})
+
+
+class JsonLines023(Formatter):
+    """LMI 0.23 `jsonlines`: `{"outputs": [" a"]}` per token with text, no summary line."""
+
+    content_type = "application/jsonlines"
+
+    def write(self, event: StreamEvent) -> str:
+        return json.dumps({"outputs": [event.text]}) + "\n" if event.text else ""
+
+
+class JsonNewest(Formatter):
+    """Newest LMI `json`: nothing until the end, then `{"generated_text": ...}` (+ details)."""
+
+    content_type = "application/json"
+
+    def write(self, event: StreamEvent) -> str:
+        if not event.last:
+            return ""
+        out: dict = {"generated_text": event.generated_text}
+        if event.details:
+            out["details"] = event.details_dict()
+        return json.dumps(out, ensure_ascii=False)
+
+    def error(self, event: StreamEvent) -> str:
+        details = {"finish_reason": "error", "generated_tokens": event.generated_tokens}
+        body = {"generated_text": None, "error": event.error, "code": event.code, "details": details}
+        return json.dumps(body, ensure_ascii=False)
+
+
+class JsonLinesNewest(Formatter):
+    """Newest LMI `jsonlines`: a token line per token; the last adds generated_text (and details)."""
+
+    content_type = "application/jsonlines"
+
+    def write(self, event: StreamEvent) -> str:
+        out: dict = {}
+        if event.token is not None:
+            token = {"id": event.token.id, "text": event.token.text, "log_prob": event.token.log_prob}
+            if event.token.special:
+                token["special_token"] = True
+            out["token"] = token
+        if event.last:
+            out["generated_text"] = event.generated_text
+            if event.details:
+                out["details"] = event.details_dict()
+        return json.dumps(out, ensure_ascii=False) + "\n"
+
+    def error(self, event: StreamEvent) -> str:
+        out = {"token": None, "error_msg": event.error, "code": event.code, "details": {"finish_reason": "error"}}
+        return json.dumps(out, ensure_ascii=False) + "\n"
+
+
+class TgiSse(Formatter):
+    """TGI-compatible `sse`: `data:{"token":{...},"generated_text":...,"details":...}` + blank line."""
+
+    content_type = "text/event-stream"
+
+    def write(self, event: StreamEvent) -> str:
+        token = event.token
+        body = {
+            "token": None
+            if token is None
+            else {"id": token.id, "text": token.text, "logprob": token.log_prob, "special": token.special},
+            "generated_text": event.generated_text if event.last else None,
+            "details": event.details_dict() if event.last and event.details else None,
+        }
+        return "data:" + _compact(body) + "\n\n"
+
+    def error(self, event: StreamEvent) -> str:
+        kind = "validation" if event.code == 400 else "generation"
+        return "data:" + _compact({"error": event.error, "error_type": kind}) + "\n\n"
+
+
+class Custom(Formatter):
+    """A user's function `fn(event) -> str`; errors use the jsonlines error line."""
+
+    content_type = "application/jsonlines"
+
+    def __init__(self, fn: Callable[[StreamEvent], str]) -> None:
+        self._fn = fn
+
+    def write(self, event: StreamEvent) -> str:
+        return self._fn(event)
+
+
+def _compact(value: dict) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+REGISTRY: dict[tuple[str, str], type[Formatter]] = {
+    ("json", "0.23"): Json023,
+    ("jsonlines", "0.23"): JsonLines023,
+    ("none", "0.23"): Raw,
+    ("sse", "0.23"): TgiSse,
+    ("json", "newest"): JsonNewest,
+    ("jsonlines", "newest"): JsonLinesNewest,
+    ("none", "newest"): Raw,
+    ("sse", "newest"): TgiSse,
+}
+
+
+def builtin_names() -> list[str]:
+    return sorted({name for name, _ in REGISTRY})

@@ -1,0 +1,100 @@
+"""Generation: one request's journey from engine updates to formatted output text. Pure, no torch, no DJL.
+
+It owns the request's TextStream and Formatter and knows when the request is over: on the engine's
+finish (EOS or length), on a stop sequence (then the engine must cancel it: see `needs_cancel`) or on error.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable
+
+from .engine import EngineUpdate, Tokenizer
+from .formatters import Formatter, StreamEvent
+from .params import GenerationRequest
+from .textstream import FinishReason, TextStream, Token
+
+
+class Generation:
+    """State of one admitted request."""
+
+    def __init__(self, request_id: str, request: GenerationRequest, tokenizer: Tokenizer, formatter: Formatter) -> None:
+        self.request_id = request_id
+        self.request = request
+        self.formatter = formatter
+        self._stream = TextStream(tokenizer, request.params)
+        self._eos = tokenizer.eos_token_ids
+        self._events = 0
+        self.finished = False
+        self.needs_cancel = False  # a stop sequence ended it while the engine still runs it
+
+    @property
+    def content_type(self) -> str:
+        return self.formatter.content_type
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self._stream.finish_reason
+
+    def absorb(self, updates: Iterable[EngineUpdate]) -> str:
+        """Formatted output for these updates ('' if nothing to emit yet)."""
+        out = []
+        for update in updates:
+            if self.finished:
+                break
+            if update.error is not None:
+                out.append(self.fail(update.error, 424))
+                break
+            out.extend(self._tokens(update))
+            if update.finished and not self.finished:
+                out.append(self._finish_without_token())
+        return "".join(out)
+
+    def fail(self, message: str, code: int) -> str:
+        """End the request with an in-band error in its format."""
+        self.finished = True
+        event = StreamEvent(self._next_index(), None, last=True, error=message, code=code,
+                            finish_reason=FinishReason.ERROR, generated_tokens=self._stream.count)
+        return self.formatter.error(event)
+
+    def _tokens(self, update: EngineUpdate) -> list[str]:
+        out = []
+        log_probs = update.log_probs or (None,) * len(update.token_ids)
+        last_position = len(update.token_ids) - 1
+        for position, (token_id, log_prob) in enumerate(zip(update.token_ids, log_probs)):
+            token = self._stream.push(token_id, log_prob)
+            engine_done = update.finished and position == last_position
+            if self._stream.finish_reason is None and not engine_done:
+                out.append(self.formatter.write(StreamEvent(self._next_index(), token)))
+                continue
+            reason = FinishReason.EOS_TOKEN if token_id in self._eos else FinishReason.LENGTH
+            tail = self._stream.finish(reason)
+            self.needs_cancel = not update.finished
+            out.append(self.formatter.write(self._final_event(replace(token, text=token.text + tail))))
+            break
+        return out
+
+    def _finish_without_token(self) -> str:
+        """The engine ended the request in an update without tokens: the summary alone."""
+        self._stream.finish(FinishReason.LENGTH)
+        return self.formatter.write(self._final_event(None))
+
+    def _final_event(self, token: Token | None) -> StreamEvent:
+        self.finished = True
+        text = self._stream.generated_text
+        if self.request.params.return_full_text:
+            text = self.request.inputs + text
+        return StreamEvent(
+            self._next_index(),
+            token,
+            last=True,
+            generated_text=text,
+            finish_reason=self._stream.finish_reason,
+            generated_tokens=self._stream.count,
+            inputs=self.request.inputs,
+            details=self.request.params.details,
+        )
+
+    def _next_index(self) -> int:
+        self._events += 1
+        return self._events - 1
+

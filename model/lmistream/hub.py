@@ -1,0 +1,81 @@
+"""UpdateHub: hands engine updates from the engine's thread to whoever waits for them, without polling.
+
+Threads wait on a condition; asyncio code registers an event that the engine thread sets through its loop.
+Updates for request ids that are not (or no longer) open are dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from typing import Iterable
+
+from .engine import EngineUpdate
+
+
+class UpdateHub:
+    """Per-request mailboxes of EngineUpdates."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._boxes: dict[str, deque[EngineUpdate]] = {}
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+
+    def open(self, request_id: str) -> None:
+        with self._cond:
+            self._boxes[request_id] = deque()
+
+    def close(self, request_id: str) -> None:
+        with self._cond:
+            self._boxes.pop(request_id, None)
+            self._waiters.pop(request_id, None)
+
+    def publish(self, update: EngineUpdate) -> None:
+        """Engine callback: file the update and wake its waiters."""
+        with self._cond:
+            box = self._boxes.get(update.request_id)
+            if box is None:
+                return
+            box.append(update)
+            self._cond.notify_all()
+            waiter = self._waiters.get(update.request_id)
+        if waiter is not None:
+            loop, event = waiter
+            loop.call_soon_threadsafe(event.set)
+
+    def publish_all(self, request_ids: Iterable[str], error: str) -> None:
+        """Fail every listed request (the engine died)."""
+        for request_id in request_ids:
+            self.publish(EngineUpdate(request_id, finished=True, error=error))
+
+    def take(self, request_id: str) -> list[EngineUpdate]:
+        """All pending updates of a request, oldest first."""
+        with self._cond:
+            box = self._boxes.get(request_id)
+            if not box:
+                return []
+            items = list(box)
+            box.clear()
+            return items
+
+    def wait_any(self, request_ids: Iterable[str], timeout: float) -> bool:
+        """Block until one of the requests has a pending update; False on timeout."""
+        ids = list(request_ids)
+        with self._cond:
+            return self._cond.wait_for(lambda: any(self._boxes.get(i) for i in ids), timeout=timeout)
+
+    async def wait_async(self, request_id: str, timeout: float) -> bool:
+        """Await a pending update of one request from an asyncio task; False on timeout."""
+        event = asyncio.Event()
+        with self._cond:
+            if self._boxes.get(request_id):
+                return True
+            self._waiters[request_id] = (asyncio.get_running_loop(), event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            with self._cond:
+                self._waiters.pop(request_id, None)

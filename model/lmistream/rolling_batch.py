@@ -1,0 +1,95 @@
+"""DJL's rolling-batch protocol: each `handle` call is one step over ALL active requests, in Java's order.
+
+New requests are the items past the ones still held. Each step waits (without polling) until some request
+has new tokens, then answers one item per request with everything it has: 0.23 items are JSON
+`{"data", "last"}`; newest items are `Output.binary_encode`d with `batch_{i}_Content-Type` properties.
+A request that fails validation answers alone, with `{"code", "error"}`; the others go on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import HandlerError
+from .generation import Generation
+
+if TYPE_CHECKING:
+    from .service import StreamingService
+
+STEP_WAIT_SECONDS = 5.0  # an empty step is harmless: DJL writes nothing for empty non-last data
+
+
+@dataclass
+class _Slot:
+    generation: Generation | None
+    error: HandlerError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.generation is None or self.generation.finished
+
+
+class RollingBatch:
+    """Per-step bridge between DJL's Java loop and the engine's own loop."""
+
+    def __init__(self, service: StreamingService) -> None:
+        self._svc = service
+        self._slots: list[_Slot] = []
+
+    def step(self, inputs: Any) -> Any:
+        if _is_true(inputs.get_property("reset_rollingbatch")):
+            self.reset()
+        items = inputs.get_batches()
+        self._slots.extend(self._admit(item) for item in items[len(self._slots) :])
+        self._wait()
+        outputs = self._svc.output_cls()
+        for index, slot in enumerate(self._slots):
+            self._answer(outputs, index, slot)
+        self._slots = [slot for slot in self._slots if not slot.done]
+        return outputs
+
+    def reset(self) -> None:
+        """DJL dropped every request after a failed step: forget them all."""
+        for slot in self._slots:
+            if slot.generation is not None:
+                self._svc.release(slot.generation)
+        self._slots = []
+
+    def _admit(self, item: Any) -> _Slot:
+        try:
+            return _Slot(self._svc.admit(item.get_as_bytes(), item.get_property("Content-Type"), rolling=True))
+        except HandlerError as error:
+            return _Slot(None, error)
+
+    def _wait(self) -> None:
+        live = [s.generation.request_id for s in self._slots if s.generation is not None and not s.done]
+        if live and len(live) == len(self._slots):
+            self._svc.hub.wait_any(live, timeout=STEP_WAIT_SECONDS)
+
+    def _answer(self, outputs: Any, index: int, slot: _Slot) -> None:
+        generation = slot.generation
+        if generation is None:
+            body = json.dumps({"code": slot.error.status, "error": slot.error.message})
+            self._encode(outputs, index, body, True, "application/json", code=slot.error.status, error=slot.error)
+            return
+        data = generation.absorb(self._svc.hub.take(generation.request_id))
+        self._encode(outputs, index, data, generation.finished, generation.content_type, request_id=generation.request_id)
+        if generation.finished:
+            self._svc.release(generation)
+
+    def _encode(self, outputs: Any, index: int, data: str, last: bool, content_type: str, **extra: Any) -> None:
+        if self._svc.dialect == "0.23":
+            outputs.add_as_json({"data": data, "last": last}, batch_index=index)
+            return
+        item = {"data": data, "last": last, "content_type": content_type}
+        if extra.get("request_id"):
+            item["request_id"] = extra["request_id"]
+        if extra.get("error") is not None:
+            item.update(code=extra["code"], error=extra["error"].message)
+        outputs.add(self._svc.output_cls.binary_encode(item), key="data", batch_index=index)
+        outputs.add_property(f"batch_{index}_Content-Type", content_type)
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).lower() == "true"

@@ -1,0 +1,136 @@
+"""StreamingService: the handler behind model.py. Lazy init from DJL's first Input, then per-call dispatch.
+
+Which DJL protocol is in use is detected at run time: the LMI generation from `Output.binary_encode`
+(newest only), async mode and rolling batch from the init properties. The protocol adapters
+(rolling_batch, single_request, async_requests) share `admit` and `release`.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+from typing import Any, Callable, Mapping
+
+from .async_requests import AsyncRequests
+from .config import HandlerConfig
+from .engine import Engine
+from .errors import ConfigError, HandlerError, InvalidRequest
+from .formatters import REGISTRY, Custom, Formatter, builtin_names
+from .generation import Generation
+from .hub import UpdateHub
+from .params import GenerationRequest, parse_request
+from .rolling_batch import RollingBatch
+from .single_request import SingleRequest
+
+log = logging.getLogger(__name__)
+EngineFactory = Callable[[HandlerConfig], Engine]
+
+
+def _hf_engine(config: HandlerConfig) -> Engine:
+    from .hf_engine import HFEngine  # the only torch import, deferred to the first request
+
+    return HFEngine(config)
+
+
+class StreamingService:
+    """One per model.py; `handle` is DJL's entry point."""
+
+    def __init__(
+        self,
+        output_cls: type,
+        namespace: Mapping[str, Any] | None = None,
+        engine_factory: EngineFactory | None = None,
+    ) -> None:
+        self.output_cls = output_cls
+        self.dialect = "newest" if hasattr(output_cls, "binary_encode") else "0.23"
+        self._namespace = namespace if namespace is not None else {}  # live: model.py may define more later
+        self._engine_factory = engine_factory or _hf_engine
+        self._ids = itertools.count()
+        self.initialized = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def initialize(self, properties: Mapping[str, Any]) -> None:
+        """Parse the config, load the engine and start its loop (DJL's init call)."""
+        self.config = HandlerConfig.from_properties(properties)
+        self._custom_formatter = self._resolve_custom(self.config.output_formatter)
+        self.hub = UpdateHub()
+        self.engine = self._engine_factory(self.config)
+        self.engine.start(self.hub.publish)
+        self.rolling = RollingBatch(self)
+        self.single = SingleRequest(self)
+        self.asynchronous = AsyncRequests(self)
+        self.initialized = True
+        log.info("lmistream ready: dialect %s, config %s", self.dialect, self.config)
+
+    def handle(self, inputs: Any) -> Any:
+        """DJL's handle: None for the init/warm-up call, else an Output (a coroutine in async mode)."""
+        if not self.initialized:
+            self.initialize(inputs.get_properties())
+        if self.config.async_mode:
+            return self.asynchronous.handle(inputs)
+        if inputs.is_empty():
+            return None
+        if self.config.rolling_batch_enabled(newest=self.dialect == "newest"):
+            return self.rolling.step(inputs)
+        return self.single.handle(inputs)
+
+    # -- shared by the protocol adapters -----------------------------------------------------------------
+    def admit(self, body: bytes | bytearray, content_type: str | None, rolling: bool) -> Generation:
+        """Validate, tokenize and submit one request; raises InvalidRequest before it reaches the engine."""
+        request = parse_request(body, content_type, self.config.max_new_tokens)
+        prompt_ids = self.engine.tokenizer.encode(request.inputs)
+        self._check_length(len(prompt_ids), request)
+        request_id = f"req-{next(self._ids)}"
+        generation = Generation(request_id, request, self.engine.tokenizer, self._formatter(request, rolling))
+        self.hub.open(request_id)
+        self.engine.submit(request_id, prompt_ids, request.params)
+        return generation
+
+    def release(self, generation: Generation) -> None:
+        """Forget a request; cancel it in the engine if it may still be generating."""
+        if not generation.finished or generation.needs_cancel:
+            self.engine.cancel(generation.request_id)
+        self.hub.close(generation.request_id)
+
+    def streams(self, request: GenerationRequest) -> bool:
+        """Whether a request wants a stream: its own `stream` flag, else option.enable_streaming."""
+        return self.config.streaming if request.stream is None else request.stream
+
+    def error_output(self, error: HandlerError) -> Any:
+        return self.output_cls().error(error.message, code=error.status)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _check_length(self, prompt_tokens: int, request: GenerationRequest) -> None:
+        limit = self.engine.max_sequence_length
+        if prompt_tokens >= limit:
+            raise InvalidRequest(f"inputs is {prompt_tokens} tokens; the model holds at most {limit - 1}")
+        room = limit - prompt_tokens
+        if request.params.max_new_tokens > room:
+            raise InvalidRequest(
+                f"parameters.max_new_tokens={request.params.max_new_tokens} does not fit: the prompt is "
+                f"{prompt_tokens} tokens and the model holds {limit}, so at most {room}"
+            )
+
+    def _formatter(self, request: GenerationRequest, rolling: bool) -> Formatter:
+        if self._custom_formatter is not None:
+            return Custom(self._custom_formatter)
+        name = self.config.output_formatter or self._default_formatter(request, rolling)
+        return REGISTRY[(name.lower(), self.dialect)]()
+
+    def _default_formatter(self, request: GenerationRequest, rolling: bool) -> str:
+        if self.dialect == "0.23":
+            return "json" if rolling else "jsonlines"
+        return "jsonlines" if self.streams(request) else "json"
+
+    def _resolve_custom(self, name: str | None) -> Callable | None:
+        if name is None or (name.lower(), self.dialect) in REGISTRY:
+            return None
+        module_name, _, attr = name.rpartition(":")
+        scope = vars(importlib.import_module(module_name)) if module_name else self._namespace
+        fn = scope.get(attr)
+        if not callable(fn):
+            raise ConfigError(
+                f"option.output_formatter={name!r} is neither a built-in ({', '.join(builtin_names())}) nor a "
+                "function defined in model.py (or 'module:function' beside it)"
+            )
+        return fn

@@ -1,0 +1,186 @@
+"""The blog's deploy lifecycle on boto3: upload model.tar.gz, create model/config/endpoint, wait, delete.
+
+Clients and sessions are injected, so regions, credentials and endpoints come only from the standard AWS chain
+(AWS_ENDPOINT_URL included). SageMaker SDK v2 is used for what it adds: image URIs, names and the default bucket.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from botocore.exceptions import ClientError
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+
+DEFAULT_IMAGE = "djl-deepspeed:0.23.0"
+DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
+DEFAULT_HEALTH_CHECK_TIMEOUT = 900
+DEFAULT_NAME_BASE = "lmi-model"
+IMAGE_FRAMEWORKS = ("djl-deepspeed", "djl-lmi")
+
+
+class DeployError(Exception):
+    """A deploy step failed in a way the user can act on (bad image, failed endpoint, timeout)."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The resources one deploy created (model and endpoint config share the endpoint's name)."""
+
+    endpoint_name: str
+    model_name: str
+    endpoint_config_name: str
+    model_data_url: str
+    image_uri: str
+
+
+def upload_artifact(
+    s3_client: Any, path: Path | str, bucket: str, key: str, progress: Callable[[int], None] | None = None
+) -> str:
+    """Upload `path` to s3://bucket/key; `progress` gets byte counts as they go. Returns the S3 URI."""
+    s3_client.upload_file(str(path), bucket, key, Callback=progress)
+    return f"s3://{bucket}/{key}"
+
+
+def default_bucket(boto_session: Any) -> str:
+    """SDK v2's default bucket (sagemaker-<region>-<account>, created if missing; calls STS)."""
+    import sagemaker
+
+    return sagemaker.Session(boto_session=boto_session).default_bucket()
+
+
+def resolve_image(image: str, region: str) -> str:
+    """`djl-deepspeed:<version>` / `djl-lmi:<version>` → ECR URI for `region`; a full URI passes through."""
+    if "/" in image:
+        return image
+    framework, _, version = image.partition(":")
+    if framework not in IMAGE_FRAMEWORKS or not version:
+        raise DeployError(f"--image {image!r}: use {' or '.join(f + ':<version>' for f in IMAGE_FRAMEWORKS)}"
+                          " or a full image URI")
+    from sagemaker import image_uris
+
+    try:
+        return image_uris.retrieve(framework=framework, region=region, version=version)
+    except ValueError as exc:
+        raise DeployError(f"--image {image!r}: {exc}") from None
+
+
+def endpoint_name_from_base(base: str = DEFAULT_NAME_BASE) -> str:
+    """A unique endpoint name the way the blog makes one (base plus a timestamp)."""
+    from sagemaker.utils import name_from_base
+
+    return name_from_base(base)
+
+
+def deploy(
+    sm_client: Any,
+    *,
+    endpoint_name: str,
+    image_uri: str,
+    model_data_url: str,
+    role: str,
+    instance_type: str = DEFAULT_INSTANCE_TYPE,
+    health_check_timeout: int = DEFAULT_HEALTH_CHECK_TIMEOUT,
+) -> Deployment:
+    """Create the model, the endpoint config (one instance) and the endpoint; does not wait."""
+    deployment = Deployment(endpoint_name, endpoint_name, endpoint_name, model_data_url, image_uri)
+    sm_client.create_model(
+        ModelName=deployment.model_name,
+        ExecutionRoleArn=role,
+        PrimaryContainer={"Image": image_uri, "ModelDataUrl": model_data_url},
+    )
+    sm_client.create_endpoint_config(
+        EndpointConfigName=deployment.endpoint_config_name,
+        ProductionVariants=[{
+            "VariantName": "AllTraffic",
+            "ModelName": deployment.model_name,
+            "InitialInstanceCount": 1,
+            "InstanceType": instance_type,
+            "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
+        }],
+    )
+    sm_client.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=deployment.endpoint_config_name)
+    return deployment
+
+
+def wait_for_endpoint(
+    sm_client: Any,
+    endpoint_name: str,
+    *,
+    delay: float = 15.0,
+    timeout: float = 3600.0,
+    on_status: Callable[[str], None] | None = None,
+) -> dict:
+    """Poll DescribeEndpoint until InService (returns the description); Failed or timeout raise DeployError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        description = sm_client.describe_endpoint(EndpointName=endpoint_name)
+        status = description["EndpointStatus"]
+        if on_status is not None:
+            on_status(status)
+        if status == "InService":
+            return description
+        if status == "Failed":
+            reason = description.get("FailureReason", "no FailureReason given")
+            raise DeployError(f"endpoint {endpoint_name} failed: {reason}")
+        if time.monotonic() + delay > deadline:
+            raise DeployError(f"endpoint {endpoint_name} still {status} after {timeout:g}s")
+        time.sleep(delay)
+
+
+def delete(sm_client: Any, s3_client: Any, endpoint_name: str, artifacts: bool = False) -> list[str]:
+    """Delete the endpoint, its config, its model(s) and, with `artifacts`, the model data in S3.
+
+    Idempotent: resources already gone are skipped. Returns what was deleted, as `kind name` strings.
+    """
+    config_name = _describe(sm_client.describe_endpoint, EndpointName=endpoint_name).get(
+        "EndpointConfigName", endpoint_name)
+    variants = _describe(sm_client.describe_endpoint_config, EndpointConfigName=config_name).get(
+        "ProductionVariants", [{"ModelName": endpoint_name}])
+    model_names = sorted({variant["ModelName"] for variant in variants})
+    data_urls = [_describe(sm_client.describe_model, ModelName=name).get("PrimaryContainer", {}).get("ModelDataUrl")
+                 for name in model_names]
+    deleted = [
+        *_delete(sm_client.delete_endpoint, "endpoint", EndpointName=endpoint_name),
+        *_delete(sm_client.delete_endpoint_config, "endpoint-config", EndpointConfigName=config_name),
+        *(item for name in model_names for item in _delete(sm_client.delete_model, "model", ModelName=name)),
+    ]
+    if artifacts:
+        deleted += [_delete_s3_object(s3_client, url) for url in data_urls if url and url.startswith("s3://")]
+    return deleted
+
+
+def _describe(call: Callable[..., dict], **kwargs: str) -> dict:
+    """A Describe* result, or {} when the resource does not exist."""
+    try:
+        return call(**kwargs)
+    except ClientError as exc:
+        if _is_missing(exc):
+            return {}
+        raise
+
+
+def _delete(call: Callable[..., dict], kind: str, **kwargs: str) -> list[str]:
+    try:
+        call(**kwargs)
+    except ClientError as exc:
+        if _is_missing(exc):
+            return []
+        raise
+    return [f"{kind} {next(iter(kwargs.values()))}"]
+
+
+def _is_missing(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    return error.get("Code") == "ValidationException" and "Could not find" in error.get("Message", "")
+
+
+def _delete_s3_object(s3_client: Any, url: str) -> str:
+    bucket, _, key = url[len("s3://") :].partition("/")
+    s3_client.delete_object(Bucket=bucket, Key=key)
+    return f"s3-object {url}"

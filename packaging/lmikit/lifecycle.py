@@ -1,0 +1,133 @@
+"""`lmi build`, `lmi deploy`, `lmi delete`: the blog's lifecycle as commands (registered in cli.py).
+
+Progress and status go to stderr; stdout carries only the result (archive path, endpoint name), so
+`EP=$(lmi deploy ...)` works in scripts.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import click
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from . import aws_deploy
+from .tarball import BuildReport, build_tarball
+from .validate import errors, validate_project
+
+DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
+
+
+@click.command("build")
+@click.argument("project_dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Archive to write (default: PROJECT_DIR/dist/model.tar.gz).")
+def build_command(project_dir: Path, out: Path | None) -> None:
+    """Validate the project, then write a deterministic model.tar.gz."""
+    report = _validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, Console(stderr=True))
+    click.echo(str(report.path))
+
+
+@click.command("deploy")
+@click.option("--project-dir", default=".", show_default=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Project to build when no --tarball is given.")
+@click.option("--tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A built model.tar.gz (default: build the project first).")
+@click.option("--role", required=True, help="IAM execution role ARN for the model (never guessed).")
+@click.option("--bucket", help="S3 bucket for the artifact (default: the SageMaker SDK's default bucket).")
+@click.option("--prefix", default="lmi", show_default=True, help="S3 key prefix.")
+@click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
+              help="djl-deepspeed:<version>, djl-lmi:<version> or a full image URI.")
+@click.option("--instance-type", default=aws_deploy.DEFAULT_INSTANCE_TYPE, show_default=True)
+@click.option("--health-check-timeout", default=aws_deploy.DEFAULT_HEALTH_CHECK_TIMEOUT, show_default=True,
+              type=click.IntRange(60, 3600), help="ContainerStartupHealthCheckTimeoutInSeconds.")
+@click.option("--endpoint-name", help="Endpoint name (default: a unique name from 'lmi-model').")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the endpoint is InService.")
+@click.option("--poll-delay", default=15.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds between DescribeEndpoint polls.")
+@click.option("--wait-timeout", default=3600.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for InService before giving up.")
+def deploy_command(
+    project_dir: Path, tarball: Path | None, role: str, bucket: str | None, prefix: str, image: str,
+    instance_type: str, health_check_timeout: int, endpoint_name: str | None, wait: bool, poll_delay: float,
+    wait_timeout: float,
+) -> None:
+    """Upload model.tar.gz and create a SageMaker endpoint for it; prints the endpoint name."""
+    console = Console(stderr=True)
+    if tarball is None:
+        tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, console).path
+    with _aws_errors():
+        session = boto3.session.Session()
+        if not session.region_name:
+            raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")
+        image_uri = aws_deploy.resolve_image(image, session.region_name)
+        name = endpoint_name or aws_deploy.endpoint_name_from_base()
+        bucket = bucket or aws_deploy.default_bucket(session)
+        key = "/".join(part for part in (prefix.strip("/"), name, "model.tar.gz") if part)
+        model_data_url = _upload(session.client("s3"), tarball, bucket, key, console)
+        sm_client = session.client("sagemaker")
+        aws_deploy.deploy(sm_client, endpoint_name=name, image_uri=image_uri, model_data_url=model_data_url,
+                          role=role, instance_type=instance_type, health_check_timeout=health_check_timeout)
+        console.print(f"Creating endpoint [bold]{name}[/] ({instance_type}, {image_uri})")
+        if wait:
+            _wait(sm_client, name, poll_delay, wait_timeout, console)
+    click.echo(name)
+
+
+@click.command("delete")
+@click.option("--endpoint", "endpoint_name", required=True, help="Endpoint to delete.")
+@click.option("--artifacts", is_flag=True, help="Also delete the model.tar.gz the model points at in S3.")
+def delete_command(endpoint_name: str, artifacts: bool) -> None:
+    """Delete an endpoint, its endpoint config and model (and the S3 artifact); missing ones are skipped."""
+    console = Console(stderr=True)
+    with _aws_errors():
+        session = boto3.session.Session()
+        deleted = aws_deploy.delete(session.client("sagemaker"), session.client("s3"), endpoint_name, artifacts)
+    for item in deleted:
+        console.print(f"deleted {item}")
+    if not deleted:
+        console.print(f"nothing to delete for {endpoint_name}")
+
+
+def _validated_build(project_dir: Path, out: Path, console: Console) -> BuildReport:
+    findings = validate_project(project_dir)
+    for finding in findings:
+        console.print(str(finding), style="red" if finding.level == "error" else "yellow", markup=False)
+    if errors(findings):
+        raise click.ClickException(f"{len(errors(findings))} error(s) in {project_dir}; nothing built")
+    report = build_tarball(project_dir, out)
+    for entry in report.entries:
+        console.print(f"  {entry}", markup=False, highlight=False)
+    console.print(f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries)")
+    return report
+
+
+def _upload(s3_client: Any, tarball: Path, bucket: str, key: str, console: Console) -> str:
+    columns = (TextColumn("Uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("upload", total=tarball.stat().st_size)
+        url = aws_deploy.upload_artifact(s3_client, tarball, bucket, key,
+                                         lambda sent: progress.advance(task, sent))
+    console.print(f"Uploaded {url}")
+    return url
+
+
+def _wait(sm_client: Any, name: str, delay: float, timeout: float, console: Console) -> None:
+    with console.status(f"{name}: waiting") as status:
+        aws_deploy.wait_for_endpoint(sm_client, name, delay=delay, timeout=timeout,
+                                     on_status=lambda state: status.update(f"{name}: {state}"))
+    console.print(f"Endpoint [bold]{name}[/] is InService")
+
+
+@contextmanager
+def _aws_errors() -> Iterator[None]:
+    """Turn AWS and deploy errors into a one-line click error (exit 1) instead of a traceback."""
+    try:
+        yield
+    except (aws_deploy.DeployError, ClientError, BotoCoreError) as exc:
+        raise click.ClickException(str(exc)) from exc

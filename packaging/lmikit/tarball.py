@@ -1,0 +1,107 @@
+"""Deterministic model.tar.gz: serving.properties, the entry point, handler packages and requirements.txt at the root.
+
+The archive is flat (SageMaker extracts it into /opt/ml/model). Entries are sorted, owners and modes fixed, mtimes
+set to SOURCE_DATE_EPOCH (default 0) and the gzip header carries no name or time, so the same tree always gives
+the same bytes. Secrets, caches, virtualenvs and build outputs never go in.
+"""
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import io
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .project import Project
+
+EXCLUDED_NAMES = (
+    ".git", ".env", ".env.*", ".aws", "*.pem", "*.key", "*credentials*", "__pycache__", "*.pyc", "*.pyo",
+    ".pytest_cache", ".mypy_cache", ".hypothesis", ".venv", "venv", "dist", ".DS_Store",
+)
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+@dataclass
+class BuildReport:
+    """What a build wrote: the archive, its entries in order, its size, and what was left out."""
+
+    path: Path
+    entries: list[str] = field(default_factory=list)
+    size: int = 0
+    excluded: list[str] = field(default_factory=list)
+
+
+def build_tarball(project_dir: Path | str, out_path: Path | str) -> BuildReport:
+    """Write the project's model.tar.gz to `out_path` (atomically) and report its contents."""
+    project = Project.at(project_dir)
+    report = BuildReport(path=Path(out_path))
+    sources = _collect(project, report)
+    data = _archive(sources, _mtime())
+    report.path.parent.mkdir(parents=True, exist_ok=True)
+    partial = report.path.with_name(report.path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(report.path)
+    report.entries = sorted(sources)
+    report.size = len(data)
+    return report
+
+
+def is_excluded(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in EXCLUDED_NAMES)
+
+
+def _collect(project: Project, report: BuildReport) -> dict[str, Path]:
+    """Archive name → source path (directories included) for everything that ships."""
+    sources: dict[str, Path] = {"serving.properties": project.serving_properties}
+    if project.requirements is not None:
+        sources["requirements.txt"] = project.requirements
+    name, entry_file = project.entry_point(project.properties())
+    if entry_file is not None:
+        sources[name] = entry_file
+    for package in project.handler_packages():
+        if is_excluded(package.name):
+            report.excluded.append(package.name)
+            continue
+        sources.update(_walk(package, package.name, report))
+    return sources
+
+
+def _walk(directory: Path, arcname: str, report: BuildReport) -> dict[str, Path]:
+    found = {arcname: directory}
+    for child in sorted(directory.iterdir()):
+        child_name = f"{arcname}/{child.name}"
+        if is_excluded(child.name) or child.is_symlink():
+            report.excluded.append(child_name)
+        elif child.is_dir():
+            found.update(_walk(child, child_name, report))
+        elif child.is_file():
+            found[child_name] = child
+    return found
+
+
+def _mtime() -> int:
+    return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+
+
+def _archive(sources: dict[str, Path], mtime: int) -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name in sorted(sources):
+                _add(tar, name, sources[name], mtime)
+    return buffer.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, source: Path, mtime: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
+    if source.is_dir():
+        info.type, info.mode = tarfile.DIRTYPE, DIR_MODE
+        tar.addfile(info)
+        return
+    data = source.read_bytes()
+    info.mode, info.size = FILE_MODE, len(data)
+    tar.addfile(info, io.BytesIO(data))

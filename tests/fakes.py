@@ -1,0 +1,101 @@
+"""Test doubles for the pure logic: a byte-level tokenizer and a scripted engine with its own loop thread."""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Sequence
+
+from lmistream.engine import EngineUpdate, UpdateCallback
+from lmistream.params import GenerationParams
+
+EOS = 256
+
+
+class ByteTokenizer:
+    """ids 0-255 are bytes, 256 is <eos>, 257+ are extra pieces; decoding replaces broken UTF-8 like real BPE."""
+
+    def __init__(self, extra_pieces: Sequence[str] = ()) -> None:
+        self._pieces = {i: bytes([i]) for i in range(256)}
+        self._pieces[EOS] = b"<eos>"
+        for offset, piece in enumerate(extra_pieces):
+            self._pieces[EOS + 1 + offset] = piece.encode()
+        self.eos_token_ids = frozenset({EOS})
+        self.special_token_ids = frozenset({EOS})
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return b"".join(self._pieces[i] for i in token_ids).decode("utf-8", errors="replace")
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids spelling `text` byte by byte."""
+        return list(text.encode())
+
+
+Script = Callable[[str, GenerationParams], list[int]]
+
+
+def echo_script(prompt: str, params: GenerationParams) -> list[int]:
+    """Answers with the prompt reversed, then EOS."""
+    return list(prompt[::-1].encode()) + [EOS]
+
+
+class ScriptedEngine:
+    """An Engine whose loop thread emits one scripted token per active request per tick."""
+
+    max_sequence_length = 4096
+
+    def __init__(self, script: Script = echo_script, tick: float = 0.002, tokenizer: ByteTokenizer | None = None):
+        self.tokenizer = tokenizer or ByteTokenizer()
+        self._script = script
+        self._tick = tick
+        self._lock = threading.Lock()
+        self._active: dict[str, tuple[list[int], int, int]] = {}
+        self.submitted: dict[str, GenerationParams] = {}
+        self.cancelled: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, on_update: UpdateCallback) -> None:
+        self._on_update = on_update
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
+        tokens = self._script(self.tokenizer.decode(prompt_ids), params)
+        with self._lock:
+            self.submitted[request_id] = params
+            self._active[request_id] = (tokens, 0, params.max_new_tokens)
+
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            if self._active.pop(request_id, None) is not None:
+                self.cancelled.append(request_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def active(self) -> list[str]:
+        with self._lock:
+            return list(self._active)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._tick):
+            for update in self._step():
+                self._on_update(update)
+
+    def _step(self) -> list[EngineUpdate]:
+        updates = []
+        with self._lock:
+            for request_id, (tokens, position, limit) in list(self._active.items()):
+                token = tokens[position]
+                done = token in self.tokenizer.eos_token_ids or position + 1 >= min(len(tokens), limit)
+                updates.append(EngineUpdate(request_id, (token,), (-0.5,), finished=done))
+                if done:
+                    del self._active[request_id]
+                else:
+                    self._active[request_id] = (tokens, position + 1, limit)
+        return updates
