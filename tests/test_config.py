@@ -1,0 +1,39 @@
+"""HandlerConfig: DJL's init properties to typed settings; bad values name the option and the range."""
+import pytest
+
+from lmistream.config import HandlerConfig
+from lmistream.errors import ConfigError
+
+
+def test_typed_values_and_defaults():
+    cfg = HandlerConfig.from_properties({
+        "model_id": "m", "rolling_batch": "auto", "max_rolling_batch_size": "8", "dtype": "BF16",
+        "tensor_parallel_degree": 2, "enable_streaming": "true", "handler": "handle", "gpu.maxWorkers": "1",
+    })
+    assert (cfg.max_rolling_batch_size, cfg.dtype, cfg.tensor_parallel_degree) == (8, "bf16", 2)
+    assert cfg.streaming and cfg.rolling_batch_enabled(newest=False)
+    assert HandlerConfig.from_properties({"model_dir": "/opt/ml/model"}).model_id == "/opt/ml/model"
+
+
+def test_rolling_batch_rules_differ_by_version():
+    cfg = HandlerConfig.from_properties({"model_id": "m", "rolling_batch": "disable"})
+    assert cfg.rolling_batch_enabled(newest=False) and not cfg.rolling_batch_enabled(newest=True)
+    assert not HandlerConfig.from_properties({"model_id": "m"}).rolling_batch_enabled(newest=False)
+
+
+@pytest.mark.parametrize("props,message", [
+    ({"max_rolling_batch_size": "0"}, "option.max_rolling_batch_size=0 is out of range: must be between 1 and 999"),
+    ({"max_rolling_batch_size": "many"}, "option.max_rolling_batch_size='many' must be an integer"),
+    ({"dtype": "fp8"}, "option.dtype='fp8' is not one of auto, fp32, fp16, bf16"),
+    ({"trust_remote_code": "yes"}, "option.trust_remote_code='yes' must be true or false"),
+    ({"enable_streaming": "maybe"}, "option.enable_streaming='maybe' is not one of"),
+])
+def test_bad_values_name_the_option(props, message):
+    with pytest.raises(ConfigError) as info:
+        HandlerConfig.from_properties({"model_id": "m", **props})
+    assert message in info.value.message
+
+
+def test_model_id_is_required():
+    with pytest.raises(ConfigError, match="option.model_id"):
+        HandlerConfig.from_properties({})
