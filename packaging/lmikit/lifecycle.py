@@ -97,12 +97,13 @@ def delete_command(endpoint_name: str, artifacts: bool) -> None:
 def _validated_build(project_dir: Path, out: Path, console: Console) -> BuildReport:
     findings = validate_project(project_dir)
     for finding in findings:
-        console.print(str(finding), style="red" if finding.level == "error" else "yellow", markup=False)
+        console.print(str(finding), style="red" if finding.level == "error" else "yellow",
+                      markup=False, soft_wrap=True)
     if errors(findings):
         raise click.ClickException(f"{len(errors(findings))} error(s) in {project_dir}; nothing built")
     report = build_tarball(project_dir, out)
     for entry in report.entries:
-        console.print(f"  {entry}", markup=False, highlight=False)
+        console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries)")
     return report
 
