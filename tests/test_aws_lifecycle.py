@@ -1,0 +1,211 @@
+"""build → deploy → delete through the `lmi` CLI against moto in server mode, plus the deploy helpers' edge cases.
+
+moto runs in-process (ThreadedMotoServer) and is reached through AWS_ENDPOINT_URL, exactly as a real endpoint
+would be: the product code gets no test hooks.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from click.testing import CliRunner, Result
+from lmikit import aws_deploy
+from lmikit.cli import main
+from moto import mock_aws
+from moto.sagemaker.models import FakeEndpointConfig
+from moto.server import ThreadedMotoServer
+from project_factory import make_project
+
+ROLE = "arn:aws:iam::123456789012:role/lmi-test"
+BUCKET = "lmi-test-artifacts"
+DJL_0_23 = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.23.0-deepspeed0.9.5-cu118"
+FAST_WAIT = ["--poll-delay", "0.05", "--wait-timeout", "30"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def _dummy_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials")}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> boto3.session.Session:
+    """A boto3 session on the moto server; the CLI reaches the same server through AWS_ENDPOINT_URL.
+
+    Lead: the `lmi invoke` streaming step will also need AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME set here, pointing at
+    the local endpoint (moto does not implement InvokeEndpointWithResponseStream).
+    """
+    _dummy_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    # moto 5.2.1 validates instance types against an old list without ml.g5.*; the server runs in this process.
+    monkeypatch.setattr(FakeEndpointConfig, "validate_instance_type", lambda self, instance_type: None)
+    session = boto3.session.Session()
+    s3 = session.client("s3")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    return session
+
+
+def _lmi(*args: str) -> Result:
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def _deploy(*args: str) -> Result:
+    """Run `lmi deploy` (polling quickly); stdout is the endpoint name alone."""
+    result = _lmi("deploy", "--role", ROLE, "--bucket", BUCKET, *FAST_WAIT, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _gone(call, **kwargs: str) -> bool:
+    try:
+        call(**kwargs)
+    except ClientError:
+        return True
+    return False
+
+
+def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Path) -> None:
+    tarball = tmp_path / "dist" / "model.tar.gz"
+    build = _lmi("build", make_project(tmp_path), "--out", tarball)
+    assert build.exit_code == 0, build.output
+
+    deployed = _deploy("--tarball", tarball)
+    endpoint = deployed.stdout.strip()
+    sm, s3 = aws.client("sagemaker"), aws.client("s3")
+    assert endpoint.startswith("lmi-model-")
+    assert f"Endpoint {endpoint} is InService" in deployed.stderr
+    assert sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "InService"
+    config = sm.describe_endpoint_config(EndpointConfigName=endpoint)["ProductionVariants"][0]
+    assert (config["InstanceType"], config["InitialInstanceCount"]) == ("ml.g5.2xlarge", 1)
+    assert config["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
+    container = sm.describe_model(ModelName=config["ModelName"])["PrimaryContainer"]
+    key = f"lmi/{endpoint}/model.tar.gz"
+    assert (container["Image"], container["ModelDataUrl"]) == (DJL_0_23, f"s3://{BUCKET}/{key}")
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == tarball.read_bytes()
+
+    # ── lmi invoke (lead): stream from `endpoint` here, before the delete ──────────────────────────────
+
+    delete = _lmi("delete", "--endpoint", endpoint, "--artifacts")
+    assert delete.exit_code == 0, delete.output
+    assert _gone(sm.describe_endpoint, EndpointName=endpoint)
+    assert _gone(sm.describe_endpoint_config, EndpointConfigName=endpoint)
+    assert _gone(sm.describe_model, ModelName=config["ModelName"])
+    assert _gone(s3.head_object, Bucket=BUCKET, Key=key)
+
+    again = _lmi("delete", "--endpoint", endpoint, "--artifacts")
+    assert again.exit_code == 0 and "nothing to delete" in again.stderr
+
+
+def test_deploy_builds_first_and_delete_keeps_artifacts_by_default(aws: boto3.session.Session,
+                                                                   tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    deployed = _deploy("--project-dir", project, "--endpoint-name", "my-endpoint", "--no-wait",
+                       "--image", "djl-lmi:0.28.0", "--prefix", "custom/prefix", "--health-check-timeout", 600)
+    endpoint = deployed.stdout.strip()
+    assert endpoint == "my-endpoint" and "InService" not in deployed.stderr
+    assert (project / "dist" / "model.tar.gz").is_file()
+    sm, s3 = aws.client("sagemaker"), aws.client("s3")
+    config = sm.describe_endpoint_config(EndpointConfigName=endpoint)["ProductionVariants"][0]
+    assert config["ContainerStartupHealthCheckTimeoutInSeconds"] == 600
+    assert sm.describe_model(ModelName=endpoint)["PrimaryContainer"]["Image"].endswith(
+        "djl-inference:0.28.0-lmi10.0.0-cu124")
+    assert _lmi("delete", "--endpoint", endpoint).exit_code == 0
+    assert _gone(sm.describe_model, ModelName=endpoint)
+    s3.head_object(Bucket=BUCKET, Key="custom/prefix/my-endpoint/model.tar.gz")
+
+
+def test_deploy_refuses_an_invalid_project(aws: boto3.session.Session, tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    (project / "model" / "model.py").unlink()
+    result = _lmi("deploy", "--project-dir", project, "--role", ROLE, "--bucket", BUCKET, "--endpoint-name", "bad")
+    assert result.exit_code == 1
+    assert "model.py" in result.stderr
+    assert _gone(aws.client("sagemaker").describe_model, ModelName="bad")
+
+
+def test_deploy_requires_a_role(tmp_path: Path) -> None:
+    result = _lmi("deploy", "--project-dir", make_project(tmp_path))
+    assert result.exit_code == 2 and "--role" in result.stderr
+
+
+def test_deploy_rejects_an_unknown_image(aws: boto3.session.Session, tmp_path: Path) -> None:
+    tarball = tmp_path / "model.tar.gz"
+    tarball.write_bytes(b"x")
+    result = _lmi("deploy", "--tarball", tarball, "--role", ROLE, "--bucket", BUCKET, "--image", "djl-lmi:9.9")
+    assert result.exit_code == 1 and "Unsupported djl-lmi version" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [("djl-deepspeed:0.23.0", DJL_0_23),
+     ("djl-lmi:0.28.0", "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.28.0-lmi10.0.0-cu124"),
+     ("123.dkr.ecr.eu-west-1.amazonaws.com/mine:1", "123.dkr.ecr.eu-west-1.amazonaws.com/mine:1")],
+)
+def test_resolve_image(image: str, expected: str) -> None:
+    assert aws_deploy.resolve_image(image, "us-east-1") == expected
+
+
+@pytest.mark.parametrize("image", ["tgi:1.0", "djl-lmi", "djl-lmi:9.9"])
+def test_resolve_image_rejects(image: str) -> None:
+    with pytest.raises(aws_deploy.DeployError, match="--image"):
+        aws_deploy.resolve_image(image, "us-east-1")
+
+
+class _ScriptedEndpoint:
+    """A DescribeEndpoint that walks through the given statuses (the last one repeats)."""
+
+    def __init__(self, *statuses: str, reason: str = "") -> None:
+        self.statuses, self.reason, self.calls = list(statuses), reason, 0
+
+    def describe_endpoint(self, EndpointName: str) -> dict:
+        status = self.statuses[min(self.calls, len(self.statuses) - 1)]
+        self.calls += 1
+        return {"EndpointName": EndpointName, "EndpointStatus": status, "FailureReason": self.reason}
+
+
+def test_wait_reports_each_status_until_in_service() -> None:
+    seen: list[str] = []
+    client = _ScriptedEndpoint("Creating", "Creating", "InService")
+    aws_deploy.wait_for_endpoint(client, "ep", delay=0.01, timeout=5, on_status=seen.append)
+    assert seen == ["Creating", "Creating", "InService"]
+
+
+def test_wait_raises_with_the_failure_reason() -> None:
+    client = _ScriptedEndpoint("Creating", "Failed", reason="health check did not pass in 900 s")
+    with pytest.raises(aws_deploy.DeployError, match="health check did not pass"):
+        aws_deploy.wait_for_endpoint(client, "ep", delay=0.01, timeout=5)
+
+
+def test_wait_times_out() -> None:
+    with pytest.raises(aws_deploy.DeployError, match="still Creating"):
+        aws_deploy.wait_for_endpoint(_ScriptedEndpoint("Creating"), "ep", delay=0.01, timeout=0.05)
+
+
+def test_default_bucket_is_the_sdk_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _dummy_credentials(monkeypatch, tmp_path)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():  # decorator mode: STS is intercepted too (server mode would need --bucket)
+        assert aws_deploy.default_bucket(boto3.session.Session()) == "sagemaker-us-east-1-123456789012"
