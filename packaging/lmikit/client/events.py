@@ -199,7 +199,7 @@ class JsonBodyParser:
         if end == 0:
             return []
         self._streamed = True
-        return [TokenEvent(json.loads(f'"{pending[:end]}"', strict=False))]
+        return [TokenEvent(_load_json(f'"{pending[:end]}"'))]
 
 
 _PARSERS: dict[str, Callable[[], _BodyParser]] = {
@@ -210,7 +210,10 @@ _PARSERS: dict[str, Callable[[], _BodyParser]] = {
 
 
 class EventParser:
-    """Byte parts of one response → events; the format is `fmt`, else the content type's, else sniffed."""
+    """Byte parts of one response → events; the format is `fmt`, else the content type's, else sniffed.
+
+    `format` is None until the first bytes have decided it.
+    """
 
     def __init__(self, fmt: str | None = None, content_type: str | None = None) -> None:
         if fmt is not None and fmt not in FORMATS:

@@ -1,0 +1,1 @@
+"""Benchmarks of lmikit's host-side code, run as `python -m lmikit.benchmarks.<name>`."""
