@@ -44,7 +44,7 @@ class StreamingService:
         self.output_cls = output_cls
         self.dialect = "newest" if hasattr(output_cls, "binary_encode") else "0.23"
         self._namespace = namespace if namespace is not None else {}  # live: model.py may define more later
-        self._engine_factory = engine_factory or _hf_engine
+        self._engine_factory = engine_factory
         self._ids = itertools.count()
         self.initialized = False
 
@@ -54,7 +54,7 @@ class StreamingService:
         self.config = HandlerConfig.from_properties(properties)
         self._custom_formatter = self._resolve_custom(self.config.output_formatter)
         self.hub = UpdateHub()
-        self.engine = self._engine_factory(self.config)
+        self.engine = (self._engine_factory or _hf_engine)(self.config)
         self.engine.start(self.hub.publish)
         self.rolling = RollingBatch(self)
         self.single = SingleRequest(self)

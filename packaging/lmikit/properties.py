@@ -50,9 +50,8 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text)
 
 
-def read_serving_properties(model_dir: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """serving.properties of a model dir (if any) with `OPTION_*` env overlaid (file wins), keys as written."""
-    path = Path(model_dir) / "serving.properties"
+def read_serving_properties(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A serving.properties file (if it exists) with `OPTION_*` env overlaid (file wins), keys as written."""
     props = parse_properties(path.read_text(encoding="utf-8")) if path.exists() else {}
     env = os.environ if environ is None else environ
     for name, value in env.items():

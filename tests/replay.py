@@ -1,0 +1,47 @@
+"""Replay helpers: load the project's real model/model.py through the DJL stand-in and drive it."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from lmikit.djl.driver import Frontend, Response
+from lmikit.djl.loader import load_entry_point, model_environment
+from lmikit.properties import init_properties
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+TIMEOUT = 30.0
+
+
+@contextmanager
+def frontend(version: str, **options: str) -> Iterator[Frontend]:
+    """model.py behind DJL's replayed frontend, with these serving.properties options."""
+    props = {"engine": "Python", **{f"option.{k}": v for k, v in options.items()}}
+    with model_environment(MODEL_DIR):
+        entry = load_entry_point(MODEL_DIR, version)
+        front = Frontend(entry, version, init_properties(props, MODEL_DIR), predict_timeout=TIMEOUT)
+        front.start()
+        try:
+            yield front
+        finally:
+            front.close()
+
+
+def post(front: Frontend, payload: dict | bytes, **headers: str) -> Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return front.submit({"Content-Type": "application/json", **headers}, body)
+
+
+def collect(response: Response) -> tuple[int, list[bytes]]:
+    """Status and every chunk of a response (bounded waits)."""
+    head = response.head(TIMEOUT)
+    return head.status, list(response.chunks(TIMEOUT))
+
+
+def post_all(front: Frontend, payloads: list[dict]) -> list[tuple[int, list[bytes]]]:
+    """Send the payloads at once and collect each response concurrently."""
+    responses = [post(front, payload) for payload in payloads]
+    with ThreadPoolExecutor(len(responses)) as pool:
+        return list(pool.map(collect, responses))

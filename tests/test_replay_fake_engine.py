@@ -1,0 +1,96 @@
+"""model/model.py driven through DJL's replayed frontend in every protocol, over a scripted engine.
+
+The scripted engine answers each prompt with the prompt reversed, one byte-token per step, so every
+request's exact bytes are known while several requests join and leave the batch together.
+"""
+import json
+
+import pytest
+
+import lmistream.service
+from fakes import ScriptedEngine
+from replay import collect, frontend, post, post_all
+
+PROMPTS = ["abc", "hello there", "é日x", "zz"]
+
+
+@pytest.fixture(autouse=True)
+def scripted_engine(monkeypatch):
+    engines = []
+
+    def factory(config):
+        engines.append(ScriptedEngine())
+        return engines[-1]
+
+    monkeypatch.setattr(lmistream.service, "_hf_engine", factory)
+    yield engines
+    for engine in engines:
+        engine.stop()
+
+
+def jsonlines_023(chunks):
+    return "".join(json.loads(line)["outputs"][0] for line in b"".join(chunks).decode().splitlines())
+
+
+def jsonlines_newest(chunks):
+    lines = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+    assert lines[-1]["generated_text"] == "".join(line["token"]["text"] for line in lines)
+    return lines[-1]["generated_text"]
+
+
+@pytest.mark.parametrize("version,options,decode", [
+    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_023),
+    ("newest", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_newest),
+    ("newest", {"async_mode": "true", "enable_streaming": "true"}, jsonlines_newest),
+    ("0.23", {"enable_streaming": "true"}, jsonlines_023),
+])
+def test_concurrent_requests_each_get_exactly_their_own_tokens(version, options, decode):
+    with frontend(version, **options) as front:
+        results = post_all(front, [{"inputs": p, "parameters": {"max_new_tokens": 50}} for p in PROMPTS])
+    for prompt, (status, chunks) in zip(PROMPTS, results):
+        assert status == 200
+        assert decode(chunks) == prompt[::-1]
+        assert len(chunks) > 1, "tokens must stream in several chunks"
+
+
+def test_023_json_default_builds_one_object():
+    with frontend("0.23", rolling_batch="custom") as front:
+        status, chunks = collect(post(front, {"inputs": "abc"}))
+    assert status == 200 and json.loads(b"".join(chunks)) == {"generated_text": "cba"}
+
+
+def test_newest_non_streaming_request_gets_one_json_body():
+    with frontend("newest", rolling_batch="custom", enable_streaming="true") as front:
+        status, chunks = collect(post(front, {"inputs": "abc", "stream": False, "parameters": {"details": True}}))
+    body = json.loads(b"".join(chunks))
+    assert status == 200 and body["generated_text"] == "cba"
+    assert body["details"] == {"finish_reason": "eos_token", "generated_tokens": 4, "inputs": "abc"}
+
+
+@pytest.mark.parametrize("version,options", [
+    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
+    ("newest", {"rolling_batch": "custom"}),
+    ("newest", {"async_mode": "true"}),
+    ("0.23", {"enable_streaming": "true"}),
+])
+def test_bad_request_fails_alone_with_a_clear_400(version, options):
+    with frontend(version, **options) as front:
+        good = [post(front, {"inputs": p}) for p in PROMPTS[:2]]
+        bad = post(front, {"inputs": "x", "parameters": {"top_p": 7}})
+        more = post(front, {"inputs": "later"})
+        bad_status, bad_chunks = collect(bad)
+        results = [collect(r) for r in good + [more]]
+    assert bad_status == 400
+    assert "parameters.top_p must be in (0, 1], got 7" in b"".join(bad_chunks).decode()
+    assert all(status == 200 for status, _ in results)
+
+
+def test_max_new_tokens_and_stop_sequences_per_request(scripted_engine):
+    with frontend("newest", rolling_batch="custom", output_formatter="jsonlines") as front:
+        results = post_all(front, [
+            {"inputs": "abcdef", "parameters": {"max_new_tokens": 2}},
+            {"inputs": "abcdef", "parameters": {"stop_sequences": ["c"]}},
+            {"inputs": "abcdef"},
+        ])
+    assert [jsonlines_newest(chunks) for _, chunks in results] == ["fe", "fed", "fedcba"]
+    assert set(scripted_engine[0].cancelled) == {"req-1"}, "a stop sequence cancels the request in the engine"
