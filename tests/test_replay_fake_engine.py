@@ -4,6 +4,7 @@ The scripted engine answers each prompt with the prompt reversed, one byte-token
 request's exact bytes are known while several requests join and leave the batch together.
 """
 import json
+import time
 
 import pytest
 
@@ -94,3 +95,25 @@ def test_max_new_tokens_and_stop_sequences_per_request(scripted_engine):
         ])
     assert [jsonlines_newest(chunks) for _, chunks in results] == ["fe", "fed", "fedcba"]
     assert set(scripted_engine[0].cancelled) == {"req-1"}, "a stop sequence cancels the request in the engine"
+
+
+@pytest.mark.parametrize("version,options", [
+    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
+    ("newest", {"rolling_batch": "custom", "enable_streaming": "true"}),
+    ("newest", {"async_mode": "true", "enable_streaming": "true"}),
+    ("0.23", {"enable_streaming": "true"}),
+])
+def test_client_disconnect_cancels_the_request_in_the_engine(version, options, scripted_engine):
+    with frontend(version, **options) as front:
+        response = post(front, {"inputs": "x" * 2000, "parameters": {"max_new_tokens": 2000}})
+        chunks = response.chunks(30)
+        next(chunks)
+        response.cancel()
+        engine = scripted_engine[0]
+        deadline = time.monotonic() + 10
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.active == [] and engine.cancelled == ["req-0"]
+        assert front.active_requests() == 0
+        status, chunks = collect(post(front, {"inputs": "abc"}))
+        assert status == 200 and chunks, "the freed slot serves the next request"

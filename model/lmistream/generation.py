@@ -49,6 +49,11 @@ class Generation:
                 out.append(self._finish_without_token())
         return "".join(out)
 
+    def abandon(self) -> None:
+        """The client went away: end without output and have the engine request cancelled on release."""
+        self.finished = True
+        self.needs_cancel = True
+
     def fail(self, message: str, code: int) -> str:
         """End the request with an in-band error in its format."""
         self.finished = True

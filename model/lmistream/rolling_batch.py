@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .service import StreamingService
 
 STEP_WAIT_SECONDS = 5.0  # an empty step is harmless: DJL writes nothing for empty non-last data
+# Set by `lmi serve` on a request whose client went away (real DJL sends no such signal): free it at once.
+DISCONNECTED_PROPERTY = "lmi_client_disconnected"
 
 
 @dataclass
@@ -41,6 +43,9 @@ class RollingBatch:
         if _is_true(inputs.get_property("reset_rollingbatch")):
             self.reset()
         items = inputs.get_batches()
+        for slot, item in zip(self._slots, items):
+            if slot.generation is not None and _is_true(item.get_property(DISCONNECTED_PROPERTY)):
+                slot.generation.abandon()
         self._slots.extend(self._admit(item) for item in items[len(self._slots) :])
         self._wait()
         outputs = self._svc.output_cls()

@@ -11,8 +11,11 @@ handler call per request, streaming when the Output carries `stream_content`).
 
 Client disconnects (`Response.cancel()`): DJL never stops an in-flight request. 0.23 has no cancellation at
 all; newest marks the Input cancelled and only skips the job if it is still waiting in the job queue (the
-in-flight cancellation of PR #2732 was closed unmerged). So a cancelled request stays in the rolling batch
-until the handler reports `last`; its chunks are simply discarded.
+in-flight cancellation of PR #2732 was closed unmerged), so an abandoned request keeps its slot until it ends.
+The local endpoint goes one step further, so that the handler can free the engine slot at once: a cancelled
+rolling-batch request carries the property `lmi_client_disconnected=true` on the following steps (a handler
+that ignores it sees DJL's behaviour), and a cancelled stream or async generator is closed. Real DJL sends no
+such signal; the README says so.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ _JAVA_INT = re.compile(r"[+-]?\d+")
 _OOM_NAMES = ("OutOfMemoryError", "MemoryError")
 _OOM_TEXTS = ("No available memory for the cache blocks", "CUDA error: out of memory")
 _DEFAULT_PREDICT_TIMEOUT = 120
+DISCONNECTED_PROPERTY = "lmi_client_disconnected"  # the local-endpoint extension above; lmistream reads it
 
 
 class BackendError(RuntimeError):
@@ -324,6 +328,8 @@ class _RollingBatch:
             first = request.next_token is None
             if first or self._version == "0.23":
                 props.extend((prefix + key, value) for key, value in request.props.items())
+            if request.response.cancelled:
+                props.append((prefix + DISCONNECTED_PROPERTY, "true"))
             content.append((prefix + "data", request.data if first else _PLACEHOLDER[self._version]))
             if first:
                 content.append((prefix + "seed", request.seed.encode()))
@@ -621,6 +627,8 @@ class Frontend:
     def _stream(output: Any, response: Response) -> None:
         """Python's `Output.send` streaming loop: format each item; on an exception send str(e) last."""
         while True:
+            if response.cancelled and hasattr(output.stream_content, "close"):
+                output.stream_content.close()
             try:
                 data = next(output.stream_content)
                 if output.stream_output_formatter is not None:
@@ -671,6 +679,9 @@ class Frontend:
             async for output in outputs:
                 output.add_property("request_tracking_id", tracking_id)
                 self._async_output(output, request)
+                if request.response.cancelled and not request.last:
+                    await outputs.aclose()
+                    request.response._emit(b"", True)
         except Exception as exc:
             logger.exception("async request failed without an Output")
             request.response._abort(BackendError(f"async handler failed: {exc!r}"))
