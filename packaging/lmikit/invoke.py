@@ -1,0 +1,112 @@
+"""`lmi invoke`: send one prompt to a SageMaker endpoint, local or in AWS, and print the tokens as they arrive.
+
+Both go through one code path, a boto3 `sagemaker-runtime` client: `--endpoint-url` points it at `lmi serve`,
+otherwise the standard AWS chain picks the endpoint (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME included). For an
+`--endpoint-url` there are no retries, the region defaults to us-east-1 and dummy credentials are used when
+none are configured. Tokens go to stdout; the summary (TTFT, tokens, tok/s) and errors go to stderr, and
+any failure exits 1 with a one-line message.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping
+
+import boto3
+import botocore.session
+import click
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .client import FORMATS, Stream, StreamError, invoke_stream
+
+DEFAULT_ENDPOINT = "local"
+LOCAL_REGION = "us-east-1"
+_METADATA_PROVIDERS = ("container-role", "iam-role")
+
+
+@click.command("invoke")
+@click.argument("prompt")
+@click.option("--endpoint", "endpoint_name", default=DEFAULT_ENDPOINT, show_default=True, help="Endpoint name.")
+@click.option("--endpoint-url", help="Runtime API URL, e.g. http://127.0.0.1:8080 for `lmi serve` (default: AWS).")
+@click.option("--region", help="AWS region (default: the AWS configuration; us-east-1 with --endpoint-url).")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (default: the model's).")
+@click.option("--stream/--no-stream", default=True, show_default=True,
+              help="InvokeEndpointWithResponseStream, or InvokeEndpoint and print the whole answer.")
+@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", *FORMATS]),
+              help="The model's output format (auto: from the content type and the first bytes).")
+def invoke_command(
+    prompt: str, endpoint_name: str, endpoint_url: str | None, region: str | None, max_new_tokens: int,
+    temperature: float | None, stream: bool, fmt: str,
+) -> None:
+    """Send PROMPT to an endpoint; print the generated text, streamed token by token by default."""
+    parameters: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if temperature is not None:
+        parameters["temperature"] = temperature
+    show = _print_stream if stream else _print_whole
+    try:
+        show(runtime_client(endpoint_url, region), endpoint_name, prompt, parameters, None if fmt == "auto" else fmt)
+    except (ClientError, BotoCoreError, StreamError) as error:
+        raise click.ClickException(_one_line(error)) from error
+
+
+def runtime_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+    """A boto3 sagemaker-runtime client; for an `endpoint_url`: no retries, a default region, dummy credentials."""
+    core = botocore.session.get_session()
+    session = boto3.Session(botocore_session=core, region_name=region)
+    if endpoint_url is None:
+        return session.client("sagemaker-runtime")
+    dummy = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    credentials = {} if _configured_credentials(core) else dummy
+    return session.client(
+        "sagemaker-runtime",
+        endpoint_url=endpoint_url,
+        region_name=session.region_name or LOCAL_REGION,
+        config=Config(retries={"max_attempts": 1}),
+        **credentials,
+    )
+
+
+def _configured_credentials(core: botocore.session.Session) -> bool:
+    """Whether the environment or AWS config files hold credentials (instance metadata is not asked)."""
+    resolver = core.get_component("credential_provider")
+    for name in _METADATA_PROVIDERS:
+        resolver.remove(name)
+    return core.get_credentials() is not None
+
+
+def _print_stream(client: Any, endpoint_name: str, prompt: str, parameters: Mapping[str, Any], fmt: str | None) -> None:
+    stream = invoke_stream(client, endpoint_name, prompt, parameters, fmt=fmt)
+    try:
+        for event in stream:
+            if event.text and not event.special:
+                click.echo(event.text, nl=False)  # click.echo flushes
+    finally:
+        if stream.tokens:
+            click.echo()
+    click.echo(_summary(stream), err=True)
+
+
+def _print_whole(client: Any, endpoint_name: str, prompt: str, parameters: Mapping[str, Any], fmt: str | None) -> None:
+    started = time.perf_counter()
+    response = client.invoke_endpoint(
+        EndpointName=endpoint_name,
+        ContentType="application/json",
+        Body=json.dumps({"inputs": prompt, "parameters": dict(parameters)}).encode(),
+    )
+    body = response["Body"].read()
+    click.echo(Stream([body], fmt=fmt, content_type=response.get("ContentType")).text())
+    click.echo(f"latency {time.perf_counter() - started:.3f} s", err=True)
+
+
+def _summary(stream: Stream) -> str:
+    ttft, rate = stream.time_to_first_token, stream.tokens_per_second
+    ttft_text = "-" if ttft is None else f"{ttft:.3f} s"
+    rate_text = "-" if rate is None else f"{rate:.1f}"
+    return f"TTFT {ttft_text}, {stream.tokens} tokens, {rate_text} tok/s"
+
+
+def _one_line(error: Exception) -> str:
+    text = f"{type(error).__name__}: {error.message}" if isinstance(error, StreamError) else str(error)
+    return " ".join(text.split())

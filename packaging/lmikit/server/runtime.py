@@ -1,0 +1,434 @@
+"""The SageMaker runtime API on the local endpoint: pure translation between it and the container.
+
+Request side: `parse_runtime_path`, `validate` (the service's ValidationError cases; lengths and patterns
+are read from botocore's own sagemaker-runtime service model, so they are exactly the modeled ones) and
+`container_headers`. Response side: `stream_headers` + `stream_frames` (InvokeEndpointWithResponseStream:
+one PayloadPart frame per container chunk, in-stream ModelStreamError frames), `invoke_response`
+(InvokeEndpoint, buffered), `model_error` and `fault_response` (JSON errors with `x-amzn-ErrorType`, which
+botocore maps to its modeled exception classes). `handle_runtime_request` ties them together; the HTTP
+layer only writes the `RuntimeAnswer` out (chunked when `streamed`).
+
+Waiting on the container: its iterator blocks, so `TimedResponse` reads it on a daemon thread into a
+queue and every wait has a deadline; the time limit therefore fires while the container is silent. On a
+time limit, a failure, or a consumer that stops early (`RuntimeAnswer.close`), `cancel()` is called; the
+reader thread ends when the container's iterator returns after that.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import queue
+import re
+import threading
+import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Union
+from urllib.parse import unquote, urlsplit
+
+import botocore.session
+from botocore.model import Shape
+
+from lmikit.client.eventstream import exception_frame, payload_part
+
+ACCOUNT = "123456789012"
+STREAM = "InvokeEndpointWithResponseStream"
+INVOKE = "InvokeEndpoint"
+EVENTSTREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
+STREAM_TIMEOUT_MESSAGE = "Your model primary did not complete sending the inference response in the allotted time."
+STREAM_BROKEN_MESSAGE = "Your model primary stopped sending the inference response before it was complete."
+INVOKE_TIMEOUT_MESSAGE = (
+    "Your invocation timed out while waiting for a response from container primary. Review the latency "
+    "metrics for each container in Amazon CloudWatch, resolve the issue, and try again."
+)
+_OPERATIONS = {"invocations-response-stream": STREAM, "invocations": INVOKE}
+_PATH = re.compile(r"/endpoints/([^/]+)/([^/]+)")
+_JAVA_REGEX = {r"[\p{Print}]": r"[\x20-\x7e]", r"\p{ASCII}": r"[\x00-\x7f]", r"\z": r"\Z"}
+_CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+
+Headers = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+
+
+class ContainerResponse(Protocol):
+    """The container's answer to one request (see the module docstring for the threading contract)."""
+
+    status: int
+    headers: dict[str, str]
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def cancel(self) -> None: ...
+
+
+Submit = Callable[[dict[str, str], bytes], ContainerResponse]
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What the runtime API needs to know about the one local endpoint."""
+
+    endpoint_name: str = "local"
+    region: str = "us-east-1"
+    stream_time_limit: float = 480.0  # whole streamed response; the service's value is not documented
+    invoke_time_limit: float = 60.0  # InvokeEndpoint: "respond to requests within 60 seconds"
+    variant: str = "AllTraffic"
+
+
+@dataclass(frozen=True)
+class RuntimeFault:
+    """An error answer before any body byte: HTTP status, botocore error code, JSON body."""
+
+    status: int
+    code: str
+    body: Mapping[str, Any]
+
+
+@dataclass
+class RuntimeAnswer:
+    """What the HTTP layer writes: chunked (no Content-Length) when `streamed`, else one body with a length."""
+
+    status: int
+    headers: dict[str, str]
+    body_iter: Iterable[bytes]
+    streamed: bool = False
+    on_close: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def close(self) -> None:
+        """The client went away mid-body: stop the stream and cancel the container request."""
+        self.on_close()
+
+
+class ContainerTimeout(TimeoutError):
+    """The container produced nothing before the deadline."""
+
+
+class ContainerFailed(Exception):
+    """Iterating the container response raised; the original exception is the `__cause__`."""
+
+
+# --- request side -----------------------------------------------------------------------------------
+
+
+def parse_runtime_path(path: str) -> tuple[str, str] | None:
+    """(endpoint name, operation) of a runtime API path (query ignored, name URL-decoded); else None."""
+    match = _PATH.fullmatch(urlsplit(path).path)
+    if match is None or match.group(2) not in _OPERATIONS:
+        return None
+    return unquote(match.group(1)), _OPERATIONS[match.group(2)]
+
+
+def validate(
+    endpoint_name: str, configured_name: str, headers: Headers, body_length: int, operation: str = STREAM
+) -> RuntimeFault | None:
+    """The service's 400 ValidationError for this request, or None when it is valid.
+
+    Modeled constraints come first (all violations in one message, worded like the service), then the
+    endpoint lookup: "Endpoint {name} of account 123456789012 not found.".
+    """
+    members = _input_members(operation)
+    present = _lower(headers)
+    checks = [("EndpointName", endpoint_name, len(endpoint_name)), ("Body", None, body_length)]
+    for member, shape in members.items():
+        value = present.get(shape.serialization.get("name", "").lower())
+        if shape.serialization.get("location") == "header" and value is not None:
+            checks.append((member, value, len(value)))
+    problems = [p for member, value, size in checks for p in _violations(member, members[member], value, size)]
+    if problems:
+        count = len(problems)
+        return validation_error(f"{count} validation error{'s' * (count > 1)} detected: {'; '.join(problems)}")
+    if endpoint_name != configured_name:
+        return validation_error(f"Endpoint {endpoint_name} of account {ACCOUNT} not found.")
+    return None
+
+
+def container_headers(runtime_headers: Headers, operation: str = STREAM) -> dict[str, str]:
+    """The headers the container sees: Content-Type, Accept (the operation's accept header), custom attributes."""
+    present = _lower(runtime_headers)
+    wanted = {
+        "Content-Type": "Content-Type",
+        "Accept": _header_name(operation, "Accept"),
+        _CUSTOM_ATTRIBUTES: _CUSTOM_ATTRIBUTES,
+    }
+    found = {name: present.get(source.lower()) for name, source in wanted.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+# --- response side ----------------------------------------------------------------------------------
+
+
+class TimedResponse:
+    """A ContainerResponse read on a daemon thread, so that every wait for a chunk has a timeout."""
+
+    def __init__(self, response: ContainerResponse) -> None:
+        self._response = response
+        self._items: queue.Queue[bytes | BaseException | None] = queue.Queue()
+        self._peeked: list[bytes | BaseException | None] = []
+        threading.Thread(target=self._pump, name="container-reader", daemon=True).start()
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._response.headers
+
+    def cancel(self) -> None:
+        self._response.cancel()
+
+    def peek(self, timeout: float) -> None:
+        """Wait until the first chunk or the end is known (so `status` is); keep it for `next_chunk`."""
+        if not self._peeked:
+            self._peeked.append(self._get(timeout))
+
+    def next_chunk(self, timeout: float) -> bytes | None:
+        """The next chunk, None at the end; raises ContainerTimeout or ContainerFailed."""
+        item = self._peeked.pop() if self._peeked else self._get(timeout)
+        if isinstance(item, BaseException):
+            raise ContainerFailed(str(item) or type(item).__name__) from item
+        return item
+
+    def _get(self, timeout: float) -> bytes | BaseException | None:
+        if timeout > 0:
+            with suppress(queue.Empty):
+                return self._items.get(timeout=timeout)
+        raise ContainerTimeout("no container output before the deadline")
+
+    def _pump(self) -> None:
+        try:
+            for chunk in self._response:
+                self._items.put(chunk)
+            self._items.put(None)
+        except Exception as error:  # the container's own failure, reported in-band
+            self._items.put(error)
+
+
+def stream_frames(
+    response: ContainerResponse | TimedResponse, time_limit: float, clock: Callable[[], float] = time.monotonic
+) -> Iterator[bytes]:
+    """Event-stream frames for a container response: one PayloadPart per non-empty chunk, as it arrives.
+
+    Ends after the last chunk; a container failure gives a ModelStreamError frame (StreamBroken), more than
+    `time_limit` seconds in all (from this call) one with ModelInvocationTimeExceeded, after cancel().
+    Closing the iterator early also cancels the container request.
+    """
+    return _frames(_timed(response), clock() + time_limit, clock)
+
+
+def stream_headers(
+    response: ContainerResponse | TimedResponse, request_id: str, variant: str = "AllTraffic"
+) -> dict[str, str]:
+    """Headers of the 200 streaming answer; the container's content type and custom attributes when set."""
+    headers = {
+        "Content-Type": EVENTSTREAM_CONTENT_TYPE,
+        "x-Amzn-Invoked-Production-Variant": variant,
+        "x-amzn-RequestId": request_id,
+    }
+    return headers | _passed_back(response.headers, "X-Amzn-SageMaker-Content-Type")
+
+
+def stream_response(
+    response: ContainerResponse | TimedResponse,
+    config: RuntimeConfig,
+    request_id: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> RuntimeAnswer:
+    """InvokeEndpointWithResponseStream's answer: a ModelError before the first chunk, else the stream."""
+    timed, deadline = _timed(response), clock() + config.stream_time_limit
+    fault = _pre_stream_fault(timed, deadline, clock, config)
+    if fault is not None:
+        return _fault_answer(fault, request_id)
+    frames = _frames(timed, deadline, clock)
+    headers = stream_headers(timed, request_id, config.variant)
+    return RuntimeAnswer(200, headers, frames, streamed=True, on_close=frames.close)
+
+
+def invoke_response(
+    response: ContainerResponse | TimedResponse,
+    config: RuntimeConfig,
+    request_id: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> RuntimeAnswer:
+    """InvokeEndpoint's answer: the whole container body, or a ModelError (≥ 400, failure, time limit)."""
+    timed = _timed(response)
+    try:
+        body = _read_all(timed, clock() + config.invoke_time_limit, clock)
+    except (ContainerTimeout, ContainerFailed) as error:
+        return _fault_answer(_failure_fault(timed, error, config), request_id)
+    if timed.status >= 400:
+        return _fault_answer(model_error(timed.status, _text(body), config), request_id)
+    headers = {"x-Amzn-Invoked-Production-Variant": config.variant, "x-amzn-RequestId": request_id}
+    headers |= _passed_back(timed.headers, "Content-Type") | {"Content-Length": str(len(body))}
+    return RuntimeAnswer(200, headers, (body,))
+
+
+def handle_runtime_request(
+    method: str, path: str, headers: Headers, body: bytes, submit: Submit, config: RuntimeConfig
+) -> RuntimeAnswer:
+    """Answer one runtime API request: validate it, submit it to the container, translate the response."""
+    request_id = str(uuid.uuid4())
+    parsed = parse_runtime_path(path)
+    if method != "POST" or parsed is None:
+        unknown = RuntimeFault(404, "UnknownOperationException", {"message": "Unknown operation"})
+        return _fault_answer(unknown, request_id)
+    endpoint_name, operation = parsed
+    fault = validate(endpoint_name, config.endpoint_name, headers, len(body), operation)
+    if fault is not None:
+        return _fault_answer(fault, request_id)
+    try:
+        response = TimedResponse(submit(container_headers(headers, operation), body))
+    except Exception as error:  # the container refused the request: the service reports a model error
+        return _fault_answer(model_error(500, str(error), config), request_id)
+    answer = stream_response if operation == STREAM else invoke_response
+    return answer(response, config, request_id)
+
+
+# --- error answers ----------------------------------------------------------------------------------
+
+
+def validation_error(message: str) -> RuntimeFault:
+    """400 ValidationError (botocore: client.exceptions.ValidationError)."""
+    return RuntimeFault(400, "ValidationError", {"message": message})
+
+
+def model_error(status: int, original_message: str, config: RuntimeConfig) -> RuntimeFault:
+    """424 ModelError for a container status (0: no answer in time), shaped like the service's body."""
+    kind = "client" if 400 <= status < 500 else "server"
+    region, group = config.region, f"/aws/sagemaker/Endpoints/{config.endpoint_name}"
+    logs = f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#logEventViewer:group={group}"
+    message = (
+        f'Received {kind} error ({status}) from primary with message "{original_message}". '
+        f"See {logs} in account {ACCOUNT} for more information."
+    )
+    body = {
+        "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
+        "Message": message,
+        "OriginalStatusCode": status,
+        "OriginalMessage": original_message,
+        "LogStreamArn": f"arn:aws:logs:{region}:{ACCOUNT}:log-group:{group}",
+    }
+    return RuntimeFault(424, "ModelError", body)
+
+
+def fault_response(fault: RuntimeFault, request_id: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of a JSON error answer; botocore reads the code from x-amzn-ErrorType."""
+    body = json.dumps(fault.body).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "x-amzn-ErrorType": fault.code,
+        "x-amzn-RequestId": request_id or str(uuid.uuid4()),
+        "Content-Length": str(len(body)),
+    }
+    return fault.status, headers, body
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _frames(response: TimedResponse, deadline: float, clock: Callable[[], float]) -> Iterator[bytes]:
+    try:
+        while (chunk := response.next_chunk(deadline - clock())) is not None:
+            if chunk:
+                yield payload_part(chunk)
+        return
+    except ContainerTimeout:
+        final = exception_frame("ModelStreamError", STREAM_TIMEOUT_MESSAGE, "ModelInvocationTimeExceeded")
+    except ContainerFailed:
+        final = exception_frame("ModelStreamError", STREAM_BROKEN_MESSAGE, "StreamBroken")
+    except BaseException:  # the consumer closed the stream early (GeneratorExit)
+        response.cancel()
+        raise
+    response.cancel()  # before the client can see the error frame
+    yield final
+
+
+def _pre_stream_fault(
+    response: TimedResponse, deadline: float, clock: Callable[[], float], config: RuntimeConfig
+) -> RuntimeFault | None:
+    try:
+        response.peek(deadline - clock())
+        if response.status < 400:
+            return None
+        body = _read_all(response, deadline, clock)
+    except (ContainerTimeout, ContainerFailed) as error:
+        return _failure_fault(response, error, config)
+    return model_error(response.status, _text(body), config)
+
+
+def _failure_fault(response: TimedResponse, error: Exception, config: RuntimeConfig) -> RuntimeFault:
+    response.cancel()
+    if isinstance(error, ContainerTimeout):
+        return model_error(0, INVOKE_TIMEOUT_MESSAGE, config)
+    status = response.status if response.status >= 400 else 500
+    return model_error(status, str(error), config)
+
+
+def _read_all(response: TimedResponse, deadline: float, clock: Callable[[], float]) -> bytes:
+    chunks = []
+    while (chunk := response.next_chunk(deadline - clock())) is not None:
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _fault_answer(fault: RuntimeFault, request_id: str) -> RuntimeAnswer:
+    status, headers, body = fault_response(fault, request_id)
+    return RuntimeAnswer(status, headers, (body,))
+
+
+def _timed(response: ContainerResponse | TimedResponse) -> TimedResponse:
+    return response if isinstance(response, TimedResponse) else TimedResponse(response)
+
+
+def _passed_back(container: Mapping[str, str], content_type_header: str) -> dict[str, str]:
+    """The container's Content-Type (under `content_type_header`) and custom attributes, when it set them."""
+    present = _lower(container)
+    found = {
+        content_type_header: present.get("content-type"),
+        _CUSTOM_ATTRIBUTES: present.get(_CUSTOM_ATTRIBUTES.lower()),
+    }
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def _lower(headers: Headers) -> dict[str, str]:
+    pairs = headers.items() if hasattr(headers, "items") else headers
+    return {name.lower(): value for name, value in pairs}
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
+
+
+@functools.cache
+def _input_members(operation: str) -> dict[str, Shape]:
+    model = botocore.session.get_session().get_service_model("sagemaker-runtime")
+    return dict(model.operation_model(operation).input_shape.members)
+
+
+def _header_name(operation: str, member: str) -> str:
+    return _input_members(operation)[member].serialization["name"]
+
+
+def _violations(member: str, shape: Shape, value: str | None, size: int) -> list[str]:
+    """Constraint failures of one member, worded like the service (sensitive values are not echoed)."""
+    subject = "Value" if value is None or shape.metadata.get("sensitive") else f"Value '{value}'"
+    where = f"{subject} at '{member[0].lower()}{member[1:]}' failed to satisfy constraint: Member must"
+    limits, problems = shape.metadata, []
+    if "max" in limits and size > limits["max"]:
+        problems.append(f"{where} have length less than or equal to {limits['max']}")
+    if "min" in limits and size < limits["min"]:
+        problems.append(f"{where} have length greater than or equal to {limits['min']}")
+    if value is not None and "pattern" in limits and not _pattern(limits["pattern"]).fullmatch(value):
+        problems.append(f"{where} satisfy regular expression pattern: {limits['pattern']}")
+    return problems
+
+
+@functools.cache
+def _pattern(java_pattern: str) -> re.Pattern[str]:
+    """A modeled (Java) pattern as a Python regex: the ASCII classes it uses, and \\z."""
+    python = java_pattern
+    for java, replacement in _JAVA_REGEX.items():
+        python = python.replace(java, replacement)
+    if r"\p{" in python:
+        raise ValueError(f"unsupported character class in modeled pattern {java_pattern!r}")
+    return re.compile(python)

@@ -1,0 +1,92 @@
+"""`lmi invoke` against the runtime API test server, through the real boto3 client."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from click.testing import CliRunner, Result
+from client_support import per_test_timeout  # noqa: F401
+from runtime_support import REGION, FakeResponse, RuntimeServer, aws_env, runtime_server  # noqa: F401
+
+from lmikit.cli import main
+
+LINES = [b'{"outputs": [" one"]}\n', b'{"outputs": [" two"]}\n', b'{"outputs": [" three"]}\n']
+
+
+@pytest.fixture
+def server(runtime_server: RuntimeServer, aws_env: None) -> RuntimeServer:  # noqa: F811
+    return runtime_server
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, ["invoke", *args])
+
+
+def test_streams_tokens_and_prints_a_summary(server: RuntimeServer) -> None:
+    server.container.response = FakeResponse([(0.0, LINES[0]), (0.05, LINES[1]), (0.05, LINES[2])])
+    result = invoke("Hello", "--endpoint-url", server.url, "--max-new-tokens", "3", "--temperature", "0.5")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " one two three\n"
+    assert result.stderr.startswith("TTFT ") and ", 3 tokens, " in result.stderr
+    headers, body = server.container.requests[0]
+    assert json.loads(body) == {"inputs": "Hello", "parameters": {"max_new_tokens": 3, "temperature": 0.5},
+                                "stream": True}
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_forced_format(server: RuntimeServer) -> None:
+    server.container.response = FakeResponse([(0.0, b'data:{"token": {"text": " hi"}}\n\n')], headers={})
+    result = invoke("Hello", "--endpoint-url", server.url, "--format", "sse")
+    assert (result.exit_code, result.stdout) == (0, " hi\n")
+
+
+def test_no_stream_prints_the_generated_text(server: RuntimeServer) -> None:
+    server.container.response = FakeResponse([(0.0, b'{"generated_text": " whole answer"}')],
+                                             headers={"Content-Type": "application/json"})
+    result = invoke("Hello", "--endpoint-url", server.url, "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " whole answer\n"
+    assert "stream" not in json.loads(server.container.requests[0][1])
+
+
+def test_unknown_endpoint_is_a_one_line_error(server: RuntimeServer) -> None:
+    result = invoke("Hello", "--endpoint-url", server.url, "--endpoint", "missing")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "(ValidationError)" in result.stderr and "Endpoint missing of account" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_model_error(server: RuntimeServer) -> None:
+    server.container.response = FakeResponse([(0.0, b"bad request")], status=400)
+    result = invoke("Hello", "--endpoint-url", server.url)
+    assert result.exit_code == 1
+    assert "(ModelError)" in result.stderr and "Received client error (400)" in result.stderr
+
+
+def test_broken_stream_keeps_the_tokens_and_fails(server: RuntimeServer) -> None:
+    server.container.response = FakeResponse([(0.0, LINES[0]), (0.0, RuntimeError("died"))])
+    result = invoke("Hello", "--endpoint-url", server.url)
+    assert result.exit_code == 1
+    assert result.stdout == " one\n"
+    assert "ModelStreamError: " in result.stderr
+
+
+def test_unreachable_endpoint(aws_env: None) -> None:  # noqa: F811
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = invoke("Hello", "--endpoint-url", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert "Could not connect to the endpoint URL" in result.stderr
+
+
+def test_standard_aws_chain_with_endpoint_env(server: RuntimeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", server.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    result = invoke("Hello")
+    assert (result.exit_code, result.stdout) == (0, "Hi\n")

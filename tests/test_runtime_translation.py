@@ -1,0 +1,266 @@
+"""runtime.py without HTTP: paths, validation, header mapping, frames, time limits and error answers."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from itertools import count
+from typing import Any, Callable
+
+import pytest
+from botocore.eventstream import EventStreamBuffer
+from client_support import per_test_timeout  # noqa: F401
+from runtime_support import FakeResponse
+
+from lmikit.server import runtime
+from lmikit.server.runtime import (
+    INVOKE,
+    STREAM,
+    RuntimeConfig,
+    container_headers,
+    fault_response,
+    handle_runtime_request,
+    model_error,
+    parse_runtime_path,
+    stream_frames,
+    stream_headers,
+    validate,
+)
+
+CONFIG = RuntimeConfig(endpoint_name="ep", region="eu-west-1", stream_time_limit=2.0, invoke_time_limit=2.0)
+
+
+def decode(frames: list[bytes]) -> list[tuple[dict[str, Any], bytes]]:
+    """(headers, payload) of each event-stream message, decoded by botocore."""
+    buffer = EventStreamBuffer()
+    for frame in frames:
+        buffer.add_data(frame)
+    return [(message.headers, message.payload) for message in buffer]
+
+
+def ticks() -> Callable[[], float]:
+    """A clock that advances one second per reading."""
+    readings = count()
+    return lambda: float(next(readings))
+
+
+def submitting(response: Any) -> Callable[[dict[str, str], bytes], Any]:
+    return lambda headers, body: response
+
+
+def answer_json(answer: runtime.RuntimeAnswer) -> dict[str, Any]:
+    return json.loads(b"".join(answer.body_iter))
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/endpoints/ep/invocations-response-stream", ("ep", STREAM)),
+        ("/endpoints/ep/invocations", ("ep", INVOKE)),
+        ("/endpoints/bad_name%21/invocations?x=1", ("bad_name!", INVOKE)),
+        ("/invocations", None),
+        ("/endpoints/ep/async-invocations", None),
+        ("/endpoints//invocations", None),
+    ],
+)
+def test_parse_runtime_path(path: str, expected: tuple[str, str] | None) -> None:
+    assert parse_runtime_path(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "member"),
+    [
+        ({"Content-Type": "a" * 1025}, "contentType"),
+        ({"X-Amzn-SageMaker-Accept": "a" * 1025}, "accept"),
+        ({"X-Amzn-SageMaker-Custom-Attributes": "naïve=1"}, "customAttributes"),
+        ({"X-Amzn-SageMaker-Target-Variant": "a" * 64}, "targetVariant"),
+        ({"X-Amzn-SageMaker-Target-Variant": "-lead"}, "targetVariant"),
+        ({"X-Amzn-SageMaker-Target-Container-Hostname": "under_score"}, "targetContainerHostname"),
+        ({"X-Amzn-SageMaker-Inference-Id": ""}, "inferenceId"),
+        ({"X-Amzn-SageMaker-Inference-Id": "i" * 65}, "inferenceId"),
+        ({"X-Amzn-SageMaker-Inference-Component": "trailing-"}, "inferenceComponentName"),
+        ({"X-Amzn-SageMaker-Session-Id": "NEW_SESSION"}, "sessionId"),
+    ],
+)
+def test_validate_modeled_header_constraints(headers: dict[str, str], member: str) -> None:
+    fault = validate("ep", "ep", headers, 10)
+    assert fault is not None and (fault.status, fault.code) == (400, "ValidationError")
+    assert re.match(r"\d validation errors? detected: Value", fault.body["message"])
+    assert f"at '{member}' failed to satisfy constraint" in fault.body["message"]
+
+
+def test_validate_accepts_valid_requests_and_lowercase_headers() -> None:
+    headers = {
+        "content-type": "application/json",
+        "x-amzn-sagemaker-custom-attributes": "a=1;b=2",
+        "x-amzn-sagemaker-target-variant": "AllTraffic",
+        "x-amzn-sagemaker-inference-id": "req 1",
+    }
+    assert validate("ep", "ep", headers, 6291456) is None
+    assert validate("ep", "ep", {"X-Amzn-SageMaker-Session-Id": "NEW_SESSION"}, 1, INVOKE) is None
+
+
+def test_validate_reports_every_violation_without_echoing_sensitive_values() -> None:
+    fault = validate("bad_name!", "ep", {"X-Amzn-SageMaker-Custom-Attributes": "s" * 1025}, 6291457)
+    assert fault is not None
+    message = fault.body["message"]
+    assert message.startswith("3 validation errors detected: Value 'bad_name!' at 'endpointName'")
+    assert "Value at 'body' failed to satisfy constraint: Member must have length less than or equal to 6291456" \
+        in message
+    assert "Value at 'customAttributes'" in message and "sss" not in message
+
+
+def test_validate_unknown_endpoint_after_constraints() -> None:
+    fault = validate("other", "ep", {}, 1)
+    assert fault is not None
+    assert fault.body == {"message": "Endpoint other of account 123456789012 not found."}
+
+
+def test_every_modeled_pattern_translates() -> None:
+    for operation in (STREAM, INVOKE):
+        for shape in runtime._input_members(operation).values():
+            if "pattern" in shape.metadata:
+                runtime._pattern(shape.metadata["pattern"])
+
+
+def test_container_headers_per_operation() -> None:
+    headers = {"content-type": "application/json", "x-amzn-sagemaker-accept": "application/jsonlines",
+               "Accept": "*/*", "X-Amzn-SageMaker-Custom-Attributes": "k=v", "Authorization": "AWS4 ..."}
+    assert container_headers(headers, STREAM) == {
+        "Content-Type": "application/json",
+        "Accept": "application/jsonlines",
+        "X-Amzn-SageMaker-Custom-Attributes": "k=v",
+    }
+    assert container_headers(headers, INVOKE)["Accept"] == "*/*"
+
+
+def test_stream_frames_one_payload_part_per_chunk() -> None:
+    response = FakeResponse([(0.0, b"a"), (0.0, b""), (0.0, b"bc")])
+    messages = decode(list(stream_frames(response, 2.0)))
+    assert [payload for _, payload in messages] == [b"a", b"bc"]
+    assert messages[0][0] == {":event-type": "PayloadPart", ":content-type": "application/octet-stream",
+                              ":message-type": "event"}
+    assert not response.cancelled.is_set()
+
+
+def test_stream_frames_container_failure_is_stream_broken() -> None:
+    response = FakeResponse([(0.0, b"a"), (0.0, RuntimeError("boom"))])
+    (_, first), (headers, payload) = decode(list(stream_frames(response, 2.0)))
+    assert first == b"a"
+    assert headers[":exception-type"] == "ModelStreamError"
+    assert json.loads(payload)["ErrorCode"] == "StreamBroken"
+
+
+def test_stream_frames_time_limit_fires_while_the_container_is_silent() -> None:
+    response = FakeResponse([(0.0, b"a"), (30.0, b"never")])
+    started = time.monotonic()
+    messages = decode(list(stream_frames(response, 0.3)))
+    assert time.monotonic() - started < 3
+    assert [payload for _, payload in messages[:-1]] == [b"a"]
+    headers, payload = messages[-1]
+    assert headers[":message-type"] == "exception"
+    assert json.loads(payload) == {
+        "Message": runtime.STREAM_TIMEOUT_MESSAGE,
+        "ErrorCode": "ModelInvocationTimeExceeded",
+    }
+    assert response.cancelled.is_set()
+
+
+def test_stream_frames_time_limit_counts_total_time_not_silence() -> None:
+    response = FakeResponse([(0.0, b"x")] * 10)
+    messages = decode(list(stream_frames(response, 3.0, clock=ticks())))
+    assert [payload for _, payload in messages[:-1]] == [b"x", b"x"]
+    assert json.loads(messages[-1][1])["ErrorCode"] == "ModelInvocationTimeExceeded"
+
+
+def test_closing_the_stream_early_cancels_the_container() -> None:
+    response = FakeResponse([(0.0, b"a"), (30.0, b"b")])
+    frames = stream_frames(response, 60.0)
+    next(frames)
+    frames.close()
+    assert response.cancelled.is_set()
+
+
+def test_stream_headers_pass_back_content_type_and_custom_attributes() -> None:
+    returned = {"content-type": "text/event-stream", "X-Amzn-SageMaker-Custom-Attributes": "k=v"}
+    response = FakeResponse([], headers=returned)
+    assert stream_headers(response, "rid", "Variant1") == {
+        "Content-Type": "application/vnd.amazon.eventstream",
+        "x-Amzn-Invoked-Production-Variant": "Variant1",
+        "x-amzn-RequestId": "rid",
+        "X-Amzn-SageMaker-Content-Type": "text/event-stream",
+        "X-Amzn-SageMaker-Custom-Attributes": "k=v",
+    }
+    assert "X-Amzn-SageMaker-Content-Type" not in stream_headers(FakeResponse([], headers={}), "rid")
+
+
+def test_model_error_body() -> None:
+    fault = model_error(404, "no such adapter", CONFIG)
+    assert (fault.status, fault.code) == (424, "ModelError")
+    assert fault.body["ErrorCode"] == "CLIENT_ERROR_FROM_MODEL"
+    message = fault.body["Message"]
+    assert message.startswith('Received client error (404) from primary with message "no such adapter". See ')
+    assert fault.body["LogStreamArn"] == "arn:aws:logs:eu-west-1:123456789012:log-group:/aws/sagemaker/Endpoints/ep"
+    assert model_error(0, "timeout", CONFIG).body["ErrorCode"] == "SERVER_ERROR_FROM_MODEL"
+
+
+def test_fault_response_headers() -> None:
+    status, headers, body = fault_response(model_error(500, "x", CONFIG), "rid")
+    assert status == 424
+    assert headers == {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError",
+                       "x-amzn-RequestId": "rid", "Content-Length": str(len(body))}
+
+
+def test_handle_streams_a_good_response() -> None:
+    response = FakeResponse([(0.0, b"a"), (0.0, b"b")])
+    answer = handle_runtime_request("POST", "/endpoints/ep/invocations-response-stream", {}, b"{}",
+                                    submitting(response), CONFIG)
+    assert (answer.status, answer.streamed) == (200, True)
+    assert "Content-Length" not in answer.headers
+    assert [payload for _, payload in decode(list(answer.body_iter))] == [b"a", b"b"]
+
+
+def test_handle_silent_container_before_first_chunk_is_a_model_error() -> None:
+    response = FakeResponse([(30.0, b"late")])
+    config = RuntimeConfig(endpoint_name="ep", stream_time_limit=0.2)
+    answer = handle_runtime_request("POST", "/endpoints/ep/invocations-response-stream", {}, b"",
+                                    submitting(response), config)
+    assert answer.status == 424 and answer.headers["x-amzn-ErrorType"] == "ModelError"
+    assert answer_json(answer)["OriginalStatusCode"] == 0
+    assert response.cancelled.is_set()
+
+
+def test_handle_container_that_raises_on_submit() -> None:
+    def refuse(headers: dict[str, str], body: bytes) -> Any:
+        raise RuntimeError("model not loaded")
+
+    answer = handle_runtime_request("POST", "/endpoints/ep/invocations", {}, b"", refuse, CONFIG)
+    assert answer.status == 424
+    assert answer_json(answer)["OriginalMessage"] == "model not loaded"
+
+
+def test_handle_invoke_failure_mid_body_is_a_model_error() -> None:
+    response = FakeResponse([(0.0, b"part"), (0.0, ValueError("lost"))])
+    answer = handle_runtime_request("POST", "/endpoints/ep/invocations", {}, b"", submitting(response), CONFIG)
+    assert (answer.status, answer_json(answer)["OriginalStatusCode"]) == (424, 500)
+
+
+def test_handle_invoke_buffers_the_body() -> None:
+    response = FakeResponse([(0.0, b"he"), (0.0, b"llo")], headers={"Content-Type": "text/plain"})
+    answer = handle_runtime_request("POST", "/endpoints/ep/invocations", {}, b"", submitting(response), CONFIG)
+    assert (answer.status, answer.streamed, b"".join(answer.body_iter)) == (200, False, b"hello")
+    assert answer.headers["Content-Type"] == "text/plain" and answer.headers["Content-Length"] == "5"
+
+
+def test_handle_unknown_operation() -> None:
+    answer = handle_runtime_request("GET", "/endpoints/ep/invocations", {}, b"", submitting(None), CONFIG)
+    assert (answer.status, answer.headers["x-amzn-ErrorType"]) == (404, "UnknownOperationException")
+
+
+def test_answer_close_cancels_the_container() -> None:
+    response = FakeResponse([(0.0, b"a"), (30.0, b"b")])
+    answer = handle_runtime_request("POST", "/endpoints/ep/invocations-response-stream", {}, b"",
+                                    submitting(response), CONFIG)
+    next(iter(answer.body_iter))
+    answer.close()
+    assert response.cancelled.is_set()
