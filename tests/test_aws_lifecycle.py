@@ -5,7 +5,9 @@ would be: the product code gets no test hooks.
 """
 from __future__ import annotations
 
+import io
 import socket
+import tarfile
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +17,8 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner, Result
 from lmikit import aws_deploy
 from lmikit.cli import main
+from lmikit.embedded_model import ensure_tiny_model
+from local_endpoint import REPO, serve
 from moto import mock_aws
 from moto.sagemaker.models import FakeEndpointConfig
 from moto.server import ThreadedMotoServer
@@ -54,8 +58,8 @@ def _dummy_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> boto3.session.Session:
     """A boto3 session on the moto server; the CLI reaches the same server through AWS_ENDPOINT_URL.
 
-    Lead: the `lmi invoke` streaming step will also need AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME set here, pointing at
-    the local endpoint (moto does not implement InvokeEndpointWithResponseStream).
+    moto has no InvokeEndpointWithResponseStream: the lifecycle test points AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME
+    at a local endpoint serving the uploaded artifact.
     """
     _dummy_credentials(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
@@ -87,9 +91,10 @@ def _gone(call, **kwargs: str) -> bool:
     return False
 
 
-def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Path) -> None:
+def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     tarball = tmp_path / "dist" / "model.tar.gz"
-    build = _lmi("build", make_project(tmp_path), "--out", tarball)
+    build = _lmi("build", REPO, "--out", tarball)
     assert build.exit_code == 0, build.output
 
     deployed = _deploy("--tarball", tarball)
@@ -106,7 +111,16 @@ def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Pat
     assert (container["Image"], container["ModelDataUrl"]) == (DJL_0_23, f"s3://{BUCKET}/{key}")
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == tarball.read_bytes()
 
-    # ── lmi invoke (lead): stream from `endpoint` here, before the delete ──────────────────────────────
+    # The artifact that was uploaded, served locally under the endpoint's name, stands in for the container.
+    served = tmp_path / "served"
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())) as archive:
+        archive.extractall(served, filter="data")
+    with serve(served, "--model-id", str(ensure_tiny_model()), "--option", "dtype=fp32",
+               "--endpoint-name", endpoint) as local:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", local.url)
+        invoked = _lmi("invoke", "Tell me a story", "--endpoint", endpoint, "--max-new-tokens", "12")
+    assert invoked.exit_code == 0, invoked.output
+    assert invoked.stdout.strip() and "12 tokens" in invoked.stderr and "TTFT" in invoked.stderr
 
     delete = _lmi("delete", "--endpoint", endpoint, "--artifacts")
     assert delete.exit_code == 0, delete.output

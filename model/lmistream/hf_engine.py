@@ -45,7 +45,8 @@ class HFTokenizer:
     def __init__(self, tokenizer: Any, eos_token_ids: frozenset[int]) -> None:
         self._tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
-        self.special_token_ids = frozenset(tokenizer.all_special_ids)
+        added_special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        self.special_token_ids = frozenset(tokenizer.all_special_ids) | frozenset(added_special)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text))

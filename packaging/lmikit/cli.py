@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import click
 
+from .demo import demo_command
+from .invoke import invoke_command
 from .lifecycle import build_command, delete_command, deploy_command
+from .serve import serve_command
 
 
 @click.group()
@@ -12,5 +15,5 @@ def main() -> None:
     """Serve, invoke, build and deploy a DJL Serving (LMI) streaming model."""
 
 
-for _command in (build_command, deploy_command, delete_command):
+for _command in (demo_command, serve_command, invoke_command, build_command, deploy_command, delete_command):
     main.add_command(_command)

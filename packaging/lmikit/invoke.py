@@ -44,7 +44,7 @@ def invoke_command(
     parameters: dict[str, Any] = {"max_new_tokens": max_new_tokens}
     if temperature is not None:
         parameters["temperature"] = temperature
-    show = _print_stream if stream else _print_whole
+    show = print_stream if stream else _print_whole
     try:
         show(runtime_client(endpoint_url, region), endpoint_name, prompt, parameters, None if fmt == "auto" else fmt)
     except (ClientError, BotoCoreError, StreamError) as error:
@@ -76,7 +76,7 @@ def _configured_credentials(core: botocore.session.Session) -> bool:
     return core.get_credentials() is not None
 
 
-def _print_stream(client: Any, endpoint_name: str, prompt: str, parameters: Mapping[str, Any], fmt: str | None) -> None:
+def print_stream(client: Any, endpoint_name: str, prompt: str, parameters: Mapping[str, Any], fmt: str | None) -> None:
     stream = invoke_stream(client, endpoint_name, prompt, parameters, fmt=fmt)
     try:
         for event in stream:

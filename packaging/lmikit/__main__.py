@@ -1,0 +1,4 @@
+"""`python -m lmikit` is the `lmi` command."""
+from lmikit.cli import main
+
+main()

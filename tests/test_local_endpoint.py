@@ -1,0 +1,113 @@
+"""`lmi serve` as a subprocess with a tiny real model: health, chunked streaming, batch limits, disconnects."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lmikit.embedded_model import ensure_tiny_model
+from local_endpoint import make_project, serve, stream
+
+PROPERTIES = """engine=Python
+option.rolling_batch=custom
+option.output_formatter=jsonlines
+option.max_rolling_batch_size={size}
+job_queue_size={queue}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return str(ensure_tiny_model())
+
+
+def project(tmp_path, size=8, queue=1000):
+    return make_project(tmp_path / "project", PROPERTIES.format(size=size, queue=queue))
+
+
+def payload(max_new_tokens: int, prompt: str = "The quick brown fox") -> dict:
+    return {"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens}}
+
+
+def test_ping_is_503_while_loading_then_healthy(tmp_path, tiny_model):
+    with serve(project(tmp_path), "--model-id", tiny_model) as server:
+        conn = server.connection()
+        conn.request("GET", "/ping")
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read()) == {"model": {"status": "Healthy"}}
+    assert server.ping_statuses[0] == 503 and server.ping_statuses[-1] == 200
+
+
+def test_eight_streams_interleave_and_the_ninth_waits_for_a_slot(tmp_path, tiny_model):
+    with serve(project(tmp_path, size=8), "--model-id", tiny_model) as server:
+        start = time.monotonic()
+        with ThreadPoolExecutor(9) as pool:
+            results = list(pool.map(lambda _: stream(server, payload(40), start), range(9)))
+    assert all(r.status == 200 for r in results)
+    for result in results:
+        assert "".join(line["outputs"][0] for line in result.lines), "each request streams text"
+    firsts = sorted(r.chunks[0][0] for r in results)
+    first_finish = min(r.chunks[-1][0] for r in results)
+    # eight requests stream side by side: all start before any finishes, each over many chunks
+    assert sum(first < first_finish for first in firsts) == 8
+    assert sum(len(r.chunks) > 5 for r in results) >= 8
+    # the ninth starts only once a slot is free
+    assert firsts[-1] >= first_finish
+
+
+def test_queue_overflow_answers_503(tmp_path, tiny_model):
+    with serve(project(tmp_path, size=1, queue=1), "--model-id", tiny_model) as server:
+        start = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            long = pool.submit(stream, server, payload(150), start)
+            time.sleep(1.0)  # the long request holds the only slot
+            extra = [pool.submit(stream, server, payload(3), start) for _ in range(3)]
+            results = [future.result() for future in extra]
+            assert long.result().status == 200
+    statuses = sorted(r.status for r in results)
+    assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+    assert all(b"WlmCapacityException" in r.body for r in results if r.status == 503)
+
+
+def test_disconnected_client_frees_its_slot(tmp_path, tiny_model):
+    with serve(project(tmp_path, size=1), "--model-id", tiny_model) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        body = json.dumps(payload(1900, "x")).encode()
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.close()
+        start = time.monotonic()
+        result = stream(server, payload(5), start)
+        waited = time.monotonic() - start
+    assert result.status == 200 and result.lines
+    # generating 1900 tokens would hold the only slot for many seconds; the freed slot serves at once
+    assert waited < 8, f"the abandoned request kept its slot for {waited:.1f} s"
+
+
+def test_unmodified_boto3_streams_from_the_local_endpoint(tmp_path, tiny_model):
+    from botocore.config import Config
+    import boto3
+
+    with serve(project(tmp_path), "--model-id", tiny_model, "--endpoint-name", "my-endpoint") as server:
+        client = boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+                              aws_access_key_id="x", aws_secret_access_key="x",
+                              config=Config(retries={"max_attempts": 1}))
+        response = client.invoke_endpoint_with_response_stream(
+            EndpointName="my-endpoint", ContentType="application/json",
+            Body=json.dumps(payload(30)).encode())
+        assert response["ContentType"] == "application/jsonlines"
+        arrivals = [(time.monotonic(), event["PayloadPart"]["Bytes"]) for event in response["Body"]]
+        with pytest.raises(client.exceptions.ModelError) as bad:
+            client.invoke_endpoint_with_response_stream(
+                EndpointName="my-endpoint", Body=json.dumps({"inputs": "x", "parameters": {"top_k": -1}}))
+        with pytest.raises(client.exceptions.ValidationError):
+            client.invoke_endpoint_with_response_stream(EndpointName="other", Body=b"{}")
+    lines = b"".join(part for _, part in arrivals).decode().splitlines()
+    assert 10 <= len(lines) <= 30 and all(json.loads(line)["outputs"] for line in lines)
+    assert len(arrivals) >= 10 and arrivals[-1][0] - arrivals[0][0] > 0.05, "parts arrive as tokens are made"
+    assert bad.value.response["OriginalStatusCode"] == 400
+    assert "parameters.top_k" in bad.value.response["OriginalMessage"]
