@@ -5,7 +5,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from lmikit.server.probe import free_port, ping
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_project(root: Path, properties: str) -> Path:
@@ -44,15 +39,6 @@ class Server:
 
     def connection(self, timeout: float = 60.0) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-
-def ping(port: int) -> int | None:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/ping")
-        return conn.getresponse().status
-    except OSError:
-        return None
 
 
 @contextmanager

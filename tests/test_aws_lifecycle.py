@@ -6,7 +6,6 @@ would be: the product code gets no test hooks.
 from __future__ import annotations
 
 import io
-import socket
 import tarfile
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ from click.testing import CliRunner, Result
 from lmikit import aws_deploy
 from lmikit.cli import main
 from lmikit.embedded_model import ensure_tiny_model
+from lmikit.server.probe import free_port
 from local_endpoint import REPO, serve
 from moto import mock_aws
 from moto.sagemaker.models import FakeEndpointConfig
@@ -30,15 +30,9 @@ DJL_0_23 = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.23.0-de
 FAST_WAIT = ["--poll-delay", "0.05", "--wait-timeout", "30"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

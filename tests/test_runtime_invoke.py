@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from click.testing import CliRunner, Result
@@ -10,6 +9,7 @@ from client_support import per_test_timeout  # noqa: F401
 from runtime_support import REGION, FakeResponse, RuntimeServer, aws_env, runtime_server  # noqa: F401
 
 from lmikit.cli import main
+from lmikit.server.probe import free_port
 
 LINES = [b'{"outputs": [" one"]}\n', b'{"outputs": [" two"]}\n', b'{"outputs": [" three"]}\n']
 
@@ -74,10 +74,7 @@ def test_broken_stream_keeps_the_tokens_and_fails(server: RuntimeServer) -> None
 
 
 def test_unreachable_endpoint(aws_env: None) -> None:  # noqa: F811
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = invoke("Hello", "--endpoint-url", f"http://127.0.0.1:{port}")
+    result = invoke("Hello", "--endpoint-url", f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == 1
     assert "Could not connect to the endpoint URL" in result.stderr
 

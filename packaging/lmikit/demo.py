@@ -6,10 +6,8 @@ token by token with the time to first token and tokens/s, then stops the endpoin
 """
 from __future__ import annotations
 
-import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +18,7 @@ import click
 
 from .embedded_model import ensure_smollm2
 from .invoke import print_stream, runtime_client
+from .server.probe import free_port, ping
 
 QUESTION = "What is the capital of France?"
 READY_TIMEOUT_SECONDS = 300.0
@@ -32,7 +31,7 @@ READY_TIMEOUT_SECONDS = 300.0
 def demo_command(question: str, max_new_tokens: int, project_dir: Path) -> None:
     """Start a local endpoint on the embedded model, stream one answer, stop."""
     model_dir = ensure_smollm2(log=click.echo)
-    port = _free_port()
+    port = free_port()
     log_path = Path(tempfile.gettempdir()) / f"lmi-demo-{port}.log"
     click.echo(f"Starting `lmi serve` on 127.0.0.1:{port} (log: {log_path})...")
     with open(log_path, "w") as log:
@@ -65,20 +64,11 @@ def _wait_ready(server: subprocess.Popen, port: int, log_path: Path) -> None:
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise click.ClickException(f"lmi serve exited ({server.returncode}):\n{log_path.read_text()[-3000:]}")
-        if _ping(port) == 200:
+        if ping(port) == 200:
             click.echo(f"Ready: http://127.0.0.1:{port} (SageMaker runtime API and /invocations)")
             return
         time.sleep(0.2)
     raise click.ClickException(f"lmi serve was not ready after {READY_TIMEOUT_SECONDS:.0f} s; see {log_path}")
-
-
-def _ping(port: int) -> int | None:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/ping")
-        return conn.getresponse().status
-    except OSError:
-        return None
 
 
 def _stop(server: subprocess.Popen) -> None:
@@ -88,9 +78,3 @@ def _stop(server: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
