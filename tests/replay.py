@@ -16,12 +16,12 @@ TIMEOUT = 30.0
 
 
 @contextmanager
-def frontend(version: str, **options: str) -> Iterator[Frontend]:
+def frontend(version: str, model_dir: Path = MODEL_DIR, **options: str) -> Iterator[Frontend]:
     """model.py behind DJL's replayed frontend, with these serving.properties options."""
     props = {"engine": "Python", **{f"option.{k}": v for k, v in options.items()}}
-    with model_environment(MODEL_DIR):
-        entry = load_entry_point(MODEL_DIR, version)
-        front = Frontend(entry, version, init_properties(props, MODEL_DIR), predict_timeout=TIMEOUT)
+    with model_environment(model_dir):
+        entry = load_entry_point(model_dir, version)
+        front = Frontend(entry, version, init_properties(props, model_dir), predict_timeout=TIMEOUT)
         front.start()
         try:
             yield front

@@ -10,7 +10,7 @@ import pytest
 
 import lmistream.service
 from fakes import ScriptedEngine
-from replay import collect, frontend, post, post_all
+from replay import MODEL_DIR, collect, frontend, post, post_all
 
 PROMPTS = ["abc", "hello there", "é日x", "zz"]
 
@@ -117,3 +117,37 @@ def test_client_disconnect_cancels_the_request_in_the_engine(version, options, s
         assert front.active_requests() == 0
         status, chunks = collect(post(front, {"inputs": "abc"}))
         assert status == 200 and chunks, "the freed slot serves the next request"
+
+
+def test_plain_non_streaming_model_answers_one_body():
+    with frontend("0.23") as front:
+        status, chunks = collect(post(front, {"inputs": "abc", "parameters": {"details": True}}))
+    assert status == 200 and len(chunks) == 1
+    assert json.loads(chunks[0]) == {"generated_text": "cba"}
+
+
+@pytest.fixture
+def model_dir_with_formatter(tmp_path):
+    """A user's model dir: the project's model.py plus their own formatter function in it."""
+    (tmp_path / "model.py").write_text((MODEL_DIR / "model.py").read_text() + '''
+
+def shouting(event):
+    """A user's formatter: upper-case text, and a marker on the last event."""
+    return event.text.upper() + (f"|{event.finish_reason.value}\\n" if event.last else "")
+''')
+    (tmp_path / "lmistream").symlink_to(MODEL_DIR / "lmistream", target_is_directory=True)
+    return tmp_path
+
+
+@pytest.mark.parametrize("version", ["0.23", "newest"])
+def test_custom_formatter_defined_in_model_py(version, model_dir_with_formatter):
+    options = {"rolling_batch": "custom", "output_formatter": "shouting", "enable_streaming": "true"}
+    with frontend(version, model_dir_with_formatter, **options) as front:
+        status, chunks = collect(post(front, {"inputs": "abc"}))
+    assert status == 200 and b"".join(chunks) == b"CBA|eos_token\n"
+
+
+def test_unknown_formatter_fails_the_model_load():
+    with pytest.raises(Exception, match="option.output_formatter='nope' is neither a built-in"):
+        with frontend("0.23", rolling_batch="custom", output_formatter="nope"):
+            pass

@@ -118,9 +118,10 @@ class StreamingService:
         return REGISTRY[(name.lower(), self.dialect)]()
 
     def _default_formatter(self, request: GenerationRequest, rolling: bool) -> str:
-        if self.dialect == "0.23":
-            return "json" if rolling else "jsonlines"
-        return "jsonlines" if self.streams(request) else "json"
+        """LMI's defaults: json unless streaming; 0.23's rolling batch streams its json object in pieces."""
+        if not self.streams(request) or (self.dialect == "0.23" and rolling):
+            return "json"
+        return "jsonlines"
 
     def _resolve_custom(self, name: str | None) -> Callable | None:
         if name is None or (name.lower(), self.dialect) in REGISTRY:
