@@ -111,3 +111,23 @@ def test_unmodified_boto3_streams_from_the_local_endpoint(tmp_path, tiny_model):
     assert len(arrivals) >= 10 and arrivals[-1][0] - arrivals[0][0] > 0.05, "parts arrive as tokens are made"
     assert bad.value.response["OriginalStatusCode"] == 400
     assert "parameters.top_k" in bad.value.response["OriginalMessage"]
+
+
+def test_stream_time_limit_ends_the_stream_with_model_stream_error(tmp_path, tiny_model):
+    from botocore.config import Config
+    from botocore.exceptions import EventStreamError
+    import boto3
+
+    with serve(project(tmp_path), "--model-id", tiny_model, "--stream-time-limit", "1.5") as server:
+        client = boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+                              aws_access_key_id="x", aws_secret_access_key="x",
+                              config=Config(retries={"max_attempts": 1}))
+        response = client.invoke_endpoint_with_response_stream(
+            EndpointName="local", Body=json.dumps(payload(1900, "x")).encode())
+        parts = []
+        with pytest.raises(EventStreamError) as error:
+            for event in response["Body"]:
+                parts.append(event["PayloadPart"]["Bytes"])
+    assert parts, "tokens streamed before the limit"
+    assert error.value.response["Error"]["Code"] == "ModelStreamError"
+    assert "allotted time" in error.value.response["Error"]["Message"]

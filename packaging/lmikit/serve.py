@@ -36,6 +36,7 @@ class ServeSettings:
     djl_version: str = "0.23"
     endpoint_name: str = "local"
     overrides: tuple[tuple[str, str], ...] = ()
+    stream_time_limit: float = RuntimeConfig.stream_time_limit
 
 
 def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str]:
@@ -70,12 +71,15 @@ def start_frontend(settings: ServeSettings, props: dict[str, str]) -> Frontend:
 def run(settings: ServeSettings, say=click.echo) -> None:
     """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
     props = serving_properties(settings, say)
-    endpoint = LocalEndpoint((settings.host, settings.port), RuntimeConfig(endpoint_name=settings.endpoint_name))
+    runtime = RuntimeConfig(endpoint_name=settings.endpoint_name, stream_time_limit=settings.stream_time_limit)
+    endpoint = LocalEndpoint((settings.host, settings.port), runtime)
     threading.Thread(target=endpoint.serve_forever, name="lmi-http", daemon=True).start()
     say(f"Loading model.py (DJL {settings.djl_version}); {endpoint.url}/ping answers 503 until ready...")
     frontend = start_frontend(settings, props)
     endpoint.set_frontend(frontend)
     say(f"Ready: {endpoint.url}  ({frontend.describe()})")
+    say(f"SageMaker runtime API: endpoint '{settings.endpoint_name}' at {endpoint.url} "
+        f"(boto3 endpoint_url, or AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -99,9 +103,12 @@ def run(settings: ServeSettings, say=click.echo) -> None:
               help="Which DJL Serving protocol to replay (0.23 matches the default deploy image).")
 @click.option("--endpoint-name", default="local", show_default=True, help="Name for the SageMaker runtime routes.")
 @click.option("--option", "overrides", multiple=True, metavar="KEY=VALUE", help="Override option.KEY.")
-def serve_command(project_dir, model_id, host, port, djl_version, endpoint_name, overrides) -> None:
+@click.option("--stream-time-limit", default=RuntimeConfig.stream_time_limit, show_default=True, type=float,
+              help="Seconds a runtime-API stream may last before ModelInvocationTimeExceeded.")
+def serve_command(project_dir, model_id, host, port, djl_version, endpoint_name, overrides,
+                  stream_time_limit) -> None:
     """Run the project's model.py as a local streaming endpoint."""
     pairs = tuple(tuple(item.split("=", 1)) for item in overrides)
     if any(len(pair) != 2 for pair in pairs):
         raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
-    run(ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs))
+    run(ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit))
