@@ -7,6 +7,14 @@ request so far) into `EngineUpdate`s that hold only the new tokens, and hands th
 Sampling settings are per request: the manager is created with sampling on and non-neutral temperature / top-k / top-p
 (transformers only builds a processor for a setting that differs from its neutral value), and every request passes all
 three explicitly. A greedy request samples with top_k=1, which is argmax.
+
+On CPU, transformers' per-request top-k and top-p processors sort every row of the logits (the whole vocabulary, for
+every request, greedy ones included) at each step: with SmolLM2's 49k vocabulary that is about 3 ms per processor per
+row on one core, more than the tiny model's whole decode step. `_RowwiseTopK` / `_RowwiseTopP` replace them with
+exact equivalents that skip the rows where the setting is neutral and find the top-k threshold with `torch.topk`.
+
+Loading the model and starting the manager run in a short-lived thread (`_in_setup_thread`), so that the caller's
+thread (DJL's long-lived handler thread) never owns an OpenMP thread pool: see that function for why this matters.
 """
 from __future__ import annotations
 
@@ -16,10 +24,14 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
+from transformers.generation.continuous_batching.cb_logits_processors import (
+    ContinuousBatchingTopKLogitsWarper,
+    ContinuousBatchingTopPLogitsWarper,
+)
 
 from .config import HandlerConfig
 from .engine import EngineUpdate, UpdateCallback
@@ -27,6 +39,7 @@ from .errors import ConfigError, EngineError, OutOfMemory
 from .params import GenerationParams
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: manager-wide defaults; each only needs to be non-neutral so that its per-request processor exists
@@ -74,7 +87,7 @@ class HFEngine:
             )
         self._config = config
         self._device = _device(config.device_id)
-        hf_tokenizer, self._model = _load(config, self._device)
+        hf_tokenizer, self._model = _in_setup_thread(lambda: _load(config, self._device))
         self.tokenizer = HFTokenizer(hf_tokenizer, _eos_token_ids(self._model, hf_tokenizer))
         text_config = self._model.config.get_text_config()
         self.max_sequence_length: int = text_config.max_position_embeddings
@@ -91,16 +104,21 @@ class HFEngine:
         if self._manager is not None:
             raise EngineError("the engine is already started")
         self._on_update = on_update
-        manager = self._model.init_continuous_batching(
-            generation_config=self._generation_config(), continuous_batching_config=self._batching_config()
-        )
-        with _oom_as_handler_error("allocating the KV cache"), torch.inference_mode():
-            manager.warmup()  # builds the cache now, so a memory error fails start() instead of the loop thread
-            manager.start()
-        self._manager = manager
+        self._manager = manager = _in_setup_thread(self._start_manager)
         self._stopping.clear()
         self._reader = threading.Thread(target=self._read, args=(manager,), name="hf-engine-reader", daemon=True)
         self._reader.start()
+
+    def _start_manager(self) -> Any:
+        manager = self._model.init_continuous_batching(
+            generation_config=self._generation_config(), continuous_batching_config=self._batching_config()
+        )
+        if self._device.type == "cpu":
+            _use_rowwise_processors(manager.logit_processor.logits_processor)
+        with _oom_as_handler_error("allocating the KV cache"), torch.inference_mode():
+            manager.warmup()  # builds the cache now, so a memory error fails start() instead of the loop thread
+            manager.start()  # the generation thread outlives this setup thread
+        return manager
 
     def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
         """Queue a request; raise EngineError if the generation loop is not running."""
@@ -224,6 +242,47 @@ class HFEngine:
         )
 
 
+class _RowwiseTopK(ContinuousBatchingTopKLogitsWarper):
+    """Per-request top-k without sorting the vocabulary: rows with top_k >= vocab are left alone, the others get their
+    k-th largest score from one `torch.topk` (k = the largest top_k among them; greedy rows need only k = 1). The
+    threshold and the mask (`score < threshold`, ties kept) are the ones transformers computes with a full sort."""
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        top_k = tensor_arg[: scores.size(0)].clamp(max=scores.size(-1))
+        rows = (top_k < scores.size(-1)).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return scores
+        k = top_k[rows].long().unsqueeze(-1)
+        selected = scores[rows]
+        largest = torch.topk(selected, int(k.max()), dim=-1).values  # sorted descending
+        thresholds = largest.gather(-1, k - 1)
+        return scores.index_put((rows,), selected.masked_fill(selected < thresholds, self.filter_value))
+
+
+class _RowwiseTopP(ContinuousBatchingTopPLogitsWarper):
+    """Per-request top-p on the rows with top_p < 1 only (transformers' sort-based code, on those rows). With top_p = 1
+    it would only mask tokens whose probability is already 0, which sampling never picks."""
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        top_p = tensor_arg[: scores.size(0)].view(dtype=torch.float32)
+        rows = (top_p < 1.0).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return scores
+        return scores.index_put((rows,), super().__call__(scores[rows], tensor_arg[rows]))
+
+
+def _use_rowwise_processors(processors: list) -> None:
+    """Swap the manager's per-request top-k / top-p processors (in place) for the row-skipping versions, keeping their
+    settings and their positions (each owns one row of the manager's per-request argument tensor)."""
+    replacements = {ContinuousBatchingTopKLogitsWarper: _RowwiseTopK, ContinuousBatchingTopPLogitsWarper: _RowwiseTopP}
+    for index, processor in enumerate(processors):
+        cheaper = replacements.get(type(processor))
+        if cheaper is not None:
+            replacement = cheaper.__new__(cheaper)
+            replacement.__dict__.update(vars(processor))
+            processors[index] = replacement
+
+
 def _log_probs(logprobs: list[float], start: int, count: int, greedy: bool) -> tuple[float | None, ...]:
     """Log-probabilities of the new tokens under the sampling distribution; None where there is no meaningful one
     (greedy requests: top_k=1 makes every chosen token's probability 1)."""
@@ -231,6 +290,32 @@ def _log_probs(logprobs: list[float], start: int, count: int, greedy: bool) -> t
     if greedy or len(chunk) != count:
         return (None,) * count
     return tuple(float(value) for value in chunk)
+
+
+def _in_setup_thread(work: Callable[[], T]) -> T:
+    """Run `work` in a thread that ends with it; return its result or raise its exception.
+
+    PyTorch's OpenMP runtime on Linux (libgomp) gives each thread that runs a parallel region its own pool of worker
+    threads, kept until that thread exits. When the pools together hold more threads than there are CPUs, libgomp's
+    workers barely spin between regions (GOMP_SPINCOUNT: 100 spins instead of 300,000) and sleep instead, so each of the
+    hundreds of small parallel regions in a decode step pays a wake-up. Loading the weights in the caller's thread
+    leaves such a pool behind next to the manager's generation thread: with 2 CPUs a SmolLM2 decode step then took about
+    65 ms instead of 37 ms, and small ops were 3-6x slower. A pool owned by a finished thread is gone.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as error:  # handed to the caller, which raises it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="hf-engine-setup")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _device(device_id: int) -> torch.device:
