@@ -1,19 +1,17 @@
-"""Start `lmi serve` as a real subprocess on a free port, for HTTP and boto3 tests."""
+"""`lmi serve` as a real subprocess for HTTP and boto3 tests, and a client that timestamps chunks."""
 from __future__ import annotations
 
 import http.client
 import json
 import os
-import signal
-import subprocess
-import sys
+import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from lmikit.server.probe import free_port, ping
+from lmikit.server.process import RunningEndpoint, running_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120.0
@@ -27,48 +25,21 @@ def make_project(root: Path, properties: str) -> Path:
     return root
 
 
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen
-    ping_statuses: list[int] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def connection(self, timeout: float = 60.0) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-
 @contextmanager
-def serve(project: Path, *args: str) -> Iterator[Server]:
-    """`lmi serve` on a free port; waits (bounded) until /ping answers 200, recording what it answered."""
-    port = free_port()
+def serve(project: Path, *args: str) -> Iterator[RunningEndpoint]:
+    """`lmi serve` on a free port, ready; its output is printed when it stops (pytest shows it on failure)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "lmikit", "serve", "--project-dir", str(project), "--port", str(port), *args]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = Server(port, process)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
-            status = ping(port)
-            if status is not None:
-                server.ping_statuses.append(status)
-            if status == 200:
-                break
-            time.sleep(0.05)
-        if 200 not in server.ping_statuses:
-            raise RuntimeError(f"lmi serve did not become ready: {process.poll()=}")
-        yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
+    with tempfile.TemporaryFile("w+") as output:
         try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-        print(output)
+            with running_endpoint(["--project-dir", str(project), *args], env, output, START_TIMEOUT) as endpoint:
+                yield endpoint
+        finally:
+            output.seek(0)
+            print(output.read())
+
+
+def connection(endpoint: RunningEndpoint, timeout: float = 60.0) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=timeout)
 
 
 @dataclass
@@ -85,9 +56,9 @@ class Streamed:
         return [json.loads(line) for line in self.body.decode().splitlines()]
 
 
-def stream(server: Server, payload: dict, start: float) -> Streamed:
+def stream(endpoint: RunningEndpoint, payload: dict, start: float) -> Streamed:
     """POST /invocations and record each chunk with its arrival time (seconds since `start`)."""
-    conn = server.connection()
+    conn = connection(endpoint)
     conn.request("POST", "/invocations", json.dumps(payload), {"Content-Type": "application/json"})
     response = conn.getresponse()
     chunks = []

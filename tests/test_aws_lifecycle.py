@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from lmikit import aws_deploy
 from lmikit.cli import main
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.server.probe import free_port
+from lmikit.server.process import free_port
 from local_endpoint import REPO, serve
 from moto import mock_aws
 from moto.sagemaker.models import FakeEndpointConfig

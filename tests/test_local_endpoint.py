@@ -7,9 +7,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from botocore.exceptions import EventStreamError
 
 from lmikit.embedded_model import ensure_tiny_model
-from local_endpoint import make_project, serve, stream
+from lmikit.invoke import runtime_client
+from local_endpoint import connection, make_project, serve, stream
 
 PROPERTIES = """engine=Python
 option.rolling_batch=custom
@@ -34,7 +36,7 @@ def payload(max_new_tokens: int, prompt: str = "The quick brown fox") -> dict:
 
 def test_ping_is_503_while_loading_then_healthy(tmp_path, tiny_model):
     with serve(project(tmp_path), "--model-id", tiny_model) as server:
-        conn = server.connection()
+        conn = connection(server)
         conn.request("GET", "/ping")
         response = conn.getresponse()
         assert response.status == 200 and json.loads(response.read()) == {"model": {"status": "Healthy"}}
@@ -45,7 +47,7 @@ def test_eight_streams_interleave_and_the_ninth_waits_for_a_slot(tmp_path, tiny_
     with serve(project(tmp_path, size=8), "--model-id", tiny_model) as server:
         start = time.monotonic()
         with ThreadPoolExecutor(9) as pool:
-            results = list(pool.map(lambda _: stream(server, payload(40), start), range(9)))
+            results = list(pool.map(lambda _: stream(server, payload(200), start), range(9)))
     assert all(r.status == 200 for r in results)
     for result in results:
         assert "".join(line["outputs"][0] for line in result.lines), "each request streams text"
@@ -89,13 +91,8 @@ def test_disconnected_client_frees_its_slot(tmp_path, tiny_model):
 
 
 def test_unmodified_boto3_streams_from_the_local_endpoint(tmp_path, tiny_model):
-    from botocore.config import Config
-    import boto3
-
     with serve(project(tmp_path), "--model-id", tiny_model, "--endpoint-name", "my-endpoint") as server:
-        client = boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
-                              aws_access_key_id="x", aws_secret_access_key="x",
-                              config=Config(retries={"max_attempts": 1}))
+        client = runtime_client(server.url)
         response = client.invoke_endpoint_with_response_stream(
             EndpointName="my-endpoint", ContentType="application/json",
             Body=json.dumps(payload(30)).encode())
@@ -114,14 +111,8 @@ def test_unmodified_boto3_streams_from_the_local_endpoint(tmp_path, tiny_model):
 
 
 def test_stream_time_limit_ends_the_stream_with_model_stream_error(tmp_path, tiny_model):
-    from botocore.config import Config
-    from botocore.exceptions import EventStreamError
-    import boto3
-
     with serve(project(tmp_path), "--model-id", tiny_model, "--stream-time-limit", "1.5") as server:
-        client = boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
-                              aws_access_key_id="x", aws_secret_access_key="x",
-                              config=Config(retries={"max_attempts": 1}))
+        client = runtime_client(server.url)
         response = client.invoke_endpoint_with_response_stream(
             EndpointName="local", Body=json.dumps(payload(1900, "x")).encode())
         parts = []

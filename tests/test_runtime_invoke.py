@@ -9,7 +9,7 @@ from client_support import per_test_timeout  # noqa: F401
 from runtime_support import REGION, FakeResponse, RuntimeServer, aws_env, runtime_server  # noqa: F401
 
 from lmikit.cli import main
-from lmikit.server.probe import free_port
+from lmikit.server.process import free_port
 
 LINES = [b'{"outputs": [" one"]}\n', b'{"outputs": [" two"]}\n', b'{"outputs": [" three"]}\n']
 

@@ -7,21 +7,16 @@ token by token with the time to first token and tokens/s, then stops the endpoin
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import click
 
 from .embedded_model import ensure_smollm2
 from .invoke import print_stream, runtime_client
-from .server.probe import free_port, ping
+from .server.process import running_endpoint
 
 QUESTION = "What is the capital of France?"
-READY_TIMEOUT_SECONDS = 300.0
 
 
 @click.command("demo")
@@ -31,22 +26,18 @@ READY_TIMEOUT_SECONDS = 300.0
 def demo_command(question: str, max_new_tokens: int, project_dir: Path) -> None:
     """Start a local endpoint on the embedded model, stream one answer, stop."""
     model_dir = ensure_smollm2(log=click.echo)
-    port = free_port()
-    log_path = Path(tempfile.gettempdir()) / f"lmi-demo-{port}.log"
-    click.echo(f"Starting `lmi serve` on 127.0.0.1:{port} (log: {log_path})...")
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "lmikit", "serve", "--project-dir", str(project_dir), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    with tempfile.NamedTemporaryFile("w+", prefix="lmi-demo-", suffix=".log", delete=False) as log:
+        click.echo(f"Starting `lmi serve` (log: {log.name})...")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
-            _wait_ready(server, port, log_path)
-            prompt = _chat_prompt(model_dir, question)
-            click.echo(f"\nQ: {question}\nA: ", nl=False)
-            print_stream(runtime_client(f"http://127.0.0.1:{port}"), "local", prompt,
-                         {"max_new_tokens": max_new_tokens}, None)
-        finally:
-            _stop(server)
+            with running_endpoint(["--project-dir", str(project_dir)], env, log) as endpoint:
+                click.echo(f"Ready: {endpoint.url} (SageMaker runtime API and /invocations)")
+                click.echo(f"\nQ: {question}\nA: ", nl=False)
+                print_stream(runtime_client(endpoint.url), "local", _chat_prompt(model_dir, question),
+                             {"max_new_tokens": max_new_tokens}, None)
+        except RuntimeError as error:
+            log.seek(0)
+            raise click.ClickException(f"{error}:\n{log.read()[-3000:]}") from error
     click.echo("Endpoint stopped.")
 
 
@@ -57,24 +48,3 @@ def _chat_prompt(model_dir: Path, question: str) -> str:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     messages = [{"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def _wait_ready(server: subprocess.Popen, port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise click.ClickException(f"lmi serve exited ({server.returncode}):\n{log_path.read_text()[-3000:]}")
-        if ping(port) == 200:
-            click.echo(f"Ready: http://127.0.0.1:{port} (SageMaker runtime API and /invocations)")
-            return
-        time.sleep(0.2)
-    raise click.ClickException(f"lmi serve was not ready after {READY_TIMEOUT_SECONDS:.0f} s; see {log_path}")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()

@@ -20,9 +20,7 @@ import http.client
 import json
 import math
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from lmikit.server.probe import free_port, ping
+from lmikit.server.process import running_endpoint
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL_ROOT = REPO / "model"  # model.py and the lmistream package beside it
@@ -191,25 +189,10 @@ def serve(model_dir: Path, batch: int, threads: int, djl_version: str, model_roo
         project = Path(tmp)
         (project / "serving.properties").write_text(PROPERTIES.format(batch=batch))
         (project / "model").symlink_to(model_root, target_is_directory=True)
-        port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
-        command = [sys.executable, "-m", "lmikit", "serve", "--project-dir", str(project), "--port", str(port),
-                   "--model-id", str(model_dir), "--djl-version", djl_version]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while ping(port) != 200:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"lmi serve did not become ready (exit {process.poll()})")
-                time.sleep(0.1)
-            yield port
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
+        args = ["--project-dir", str(project), "--model-id", str(model_dir), "--djl-version", djl_version]
+        with running_endpoint(args, env, ready_timeout=START_TIMEOUT_S) as endpoint:
+            yield endpoint.port
 
 
 def stream_request(port: int, prompt: str, max_new_tokens: int) -> Stream:
