@@ -4,6 +4,7 @@ The scripted engine answers each prompt with the prompt reversed, one byte-token
 request's exact bytes are known while several requests join and leave the batch together.
 """
 import json
+import sys
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import lmistream.service
 from fakes import ScriptedEngine
 from replay import MODEL_DIR, collect, frontend, post, post_all
 
+HF_ENGINE = lmistream.service._hf_engine  # the real factory, before the fixture swaps it
 PROMPTS = ["abc", "hello there", "é日x", "zz"]
 
 
@@ -150,4 +152,12 @@ def test_custom_formatter_defined_in_model_py(version, model_dir_with_formatter)
 def test_unknown_formatter_fails_the_model_load():
     with pytest.raises(Exception, match="option.output_formatter='nope' is neither a built-in"):
         with frontend("0.23", rolling_batch="custom", output_formatter="nope"):
+            pass
+
+
+def test_an_engine_that_cannot_import_fails_the_load_with_the_reason(monkeypatch):
+    monkeypatch.setattr(lmistream.service, "_hf_engine", HF_ENGINE)
+    monkeypatch.setitem(sys.modules, "lmistream.hf_engine", None)  # as in an image whose transformers is too old
+    with pytest.raises(Exception, match="needs transformers 5.24 .* deploy with a newest LMI image"):
+        with frontend("0.23", rolling_batch="custom"):
             pass

@@ -27,8 +27,14 @@ EngineFactory = Callable[[HandlerConfig], Engine]
 
 
 def _hf_engine(config: HandlerConfig) -> Engine:
-    from .hf_engine import HFEngine  # the only torch import, deferred to the first request
-
+    try:
+        from .hf_engine import HFEngine  # the only torch import, deferred to the init call
+    except ImportError as error:
+        raise ConfigError(
+            f"the transformers continuous-batching engine cannot load here ({error}): it needs transformers "
+            f"5.24 (Python >= 3.11, torch >= 2.6), which the LMI 0.23 images lack; deploy with a newest LMI "
+            "image such as djl-lmi:0.36.0"
+        ) from error
     return HFEngine(config)
 
 
