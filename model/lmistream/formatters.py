@@ -13,9 +13,6 @@ from typing import Callable
 
 from .textstream import FinishReason, Token
 
-DIALECTS = ("0.23", "newest")
-
-
 @dataclass(frozen=True)
 class StreamEvent:
     """What happened to one request in one step: a token and, on the last event, the final result."""

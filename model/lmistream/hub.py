@@ -43,11 +43,6 @@ class UpdateHub:
             loop, event = waiter
             loop.call_soon_threadsafe(event.set)
 
-    def publish_all(self, request_ids: Iterable[str], error: str) -> None:
-        """Fail every listed request (the engine died)."""
-        for request_id in request_ids:
-            self.publish(EngineUpdate(request_id, finished=True, error=error))
-
     def take(self, request_id: str) -> list[EngineUpdate]:
         """All pending updates of a request, oldest first."""
         with self._cond:

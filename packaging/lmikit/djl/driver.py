@@ -38,7 +38,6 @@ from lmikit.djl.loader import EntryPoint
 
 logger = logging.getLogger(__name__)
 
-MODES = ("plain", "rolling_batch", "async")
 _END = object()
 _PLACEHOLDER = {"0.23": b'{"inputs": [""]}', "newest": b""}
 _CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"

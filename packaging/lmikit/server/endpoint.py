@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable, Iterator
 
@@ -31,11 +30,9 @@ class LocalEndpoint(ThreadingHTTPServer):
         self.runtime = runtime or RuntimeConfig()
         self.model_name = model_name
         self.frontend: Frontend | None = None
-        self.ready = threading.Event()
 
     def set_frontend(self, frontend: Frontend) -> None:
         self.frontend = frontend
-        self.ready.set()
 
     @property
     def url(self) -> str:
