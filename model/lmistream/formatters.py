@@ -13,6 +13,7 @@ from typing import Callable
 
 from .textstream import FinishReason, Token
 
+
 @dataclass(frozen=True)
 class StreamEvent:
     """What happened to one request in one step: a token and, on the last event, the final result."""
