@@ -73,27 +73,26 @@ class RollingBatch:
             self._svc.hub.wait_any(live, timeout=STEP_WAIT_SECONDS)
 
     def _answer(self, outputs: Any, index: int, slot: _Slot) -> None:
-        generation = slot.generation
+        generation, error = slot.generation, slot.error
         if generation is None:
-            body = json.dumps({"code": slot.error.status, "error": slot.error.message})
-            self._encode(outputs, index, body, True, "application/json", code=slot.error.status, error=slot.error)
-            return
-        data = generation.absorb(self._svc.hub.take(generation.request_id))
-        self._encode(outputs, index, data, generation.finished, generation.content_type, request_id=generation.request_id)
-        if generation.finished:
-            self._svc.release(generation)
+            body = json.dumps({"code": error.status, "error": error.message})
+            item = {"data": body, "last": True, "content_type": "application/json",
+                    "code": error.status, "error": error.message}
+        else:
+            item = {"data": generation.absorb(self._svc.hub.take(generation.request_id)),
+                    "last": generation.finished, "content_type": generation.content_type,
+                    "request_id": generation.request_id}
+            if generation.finished:
+                self._svc.release(generation)
+        self._encode(outputs, index, item)
 
-    def _encode(self, outputs: Any, index: int, data: str, last: bool, content_type: str, **extra: Any) -> None:
+    def _encode(self, outputs: Any, index: int, item: dict) -> None:
+        """0.23: JSON `{"data", "last"}`; newest: the whole item binary-encoded, its content type as a property."""
         if self._svc.dialect == "0.23":
-            outputs.add_as_json({"data": data, "last": last}, batch_index=index)
+            outputs.add_as_json({"data": item["data"], "last": item["last"]}, batch_index=index)
             return
-        item = {"data": data, "last": last, "content_type": content_type}
-        if extra.get("request_id"):
-            item["request_id"] = extra["request_id"]
-        if extra.get("error") is not None:
-            item.update(code=extra["code"], error=extra["error"].message)
         outputs.add(self._svc.output_cls.binary_encode(item), key="data", batch_index=index)
-        outputs.add_property(f"batch_{index}_Content-Type", content_type)
+        outputs.add_property(f"batch_{index}_Content-Type", item["content_type"])
 
 
 def _is_true(value: Any) -> bool:
