@@ -96,6 +96,7 @@ def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Pat
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     assert endpoint.startswith("lmi-model-")
     assert f"Endpoint {endpoint} is InService" in deployed.stderr
+    assert "the model will fail to load there" in " ".join(deployed.stderr.split()), "the 0.23 image is warned about"
     assert sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "InService"
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint)["ProductionVariants"][0]
     assert (config["InstanceType"], config["InitialInstanceCount"]) == ("ml.g5.2xlarge", 1)
@@ -134,6 +135,7 @@ def test_deploy_builds_first_and_delete_keeps_artifacts_by_default(aws: boto3.se
                        "--image", "djl-lmi:0.28.0", "--prefix", "custom/prefix", "--health-check-timeout", 600)
     endpoint = deployed.stdout.strip()
     assert endpoint == "my-endpoint" and "InService" not in deployed.stderr
+    assert "warning" not in deployed.stderr, "an LMI image gets no engine warning"
     assert (project / "dist" / "model.tar.gz").is_file()
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint)["ProductionVariants"][0]

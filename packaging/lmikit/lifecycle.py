@@ -66,6 +66,9 @@ def deploy_command(
         if not session.region_name:
             raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")
         image_uri = aws_deploy.resolve_image(image, session.region_name)
+        warning = aws_deploy.engine_warning(image_uri)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}")
         name = endpoint_name or aws_deploy.endpoint_name_from_base()
         bucket = bucket or aws_deploy.default_bucket(session)
         key = "/".join(part for part in (prefix.strip("/"), name, "model.tar.gz") if part)
