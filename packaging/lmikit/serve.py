@@ -16,9 +16,9 @@ from pathlib import Path
 
 import click
 
-from .djl.driver import Frontend
+from .djl.driver import Frontend, InitError
 from .djl.loader import enter_model_environment, load_entry_point
-from .embedded_model import ensure_smollm2
+from .embedded_model import EmbeddedModelError, ensure_smollm2
 from .project import Project
 from .properties import init_properties, read_serving_properties
 from .server.endpoint import LocalEndpoint
@@ -72,10 +72,18 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
     props = serving_properties(settings, say)
     runtime = RuntimeConfig(endpoint_name=settings.endpoint_name, stream_time_limit=settings.stream_time_limit)
-    endpoint = LocalEndpoint((settings.host, settings.port), runtime)
+    try:
+        endpoint = LocalEndpoint((settings.host, settings.port), runtime)
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
+                                   "pass another --port") from error
     threading.Thread(target=endpoint.serve_forever, name="lmi-http", daemon=True).start()
     say(f"Loading model.py (DJL {settings.djl_version}); {endpoint.url}/ping answers 503 until ready...")
-    frontend = start_frontend(settings, props)
+    try:
+        frontend = start_frontend(settings, props)
+    except InitError as error:
+        click.echo(f"Error: {error}", err=True)
+        _exit(1)
     endpoint.set_frontend(frontend)
     say(f"Ready: {endpoint.url}  ({frontend.describe()})")
     say(f"SageMaker runtime API: endpoint '{settings.endpoint_name}' at {endpoint.url} "
@@ -87,9 +95,14 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     say("Shutting down.")
     endpoint.shutdown()
     frontend.close()
-    # Like DJL, which kills the worker process: the engine's generation thread must not keep us alive.
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """End the process like DJL ends its worker: the engine's generation thread must not keep it alive."""
     sys.stdout.flush()
-    os._exit(0)
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @click.command("serve")
@@ -111,4 +124,8 @@ def serve_command(project_dir, model_id, host, port, djl_version, endpoint_name,
     pairs = tuple(tuple(item.split("=", 1)) for item in overrides)
     if any(len(pair) != 2 for pair in pairs):
         raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
-    run(ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit))
+    settings = ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit)
+    try:
+        run(settings)
+    except EmbeddedModelError as error:
+        raise click.ClickException(str(error)) from error
