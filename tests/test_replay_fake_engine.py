@@ -161,3 +161,14 @@ def test_an_engine_that_cannot_import_fails_the_load_with_the_reason(monkeypatch
     with pytest.raises(Exception, match="needs transformers 5.24 .* deploy with a newest LMI image"):
         with frontend("0.23", rolling_batch="custom"):
             pass
+
+
+@pytest.mark.parametrize("version", ["0.23", "newest"])
+def test_a_request_that_asks_for_no_stream_gets_one_body(version):
+    with frontend(version, rolling_batch="custom", enable_streaming="true", output_formatter="jsonlines") as front:
+        response = post(front, {"inputs": "abcdef", "stream": False})
+        head = response.head(30)
+        chunks = list(response.chunks(30))
+    assert head.status == 200 and len(chunks) == 1
+    assert head.chunked == (version == "0.23"), "newest answers a one-chunk stream with a Content-Length"
+    assert b"".join(chunks).count(b"\n") == 6 + (version == "newest")

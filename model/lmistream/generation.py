@@ -17,7 +17,8 @@ from .textstream import FinishReason, TextStream, Token
 class Generation:
     """State of one admitted request."""
 
-    def __init__(self, request_id: str, request: GenerationRequest, tokenizer: Tokenizer, formatter: Formatter) -> None:
+    def __init__(self, request_id: str, request: GenerationRequest, tokenizer: Tokenizer, formatter: Formatter,
+                 buffered: bool = False) -> None:
         self.request_id = request_id
         self.request = request
         self.formatter = formatter
@@ -26,6 +27,8 @@ class Generation:
         self._events = 0
         self.finished = False
         self.needs_cancel = False  # a stop sequence ended it while the engine still runs it
+        self._buffered = buffered  # a non-streaming request: hand out the whole output at the end
+        self._held: list[str] = []
 
     @property
     def content_type(self) -> str:
@@ -36,7 +39,7 @@ class Generation:
         return self._stream.finish_reason
 
     def absorb(self, updates: Iterable[EngineUpdate]) -> str:
-        """Formatted output for these updates ('' if nothing to emit yet)."""
+        """Formatted output for these updates ('' if nothing to emit yet; everything at the end if buffered)."""
         out = []
         for update in updates:
             if self.finished:
@@ -47,7 +50,13 @@ class Generation:
             out.extend(self._tokens(update))
             if update.finished and not self.finished:
                 out.append(self._finish_without_token())
-        return "".join(out)
+        if not self._buffered:
+            return "".join(out)
+        self._held.extend(out)
+        if not self.finished:
+            return ""
+        text, self._held = "".join(self._held), []
+        return text
 
     def abandon(self) -> None:
         """The client went away: end without output and have the engine request cancelled on release."""

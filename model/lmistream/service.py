@@ -87,7 +87,8 @@ class StreamingService:
         prompt_ids = self.engine.tokenizer.encode(request.inputs)
         self._check_length(len(prompt_ids), request)
         request_id = f"req-{next(self._ids)}"
-        generation = Generation(request_id, request, self.engine.tokenizer, self._formatter(request, rolling))
+        generation = Generation(request_id, request, self.engine.tokenizer, self._formatter(request, rolling),
+                                buffered=request.stream is False)  # asked for one body, not a stream
         self.hub.open(request_id)
         self.engine.submit(request_id, prompt_ids, request.params)
         return generation
