@@ -27,7 +27,7 @@ class AsyncRequests:
         if inputs.is_empty():
             return None
         try:
-            generation = self._svc.admit(inputs.get_as_bytes(), inputs.get_property("Content-Type"), rolling=True)
+            generation = self._svc.admit(inputs, rolling=True)
         except HandlerError as error:
             body = json.dumps({"code": error.status, "error": error.message})
             return self._output(body, True, "application/json", code=error.status, error=error.message)

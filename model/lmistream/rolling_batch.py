@@ -63,7 +63,7 @@ class RollingBatch:
 
     def _admit(self, item: Any) -> _Slot:
         try:
-            return _Slot(self._svc.admit(item.get_as_bytes(), item.get_property("Content-Type"), rolling=True))
+            return _Slot(self._svc.admit(item, rolling=True))
         except HandlerError as error:
             return _Slot(None, error)
 

@@ -81,9 +81,9 @@ class StreamingService:
         return self.single.handle(inputs)
 
     # -- shared by the protocol adapters -----------------------------------------------------------------
-    def admit(self, body: bytes | bytearray, content_type: str | None, rolling: bool) -> Generation:
-        """Validate, tokenize and submit one request; raises InvalidRequest before it reaches the engine."""
-        request = parse_request(body, content_type, self.config.max_new_tokens)
+    def admit(self, item: Any, rolling: bool) -> Generation:
+        """Validate, tokenize and submit one request Input; raises InvalidRequest before it reaches the engine."""
+        request = parse_request(item.get_as_bytes(), item.get_property("Content-Type"), self.config.max_new_tokens)
         prompt_ids = self.engine.tokenizer.encode(request.inputs)
         self._check_length(len(prompt_ids), request)
         request_id = f"req-{next(self._ids)}"

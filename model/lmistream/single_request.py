@@ -42,8 +42,7 @@ class SingleRequest:
         batches = inputs.get_batches()
         if len(batches) != 1:
             raise InvalidRequest("dynamic batching (batch_size > 1) is not supported; use option.rolling_batch")
-        item = batches[0]
-        return self._svc.admit(item.get_as_bytes(), item.get_property("Content-Type"), rolling=False)
+        return self._svc.admit(batches[0], rolling=False)
 
     def chunks(self, generation: Generation) -> Iterator[str]:
         """The request's formatted output as it is produced; cancels the request if closed early."""
