@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The LMI 0.23 tier: the handler's tests again on the djl-deepspeed 0.23.0 image's stack (Python 3.9, torch 2.0.1,
+# transformers 4.30.2, deepspeed 0.9.5), in a venv of its own (about 4.4 GB, built once).
+PY39 ?= $(shell pyenv root 2>/dev/null)/versions/3.9.18/bin/python3.9
+LMI023 := .venv-lmi023
+LMI023_STAMP := $(LMI023)/.installed
+LMI023_TESTS := tests/test_stack_compat.py tests/test_scheduler.py tests/test_portable_engine.py \
+	tests/test_replay_real_model.py
 
-.PHONY: demo test serve clean
+.PHONY: demo test test-lmi023 serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +26,24 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/lmi serve
 
-test: $(STAMP)
+$(LMI023_STAMP): tests/stacks/lmi-0.23.txt
+	@test -x "$(PY39)" || { echo "error: the LMI 0.23 test tier needs Python 3.9: 'pyenv install 3.9.18', or \
+	make PY39=/path/to/python3.9 (not found: $(PY39))" >&2; exit 1; }
+	rm -rf $(LMI023)
+	$(PY39) -m venv $(LMI023)
+	$(LMI023)/bin/pip install -q -r tests/stacks/lmi-0.23.txt
+	# deepspeed's sdist imports torch to build; DS_BUILD_OPS=0 compiles no kernels (they need CUDA)
+	DS_BUILD_OPS=0 $(LMI023)/bin/pip install -q --no-build-isolation deepspeed==0.9.5
+	touch $@
+
+test: $(STAMP) $(LMI023_STAMP)
 	$(BIN)/pytest
+	$(MAKE) test-lmi023
+
+# The tiny test model is built (trained) on the main stack once; the 0.23 tier loads that same directory.
+test-lmi023: $(STAMP) $(LMI023_STAMP)
+	$(BIN)/python -c "from lmikit.embedded_model import ensure_tiny_model; ensure_tiny_model()"
+	$(LMI023)/bin/python -m pytest -m "not slow" $(LMI023_TESTS)
 
 clean:
-	rm -rf $(VENV) dist .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LMI023) dist .pytest_cache .hypothesis

@@ -61,6 +61,9 @@ class ScriptedEngine:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
+    def validate(self, params: GenerationParams) -> None:
+        """The script honours every parameter."""
+
     def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
         tokens = self._script(self.tokenizer.decode(prompt_ids), params)
         with self._lock:

@@ -35,11 +35,18 @@ def test_tiny_model_is_cached() -> None:
     _assert_hf_directory(first)
     config = json.loads((first / "config.json").read_text())
     assert config["vocab_size"] == 49152 and config["num_hidden_layers"] == 2
+    # loadable by transformers 4.30 (LMI 0.23): multi-head attention and a tokenizer class every version knows
+    assert config["num_key_value_heads"] == config["num_attention_heads"] == 4
+    tokenizer_config = json.loads((first / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    merges = json.loads((first / "tokenizer.json").read_text())["model"]["merges"]
+    assert all(isinstance(merge, str) for merge in merges)
 
 
+@pytest.mark.slow
 def test_tiny_model_builds_atomically_and_deterministically(tmp_path: Path) -> None:
     built = ensure_tiny_model(cache_dir=tmp_path)
-    assert built == tmp_path / "tiny-llama-smollm2-seed0"
+    assert built == tmp_path / "tiny-llama-mha-trained-seed0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-tokenizer", built.name]  # no staging leftovers
     cached = ensure_tiny_model()
     assert (built / "model.safetensors").read_bytes() == (cached / "model.safetensors").read_bytes()

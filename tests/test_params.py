@@ -38,8 +38,8 @@ def test_text_plain_body_is_the_prompt():
     ({"inputs": "x", "parameters": {"do_sample": "true"}}, "parameters.do_sample"),
     ({"inputs": "x", "parameters": {"stop_sequences": [""]}}, "parameters.stop_sequences"),
     ({"inputs": "x", "parameters": {"stop_sequences": ["a"] * 17}}, "parameters.stop_sequences"),
-    ({"inputs": "x", "parameters": {"repetition_penalty": 1.2}}, "parameters.repetition_penalty"),
-    ({"inputs": "x", "parameters": {"seed": 3, "do_sample": True}}, "parameters.seed"),
+    ({"inputs": "x", "parameters": {"repetition_penalty": 0}}, "parameters.repetition_penalty"),
+    ({"inputs": "x", "parameters": {"seed": -1, "do_sample": True}}, "parameters.seed"),
     ({"inputs": "x", "parameters": {"num_beams": 2}}, "num_beams"),
 ])
 def test_bad_fields_are_named(payload, field):

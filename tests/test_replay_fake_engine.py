@@ -13,7 +13,7 @@ import lmistream.service
 from fakes import ScriptedEngine
 from replay import MODEL_DIR, collect, frontend, post, post_all
 
-HF_ENGINE = lmistream.service._hf_engine  # the real factory, before the fixture swaps it
+REAL_FACTORY = lmistream.service.create_engine  # the real factory, before the fixture swaps it
 PROMPTS = ["abc", "hello there", "é日x", "zz"]
 
 
@@ -25,7 +25,7 @@ def scripted_engine(monkeypatch):
         engines.append(ScriptedEngine())
         return engines[-1]
 
-    monkeypatch.setattr(lmistream.service, "_hf_engine", factory)
+    monkeypatch.setattr(lmistream.service, "create_engine", factory)
     yield engines
     for engine in engines:
         engine.stop()
@@ -155,12 +155,22 @@ def test_unknown_formatter_fails_the_model_load():
             pass
 
 
-def test_an_engine_that_cannot_import_fails_the_load_with_the_reason(monkeypatch):
-    monkeypatch.setattr(lmistream.service, "_hf_engine", HF_ENGINE)
-    monkeypatch.setitem(sys.modules, "lmistream.hf_engine", None)  # as in an image whose transformers is too old
-    with pytest.raises(Exception, match="needs transformers 5.24 .* deploy with a newest LMI image"):
-        with frontend("0.23", rolling_batch="custom"):
+def test_a_forced_engine_that_cannot_import_fails_the_load_with_the_reason(monkeypatch):
+    monkeypatch.setattr(lmistream.service, "create_engine", REAL_FACTORY)
+    monkeypatch.setitem(sys.modules, "lmistream.engines.continuous", None)  # as in an image with an older transformers
+    with pytest.raises(Exception, match="option.generation_engine=continuous cannot load here .* needs transformers 5.24"):
+        with frontend("0.23", rolling_batch="custom", generation_engine="continuous"):
             pass
+
+
+def test_auto_picks_the_portable_engine_where_continuous_batching_cannot_import(monkeypatch):
+    from lmistream.config import HandlerConfig
+    from lmistream.engines import choose
+
+    config = HandlerConfig(model_id="unused")
+    monkeypatch.setitem(sys.modules, "lmistream.engines.continuous", None)
+    assert choose(config)[0] == "portable"
+    assert choose(HandlerConfig(model_id="unused", generation_engine="continuous"))[0] == "continuous"
 
 
 @pytest.mark.parametrize("version", ["0.23", "newest"])

@@ -1,7 +1,7 @@
-"""model/model.py driven through DJL's replayed frontend in every protocol, over the REAL HFEngine.
+"""model/model.py driven through DJL's replayed frontend in every protocol, over each REAL engine.
 
-Same protocol matrix as test_replay_fake_engine.py, but the tokens come from transformers' continuous batching on the
-tiny random Llama (fp32, CPU): each request's streamed text must equal transformers' own greedy `generate` for its
+Same protocol matrix as test_replay_fake_engine.py, but the tokens come from a real engine (transformers' continuous
+batching, and the portable engine) on the tiny trained Llama (fp32, CPU): each request's streamed text must equal transformers' own greedy `generate` for its
 prompt and max_new_tokens, while the four requests share the batch. The prompts are chosen so that every reference
 token wins by a comfortable logit margin (checked by the reference fixture), so float noise from batching cannot flip
 a greedy choice. The slow test does the same with the real SmolLM2 and a chat-templated question.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,11 +18,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
 import lmistream.service  # noqa: E402
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model  # noqa: E402
+from reference import Reference, ReferenceModel  # noqa: E402
 from replay import TIMEOUT, collect, frontend, post, post_all  # noqa: E402
 
 #: (prompt, max_new_tokens): different prompts and lengths, so a token routed to the wrong request shows. Their greedy
@@ -36,77 +33,38 @@ REQUESTS = [
 ]
 #: longer requests for the bad-request test, so that they are still generating when the bad one joins the batch
 LONG = 48
-#: a reference token must beat the runner-up by this much (in logits) for an exact comparison to be meaningful
-MIN_GAP = 1e-3
 REAL_MODEL_DTYPE = "fp32"
-
-
-@dataclass(frozen=True)
-class Reference:
-    """transformers' greedy continuation of one prompt."""
-
-    token_ids: tuple[int, ...]  # the new tokens, an eos included
-    text: str  # decoded with special tokens skipped
-    finish_reason: str  # "eos_token" when it ended on an eos token, else "length"
-
-
-class ReferenceModel:
-    """One loaded model answering greedy `generate` for (prompt, max_new_tokens), each computed once."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        configured = self.model.generation_config.eos_token_id
-        eos = configured if isinstance(configured, list) else [configured]
-        self.eos = frozenset(i for i in [*eos, self.tokenizer.eos_token_id] if i is not None)
-        self._cache: dict[tuple[str, int], Reference] = {}
-
-    def __call__(self, prompt: str, max_new_tokens: int, check_gaps: bool = True) -> Reference:
-        key = (prompt, max_new_tokens)
-        if key not in self._cache:
-            self._cache[key] = self._generate(prompt, max_new_tokens, check_gaps)
-        return self._cache[key]
-
-    def _generate(self, prompt: str, max_new_tokens: int, check_gaps: bool) -> Reference:
-        prompt_ids = self.tokenizer.encode(prompt)  # exactly what the handler's tokenizer adapter does
-        with torch.inference_mode():
-            out = self.model.generate(
-                torch.tensor([prompt_ids]),
-                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-        tokens = out.sequences[0, len(prompt_ids) :].tolist()
-        if check_gaps:
-            for index, scores in enumerate(out.scores):
-                top2 = scores[0].topk(2).values
-                gap = (top2[0] - top2[1]).item()
-                assert gap >= MIN_GAP, f"{prompt!r}: near-tie at token {index} (gap {gap:g}); choose another prompt"
-        ended_on_eos = bool(tokens) and tokens[-1] in self.eos
-        return Reference(
-            token_ids=tuple(tokens),
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-            finish_reason="eos_token" if ended_on_eos else "length",
-        )
 
 
 @pytest.fixture(autouse=True)
 def stop_engines(monkeypatch) -> Iterator[list]:
-    """Still the real HFEngine, only recorded so that it is stopped after the test: closing the frontend does not stop
-    it, and transformers' generation thread is not a daemon, so a forgotten engine keeps the process alive."""
+    """Still the real engines, only recorded so that they are stopped after the test: closing the frontend does not
+    stop them, and transformers' generation thread is not a daemon, so a forgotten engine keeps the process alive."""
     engines = []
-    real_factory = lmistream.service._hf_engine
+    real_factory = lmistream.service.create_engine
 
     def factory(config):
         engines.append(real_factory(config))
         return engines[-1]
 
-    monkeypatch.setattr(lmistream.service, "_hf_engine", factory)
+    monkeypatch.setattr(lmistream.service, "create_engine", factory)
     yield engines
     for engine in engines:
         engine.stop()
+
+
+def _available_engines() -> list[str]:
+    """Both engines where transformers has continuous batching; the portable one alone on older stacks (LMI 0.23)."""
+    from lmistream.config import HandlerConfig
+    from lmistream.engines import choose
+
+    auto, _ = choose(HandlerConfig(model_id="unused"))
+    return ["continuous", "portable"] if auto == "continuous" else ["portable"]
+
+
+@pytest.fixture(params=_available_engines())
+def engine(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +81,8 @@ def reference(tiny_dir: Path) -> ReferenceModel:
     return ref
 
 
-def _options(model_dir: Path, **options: str) -> dict[str, str]:
-    return {"model_id": str(model_dir), "dtype": REAL_MODEL_DTYPE, **options}
+def _options(model_dir: Path, engine: str, **options: str) -> dict[str, str]:
+    return {"model_id": str(model_dir), "dtype": REAL_MODEL_DTYPE, "generation_engine": engine, **options}
 
 
 def _payload(prompt: str, max_new_tokens: int, **extra) -> dict:
@@ -171,9 +129,9 @@ MATRIX = [
 
 @pytest.mark.parametrize("version,options,decode", MATRIX)
 def test_concurrent_requests_each_stream_their_own_greedy_tokens(
-    version: str, options: dict, decode: Callable, tiny_dir: Path, reference: ReferenceModel
+    version: str, options: dict, decode: Callable, engine: str, tiny_dir: Path, reference: ReferenceModel
 ) -> None:
-    with frontend(version, **_options(tiny_dir, **options)) as front:
+    with frontend(version, **_options(tiny_dir, engine, **options)) as front:
         results = post_all(front, [_payload(prompt, n, details=True) for prompt, n in REQUESTS])
     for (prompt, max_new_tokens), (status, chunks) in zip(REQUESTS, results):
         expected = reference(prompt, max_new_tokens)
@@ -193,10 +151,10 @@ def _first_chunk_then_rest(response) -> tuple[int, Iterator[bytes], bytes]:
 
 @pytest.mark.parametrize("version,options,decode", [MATRIX[0], MATRIX[1]])
 def test_bad_request_in_a_running_batch_fails_alone(
-    version: str, options: dict, decode: Callable, tiny_dir: Path, reference: ReferenceModel
+    version: str, options: dict, decode: Callable, engine: str, tiny_dir: Path, reference: ReferenceModel
 ) -> None:
     goods = [(prompt, LONG - 4 * index) for index, (prompt, _) in enumerate(REQUESTS)]
-    with frontend(version, **_options(tiny_dir, **options)) as front:
+    with frontend(version, **_options(tiny_dir, engine, **options)) as front:
         first = [post(front, _payload(prompt, n)) for prompt, n in goods[:2]]
         status0, rest0, chunk0 = _first_chunk_then_rest(first[0])  # the batch is generating now
         bad = post(front, _payload("Why?", 8, top_k=-3))
@@ -213,12 +171,21 @@ def test_bad_request_in_a_running_batch_fails_alone(
         assert decode(chunks) == reference(prompt, max_new_tokens).text, (prompt, max_new_tokens)
 
 
-def test_added_special_tokens_stream_no_text(tiny_dir: Path, reference: ReferenceModel) -> None:
+def test_plain_023_requests_answer_one_json_body_each(engine: str, tiny_dir: Path, reference: ReferenceModel) -> None:
+    """LMI 0.23 without rolling batch or streaming: one call per request, one `{"generated_text"}` body."""
+    with frontend("0.23", **_options(tiny_dir, engine)) as front:
+        results = post_all(front, [_payload(prompt, n) for prompt, n in REQUESTS])
+    for (prompt, max_new_tokens), (status, chunks) in zip(REQUESTS, results):
+        assert status == 200, b"".join(chunks)
+        assert json.loads(b"".join(chunks)) == {"generated_text": reference(prompt, max_new_tokens).text}
+
+
+def test_added_special_tokens_stream_no_text(engine: str, tiny_dir: Path, reference: ReferenceModel) -> None:
     prompt, max_new_tokens = "def fibonacci(n):", 9  # its greedy continuation holds <empty_output> (id 16)
     expected = reference(prompt, max_new_tokens)
     assert 16 in expected.token_ids
     options = MATRIX[1].values[1]
-    with frontend("newest", **_options(tiny_dir, **options)) as front:
+    with frontend("newest", **_options(tiny_dir, engine, **options)) as front:
         status, chunks = collect(post(front, _payload(prompt, max_new_tokens, details=True)))
     assert status == 200
     lines = jsonlines_newest_lines(chunks)
@@ -228,7 +195,9 @@ def test_added_special_tokens_stream_no_text(tiny_dir: Path, reference: Referenc
 
 
 @pytest.mark.slow
-def test_smollm2_chat_answer_streams_exactly_generate_and_knows_paris() -> None:
+def test_smollm2_chat_answer_streams_exactly_generate_and_knows_paris(engine: str) -> None:
+    from transformers import AutoTokenizer
+
     model_dir = ensure_smollm2()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt = tokenizer.apply_chat_template(
@@ -238,7 +207,8 @@ def test_smollm2_chat_answer_streams_exactly_generate_and_knows_paris() -> None:
     expected = ReferenceModel(model_dir)(prompt, 32, check_gaps=False)  # a trained model: exact, no gap guard
 
     started = time.monotonic()
-    with frontend("0.23", **_options(model_dir, rolling_batch="custom", output_formatter="jsonlines")) as front:
+    options = _options(model_dir, engine, rolling_batch="custom", output_formatter="jsonlines")
+    with frontend("0.23", **options) as front:
         status, chunks = collect(post(front, _payload(prompt, 32)))
     assert status == 200, b"".join(chunks)
     text = jsonlines_023(chunks)

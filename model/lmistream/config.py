@@ -13,6 +13,7 @@ from .errors import ConfigError
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 STREAMING_VALUES = ("true", "false", "huggingface")
+GENERATION_ENGINES = ("auto", "continuous", "portable")
 #: option.* keys this handler reads, each with a one-line meaning (used by `lmi build` to catch misspellings).
 HANDLER_OPTIONS = {
     "model_id": "local directory or hub id of the model (default: the model directory itself)",
@@ -21,6 +22,7 @@ HANDLER_OPTIONS = {
     "trust_remote_code": "allow model code from the model repository (default false)",
     "tensor_parallel_degree": "number of devices one model copy spans (int, or max from LMI 0.24)",
     "rolling_batch": "any value turns on DJL's rolling-batch loop (newest: 'disable' turns it off)",
+    "generation_engine": "auto|continuous|portable: transformers' continuous batching or the portable batcher",
     "max_rolling_batch_size": "most requests generating at once (default 32)",
     "max_rolling_batch_prefill_tokens": "most prompt tokens admitted in one step",
     "enable_streaming": "stream without rolling batch: true|false|huggingface",
@@ -52,6 +54,7 @@ class HandlerConfig:
     max_new_tokens: int = 256
     async_mode: bool = False
     device_id: int = -1
+    generation_engine: str = "auto"
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any]) -> "HandlerConfig":
@@ -73,6 +76,7 @@ class HandlerConfig:
             max_new_tokens=p.integer("max_new_tokens", minimum=1, maximum=1_000_000, default=256),
             async_mode=p.boolean("async_mode", default=False),
             device_id=p.integer("device_id", minimum=-1, default=-1),
+            generation_engine=p.choice("generation_engine", GENERATION_ENGINES, default="auto"),
         )
 
     def rolling_batch_enabled(self, newest: bool) -> bool:

@@ -2,7 +2,8 @@
 
 An engine runs its own generation loop in the background. The handler submits tokenized prompts with
 their parameters and receives `EngineUpdate`s through the callback given to `start`, from the engine's
-thread. `hf_engine.HFEngine` implements it over transformers' continuous batching; tests use a scripted one.
+thread. `lmistream.engines` holds the implementations (transformers' continuous batching, and the portable
+iteration-level batcher for older stacks) and chooses one; tests use a scripted one.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class Engine(Protocol):
 
     def start(self, on_update: UpdateCallback) -> None:
         """Start the background loop; every update of every request goes to `on_update`."""
+
+    def validate(self, params: GenerationParams) -> None:
+        """Raise InvalidRequest, naming the parameter, for a setting this engine cannot honour."""
 
     def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
         """Queue a request; it joins the running batch at the engine's next step."""

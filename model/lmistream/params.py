@@ -87,7 +87,8 @@ def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int
 
 
 def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> GenerationParams:
-    """Normalise then verify `parameters`; unknown or unsupported ones are rejected, never ignored."""
+    """Normalise then verify `parameters`; unknown ones are rejected, never ignored (the engine refuses what it
+    cannot honour: `Engine.validate`)."""
     unknown = sorted(set(raw) - set(_PARAMETERS))
     if unknown:
         raise InvalidRequest(f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}")
@@ -105,21 +106,7 @@ def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> Gen
         details=r.boolean("details", False),
         return_full_text=r.boolean("return_full_text", False),
     )
-    _verify_supported(params)
     return params
-
-
-def _verify_supported(params: GenerationParams) -> None:
-    """Reject what the continuous-batching engine cannot honour instead of silently ignoring it."""
-    if params.repetition_penalty != 1.0:
-        raise InvalidRequest(
-            "parameters.repetition_penalty is not supported by the continuous-batching engine; use 1.0 or omit it"
-        )
-    if params.seed is not None and params.do_sample:
-        raise InvalidRequest(
-            "parameters.seed is not supported with do_sample=true: the continuous-batching engine samples all "
-            "requests from one shared generator, so a per-request seed cannot be reproduced"
-        )
 
 
 class _Reader:

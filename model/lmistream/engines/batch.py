@@ -1,0 +1,137 @@
+"""DecodeBatch: the running rows of the portable engine as tensors, and the batch surgery between steps.
+
+Rows are left-padded so that every row's newest token sits in the last column: one forward pass then decodes them
+all. Joining rows are prefilled together, then concatenated (`extend`): the shorter cache is padded on the left with
+masked zeros. Finished or cancelled rows leave with `keep` (an index select on the batch dimension of every tensor),
+after which columns that are padding in every remaining row are cut, so memory follows the live rows. This is the
+filter / concatenate scheme of TGI's non-flash `CausalLMBatch`, over the cache object of whichever transformers is
+installed: a tuple of `(keys, values)` per layer before transformers 4.36's cache classes, or a `DynamicCache` whose
+layers hold `keys` / `values`. Both keep `(batch, heads, sequence, head_dim)` tensors; a model whose cache has any
+other layout is refused at load (`check_layout`).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+
+
+class ModelCaller:
+    """One forward pass of a causal LM, whatever its transformers generation calls the cache and the logits slice."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        accepted = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        self._positions = "position_ids" in accepted
+        self._keep = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in accepted), None)
+
+    def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        """Logits of the last position of every row, and the updated cache."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, self._cache_arg: cache,
+                                  "use_cache": True, "return_dict": True}
+        if self._positions:
+            positions = mask.long().cumsum(-1) - 1
+            kwargs["position_ids"] = positions.clamp(min=0)[:, -input_ids.size(1):]
+        if self._keep is not None:
+            kwargs[self._keep] = 1
+        output = self.model(**kwargs)
+        return output.logits[:, -1, :], getattr(output, self._cache_arg)
+
+
+def layers(cache: Any) -> list[LayerKV]:
+    if isinstance(cache, (tuple, list)):
+        return [(layer[0], layer[1]) for layer in cache]
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def with_layers(cache: Any, tensors: list[LayerKV]) -> Any:
+    if isinstance(cache, (tuple, list)):
+        return tuple(tensors)
+    for layer, (keys, values) in zip(cache.layers, tensors):
+        layer.keys, layer.values = keys, values
+    return cache
+
+
+def check_layout(cache: Any, batch: int, length: int) -> None:
+    """Refuse a cache this module cannot pad and slice (sliding-window, quantized, fused or transposed layouts)."""
+    kinds = {type(layer).__name__ for layer in getattr(cache, "layers", ())}
+    if kinds - {"DynamicLayer"}:
+        raise ConfigError(f"the portable engine needs a plain dynamic KV cache; this model uses {sorted(kinds)}: use "
+                          "option.generation_engine=continuous")
+    for keys, values in layers(cache):
+        for tensor in (keys, values):
+            if tensor.dim() != 4 or tensor.size(0) != batch or tensor.size(2) != length:
+                raise ConfigError(f"the portable engine needs KV tensors shaped (batch, heads, sequence, head_dim); "
+                                  f"this model's are {tuple(tensor.shape)}: use option.generation_engine=continuous")
+
+
+class DecodeBatch:
+    """Left-padded rows: the attention mask (1 = real token), the KV cache and each row's next input token."""
+
+    def __init__(self, mask: torch.Tensor, cache: Any, next_tokens: torch.Tensor) -> None:
+        self.mask = mask
+        self.cache = cache
+        self.next_tokens = next_tokens
+
+    def __len__(self) -> int:
+        return self.mask.size(0)
+
+    @classmethod
+    def prefill(cls, call: ModelCaller, prompts: list[list[int]], pad_id: int,
+                device: torch.device) -> tuple["DecodeBatch", torch.Tensor]:
+        """Run the prompts (left-padded) through the model; the batch and each row's next-token logits."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long, device=device)
+            mask[row, width - len(prompt):] = 1
+        logits, cache = call(ids, mask, None)
+        return cls(mask, cache, ids[:, -1:]), logits
+
+    def decode(self, call: ModelCaller) -> torch.Tensor:
+        """One step for every row: feed `next_tokens`; returns the next-token logits."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
+        logits, self.cache = call(self.next_tokens, self.mask, self.cache)
+        return logits
+
+    def set_next_tokens(self, tokens: list[int]) -> None:
+        self.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self.mask.device).unsqueeze(-1)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows (in this order), then drop the columns that are padding in all of them."""
+        if len(rows) == len(self):
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        used = self.mask.index_select(0, index).any(dim=0).nonzero()
+        start = int(used[0]) if len(rows) and used.numel() else self.mask.size(1)
+        self.mask = self.mask.index_select(0, index)[:, start:]
+        self.next_tokens = self.next_tokens.index_select(0, index)
+        self.cache = with_layers(self.cache, [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+                                              for k, v in layers(self.cache)])
+
+    def extend(self, other: "DecodeBatch") -> None:
+        """Append `other`'s rows after this batch's; the shorter history is padded on the left."""
+        width = max(self.mask.size(1), other.mask.size(1))
+        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)], dim=0)
+        self.next_tokens = torch.cat([self.next_tokens, other.next_tokens], dim=0)
+        self.cache = with_layers(self.cache, [
+            (torch.cat([_pad_left(k, width, 2), _pad_left(ok, width, 2)]),
+             torch.cat([_pad_left(v, width, 2), _pad_left(ov, width, 2)]))
+            for (k, v), (ok, ov) in zip(layers(self.cache), layers(other.cache))
+        ])
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.size(dim)
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

@@ -1,0 +1,199 @@
+"""PortableEngine: iteration-level batching over the model's own forward pass and KV cache, on every stack.
+
+For images whose transformers lacks continuous batching (LMI 0.23: transformers 4.30.2, torch 2.0.1, Python 3.9). One
+loop thread runs steps. At each step boundary it takes a `StepPlan` from the `Scheduler`: cancelled rows leave the
+batch, and new requests (within `max_rolling_batch_size` rows and the prefill token budget) are prefilled together and
+concatenated to it (`DecodeBatch`); then one forward pass decodes every row. Rows that end on eos or length leave at
+once, so a slot is free at the next boundary. Sampling is per request (`sampling`), seed and repetition penalty
+included.
+
+Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admissions carry
+their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the sampled
+tokens, which every rank computes alike. So one rank plans and every rank executes the same sequence of plans.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ..config import HandlerConfig
+from ..engine import EngineUpdate, UpdateCallback
+from ..errors import ConfigError, EngineError, HandlerError
+from ..params import GenerationParams
+from .batch import DecodeBatch, ModelCaller, check_layout
+from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
+from .sampling import RequestSampler, select_tokens
+from .scheduler import Admission, Scheduler, StepPlan
+
+logger = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _Row:
+    """A running request: its sampler and how many tokens it may still make."""
+
+    request_id: str
+    sampler: RequestSampler
+    remaining: int
+
+
+class PortableEngine:
+    """The `Engine` protocol over a transformers causal LM loaded from `config.model_id`."""
+
+    def __init__(self, config: HandlerConfig) -> None:
+        if config.tensor_parallel_degree is not None and config.tensor_parallel_degree > 1:
+            raise ConfigError(
+                f"option.tensor_parallel_degree={config.tensor_parallel_degree} is not supported by the portable "
+                "engine yet; use 1 (one model copy per device)"
+            )
+        self._device = device_for(config.device_id)
+        hf_tokenizer, model = in_setup_thread(lambda: load(config, self._device))
+        self.tokenizer = HFTokenizer(hf_tokenizer, eos_token_ids(model, hf_tokenizer))
+        self.max_sequence_length: int = text_config(model).max_position_embeddings
+        self._call = ModelCaller(model)
+        self._scheduler = Scheduler(config.max_rolling_batch_size, config.max_rolling_batch_prefill_tokens)
+        self._batch: DecodeBatch | None = None
+        self._rows: list[_Row] = []
+        self._on_update: UpdateCallback | None = None
+        self._thread: threading.Thread | None = None
+        in_setup_thread(self._check_cache_layout)
+
+    def _check_cache_layout(self) -> None:
+        with torch.inference_mode():
+            _, cache = self._call(torch.zeros((1, 2), dtype=torch.long, device=self._device),
+                                  torch.ones((1, 2), dtype=torch.long, device=self._device), None)
+        check_layout(cache, batch=1, length=2)
+
+    # -- the Engine protocol -------------------------------------------------------------------------------------
+    def start(self, on_update: UpdateCallback) -> None:
+        if self._thread is not None:
+            raise EngineError("the engine is already started")
+        self._on_update = on_update
+        self._thread = threading.Thread(target=self._loop, name="portable-engine", daemon=True)
+        self._thread.start()
+
+    def validate(self, params: GenerationParams) -> None:
+        """Every parameter is honoured per request."""
+
+    def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            raise EngineError("the generation loop is not running (stopped or crashed); the request was not queued")
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self._scheduler.submit(Admission(request_id, tuple(prompt_ids), params, seed))
+
+    def cancel(self, request_id: str) -> None:
+        self._scheduler.cancel(request_id)
+
+    def stop(self) -> None:
+        """End the loop; requests still running get an error update."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._scheduler.stop()
+        thread.join(timeout=STOP_TIMEOUT_S)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                plan = self._scheduler.plan()
+                if plan.stop:
+                    self._fail(self._rows, "the engine stopped")
+                    return
+                try:
+                    with oom_as_handler_error("generating"):
+                        self.step(plan)
+                except HandlerError as error:
+                    self._fail(self._rows, error.message)
+                except Exception as error:  # a failed step fails the rows it ran, never the loop
+                    logger.exception("portable engine step failed")
+                    self._fail(self._rows, f"generation failed: {error}")
+
+    def step(self, plan: StepPlan) -> None:
+        """Apply one plan: drop cancelled rows, prefill and join admitted ones, decode every row once."""
+        if plan.cancel:
+            cancelled = set(plan.cancel)
+            self._keep([i for i, row in enumerate(self._rows) if row.request_id not in cancelled])
+        if plan.admit:
+            self._join(plan.admit)
+        if self._batch is not None:
+            logits = self._batch.decode(self._call)
+            self._advance(self._batch, self._rows, logits)
+
+    def _join(self, admissions: tuple[Admission, ...]) -> None:
+        """Prefill the admitted requests together; a prefill that fails fails them alone, the running rows go on."""
+        rows = [_Row(a.request_id, RequestSampler(a.params, a.seed, list(a.prompt_ids), self._device),
+                     a.params.max_new_tokens) for a in admissions]
+        try:
+            with oom_as_handler_error("prefilling"):
+                batch, logits = DecodeBatch.prefill(self._call, [list(a.prompt_ids) for a in admissions],
+                                                    self.tokenizer.pad_token_id, self._device)
+        except HandlerError as error:
+            self._fail(rows, error.message)
+            return
+        except Exception as error:
+            logger.exception("portable engine prefill failed")
+            self._fail(rows, f"prefill failed: {error}")
+            return
+        self._advance(batch, rows, logits)
+        if not rows:
+            return
+        if self._batch is None:
+            self._batch, self._rows = batch, rows
+        else:
+            self._batch.extend(batch)
+            self._rows.extend(rows)
+
+    def _advance(self, batch: DecodeBatch, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token, hand it over, and remove the rows that ended (in place)."""
+        tokens, log_probs = select_tokens(logits, [row.sampler for row in rows])
+        finished = []
+        for row, token, log_prob in zip(rows, tokens, log_probs):
+            row.remaining -= 1
+            done = row.remaining <= 0 or token in self.tokenizer.eos_token_ids
+            if done:
+                finished.append(row.request_id)
+            self._emit(EngineUpdate(row.request_id, (token,), (log_prob,), finished=done))
+        batch.set_next_tokens(tokens)
+        if finished:
+            self._scheduler.finished(finished)
+            ended = set(finished)
+            keep = [i for i, row in enumerate(rows) if row.request_id not in ended]
+            _keep_rows(batch, rows, keep)
+            if batch is self._batch and not rows:
+                self._batch = None
+
+    def _keep(self, keep: list[int]) -> None:
+        if self._batch is not None:
+            _keep_rows(self._batch, self._rows, keep)
+            if not self._rows:
+                self._batch = None
+
+    def _fail(self, rows: list[_Row], message: str) -> None:
+        """End these rows with an error update; failing the running rows empties the batch."""
+        ids = [row.request_id for row in rows]
+        if rows is self._rows:
+            self._batch, self._rows = None, []
+        self._scheduler.finished(ids)
+        for request_id in ids:
+            self._emit(EngineUpdate(request_id, finished=True, error=message))
+
+    def _emit(self, update: EngineUpdate) -> None:
+        if self._on_update is None:
+            return
+        try:
+            self._on_update(update)
+        except Exception:  # a faulty callback must not kill the loop (and with it every other request)
+            logger.exception("on_update failed for request %s", update.request_id)
+
+
+def _keep_rows(batch: DecodeBatch, rows: list[_Row], keep: list[int]) -> None:
+    """Keep these rows of a batch and of its parallel row list, in place."""
+    batch.keep(keep)
+    rows[:] = [rows[i] for i in keep]

@@ -1,0 +1,67 @@
+"""transformers' own greedy `generate`, the reference every engine's tokens are compared with (any supported stack)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+#: a reference token must beat the runner-up by this much (in logits) for an exact comparison to be meaningful
+MIN_GAP = 1e-3
+#: `torch_dtype` before transformers 4.56, `dtype` after
+DTYPE_KEYWORD = "dtype" if tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """transformers' greedy continuation of one prompt."""
+
+    token_ids: tuple[int, ...]  # the new tokens, an eos included
+    text: str  # decoded with special tokens skipped
+    finish_reason: str  # "eos_token" when it ended on an eos token, else "length"
+
+
+class ReferenceModel:
+    """One loaded model answering greedy `generate` for (prompt, max_new_tokens), each computed once."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, **{DTYPE_KEYWORD: torch.float32}).eval()
+        configured = self.model.generation_config.eos_token_id
+        eos = configured if isinstance(configured, list) else [configured]
+        self.eos = frozenset(i for i in [*eos, self.tokenizer.eos_token_id] if i is not None)
+        self._cache: dict[tuple, Reference] = {}
+
+    def __call__(self, prompt: str, max_new_tokens: int, check_gaps: bool = True, **settings: float) -> Reference:
+        """Greedy continuation; `settings` are more `generate` arguments (repetition_penalty)."""
+        key = (prompt, max_new_tokens, tuple(sorted(settings.items())))
+        if key not in self._cache:
+            self._cache[key] = self._generate(prompt, max_new_tokens, check_gaps, **settings)
+        return self._cache[key]
+
+    def _generate(self, prompt: str, max_new_tokens: int, check_gaps: bool, **settings: float) -> Reference:
+        prompt_ids = self.tokenizer.encode(prompt)  # exactly what the handler's tokenizer adapter does
+        with torch.inference_mode():
+            out = self.model.generate(
+                torch.tensor([prompt_ids]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                output_scores=True,
+                **settings,
+                return_dict_in_generate=True,
+            )
+        tokens = out.sequences[0, len(prompt_ids) :].tolist()
+        if check_gaps:
+            for index, scores in enumerate(out.scores):
+                top2 = scores[0].topk(2).values
+                gap = (top2[0] - top2[1]).item()
+                assert gap >= MIN_GAP, f"{prompt!r}: near-tie at token {index} (gap {gap:g}); choose another prompt"
+        ended_on_eos = bool(tokens) and tokens[-1] in self.eos
+        return Reference(
+            token_ids=tuple(tokens),
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            finish_reason="eos_token" if ended_on_eos else "length",
+        )
