@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PY39 ?= $(shell pyenv root 2>/dev/null)/versions/3.9.18/bin/python3.9
 LMI023 := .venv-lmi023
 LMI023_STAMP := $(LMI023)/.installed
-LMI023_TESTS := tests/test_stack_compat.py tests/test_scheduler.py tests/test_portable_engine.py \
+LMI023_TESTS := tests/test_stack_compat.py tests/test_scheduler.py tests/test_portable_engine.py tests/test_engine_bench.py \
 	tests/test_replay_real_model.py
 
 .PHONY: demo test test-lmi023 serve clean

@@ -1,0 +1,23 @@
+"""The engine benchmark's plumbing on whichever stack runs the tests: a tiny run reports every path and ratio. No
+timing assertions (CPU timings here are noise; the benchmark prints ratios instead)."""
+from __future__ import annotations
+
+from lmikit.benchmarks import engine_bench
+from lmikit.embedded_model import ensure_tiny_model
+
+
+def test_tiny_run_reports_every_engine_against_generate() -> None:
+    result = engine_bench.run_benchmark(ensure_tiny_model(), [2], max_new_tokens=3, threads=1, repeats=1)
+    engines = engine_bench.available_engines()
+    assert {row["path"] for row in result["rows"]} == {"generate", *engines}
+    assert all(row["tok_s"] > 0 and len(row["runs"]) == 1 for row in result["rows"])
+    ratios = {r["ratio"] for r in result["ratios"]}
+    assert "portable/generate" in ratios
+    assert ("portable/continuous" in ratios) == ("continuous" in engines)
+    text = engine_bench.format_report(result)
+    assert "portable/generate" in text and result["stack"]["transformers"] in text
+
+
+def test_prompts_differ() -> None:
+    texts = engine_bench.prompts(32)
+    assert len(set(texts)) == 32 and len({len(t) for t in texts}) > 1
