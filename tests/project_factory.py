@@ -38,6 +38,6 @@ def make_project(root: Path) -> Path:
     (package / "engine.py").write_text("ENGINE = 'transformers'\n")
     (package / "formatters" / "__init__.py").write_text("")
     (package / "formatters" / "jsonlines.py").write_text("SEPARATOR = '\\n'\n")
-    (project / "requirements.txt").write_text("transformers==5.24.0\n")
+    (project / "requirements.txt").write_text("# the model's extra packages\n")
     write_properties(project, good_properties(weights))
     return project

@@ -167,10 +167,20 @@ def test_auto_picks_the_portable_engine_where_continuous_batching_cannot_import(
     from lmistream.config import HandlerConfig
     from lmistream.engines import choose
 
-    config = HandlerConfig(model_id="unused")
+    config = HandlerConfig(model_id="unused", device_id=0)  # a GPU, were one here
     monkeypatch.setitem(sys.modules, "lmistream.engines.continuous", None)
-    assert choose(config)[0] == "portable"
+    name, reason = choose(config)
+    assert name == "portable" and "continuous batching is unavailable" in reason
     assert choose(HandlerConfig(model_id="unused", generation_engine="continuous"))[0] == "continuous"
+
+
+def test_auto_picks_the_portable_engine_on_cpu_where_it_is_faster():
+    from lmistream.config import HandlerConfig
+    from lmistream.engines import available, choose
+
+    name, reason = choose(HandlerConfig(model_id="unused"))  # no GPU on this machine
+    assert name == "portable"
+    assert ("outruns" in reason) == ("continuous" in available())
 
 
 @pytest.mark.parametrize("version", ["0.23", "newest"])

@@ -55,11 +55,9 @@ def stop_engines(monkeypatch) -> Iterator[list]:
 
 def _available_engines() -> list[str]:
     """Both engines where transformers has continuous batching; the portable one alone on older stacks (LMI 0.23)."""
-    from lmistream.config import HandlerConfig
-    from lmistream.engines import choose
+    from lmistream.engines import available
 
-    auto, _ = choose(HandlerConfig(model_id="unused"))
-    return ["continuous", "portable"] if auto == "continuous" else ["portable"]
+    return available()
 
 
 @pytest.fixture(params=_available_engines())

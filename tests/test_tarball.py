@@ -112,3 +112,19 @@ def test_flat_project_layout(tmp_path: Path) -> None:
         child.rename(project / child.name)
     (project / "model").rmdir()
     assert _names(build_tarball(project, tmp_path / "model.tar.gz").path) == EXPECTED
+
+
+@pytest.mark.parametrize("text", ["# nothing extra\nsentencepiece\n", ""])
+def test_requirements_text_ships_instead_of_the_project_file(project: Path, tmp_path: Path, text: str) -> None:
+    report = build_tarball(project, tmp_path / "a.tar.gz", requirements=text)
+    assert report.entries == EXPECTED
+    with tarfile.open(report.path) as tar:
+        assert tar.extractfile("requirements.txt").read() == text.encode()
+    assert build_tarball(project, tmp_path / "b.tar.gz", requirements=text).path.read_bytes() == \
+        report.path.read_bytes()
+
+
+def test_requirements_text_ships_even_without_a_project_file(project: Path, tmp_path: Path) -> None:
+    (project / "requirements.txt").unlink()
+    assert "requirements.txt" not in _names(build_tarball(project, tmp_path / "a.tar.gz").path)
+    assert "requirements.txt" in _names(build_tarball(project, tmp_path / "b.tar.gz", requirements="").path)

@@ -106,7 +106,8 @@ def test_build_command_fails_on_errors_and_prints_them(project: Path, tmp_path: 
 
 def test_build_command_prints_warnings_and_builds(project: Path, tmp_path: Path) -> None:
     _with(project, option__trust_remote_code="true")
-    result = CliRunner().invoke(main, ["build", str(project), "--out", str(tmp_path / "m.tar.gz")])
+    result = CliRunner().invoke(main, ["build", str(project), "--out", str(tmp_path / "m.tar.gz"),
+                                       "--image", "djl-lmi:0.36.0"])
     assert result.exit_code == 0, result.output
     assert "warning: option.trust_remote_code" in result.stderr
     assert result.stdout.strip() == str(tmp_path / "m.tar.gz")

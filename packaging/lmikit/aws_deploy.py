@@ -70,14 +70,6 @@ def resolve_image(image: str, region: str) -> str:
         raise DeployError(f"--image {image!r}: {exc}") from None
 
 
-def engine_warning(image_uri: str) -> str | None:
-    """Why lmistream's engine will not load in this image, when that is known from its tag."""
-    if "deepspeed" not in image_uri:
-        return None
-    return ("the lmistream engine needs transformers 5.24 (Python >= 3.11, torch >= 2.6), which the djl-deepspeed "
-            "images lack: the model will fail to load there. Pass --image djl-lmi:<version> for a recent LMI.")
-
-
 def endpoint_name_from_base(base: str = DEFAULT_NAME_BASE) -> str:
     """A unique endpoint name the way the blog makes one (base plus a timestamp)."""
     from sagemaker.utils import name_from_base

@@ -15,7 +15,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from . import aws_deploy
+from . import aws_deploy, images
+from .project import Project
 from .tarball import BuildReport, build_tarball
 from .validate import errors, validate_project
 
@@ -26,9 +27,11 @@ DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
 @click.argument("project_dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Archive to write (default: PROJECT_DIR/dist/model.tar.gz).")
-def build_command(project_dir: Path, out: Path | None) -> None:
-    """Validate the project, then write a deterministic model.tar.gz."""
-    report = _validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, Console(stderr=True))
+@click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
+              help="The image to build for: its Python stack decides requirements.txt and what is checked.")
+def build_command(project_dir: Path, out: Path | None, image: str) -> None:
+    """Validate the project for the image, then write a deterministic model.tar.gz."""
+    report = _validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, image, Console(stderr=True))
     click.echo(str(report.path))
 
 
@@ -60,15 +63,12 @@ def deploy_command(
     """Upload model.tar.gz and create a SageMaker endpoint for it; prints the endpoint name."""
     console = Console(stderr=True)
     if tarball is None:
-        tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, console).path
+        tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
     with _aws_errors():
         session = boto3.session.Session()
         if not session.region_name:
             raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")
         image_uri = aws_deploy.resolve_image(image, session.region_name)
-        warning = aws_deploy.engine_warning(image_uri)
-        if warning:
-            console.print(f"[yellow]warning:[/] {warning}")
         name = endpoint_name or aws_deploy.endpoint_name_from_base()
         bucket = bucket or aws_deploy.default_bucket(session)
         key = "/".join(part for part in (prefix.strip("/"), name, "model.tar.gz") if part)
@@ -97,17 +97,21 @@ def delete_command(endpoint_name: str, artifacts: bool) -> None:
         console.print(f"nothing to delete for {endpoint_name}")
 
 
-def _validated_build(project_dir: Path, out: Path, console: Console) -> BuildReport:
-    findings = validate_project(project_dir)
+def _validated_build(project_dir: Path, out: Path, image: str, console: Console) -> BuildReport:
+    project = Project.at(project_dir)
+    findings = validate_project(project_dir) + images.check_image(project, image)
     for finding in findings:
         console.print(str(finding), style="red" if finding.level == "error" else "yellow",
                       markup=False, soft_wrap=True)
     if errors(findings):
         raise click.ClickException(f"{len(errors(findings))} error(s) in {project_dir}; nothing built")
-    report = build_tarball(project_dir, out)
+    stack, engine = images.stack_for(image), images.generation_engine(project.properties())
+    requirements = images.shipped_requirements(stack, images.requirements_text(project), engine)
+    report = build_tarball(project_dir, out, requirements)
     for entry in report.entries:
         console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries)")
+    console.print(f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries) for {image}; "
+                  f"{images.engine_note(stack, engine, requirements)}", markup=False, soft_wrap=True)
     return report
 
 

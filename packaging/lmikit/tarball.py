@@ -1,5 +1,8 @@
 """Deterministic model.tar.gz: serving.properties, the entry point, handler packages and requirements.txt at the root.
 
+requirements.txt is the project's file, or the text the caller passes (what `lmi build --image` writes for the
+image); passed text always ships, even empty, so the archive's layout does not depend on it.
+
 The archive is flat (SageMaker extracts it into /opt/ml/model). Entries are sorted, owners and modes fixed, mtimes
 set to SOURCE_DATE_EPOCH (default 0) and the gzip header carries no name or time, so the same tree always gives
 the same bytes. Secrets, caches, virtualenvs and build outputs never go in.
@@ -34,11 +37,16 @@ class BuildReport:
     excluded: list[str] = field(default_factory=list)
 
 
-def build_tarball(project_dir: Path | str, out_path: Path | str) -> BuildReport:
-    """Write the project's model.tar.gz to `out_path` (atomically) and report its contents."""
+def build_tarball(project_dir: Path | str, out_path: Path | str, requirements: str | None = None) -> BuildReport:
+    """Write the project's model.tar.gz to `out_path` (atomically) and report its contents.
+
+    `requirements` is the requirements.txt to ship; None ships the project's own file, if it has one.
+    """
     project = Project.at(project_dir)
     report = BuildReport(path=Path(out_path))
     sources = _collect(project, report)
+    if requirements is not None:
+        sources["requirements.txt"] = requirements.encode("utf-8")
     data = _archive(sources, _mtime())
     report.path.parent.mkdir(parents=True, exist_ok=True)
     partial = report.path.with_name(report.path.name + ".partial")
@@ -53,9 +61,9 @@ def is_excluded(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in EXCLUDED_NAMES)
 
 
-def _collect(project: Project, report: BuildReport) -> dict[str, Path]:
+def _collect(project: Project, report: BuildReport) -> dict[str, Path | bytes]:
     """Archive name → source path (directories included) for everything that ships."""
-    sources: dict[str, Path] = {"serving.properties": project.serving_properties}
+    sources: dict[str, Path | bytes] = {"serving.properties": project.serving_properties}
     if project.requirements is not None:
         sources["requirements.txt"] = project.requirements
     name, entry_file = project.entry_point(project.properties())
@@ -86,7 +94,7 @@ def _mtime() -> int:
     return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
 
 
-def _archive(sources: dict[str, Path], mtime: int) -> bytes:
+def _archive(sources: dict[str, Path | bytes], mtime: int) -> bytes:
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -95,13 +103,14 @@ def _archive(sources: dict[str, Path], mtime: int) -> bytes:
     return buffer.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, source: Path, mtime: int) -> None:
+def _add(tar: tarfile.TarFile, name: str, source: Path | bytes, mtime: int) -> None:
+    """One entry: a directory, a file's bytes, or bytes given as they are."""
     info = tarfile.TarInfo(name)
     info.mtime, info.uid, info.gid, info.uname, info.gname = mtime, 0, 0, "", ""
-    if source.is_dir():
+    if isinstance(source, Path) and source.is_dir():
         info.type, info.mode = tarfile.DIRTYPE, DIR_MODE
         tar.addfile(info)
         return
-    data = source.read_bytes()
+    data = source.read_bytes() if isinstance(source, Path) else source
     info.mode, info.size = FILE_MODE, len(data)
     tar.addfile(info, io.BytesIO(data))

@@ -157,13 +157,22 @@ def _tensor_parallel(project: Project, config: Any) -> list[Finding]:
                     f"{tp} does not divide the model's {' and '.join(bad)}")]
 
 
-def _model_config(project: Project, model_id: str) -> dict | None:
-    """config.json of a model_id that is a local directory (absolute, or relative to the project or model dir)."""
+def local_model_dir(project: Project, model_id: str) -> Path | None:
+    """The local directory of `model_id` holding a config.json (absolute, or relative to the project or model dir)."""
     candidates = [Path(model_id)] if Path(model_id).is_absolute() else [project.root / model_id,
                                                                          project.model_dir / model_id]
-    for directory in candidates:
-        try:
-            return json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return None
+    return next((directory for directory in candidates if (directory / "config.json").is_file()), None)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object file, or None when it is missing or not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _model_config(project: Project, model_id: str) -> dict | None:
+    directory = local_model_dir(project, model_id)
+    return None if directory is None else read_json(directory / "config.json")

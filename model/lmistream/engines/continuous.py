@@ -28,10 +28,11 @@ from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback
-from ..errors import ConfigError, EngineError, InvalidRequest
+from ..errors import EngineError, InvalidRequest
 from ..params import GenerationParams
 from .cb_processors import use_rowwise_processors
-from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
+from .loading import (HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error,
+                      refuse_tensor_parallel, text_config)
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,7 @@ class ContinuousBatchingEngine:
     """Continuous-batching generation with a transformers model loaded from `config.model_id`."""
 
     def __init__(self, config: HandlerConfig) -> None:
-        if config.tensor_parallel_degree is not None and config.tensor_parallel_degree > 1:
-            raise ConfigError(
-                f"option.tensor_parallel_degree={config.tensor_parallel_degree} is not supported by the transformers "
-                "engine yet; use 1 (one model copy per device)"
-            )
+        refuse_tensor_parallel(config, "continuous-batching")
         self._config = config
         self._device = device_for(config.device_id)
         hf_tokenizer, self._model = in_setup_thread(lambda: load(config, self._device))

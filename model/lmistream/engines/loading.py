@@ -19,7 +19,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..config import HandlerConfig
-from ..errors import OutOfMemory
+from ..errors import ConfigError, OutOfMemory
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +59,14 @@ def _added_special_ids(tokenizer: Any) -> frozenset[int]:
         return frozenset()
     added = json.loads(backend.to_str()).get("added_tokens", [])
     return frozenset(token["id"] for token in added if token.get("special"))
+
+
+def refuse_tensor_parallel(config: HandlerConfig, engine: str) -> None:
+    """Neither engine shards a model yet: a degree above 1 fails the load with the option named."""
+    degree = config.tensor_parallel_degree
+    if degree is not None and degree > 1:
+        raise ConfigError(f"option.tensor_parallel_degree={degree} is not supported by the {engine} engine yet; use 1 "
+                          "(one model copy per device)")
 
 
 def text_config(model: Any) -> Any:

@@ -22,10 +22,11 @@ import torch
 
 from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback
-from ..errors import ConfigError, EngineError, HandlerError
+from ..errors import EngineError, HandlerError
 from ..params import GenerationParams
 from .batch import DecodeBatch, ModelCaller, check_layout
-from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
+from .loading import (HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error,
+                      refuse_tensor_parallel, text_config)
 from .sampling import RequestSampler, select_tokens
 from .scheduler import Admission, Scheduler, StepPlan
 
@@ -46,11 +47,7 @@ class PortableEngine:
     """The `Engine` protocol over a transformers causal LM loaded from `config.model_id`."""
 
     def __init__(self, config: HandlerConfig) -> None:
-        if config.tensor_parallel_degree is not None and config.tensor_parallel_degree > 1:
-            raise ConfigError(
-                f"option.tensor_parallel_degree={config.tensor_parallel_degree} is not supported by the portable "
-                "engine yet; use 1 (one model copy per device)"
-            )
+        refuse_tensor_parallel(config, "portable")
         self._device = device_for(config.device_id)
         hf_tokenizer, model = in_setup_thread(lambda: load(config, self._device))
         self.tokenizer = HFTokenizer(hf_tokenizer, eos_token_ids(model, hf_tokenizer))

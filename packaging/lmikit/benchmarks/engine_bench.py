@@ -118,11 +118,9 @@ class EngineDriver:
 
 
 def available_engines() -> list[str]:
-    from lmistream.config import HandlerConfig
-    from lmistream.engines import choose
+    from lmistream.engines import available
 
-    auto, _ = choose(HandlerConfig(model_id="unused"))
-    return ["portable", "continuous"] if auto == "continuous" else ["portable"]
+    return sorted(available(), reverse=True)  # portable first
 
 
 def run_benchmark(model_dir: Path, concurrencies: Sequence[int], max_new_tokens: int, threads: int,

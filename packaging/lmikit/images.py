@@ -1,0 +1,242 @@
+"""The deploy images' Python stacks, the requirements.txt a build ships for one, and the checks against it.
+
+`lmi build --image` uses them to stop, before a 15-minute deploy, what cannot load in that image: a pin that
+would replace the image's torch, the continuous engine where transformers 5.24 cannot run, a model or tokenizer
+newer than the image's transformers. An image not in `STACKS` is built unchecked, with one warning.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from .project import Project
+from .validate import Finding, local_model_dir, read_json
+
+#: transformers' continuous batching (the continuous engine) needs this transformers, Python and torch.
+CONTINUOUS_TRANSFORMERS = Version("5.24.0")
+CONTINUOUS_PYTHON = (3, 11)
+CONTINUOUS_TORCH = Version("2.6")
+#: the oldest Python transformers 5 installs on.
+TRANSFORMERS_5_PYTHON = (3, 10)
+#: shipped packages a requirement must never replace (CUDA builds the image's other packages are tied to).
+PINNED_BY_IMAGE = ("torch", "torchvision", "deepspeed", "vllm")
+#: model types and the first transformers release that has them.
+MODEL_TYPES = {
+    "falcon": "4.33", "mistral": "4.34", "mixtral": "4.36", "qwen2": "4.37", "phi": "4.37", "gemma": "4.38",
+    "starcoder2": "4.39", "phi3": "4.40", "gemma2": "4.42", "qwen3": "4.51",
+}
+#: llama with grouped-query attention (num_key_value_heads != num_attention_heads) needs this transformers.
+LLAMA_GQA = Version("4.31")
+NEWEST_IMAGE = "djl-lmi:0.36.0"
+_URI_TAG = re.compile(r"/djl-inference:(\d+\.\d+\.\d+)-(deepspeed|lmi)")
+
+
+@dataclass(frozen=True)
+class ImageStack:
+    """What one LMI image ships: its Python, torch, transformers and other packages the handler cares about."""
+
+    name: str
+    version: str
+    python: tuple[int, int]
+    torch: str
+    transformers: str
+    packages: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def image(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def python_and_torch(self) -> str:
+        return f"{self.image} has Python {self.python[0]}.{self.python[1]} and torch {self.torch}"
+
+    def versions(self) -> dict[str, str]:
+        """Package name → version for every package this table knows the image ships."""
+        return {"torch": self.torch, "transformers": self.transformers, **self.packages}
+
+    def runs_continuous(self) -> bool:
+        """Whether transformers 5.24 can run on this image's Python and torch."""
+        return self.python >= CONTINUOUS_PYTHON and Version(self.torch) >= CONTINUOUS_TORCH
+
+
+STACKS = {
+    stack.image: stack
+    for stack in (
+        ImageStack("djl-deepspeed", "0.23.0", (3, 9), "2.0.1", "4.30.2",
+                   {"accelerate": "0.20.3", "deepspeed": "0.9.5"}),
+        ImageStack("djl-deepspeed", "0.27.0", (3, 10), "2.1.2", "4.39.0",
+                   {"accelerate": "0.28.0", "deepspeed": "0.12.6", "vllm": "0.3.3"}),
+        ImageStack("djl-lmi", "0.36.0", (3, 12), "2.10.0", "4.57", {"vllm": "0.17"}),
+    )
+}
+
+
+def stack_for(image: str) -> ImageStack | None:
+    """The stack of `djl-deepspeed:<version>`, `djl-lmi:<version>` or a djl-inference image URI, if known."""
+    match = _URI_TAG.search(image)
+    return STACKS.get(f"djl-{match.group(2)}:{match.group(1)}" if match else image)
+
+
+def check_image(project: Project, image: str) -> list[Finding]:
+    """All findings for building `project` for `image`; an unknown image gives one warning and no checks."""
+    stack = stack_for(image)
+    if stack is None:
+        return [Finding("warning", "--image", f"{image}: unknown image (known: {', '.join(STACKS)}), so "
+                        "requirements.txt, the engine and the model are not checked against its Python stack")]
+    props = project.properties() if project.serving_properties.is_file() else {}
+    own, engine = requirements_text(project), generation_engine(props)
+    shipped = parse_requirements(shipped_requirements(stack, own, engine))[0]
+    return [
+        *check_requirements(stack, own),
+        *check_engine(stack, engine, shipped),
+        *check_model(project, stack, props.get("option.model_id", ""), shipped),
+    ]
+
+
+def generation_engine(props: dict[str, str]) -> str:
+    return props.get("option.generation_engine", "auto").strip()
+
+
+def requirements_text(project: Project) -> str:
+    return project.requirements.read_text(encoding="utf-8") if project.requirements else ""
+
+
+def shipped_requirements(stack: ImageStack | None, own: str, engine: str) -> str:
+    """The tarball's requirements.txt: the project's lines as written, plus transformers 5.24 when the continuous
+    engine is forced on an image that can run it but ships another transformers (and the project pins none)."""
+    if stack is None or engine != "continuous" or not stack.runs_continuous():
+        return own
+    names = {canonicalize_name(req.name) for req in parse_requirements(own)[0]}
+    if "transformers" in names or Version(stack.transformers) == CONTINUOUS_TRANSFORMERS:
+        return own
+    separator = "\n" if own and not own.endswith("\n") else ""
+    return (f"{own}{separator}# added by `lmi build --image {stack.image}` for option.generation_engine=continuous\n"
+            f"transformers=={CONTINUOUS_TRANSFORMERS}\n")
+
+
+def engine_note(stack: ImageStack | None, engine: str, requirements: str) -> str:
+    """Which engine the handler will run there, for the build report."""
+    if stack is None:
+        return "unknown image: the handler picks its engine when the model loads"
+    if engine != "auto":
+        return f"option.generation_engine={engine}"
+    chosen = "continuous" if _continuous_ready(stack, parse_requirements(requirements)[0]) else "portable"
+    return f"option.generation_engine=auto will use the {chosen} engine"
+
+
+def parse_requirements(text: str) -> tuple[list[Requirement], list[str]]:
+    """(requirements, lines that do not parse) of a requirements.txt; comments, blanks and pip options skipped."""
+    parsed, invalid = [], []
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*", "", raw).strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            parsed.append(Requirement(line))
+        except InvalidRequirement:
+            invalid.append(line)
+    return parsed, invalid
+
+
+def check_requirements(stack: ImageStack, text: str) -> list[Finding]:
+    """Project requirements that would replace a package the image ships, or need a transformers it cannot run."""
+    requirements, invalid = parse_requirements(text)
+    findings = [Finding("warning", "requirements.txt", f"cannot parse {line!r}; not checked") for line in invalid]
+    versions = stack.versions()
+    for req in _applying(stack, requirements):
+        name = canonicalize_name(req.name)
+        version = versions.get(name)
+        if name == "transformers" and _needs_newer_runtime(stack, req):
+            findings.append(Finding("error", "requirements.txt", f"{req}: transformers 5 needs Python >= 3.10, "
+                                    f"and 5.24 needs Python >= 3.11 and torch >= 2.6; {stack.python_and_torch}"))
+        elif version is not None and not req.specifier.contains(version, prereleases=True):
+            findings.append(_replacement(stack, req, name, version))
+    return findings
+
+
+def check_engine(stack: ImageStack, engine: str, shipped: list[Requirement]) -> list[Finding]:
+    """option.generation_engine=continuous where the shipped stack cannot run transformers' continuous batching."""
+    if engine != "continuous" or _continuous_ready(stack, shipped):
+        return []
+    if not stack.runs_continuous():
+        reason = f"needs transformers 5.24, Python >= 3.11 and torch >= 2.6; {stack.python_and_torch}"
+    else:
+        reason = f"needs transformers 5.24, and requirements.txt gives transformers {_transformers(stack, shipped)}"
+    return [Finding("error", "option.generation_engine", f"continuous {reason}: use auto or portable "
+                    f"(auto picks the portable engine on {stack.image})")]
+
+
+def check_model(project: Project, stack: ImageStack, model_id: str, shipped: list[Requirement]) -> list[Finding]:
+    """A local model (config.json, tokenizer_config.json) newer than the transformers the image will run."""
+    directory = local_model_dir(project, model_id) if model_id else None
+    if directory is None:
+        return []
+    have = _transformers(stack, shipped)
+    findings = _model_type(read_json(directory / "config.json") or {}, stack, have)
+    tokenizer = read_json(directory / "tokenizer_config.json") or {}
+    if tokenizer.get("tokenizer_class") == "TokenizersBackend" and have.major < 5:
+        findings.append(Finding("error", "option.model_id", f"tokenizer_config.json's TokenizersBackend was written "
+                                f"by transformers 5; {stack.image} runs transformers {have}: re-save the tokenizer "
+                                "with a class that version knows, e.g. PreTrainedTokenizerFast"))
+    return findings
+
+
+def _applying(stack: ImageStack, requirements: list[Requirement]) -> list[Requirement]:
+    """The requirements whose environment markers hold on the image's Python."""
+    python = f"{stack.python[0]}.{stack.python[1]}"
+    environment = {"python_version": python, "python_full_version": f"{python}.0"}
+    return [req for req in requirements if req.marker is None or req.marker.evaluate(environment)]
+
+
+def _replacement(stack: ImageStack, req: Requirement, name: str, version: str) -> Finding:
+    if name in PINNED_BY_IMAGE:
+        return Finding("error", "requirements.txt", f"{req} would replace the image's {name} {version} "
+                       f"({stack.image}), which its CUDA build and other packages rely on: drop the line")
+    return Finding("warning", "requirements.txt", f"{req} replaces the image's {name} {version} ({stack.image})")
+
+
+def _lowest_allowed(req: Requirement) -> Version | None:
+    """The lowest version the requirement's specifier admits, where a clause bounds it from below."""
+    bounds = [Version(spec.version.removesuffix(".*")) for spec in req.specifier
+              if spec.operator in ("==", "~=", ">=", ">")]
+    return max(bounds, default=None)
+
+
+def _needs_newer_runtime(stack: ImageStack, req: Requirement) -> bool:
+    """Whether a transformers requirement asks for a version the image's Python and torch cannot run."""
+    lowest = _lowest_allowed(req)
+    if lowest is None or lowest.major < 5:
+        return False
+    return stack.python < TRANSFORMERS_5_PYTHON or (lowest >= CONTINUOUS_TRANSFORMERS and not stack.runs_continuous())
+
+
+def _transformers(stack: ImageStack, shipped: list[Requirement]) -> Version:
+    """The transformers the container will run: the image's, or the lowest one a requirement replacing it allows."""
+    image = Version(stack.transformers)
+    for req in _applying(stack, shipped):
+        if canonicalize_name(req.name) == "transformers" and not req.specifier.contains(image, prereleases=True):
+            return _lowest_allowed(req) or image
+    return image
+
+
+def _continuous_ready(stack: ImageStack, shipped: list[Requirement]) -> bool:
+    return stack.runs_continuous() and _transformers(stack, shipped) >= CONTINUOUS_TRANSFORMERS
+
+
+def _model_type(config: dict, stack: ImageStack, have: Version) -> list[Finding]:
+    model_type = config.get("model_type")
+    heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if model_type in MODEL_TYPES:
+        what, need = f"model_type {model_type}", Version(MODEL_TYPES[model_type])
+    elif model_type == "llama" and kv_heads not in (None, heads):
+        what, need = f"llama with grouped-query attention ({heads} heads, {kv_heads} key/value heads)", LLAMA_GQA
+    else:
+        return []
+    if have >= need:
+        return []
+    return [Finding("error", "option.model_id", f"{what} needs transformers >= {need}; {stack.image} runs "
+                    f"transformers {have}: use a newer image, e.g. --image {NEWEST_IMAGE}")]

@@ -1,0 +1,242 @@
+"""Image stacks: each check against a known image names its numbers, and `lmi build --image` ships its requirements."""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from lmikit.cli import main
+from lmikit.images import check_image, stack_for
+from lmikit.project import Project
+from project_factory import good_properties, make_project, write_properties
+
+DJL_0_23_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.23.0-deepspeed0.9.5-cu118"
+SMOLLM2 = {"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 3}
+HUB_ID = "HuggingFaceTB/SmolLM2-135M"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)
+
+
+def _setup(project: Path, *, requirements: str | None = None, config: dict | None = None,
+           tokenizer: dict | None = None, **options: str) -> None:
+    """Rewrite the project's requirements.txt, weights and option.* keys."""
+    weights = project.parent / "weights"
+    write_properties(project, good_properties(weights) | {f"option.{k}": v for k, v in options.items()})
+    if requirements is not None:
+        (project / "requirements.txt").write_text(requirements)
+    if config is not None:
+        (weights / "config.json").write_text(json.dumps(config))
+    if tokenizer is not None:
+        (weights / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+
+
+def _findings(project: Path, image: str) -> list[tuple[str, str, str]]:
+    return [(f.level, f.key, f.message) for f in check_image(Project.at(project), image)]
+
+
+def _build(project: Path, out: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["build", str(project), "--out", str(out), *args])
+
+
+def _shipped_requirements(archive: Path) -> str:
+    with tarfile.open(archive) as tar:
+        return tar.extractfile("requirements.txt").read().decode()
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [("djl-deepspeed:0.23.0", "djl-deepspeed:0.23.0"), (DJL_0_23_URI, "djl-deepspeed:0.23.0"),
+     ("djl-deepspeed:0.27.0", "djl-deepspeed:0.27.0"),
+     ("763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.36.0-lmi18.0.0-cu128", "djl-lmi:0.36.0"),
+     ("763104351884.dkr.ecr.us-west-2.amazonaws.com/djl-inference:0.36.0-lmi27.0.0-cu130", "djl-lmi:0.36.0")],
+)
+def test_stack_for_short_forms_and_uris(image: str, expected: str) -> None:
+    assert stack_for(image).image == expected
+
+
+@pytest.mark.parametrize("image", ["djl-lmi:0.28.0", "djl-deepspeed", "123.dkr.ecr.eu-west-1.amazonaws.com/mine:1",
+                                   "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124"])
+def test_unknown_image_is_one_warning_and_no_checks(project: Path, image: str) -> None:
+    _setup(project, requirements="torch==2.6.0\n", config=SMOLLM2, generation_engine="continuous")
+    [(level, key, message)] = _findings(project, image)
+    assert (level, key) == ("warning", "--image")
+    assert image in message and "unknown" in message
+
+
+def test_the_factory_project_fits_the_newest_image(project: Path) -> None:
+    assert _findings(project, "djl-lmi:0.36.0") == []
+
+
+def test_grouped_query_attention_needs_4_31(project: Path) -> None:
+    _setup(project, config=SMOLLM2)
+    [(level, key, message)] = _findings(project, "djl-deepspeed:0.23.0")
+    assert (level, key) == ("error", "option.model_id")
+    assert "9 heads, 3 key/value heads" in message and "4.31" in message and "4.30.2" in message
+    assert "--image djl-lmi:0.36.0" in message
+    assert _findings(project, "djl-lmi:0.36.0") == []
+    assert _findings(project, "djl-deepspeed:0.27.0") == []
+
+
+def test_llama_without_grouped_query_attention_loads_on_0_23(project: Path) -> None:
+    _setup(project, config={"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 9})
+    assert _findings(project, "djl-deepspeed:0.23.0") == []
+
+
+@pytest.mark.parametrize(
+    ("model_type", "image", "needed", "have"),
+    [("mistral", "djl-deepspeed:0.23.0", "4.34", "4.30.2"), ("qwen3", "djl-deepspeed:0.27.0", "4.51", "4.39.0"),
+     ("gemma2", "djl-deepspeed:0.27.0", "4.42", "4.39.0")],
+)
+def test_model_type_newer_than_the_image(project: Path, model_type: str, image: str, needed: str, have: str) -> None:
+    _setup(project, config={"model_type": model_type})
+    [(level, key, message)] = _findings(project, image)
+    assert (level, key) == ("error", "option.model_id")
+    assert f"model_type {model_type} needs transformers >= {needed}" in message and have in message
+    assert _findings(project, "djl-lmi:0.36.0") == []
+
+
+def test_hub_model_id_is_not_checked(project: Path) -> None:
+    _setup(project, model_id=HUB_ID)
+    assert _findings(project, "djl-deepspeed:0.23.0") == []
+
+
+@pytest.mark.parametrize(
+    ("requirement", "fragment"),
+    [("torch==2.6.0", "would replace the image's torch 2.0.1"),
+     ("deepspeed>=0.10", "would replace the image's deepspeed 0.9.5")],
+)
+def test_replacing_torch_or_deepspeed_is_an_error(project: Path, requirement: str, fragment: str) -> None:
+    _setup(project, requirements=f"# ours\n{requirement}\n", model_id=HUB_ID)
+    [(level, key, message)] = _findings(project, "djl-deepspeed:0.23.0")
+    assert (level, key) == ("error", "requirements.txt")
+    assert fragment in message and requirement in message
+
+
+@pytest.mark.parametrize(
+    ("requirement", "fragment"),
+    [("transformers==4.40.0", "replaces the image's transformers 4.30.2"),
+     ("accelerate>=1.0", "replaces the image's accelerate 0.20.3")],
+)
+def test_replacing_other_packages_is_a_warning(project: Path, requirement: str, fragment: str) -> None:
+    _setup(project, requirements=f"{requirement}\n", model_id=HUB_ID)
+    assert _findings(project, "djl-deepspeed:0.23.0") == [
+        ("warning", "requirements.txt", f"{requirement} {fragment} (djl-deepspeed:0.23.0)")]
+
+
+def test_requirements_the_image_satisfies_or_that_do_not_apply_pass(project: Path) -> None:
+    _setup(project, requirements='torch>=2.0  # ok\ntransformers\n-i https://example.invalid\n'
+                                 'torch==2.6.0; python_version >= "3.11"\nsentencepiece\n', model_id=HUB_ID)
+    assert _findings(project, "djl-deepspeed:0.23.0") == []
+
+
+def test_unparseable_requirement_is_a_warning(project: Path) -> None:
+    _setup(project, requirements="torch=>2\n", model_id=HUB_ID)
+    assert _findings(project, "djl-deepspeed:0.23.0") == [
+        ("warning", "requirements.txt", "cannot parse 'torch=>2'; not checked")]
+
+
+def test_transformers_5_on_python_3_9_is_an_error(project: Path) -> None:
+    _setup(project, requirements="transformers==5.24.0\n", model_id=HUB_ID)
+    [(level, key, message)] = _findings(project, "djl-deepspeed:0.23.0")
+    assert (level, key) == ("error", "requirements.txt")
+    assert "transformers 5 needs Python >= 3.10" in message and "Python 3.9" in message
+    assert "5.24 needs Python >= 3.11 and torch >= 2.6" in message
+
+
+def test_transformers_5_24_on_torch_2_1_is_an_error(project: Path) -> None:
+    _setup(project, requirements="transformers~=5.24\n")
+    [(level, _, message)] = _findings(project, "djl-deepspeed:0.27.0")
+    assert level == "error" and "Python 3.10 and torch 2.1.2" in message
+
+
+def test_transformers_5_on_the_newest_image_only_replaces(project: Path) -> None:
+    _setup(project, requirements="transformers>=5\n")
+    assert [(level, key) for level, key, _ in _findings(project, "djl-lmi:0.36.0")] == [
+        ("warning", "requirements.txt")]
+
+
+def test_continuous_engine_on_0_23_is_an_error(project: Path) -> None:
+    _setup(project, generation_engine="continuous", model_id=HUB_ID)
+    [(level, key, message)] = _findings(project, "djl-deepspeed:0.23.0")
+    assert (level, key) == ("error", "option.generation_engine")
+    assert "Python 3.9 and torch 2.0.1" in message and "use auto or portable" in message
+
+
+@pytest.mark.parametrize("engine", ["auto", "portable"])
+def test_auto_and_portable_run_on_0_23(project: Path, engine: str) -> None:
+    _setup(project, generation_engine=engine, model_id=HUB_ID)
+    assert _findings(project, "djl-deepspeed:0.23.0") == []
+
+
+def test_continuous_engine_against_a_pinned_transformers_4_is_an_error(project: Path) -> None:
+    _setup(project, requirements="transformers<5\n", generation_engine="continuous")
+    [(level, key, message)] = _findings(project, "djl-lmi:0.36.0")
+    assert (level, key) == ("error", "option.generation_engine")
+    assert "requirements.txt gives transformers 4.57" in message
+
+
+def test_tokenizers_backend_needs_transformers_5(project: Path) -> None:
+    _setup(project, config=SMOLLM2 | {"num_key_value_heads": 9}, tokenizer={"tokenizer_class": "TokenizersBackend"})
+    [(level, key, message)] = _findings(project, "djl-deepspeed:0.23.0")
+    assert (level, key) == ("error", "option.model_id")
+    assert "TokenizersBackend" in message and "4.30.2" in message and "PreTrainedTokenizerFast" in message
+    assert len(_findings(project, "djl-lmi:0.36.0")) == 1, "auto keeps the image's transformers 4.57"
+    _setup(project, tokenizer={"tokenizer_class": "TokenizersBackend"}, generation_engine="continuous")
+    assert _findings(project, "djl-lmi:0.36.0") == [], "continuous ships transformers 5.24 there"
+
+
+def test_build_for_0_23_ships_the_project_requirements_as_written(project: Path, tmp_path: Path) -> None:
+    _setup(project, requirements="# ours\nsentencepiece  # tokenizer\n", model_id=HUB_ID)
+    result = _build(project, tmp_path / "m.tar.gz")
+    assert result.exit_code == 0, result.output
+    assert _shipped_requirements(tmp_path / "m.tar.gz") == "# ours\nsentencepiece  # tokenizer\n"
+    assert "for djl-deepspeed:0.23.0; option.generation_engine=auto will use the portable engine" in result.stderr
+
+
+def test_build_continuous_for_0_36_adds_transformers_5_24(project: Path, tmp_path: Path) -> None:
+    _setup(project, requirements="sentencepiece", generation_engine="continuous")
+    result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.36.0")
+    assert result.exit_code == 0, result.output
+    shipped = _shipped_requirements(tmp_path / "m.tar.gz").splitlines()
+    assert shipped[0] == "sentencepiece" and shipped[-1] == "transformers==5.24.0"
+    assert "for djl-lmi:0.36.0; option.generation_engine=continuous" in result.stderr
+
+
+def test_auto_uses_continuous_where_the_project_pins_transformers_5_24(project: Path, tmp_path: Path) -> None:
+    _setup(project, requirements="transformers==5.24.0\n")
+    result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.36.0")
+    assert result.exit_code == 0, result.output
+    assert _shipped_requirements(tmp_path / "m.tar.gz") == "transformers==5.24.0\n"
+    assert "option.generation_engine=auto will use the continuous engine" in result.stderr
+
+
+def test_build_without_project_requirements_ships_an_empty_file(project: Path, tmp_path: Path) -> None:
+    (project / "requirements.txt").unlink()
+    result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.36.0")
+    assert result.exit_code == 0, result.output
+    assert _shipped_requirements(tmp_path / "m.tar.gz") == ""
+
+
+def test_build_stops_on_an_image_error(project: Path, tmp_path: Path) -> None:
+    _setup(project, config=SMOLLM2)
+    result = _build(project, tmp_path / "m.tar.gz", "--image", DJL_0_23_URI)
+    assert result.exit_code == 1 and "4.31" in result.stderr and "nothing built" in result.stderr
+    assert not (tmp_path / "m.tar.gz").exists()
+
+
+def test_build_for_an_unknown_image_warns_and_builds(project: Path, tmp_path: Path) -> None:
+    result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.28.0")
+    assert result.exit_code == 0, result.output
+    assert "warning: --image: djl-lmi:0.28.0" in result.stderr and "unknown image" in result.stderr
+
+
+def test_deploy_builds_for_its_own_image(project: Path) -> None:
+    _setup(project, config=SMOLLM2)
+    result = CliRunner().invoke(main, ["deploy", "--project-dir", str(project), "--role", "arn:aws:iam::1:role/x",
+                                       "--image", "djl-deepspeed:0.23.0"])
+    assert result.exit_code == 1 and "4.30.2" in result.stderr and "nothing built" in result.stderr
