@@ -9,6 +9,7 @@ PY39 ?= $(shell pyenv root 2>/dev/null)/versions/3.9.18/bin/python3.9
 LMI023 := .venv-lmi023
 LMI023_STAMP := $(LMI023)/.installed
 LMI023_TESTS := tests/test_stack_compat.py tests/test_scheduler.py tests/test_portable_engine.py tests/test_engine_bench.py \
+	tests/test_ranks.py \
 	tests/test_replay_real_model.py
 
 .PHONY: demo test test-lmi023 serve clean
@@ -37,6 +38,8 @@ $(LMI023_STAMP): tests/stacks/lmi-0.23.txt
 	touch $@
 
 test: $(STAMP) $(LMI023_STAMP)
+	@command -v mpirun >/dev/null || { echo "error: the tensor-parallel tests start ranks with mpirun as DJL does: \
+	install OpenMPI (Debian: apt-get install openmpi-bin)" >&2; exit 1; }
 	$(BIN)/pytest
 	$(MAKE) test-lmi023
 

@@ -44,6 +44,8 @@ class ScriptedEngine:
     """An Engine whose loop thread emits one scripted token per active request per tick."""
 
     max_sequence_length = 4096
+    load_path = "scripted"
+    parameter_bytes = 0
 
     def __init__(self, script: Script = echo_script, tick: float = 0.002, tokenizer: ByteTokenizer | None = None):
         self.tokenizer = tokenizer or ByteTokenizer()

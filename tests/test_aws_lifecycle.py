@@ -156,6 +156,18 @@ def test_deploy_refuses_an_invalid_project(aws: boto3.session.Session, tmp_path:
     assert _gone(aws.client("sagemaker").describe_model, ModelName="bad")
 
 
+def test_deploy_refuses_more_ranks_than_the_instance_has_gpus(aws: boto3.session.Session, tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    properties = (project / "serving.properties").read_text().replace("option.tensor_parallel_degree=1",
+                                                                      "option.tensor_parallel_degree=4")
+    (project / "serving.properties").write_text(properties.replace("engine=Python", "engine=MPI"))
+    result = _lmi("deploy", "--project-dir", project, "--role", ROLE, "--bucket", BUCKET, "--endpoint-name", "tp",
+                  "--instance-type", "ml.g5.2xlarge")
+    assert result.exit_code == 1
+    assert "option.tensor_parallel_degree=4 needs 4 GPUs; ml.g5.2xlarge has 1" in result.stderr
+    assert not (project / "dist").exists(), "nothing is built or uploaded"
+
+
 def test_deploy_requires_a_role(tmp_path: Path) -> None:
     result = _lmi("deploy", "--project-dir", make_project(tmp_path))
     assert result.exit_code == 2 and "--role" in result.stderr

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model  # noqa: E402
 from lmistream.config import HandlerConfig  # noqa: E402
-from lmistream.errors import ConfigError, EngineError  # noqa: E402
+from lmistream.errors import EngineError  # noqa: E402
 from lmistream.engines.continuous import ContinuousBatchingEngine  # noqa: E402
 from lmistream.params import GenerationParams  # noqa: E402
 from engine_support import WAIT_S, Collector  # noqa: E402
@@ -156,12 +156,6 @@ def test_stop_fails_unfinished_requests_and_refuses_new_ones(tiny_model_dir: Pat
     with pytest.raises(EngineError):
         engine.submit("late", [1, 2, 3], GenerationParams(max_new_tokens=2))
     engine.stop()  # idempotent
-
-
-def test_tensor_parallel_is_rejected_before_loading(tiny_model_dir: Path) -> None:
-    config = HandlerConfig.from_properties({"model_id": str(tiny_model_dir), "tensor_parallel_degree": "2"})
-    with pytest.raises(ConfigError, match="option.tensor_parallel_degree"):
-        ContinuousBatchingEngine(config)
 
 
 @pytest.mark.slow

@@ -240,3 +240,11 @@ def test_deploy_builds_for_its_own_image(project: Path) -> None:
     result = CliRunner().invoke(main, ["deploy", "--project-dir", str(project), "--role", "arn:aws:iam::1:role/x",
                                        "--image", "djl-deepspeed:0.23.0"])
     assert result.exit_code == 1 and "4.30.2" in result.stderr and "nothing built" in result.stderr
+
+
+def test_tensor_parallel_max_needs_lmi_0_24(project: Path) -> None:
+    _setup(project, model_id=HUB_ID, tensor_parallel_degree="max")
+    [(level, key, message)] = _findings(project, "djl-deepspeed:0.23.0")
+    assert (level, key) == ("error", "option.tensor_parallel_degree")
+    assert "max exists from LMI 0.24" in message and "djl-deepspeed:0.23.0" in message
+    assert _findings(project, "djl-lmi:0.36.0") == []

@@ -15,7 +15,6 @@ from engine_support import Collector  # noqa: E402
 from lmikit.embedded_model import ensure_tiny_model  # noqa: E402
 from lmistream.config import HandlerConfig  # noqa: E402
 from lmistream.engines.portable import PortableEngine  # noqa: E402
-from lmistream.errors import ConfigError  # noqa: E402
 from lmistream.params import GenerationParams  # noqa: E402
 from reference import ReferenceModel  # noqa: E402
 
@@ -130,8 +129,3 @@ def test_a_cancelled_request_leaves_the_batch_and_frees_its_slot(started, refere
     assert collector.wait_for(lambda: engine._scheduler.running == 0)
     assert not collector.finished("long") and len(collector.tokens("long")) < 200
     assert tuple(collector.tokens("short")) == reference("Hello, my name is", 14).token_ids
-
-
-def test_tensor_parallel_is_refused_with_the_option_named(tiny_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="option.tensor_parallel_degree=2"):
-        PortableEngine(HandlerConfig.from_properties({"model_id": str(tiny_dir), "tensor_parallel_degree": "2"}))

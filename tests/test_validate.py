@@ -46,8 +46,12 @@ def test_good_project_has_no_findings(project: Path) -> None:
         ({"option__max_rolling_batch_size": "lots"}, "option.max_rolling_batch_size", "must be an integer"),
         ({"option__enable_streaming": "yes"}, "option.enable_streaming", "not one of"),
         ({"option__trust_remote_code": "maybe"}, "option.trust_remote_code", "true or false"),
-        ({"option__tensor_parallel_degree": 3}, "option.tensor_parallel_degree", "num_attention_heads=32"),
-        ({"option__tensor_parallel_degree": 16}, "option.tensor_parallel_degree", "num_key_value_heads=8"),
+        ({"engine": "MPI", "option__tensor_parallel_degree": 3}, "option.tensor_parallel_degree",
+         "num_attention_heads=32"),
+        ({"engine": "MPI", "option__tensor_parallel_degree": 16}, "option.tensor_parallel_degree",
+         "num_key_value_heads=8"),
+        ({"option__tensor_parallel_degree": 2}, "option.tensor_parallel_degree",
+         "2 with engine=Python: DJL then runs one Python process that sees 2 GPUs and starts no ranks"),
         ({"option__tensor_parallel_degree": 0}, "option.tensor_parallel_degree", "out of range"),
         ({"engine": REMOVE}, "engine", "MPI/DeepSpeed"),
         ({"engine": "Pyton"}, "engine", "not one of"),
@@ -93,7 +97,16 @@ def test_warnings_do_not_block(project: Path, changes: dict, key: str) -> None:
 
 
 def test_tensor_parallel_skipped_when_model_config_is_not_local(project: Path) -> None:
-    assert _with(project, option__model_id="HuggingFaceTB/SmolLM2-135M", option__tensor_parallel_degree=3) == []
+    assert _with(project, engine="MPI", option__model_id="HuggingFaceTB/SmolLM2-135M",
+                 option__tensor_parallel_degree=3) == []
+
+
+def test_smollm2_heads_refuse_two_ranks_naming_nine_and_two(project: Path) -> None:
+    (project.parent / "weights" / "config.json").write_text(
+        '{"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 3}')
+    [finding] = _with(project, engine="MPI", option__tensor_parallel_degree=2)
+    assert finding.key == "option.tensor_parallel_degree"
+    assert "2 does not divide the model's num_attention_heads=9 and num_key_value_heads=3" in finding.message
 
 
 def test_build_command_fails_on_errors_and_prints_them(project: Path, tmp_path: Path) -> None:

@@ -55,6 +55,8 @@ class HandlerConfig:
     async_mode: bool = False
     device_id: int = -1
     generation_engine: str = "auto"
+    #: not an option: the DJL generation driving the handler ("0.23" or "newest"), set by the service
+    djl_dialect: str = "newest"
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any]) -> "HandlerConfig":

@@ -46,6 +46,9 @@ class Engine(Protocol):
     tokenizer: Tokenizer
     #: most tokens (prompt + generated) one sequence may hold
     max_sequence_length: int
+    #: how the model was placed ("one device", or the tensor-parallel path) and the parameter bytes it holds here
+    load_path: str
+    parameter_bytes: int
 
     def start(self, on_update: UpdateCallback) -> None:
         """Start the background loop; every update of every request goes to `on_update`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from .async_requests import AsyncRequests
@@ -46,7 +47,7 @@ class StreamingService:
     # -- lifecycle ---------------------------------------------------------------------------------------
     def initialize(self, properties: Mapping[str, Any]) -> None:
         """Parse the config, load the engine and start its loop (DJL's init call)."""
-        self.config = HandlerConfig.from_properties(properties)
+        self.config = replace(HandlerConfig.from_properties(properties), djl_dialect=self.dialect)
         self._custom_formatter = self._resolve_custom(self.config.output_formatter)
         self.hub = UpdateHub()
         self.engine = (self._engine_factory or create_engine)(self.config)

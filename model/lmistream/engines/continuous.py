@@ -12,6 +12,9 @@ processors are swapped for row-skipping ones (`cb_processors`). transformers' co
 from one shared generator and has no per-request repetition penalty, so `seed` (with sampling) and
 `repetition_penalty` are refused (`validate`).
 
+With tensor parallelism the model is sharded by transformers' `tp_plan` and the manager keeps the ranks in step by
+itself: rank 0's manager takes the requests and broadcasts them, the other ranks' managers follow (`ranked`).
+
 Loading the model and starting the manager run in a short-lived thread (`in_setup_thread`), so that the caller's
 thread (DJL's long-lived handler thread) never owns an OpenMP thread pool: see that function for why this matters.
 """
@@ -31,8 +34,8 @@ from ..engine import EngineUpdate, UpdateCallback
 from ..errors import EngineError, InvalidRequest
 from ..params import GenerationParams
 from .cb_processors import use_rowwise_processors
-from .loading import (HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error,
-                      refuse_tensor_parallel, text_config)
+from .distributed import TensorParallel, load_sharded, parameter_bytes
+from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +60,15 @@ class _Live:
 class ContinuousBatchingEngine:
     """Continuous-batching generation with a transformers model loaded from `config.model_id`."""
 
-    def __init__(self, config: HandlerConfig) -> None:
-        refuse_tensor_parallel(config, "continuous-batching")
+    def __init__(self, config: HandlerConfig, tp: TensorParallel | None = None) -> None:
         self._config = config
-        self._device = device_for(config.device_id)
-        hf_tokenizer, self._model = in_setup_thread(lambda: load(config, self._device))
+        self._device = device_for(tp.ranks.local_rank if tp and config.device_id >= 0 else config.device_id)
+        if tp is None:
+            hf_tokenizer, self._model = in_setup_thread(lambda: load(config, self._device))
+            self.load_path = "one device"
+        else:
+            hf_tokenizer, self._model, self.load_path = in_setup_thread(lambda: load_sharded(config, self._device, tp))
+        self.parameter_bytes = parameter_bytes(self._model)
         self.tokenizer = HFTokenizer(hf_tokenizer, eos_token_ids(self._model, hf_tokenizer))
         text = text_config(self._model)
         self.max_sequence_length: int = text.max_position_embeddings

@@ -19,7 +19,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..config import HandlerConfig
-from ..errors import ConfigError, OutOfMemory
+from ..errors import OutOfMemory
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,14 +61,6 @@ def _added_special_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(token["id"] for token in added if token.get("special"))
 
 
-def refuse_tensor_parallel(config: HandlerConfig, engine: str) -> None:
-    """Neither engine shards a model yet: a degree above 1 fails the load with the option named."""
-    degree = config.tensor_parallel_degree
-    if degree is not None and degree > 1:
-        raise ConfigError(f"option.tensor_parallel_degree={degree} is not supported by the {engine} engine yet; use 1 "
-                          "(one model copy per device)")
-
-
 def text_config(model: Any) -> Any:
     """The language model's config (multimodal configs nest it; older transformers have no accessor)."""
     getter = getattr(model.config, "get_text_config", None)
@@ -93,14 +85,16 @@ def _dtype_keyword() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def load(config: HandlerConfig, device: torch.device) -> tuple[Any, Any]:
-    """Tokenizer and model from `config.model_id`, in eval mode on `device`; a local directory never touches the hub."""
+def load(config: HandlerConfig, device: torch.device, **placement: Any) -> tuple[Any, Any]:
+    """Tokenizer and model from `config.model_id`, in eval mode on `device` (or as `placement` says, e.g. a
+    `tp_plan`); a local directory never touches the hub."""
     local = os.path.isdir(config.model_id)
     common = {"trust_remote_code": config.trust_remote_code, "local_files_only": local}
     tokenizer = AutoTokenizer.from_pretrained(config.model_id, **common)
     with oom_as_handler_error("loading the model"):
         model = AutoModelForCausalLM.from_pretrained(
-            config.model_id, device_map=device, **{_dtype_keyword(): _dtype(config.dtype, device)}, **common
+            config.model_id, **(placement or {"device_map": device}),
+            **{_dtype_keyword(): _dtype(config.dtype, device)}, **common
         )
     return tokenizer, model.eval()
 

@@ -9,7 +9,9 @@ included.
 
 Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admissions carry
 their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the sampled
-tokens, which every rank computes alike. So one rank plans and every rank executes the same sequence of plans.
+tokens, which every rank computes alike. So one rank plans and every rank executes the same sequence of plans: with tensor parallelism (`distributed`) rank 0's
+loop sends each plan over a broadcast channel before executing it, and the other ranks' loops execute the plans they
+receive (their own scheduler stays empty).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,8 +28,8 @@ from ..engine import EngineUpdate, UpdateCallback
 from ..errors import EngineError, HandlerError
 from ..params import GenerationParams
 from .batch import DecodeBatch, ModelCaller, check_layout
-from .loading import (HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error,
-                      refuse_tensor_parallel, text_config)
+from .distributed import TensorParallel, load_sharded, parameter_bytes
+from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
 from .sampling import RequestSampler, select_tokens
 from .scheduler import Admission, Scheduler, StepPlan
 
@@ -46,10 +49,11 @@ class _Row:
 class PortableEngine:
     """The `Engine` protocol over a transformers causal LM loaded from `config.model_id`."""
 
-    def __init__(self, config: HandlerConfig) -> None:
-        refuse_tensor_parallel(config, "portable")
-        self._device = device_for(config.device_id)
-        hf_tokenizer, model = in_setup_thread(lambda: load(config, self._device))
+    def __init__(self, config: HandlerConfig, tp: TensorParallel | None = None) -> None:
+        self._device = device_for(tp.ranks.local_rank if tp and config.device_id >= 0 else config.device_id)
+        hf_tokenizer, model, self.load_path = in_setup_thread(lambda: _load(config, self._device, tp))
+        self.parameter_bytes = parameter_bytes(model)
+        self._plans = tp.channel() if tp is not None else None
         self.tokenizer = HFTokenizer(hf_tokenizer, eos_token_ids(model, hf_tokenizer))
         self.max_sequence_length: int = text_config(model).max_position_embeddings
         self._call = ModelCaller(model)
@@ -88,18 +92,34 @@ class PortableEngine:
         self._scheduler.cancel(request_id)
 
     def stop(self) -> None:
-        """End the loop; requests still running get an error update."""
+        """End the loop (on every rank: the stop is a plan); requests still running get an error update."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
         self._scheduler.stop()
         thread.join(timeout=STOP_TIMEOUT_S)
 
+
     # -- the loop ------------------------------------------------------------------------------------------------
+    def _next_plan(self) -> StepPlan:
+        """Rank 0 (or a lone engine) plans and tells the other ranks; they execute what they are told."""
+        if self._plans is None:
+            return self._scheduler.plan()
+        if not self._plans.leader:
+            return self._plans.receive()
+        plan = self._scheduler.plan()
+        self._plans.send(plan)
+        return plan
+
     def _loop(self) -> None:
         with torch.inference_mode():
             while True:
-                plan = self._scheduler.plan()
+                try:
+                    plan = self._next_plan()
+                except Exception as error:  # another rank is gone: nothing more can run here
+                    logger.error("portable engine: the tensor-parallel group broke (%s)", error)
+                    self._fail(self._rows, f"a tensor-parallel rank failed: {error}")
+                    return
                 if plan.stop:
                     self._fail(self._rows, "the engine stopped")
                     return
@@ -188,6 +208,12 @@ class PortableEngine:
             self._on_update(update)
         except Exception:  # a faulty callback must not kill the loop (and with it every other request)
             logger.exception("on_update failed for request %s", update.request_id)
+
+
+def _load(config: HandlerConfig, device: torch.device, tp: TensorParallel | None) -> tuple[Any, Any, str]:
+    if tp is not None:
+        return load_sharded(config, device, tp)
+    return (*load(config, device), "one device")
 
 
 def _keep_rows(batch: DecodeBatch, rows: list[_Row], keep: list[int]) -> None:

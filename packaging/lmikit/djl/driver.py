@@ -466,6 +466,11 @@ class Frontend:
         self._enqueue(_Job(props, content, response))
         return response
 
+    @property
+    def healthy(self) -> bool:
+        """False once the loop died or a worker (a tensor-parallel rank) is gone: /ping then answers 503."""
+        return self.fatal_error is None and getattr(self._entry, "healthy", True)
+
     def active_requests(self) -> int:
         """Requests in the rolling batch right now (0 in other modes)."""
         return self._rolling.active() if self._rolling else 0

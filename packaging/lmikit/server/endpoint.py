@@ -1,8 +1,8 @@
 """LocalEndpoint: the HTTP server of `lmi serve`, speaking like the LMI container on port 8080.
 
-`GET /ping` answers 503 until the model is loaded, then DJL's health body. `POST /invocations` goes through
-the DJL frontend replay and is written out with HTTP/1.1 chunked encoding, one chunk as soon as the handler
-produces it. A client that disconnects mid-stream has its response cancelled.
+`GET /ping` answers 503 until the model is loaded and once a tensor-parallel rank is gone, else DJL's health body.
+`POST /invocations` goes through the DJL frontend replay and is written out with HTTP/1.1 chunked encoding, one
+chunk as soon as the handler produces it. A client that disconnects mid-stream has its response cancelled.
 """
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             return self.send_json(404, {"code": 404, "type": "ResourceNotFoundException", "message": "Not Found"})
         if self.server.frontend is None:
             return self.send_json(503, {"status": "Loading"})
+        if not self.server.frontend.healthy:
+            return self.send_json(503, {self.server.model_name: {"status": "Unhealthy"}})
         self.send_json(200, {self.server.model_name: {"status": "Healthy"}})
 
     def do_POST(self) -> None:  # noqa: N802
