@@ -3,7 +3,8 @@ keep the ranks in step.
 
 NCCL joins the ranks on GPUs, gloo on CPU. A model is sharded through transformers' own tensor parallelism
 (`tp_plan="auto"`) where the installed transformers has a plan for it, else through DeepSpeed's `init_inference`
-(kernel injection on GPUs; DeepSpeed 0.9.5, LMI 0.23's, needs CUDA). A `Channel` is a broadcast from rank 0 over
+with AutoTP (DeepSpeed 0.9.5, LMI 0.23's, needs CUDA). Not with kernel injection: its kernels keep the KV cache in
+their own workspace, which the portable engine's batch surgery (filter / concatenate of the cache) cannot reach. A `Channel` is a broadcast from rank 0 over
 a gloo group of its own, so that each thread that talks to the other ranks (the engine loop, the update relay) has
 its own ordered stream of collectives beside the model's.
 """
@@ -109,11 +110,10 @@ def _deepspeed(config: HandlerConfig, device: torch.device, tp: TensorParallel) 
     import deepspeed
 
     tokenizer, model = load(config, torch.device("cpu"))
-    kernels = model.dtype in (torch.float16, torch.bfloat16)
     with oom_as_handler_error("sharding the model with DeepSpeed"):
         engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": tp.degree}, dtype=model.dtype,
-                                          replace_with_kernel_inject=kernels)
-    return tokenizer, engine.module.eval(), "DeepSpeed " + ("kernel injection" if kernels else "AutoTP")
+                                          replace_with_kernel_inject=False)
+    return tokenizer, engine.module.eval(), "DeepSpeed AutoTP"
 
 
 def parameter_bytes(model: Any) -> int:
