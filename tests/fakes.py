@@ -20,6 +20,7 @@ class ByteTokenizer:
             self._pieces[EOS + 1 + offset] = piece.encode()
         self.eos_token_ids = frozenset({EOS})
         self.special_token_ids = frozenset({EOS})
+        self.max_token_chars = max(len(piece.decode("utf-8", errors="replace")) for piece in self._pieces.values())
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode())

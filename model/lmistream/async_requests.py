@@ -29,12 +29,17 @@ class AsyncRequests:
         try:
             generation = self._svc.admit(inputs, rolling=True)
         except HandlerError as error:
-            body = json.dumps({"code": error.status, "error": error.message})
-            return self._output(body, True, "application/json", code=error.status, error=error.message)
+            return self._error(error)
         if self._svc.streams(generation.request):
             return self._stream(generation)
         body = "".join([text async for text in self._texts(generation)])
+        if generation.error is not None:
+            return self._error(generation.error)
         return self._output(body, True, generation.content_type)
+
+    def _error(self, error: HandlerError) -> Any:
+        body = json.dumps({"code": error.status, "error": error.message})
+        return self._output(body, True, "application/json", code=error.status, error=error.message)
 
     async def _stream(self, generation: Generation) -> AsyncIterator[Any]:
         async for text in self._texts(generation):

@@ -18,6 +18,8 @@ class Tokenizer(Protocol):
 
     eos_token_ids: frozenset[int]
     special_token_ids: frozenset[int]
+    #: the most characters one token spans: a text longer than limit * this cannot fit, whatever it tokenizes to
+    max_token_chars: int
 
     def encode(self, text: str) -> list[int]:
         """Prompt text to token ids (with the model's usual special tokens)."""
@@ -35,6 +37,8 @@ class EngineUpdate:
     log_probs: tuple[float | None, ...] = ()
     finished: bool = False
     error: str | None = None
+    #: the HTTP status of an error update (DJL's 424; 507 when the engine ran out of memory)
+    code: int = 424
 
 
 UpdateCallback = Callable[[EngineUpdate], None]

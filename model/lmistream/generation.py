@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Iterable
 
 from .engine import EngineUpdate, Tokenizer
+from .errors import HandlerError
 from .formatters import Formatter, StreamEvent
 from .params import GenerationRequest
 from .textstream import FinishReason, TextStream, Token
@@ -28,6 +29,7 @@ class Generation:
         self.finished = False
         self.needs_cancel = False  # a stop sequence ended it while the engine still runs it
         self._buffered = buffered  # a non-streaming request: hand out the whole output at the end
+        self.error: HandlerError | None = None  # why it failed, once it has
         self._held: list[str] = []
 
     @property
@@ -45,7 +47,7 @@ class Generation:
             if self.finished:
                 break
             if update.error is not None:
-                out.append(self.fail(update.error, 424))
+                out.append(self.fail(update.error, update.code))
                 break
             out.extend(self._tokens(update))
             if update.finished and not self.finished:
@@ -64,8 +66,11 @@ class Generation:
         self.needs_cancel = True
 
     def fail(self, message: str, code: int) -> str:
-        """End the request with an in-band error in its format."""
+        """End the request with an in-band error in its format (and remember it for a non-streaming answer)."""
         self.finished = True
+        self._stream.finish_reason = FinishReason.ERROR
+        self.error = HandlerError(message)
+        self.error.status = code
         event = StreamEvent(self._next_index(), None, last=True, error=message, code=code,
                             finish_reason=FinishReason.ERROR, generated_tokens=self._stream.count)
         return self.formatter.error(event)

@@ -62,6 +62,8 @@ def parse_request(body: bytes | bytearray, content_type: str | None, default_max
             payload = json.loads(bytes(body) or b"null")
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidRequest("request body nests too deeply to parse; a request is one flat JSON object") from None
     if not isinstance(payload, dict):
         raise InvalidRequest('request body must be a JSON object like {"inputs": "...", "parameters": {...}}')
     return request_from_payload(payload, default_max_new_tokens)
@@ -77,12 +79,15 @@ def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int
         inputs = inputs[0]
     if not isinstance(inputs, str) or not inputs:
         raise InvalidRequest("inputs must be a non-empty string")
+    _check_text("inputs", inputs)
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest(f"stream must be true or false, got {stream!r}")
-    raw = payload.get("parameters") or {}
+    raw = payload.get("parameters")
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise InvalidRequest("parameters must be a JSON object")
+        raise InvalidRequest(f"parameters must be a JSON object, got {_shown(raw)}")
     return GenerationRequest(inputs=inputs, params=parse_parameters(raw, default_max_new_tokens), stream=stream)
 
 
@@ -107,6 +112,20 @@ def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> Gen
         return_full_text=r.boolean("return_full_text", False),
     )
     return params
+
+
+def _check_text(field: str, text: str) -> None:
+    """Text must be encodable: JSON can carry lone surrogates ("\\ud800") that no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{field} holds a lone surrogate at character {exc.start}; send valid Unicode text") from None
+
+
+def _shown(value: Any) -> str:
+    """A short rendering of a rejected value for an error message."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class _Reader:
@@ -157,6 +176,8 @@ class _Reader:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
             raise InvalidRequest("parameters.stop_sequences must be a list of non-empty strings")
+        for stop in value:
+            _check_text("parameters.stop_sequences", stop)
         if len(value) > MAX_STOP_SEQUENCES:
             raise InvalidRequest(f"parameters.stop_sequences holds {len(value)} entries; at most {MAX_STOP_SEQUENCES}")
         too_long = [s for s in value if len(s) > MAX_STOP_SEQUENCE_CHARS]

@@ -72,9 +72,20 @@ class StreamingService:
 
     # -- shared by the protocol adapters -----------------------------------------------------------------
     def admit(self, item: Any, rolling: bool) -> Generation:
-        """Validate, tokenize and submit one request Input; raises InvalidRequest before it reaches the engine."""
+        """Validate, tokenize and submit one request Input; raises a HandlerError for this request alone (an
+        unexpected error included) before it reaches the engine."""
+        try:
+            return self._admit(item, rolling)
+        except HandlerError:
+            raise
+        except Exception as error:  # never the batch's failure: this request alone fails
+            log.exception("admitting a request failed")
+            raise HandlerError(f"the request could not be admitted: {type(error).__name__}: {error}") from error
+
+    def _admit(self, item: Any, rolling: bool) -> Generation:
         request = parse_request(item.get_as_bytes(), item.get_property("Content-Type"), self.config.max_new_tokens)
         self.engine.validate(request.params)
+        self._check_characters(request.inputs)
         prompt_ids = self.engine.tokenizer.encode(request.inputs)
         self._check_length(len(prompt_ids), request)
         request_id = f"req-{next(self._ids)}"
@@ -98,6 +109,16 @@ class StreamingService:
         return self.output_cls().error(error.message, code=error.status)
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def _check_characters(self, inputs: str) -> None:
+        """The cheap bound first: a prompt longer than this cannot fit in the model whatever it tokenizes to, so it
+        is refused before the tokenizer spends time on it inside a batch step."""
+        limit = self.engine.max_sequence_length * self.engine.tokenizer.max_token_chars
+        if len(inputs) > limit:
+            raise InvalidRequest(
+                f"inputs is {len(inputs)} characters; the model holds {self.engine.max_sequence_length} tokens of at "
+                f"most {self.engine.tokenizer.max_token_chars} characters, so at most {limit} characters"
+            )
+
     def _check_length(self, prompt_tokens: int, request: GenerationRequest) -> None:
         limit = self.engine.max_sequence_length
         if prompt_tokens >= limit:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import EngineError, HandlerError, InvalidRequest
+from .errors import HandlerError, InvalidRequest
 from .generation import Generation
-from .textstream import FinishReason
 
 if TYPE_CHECKING:
     from .service import StreamingService
@@ -33,8 +32,8 @@ class SingleRequest:
             outputs.add_stream_content(self.chunks(generation), output_formatter=None)
             return outputs
         body = "".join(self.chunks(generation))
-        if generation.finish_reason is FinishReason.ERROR:
-            return self._svc.error_output(EngineError(body))
+        if generation.error is not None:
+            return self._svc.error_output(generation.error)
         outputs.add(body, key="data")
         return outputs
 

@@ -37,6 +37,7 @@ class HFTokenizer:
         self._tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.special_token_ids = frozenset(tokenizer.all_special_ids) | _added_special_ids(tokenizer)
+        self.max_token_chars: int = max(map(len, tokenizer.get_vocab()), default=1)
         self.pad_token_id: int = next(
             (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), min(eos_token_ids, default=0)
         )

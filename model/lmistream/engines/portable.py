@@ -127,7 +127,7 @@ class PortableEngine:
                     with oom_as_handler_error("generating"):
                         self.step(plan)
                 except HandlerError as error:
-                    self._fail(self._rows, error.message)
+                    self._fail(self._rows, error.message, error.status)
                 except Exception as error:  # a failed step fails the rows it ran, never the loop
                     logger.exception("portable engine step failed")
                     self._fail(self._rows, f"generation failed: {error}")
@@ -152,7 +152,7 @@ class PortableEngine:
                 batch, logits = DecodeBatch.prefill(self._call, [list(a.prompt_ids) for a in admissions],
                                                     self.tokenizer.pad_token_id, self._device)
         except HandlerError as error:
-            self._fail(rows, error.message)
+            self._fail(rows, error.message, error.status)
             return
         except Exception as error:
             logger.exception("portable engine prefill failed")
@@ -192,14 +192,14 @@ class PortableEngine:
             if not self._rows:
                 self._batch = None
 
-    def _fail(self, rows: list[_Row], message: str) -> None:
+    def _fail(self, rows: list[_Row], message: str, code: int = 424) -> None:
         """End these rows with an error update; failing the running rows empties the batch."""
         ids = [row.request_id for row in rows]
         if rows is self._rows:
             self._batch, self._rows = None, []
         self._scheduler.finished(ids)
         for request_id in ids:
-            self._emit(EngineUpdate(request_id, finished=True, error=message))
+            self._emit(EngineUpdate(request_id, finished=True, error=message, code=code))
 
     def _emit(self, update: EngineUpdate) -> None:
         if self._on_update is None:
