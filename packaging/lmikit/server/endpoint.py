@@ -2,142 +2,155 @@
 
 `GET /ping` answers 503 until the model is loaded and once a tensor-parallel rank is gone, else DJL's health body.
 `POST /invocations` goes through the DJL frontend replay and is written out with HTTP/1.1 chunked encoding, one
-chunk as soon as the handler produces it. A client that disconnects mid-stream has its response cancelled.
+chunk as soon as the handler produces it; `POST /endpoints/{name}/invocations[-response-stream]` is the SageMaker
+runtime API over the same frontend. A client that disconnects mid-stream has its response cancelled.
+
+It runs on uvicorn and starlette: with the standard library's `http.server` (a listen backlog of 5, one thread per
+connection) 64 simultaneous clients saw connection resets and /ping timeouts. Request bodies may be chunked; a body
+over `MAX_BODY_BYTES` gets 413, an oversized header block 431/400 from uvicorn, a malformed Content-Length 400. The
+frontend's responses are blocking iterators: each wait runs in a worker thread of a limiter sized for every stream
+the frontend can hold, so waiting streams never starve the event loop or each other.
 """
 from __future__ import annotations
 
 import json
 import logging
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable, Iterator
+import socket
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response as HTTPResponse, StreamingResponse
+from starlette.routing import Route
 
 from lmikit.djl.driver import BackendError, Frontend, Response
-from lmikit.server.runtime import RuntimeAnswer, RuntimeConfig, handle_runtime_request, parse_runtime_path
+from lmikit.server.runtime import RuntimeAnswer, RuntimeConfig, handle_runtime_request
 
 log = logging.getLogger(__name__)
 CHUNK_TIMEOUT_SECONDS = 120.0  # DJL's chunked_read_timeout
-_DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+MAX_BODY_BYTES = 64 << 20  # DJL's default max_request_size
+MAX_HEADER_BYTES = 64 << 10
+BACKLOG = 2048
+#: threads that may wait on the frontend at once (one per open stream)
+WAITING_THREADS = 2048
+_END = object()
 
 
-class LocalEndpoint(ThreadingHTTPServer):
-    """A threading HTTP server bound to one model; `frontend` is set once the model has loaded."""
+class BodyTooLarge(Exception):
+    """The request body passed MAX_BODY_BYTES."""
 
-    daemon_threads = True
+
+class LocalEndpoint:
+    """One model's HTTP server; `frontend` is set once the model has loaded. Binds in the constructor, so a busy
+    port fails at once (OSError)."""
 
     def __init__(self, address: tuple[str, int], runtime: RuntimeConfig | None = None,
                  model_name: str = "model") -> None:
-        super().__init__(address, RequestHandler)
         self.runtime = runtime or RuntimeConfig()
         self.model_name = model_name
         self.frontend: Frontend | None = None
+        self._socket = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(address)
+        self._limiter: anyio.CapacityLimiter | None = None
+        routes = [Route("/ping", self._ping, methods=["GET"]),
+                  Route("/invocations", self._invocations, methods=["POST"]),
+                  Route("/endpoints/{path:path}", self._runtime, methods=["POST"])]
+        config = uvicorn.Config(Starlette(routes=routes), log_level="warning", access_log=False, backlog=BACKLOG,
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=75)
+        self._server = uvicorn.Server(config)
 
     def set_frontend(self, frontend: Frontend) -> None:
         self.frontend = frontend
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self._socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def serve_forever(self) -> None:
+        """Serve until `shutdown` (blocks; run it in a thread)."""
+        self._server.run(sockets=[self._socket])
 
-class RequestHandler(BaseHTTPRequestHandler):
-    """The container surface (/ping, /invocations) and the SageMaker runtime API (/endpoints/...)."""
+    def shutdown(self) -> None:
+        self._server.should_exit = True
 
-    protocol_version = "HTTP/1.1"
-    server: LocalEndpoint
+    # -- routes --------------------------------------------------------------------------------------------------
+    async def _ping(self, request: Request) -> HTTPResponse:
+        if self.frontend is None:
+            return _json(503, {"status": "Loading"})
+        if not self.frontend.healthy:
+            return _json(503, {self.model_name: {"status": "Unhealthy"}})
+        return _json(200, {self.model_name: {"status": "Healthy"}})
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        if self.path.split("?")[0] != "/ping":
-            return self.send_json(404, {"code": 404, "type": "ResourceNotFoundException", "message": "Not Found"})
-        if self.server.frontend is None:
-            return self.send_json(503, {"status": "Loading"})
-        if not self.server.frontend.healthy:
-            return self.send_json(503, {self.server.model_name: {"status": "Unhealthy"}})
-        self.send_json(200, {self.server.model_name: {"status": "Healthy"}})
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        runtime_route = parse_runtime_path(self.path) is not None
-        if not runtime_route and self.path.split("?")[0] != "/invocations":
-            return self.send_json(404, {"code": 404, "type": "ResourceNotFoundException", "message": "Not Found"})
-        if self.server.frontend is None:
-            return self.send_json(503, {"code": 503, "type": "ServiceUnavailableException",
-                                        "message": "Model is not ready yet"})
-        if runtime_route:
-            answer = handle_runtime_request("POST", self.path, self.headers, body, self.submit_container,
-                                            self.server.runtime)
-            return self.write_answer(answer)
-        self.relay(self.server.frontend.submit(self.headers.items(), body))
-
-    def submit_container(self, headers: dict[str, str], body: bytes) -> "ContainerView":
-        return ContainerView(self.server.frontend.submit(list(headers.items()), body))
-
-    def write_answer(self, answer: RuntimeAnswer) -> None:
-        """Write a runtime API answer: event-stream frames chunked as they come, or one body."""
-        self.send_response(answer.status)
-        for key, value in answer.headers.items():
-            self.send_header(key, value)
-        if not answer.streamed:
-            self.end_headers()
-            for part in answer.body_iter:
-                self.wfile.write(part)
-            return
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.write_chunks(answer.body_iter, answer.close)
-
-    def relay(self, response: Response) -> None:
-        """Write a DJL response: chunked when it streams, with a length otherwise."""
+    async def _invocations(self, request: Request) -> HTTPResponse:
+        refusal, body = await self._admit(request)
+        if refusal is not None:
+            return refusal
+        response = self.frontend.submit(list(request.headers.items()), body)
         try:
-            head = response.head(CHUNK_TIMEOUT_SECONDS)
+            head = await self._wait(response.head, CHUNK_TIMEOUT_SECONDS)
         except (BackendError, TimeoutError) as error:
-            return self.send_json(500, {"code": 500, "type": type(error).__name__, "message": str(error)})
-        self.send_response(head.status, head.reason)
-        for key, value in head.headers.items():
-            self.send_header(key, value)
-        self.send_header("x-request-id", response.request_id)
+            return _json(500, {"code": 500, "type": type(error).__name__, "message": str(error)})
+        headers = {**head.headers, "x-request-id": response.request_id}
         if not head.chunked:
-            return self._write_whole(response, head.status)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.write_chunks(response.chunks(CHUNK_TIMEOUT_SECONDS), response.cancel)
+            content = await self._wait(response.read, CHUNK_TIMEOUT_SECONDS)
+            return HTTPResponse(content, status_code=head.status, headers=headers)
+        return StreamingResponse(self._relay(response.chunks(CHUNK_TIMEOUT_SECONDS), response.cancel),
+                                 status_code=head.status, headers=headers)
 
-    def _write_whole(self, response: Response, status: int) -> None:
-        body = response.read(CHUNK_TIMEOUT_SECONDS)
-        self.send_header("Content-Length", str(len(body)))
-        if status >= 400:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+    async def _runtime(self, request: Request) -> HTTPResponse:
+        refusal, body = await self._admit(request)
+        if refusal is not None:
+            return refusal
+        answer: RuntimeAnswer = await self._wait(
+            handle_runtime_request, "POST", request.url.path, dict(request.headers), body,
+            lambda headers, data: ContainerView(self.frontend.submit(list(headers.items()), data)), self.runtime)
+        if not answer.streamed:
+            content = b"".join(await self._wait(list, answer.body_iter))
+            return HTTPResponse(content, status_code=answer.status, headers=answer.headers)
+        return StreamingResponse(self._relay(iter(answer.body_iter), answer.close), status_code=answer.status,
+                                 headers=answer.headers)
 
-    def write_chunks(self, chunks: Iterable[bytes], on_disconnect: Callable[[], None]) -> None:
-        """Relay chunks as they come; a broken connection or a failed stream cancels the response."""
+    # -- helpers -------------------------------------------------------------------------------------------------
+    async def _admit(self, request: Request) -> tuple[HTTPResponse | None, bytes]:
+        """The request body, or the answer that refuses the request (model loading, body too large)."""
+        if self.frontend is None:
+            return _json(503, {"code": 503, "type": "ServiceUnavailableException",
+                               "message": "Model is not ready yet"}), b""
         try:
-            for chunk in chunks:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-        except _DISCONNECTS:
-            log.info("client disconnected; cancelling its request")
-            on_disconnect()
-            self.close_connection = True
+            return None, await _read_body(request)
+        except BodyTooLarge:
+            return _json(413, {"code": 413, "type": "RequestEntityTooLarge",
+                               "message": f"request body is larger than {MAX_BODY_BYTES} bytes"}), b""
+        except ClientDisconnect:
+            return HTTPResponse(status_code=400), b""
+
+    async def _wait(self, function: Callable[..., Any], *args: Any) -> Any:
+        """A blocking frontend call, in a worker thread."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(WAITING_THREADS)
+        return await anyio.to_thread.run_sync(lambda: function(*args), limiter=self._limiter)
+
+    async def _relay(self, chunks: Iterator[bytes], on_disconnect: Callable[[], None]) -> AsyncIterator[bytes]:
+        """Chunks as they come; if the client goes away (or the stream breaks) the request is cancelled."""
+        finished = False
+        try:
+            while True:
+                chunk = await self._wait(next, chunks, _END)
+                if chunk is _END:
+                    finished = True
+                    return
+                yield chunk
         except (BackendError, TimeoutError) as error:
             log.error("stream broken: %s", error)
-            on_disconnect()
-            self.close_connection = True
-
-    def send_json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
-        body = (json.dumps(payload, indent=2) + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
+            raise
+        finally:
+            if not finished:
+                log.info("stream ended early (client gone or stream broken); cancelling its request")
+                on_disconnect()
 
 
 class ContainerView:
@@ -159,3 +172,20 @@ class ContainerView:
 
     def cancel(self) -> None:
         self._response.cancel()
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _json(status: int, payload: object) -> HTTPResponse:
+    return HTTPResponse(json.dumps(payload, indent=2) + "\n", status_code=status, media_type="application/json")
