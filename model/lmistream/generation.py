@@ -5,6 +5,7 @@ finish (EOS or length), on a stop sequence (then the engine must cancel it: see 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Iterable
 
@@ -28,7 +29,7 @@ class Generation:
         self._events = 0
         self.finished = False
         self.needs_cancel = False  # a stop sequence ended it while the engine still runs it
-        self._buffered = buffered  # a non-streaming request: hand out the whole output at the end
+        self.buffered = buffered  # a non-streaming request: hand out the whole output at the end
         self.error: HandlerError | None = None  # why it failed, once it has
         self._held: list[str] = []
 
@@ -47,12 +48,15 @@ class Generation:
             if self.finished:
                 break
             if update.error is not None:
-                out.append(self.fail(update.error, update.code))
+                failure = self.fail(update.error, update.code)
+                if self.buffered:  # one body: the error alone
+                    return failure
+                out.append(failure)
                 break
             out.extend(self._tokens(update))
             if update.finished and not self.finished:
                 out.append(self._finish_without_token())
-        if not self._buffered:
+        if not self.buffered:
             return "".join(out)
         self._held.extend(out)
         if not self.finished:
@@ -66,11 +70,15 @@ class Generation:
         self.needs_cancel = True
 
     def fail(self, message: str, code: int) -> str:
-        """End the request with an in-band error in its format (and remember it for a non-streaming answer)."""
+        """End the request with an in-band error in its format; a non-streaming request drops what it held and
+        answers the error alone (DJL then sets the response status from it)."""
         self.finished = True
         self._stream.finish_reason = FinishReason.ERROR
         self.error = HandlerError(message)
         self.error.status = code
+        if self.buffered:
+            self._held = []  # what it held is dropped: the answer is the error alone
+            return json.dumps({"code": code, "error": message})
         event = StreamEvent(self._next_index(), None, last=True, error=message, code=code,
                             finish_reason=FinishReason.ERROR, generated_tokens=self._stream.count)
         return self.formatter.error(event)

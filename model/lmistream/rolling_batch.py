@@ -82,6 +82,8 @@ class RollingBatch:
             item = {"data": generation.absorb(self._svc.hub.take(generation.request_id)),
                     "last": generation.finished, "content_type": generation.content_type,
                     "request_id": generation.request_id}
+            if generation.error is not None and generation.buffered:  # one body: its status is the error's
+                item.update(code=generation.error.status, error=generation.error.message)
             if generation.finished:
                 self._svc.release(generation)
         self._encode(outputs, index, item)

@@ -59,6 +59,8 @@ def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str
             "pass --model-id DIR for another local model.")
     for key, value in settings.overrides:
         props["option." + key] = value
+    if props.get("option.trust_remote_code", "false").strip().lower() == "true":
+        say("Warning: option.trust_remote_code=true runs Python code from the model repository in this process")
     return props
 
 

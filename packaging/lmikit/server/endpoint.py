@@ -54,6 +54,7 @@ class LocalEndpoint:
         self._socket = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(address)
+        self._socket.listen(BACKLOG)  # connections queue from now on, before the server thread takes them
         self._limiter: anyio.CapacityLimiter | None = None
         routes = [Route("/ping", self._ping, methods=["GET"]),
                   Route("/invocations", self._invocations, methods=["POST"]),

@@ -1,0 +1,27 @@
+"""The reliability suite's figures: each test records what it held up to, and the session writes them into the
+README's reliability section (between its markers), so that nobody types them in."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- reliability figures: written by tests/test_reliability_*.py -->", "<!-- end of reliability figures -->"
+FIGURES: dict[str, str] = {}
+ORDER = ("fuzz", "load", "disconnects", "faults", "slow client", "logs")
+
+
+def record(name: str, text: str) -> None:
+    FIGURES[name] = text
+
+
+def write_readme() -> None:
+    """Replace the figures between the markers (only when every figure of the suite was recorded)."""
+    if set(FIGURES) != set(ORDER):
+        return
+    lines = "\n".join(f"- **{name}**: {FIGURES[name]}" for name in ORDER)
+    text = README.read_text(encoding="utf-8")
+    block = f"{START}\n{lines}\n{END}"
+    updated = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if updated != text:
+        README.write_text(updated, encoding="utf-8")
