@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pytest
 
+from lmikit.benchmarks import http_bench
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.endpoint import MAX_BODY_BYTES
 from lmikit.server.process import RunningEndpoint
@@ -92,12 +93,20 @@ def test_oversized_headers_are_refused(server: RunningEndpoint) -> None:
     assert _works(server)
 
 
-def test_an_exposed_bind_is_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sixty_four_simultaneous_clients_are_all_served(server: RunningEndpoint) -> None:
+    """http.server (listen backlog 5) reset most of such a burst."""
+    result = http_bench.run(server.url, clients=64, max_new_tokens=3)
+    assert result["completed"] == 64 and result["stream_errors"] == {} and result["ping_errors"] == {}, result
+
+
+def test_an_exposed_bind_and_remote_code_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     project = make_project(tmp_path / "project", PROPERTIES)
-    with serve(project, "--model-id", str(ensure_tiny_model()), "--host", "0.0.0.0") as endpoint:
+    args = ("--model-id", str(ensure_tiny_model()), "--host", "0.0.0.0", "--option", "trust_remote_code=true")
+    with serve(project, *args) as endpoint:
         assert _works(endpoint)
     output = capsys.readouterr().out
     assert "Warning: listening on 0.0.0.0" in output and "no authentication" in output
+    assert "Warning: option.trust_remote_code=true runs Python code from the model repository" in output
 
 
 def test_the_default_bind_is_loopback_and_says_nothing(server: RunningEndpoint) -> None:
