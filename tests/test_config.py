@@ -9,10 +9,17 @@ def test_typed_values_and_defaults():
     cfg = HandlerConfig.from_properties({
         "model_id": "m", "rolling_batch": "auto", "max_rolling_batch_size": "8", "dtype": "BF16",
         "tensor_parallel_degree": 2, "enable_streaming": "true", "handler": "handle", "gpu.maxWorkers": "1",
+        "generation_engine": "Portable", "revision": "v2",
     })
     assert (cfg.max_rolling_batch_size, cfg.dtype, cfg.tensor_parallel_degree) == (8, "bf16", 2)
+    assert (cfg.generation_engine, cfg.revision) == ("portable", "v2")
     assert cfg.streaming and cfg.rolling_batch_enabled(newest=False)
     assert HandlerConfig.from_properties({"model_dir": "/opt/ml/model"}).model_id == "/opt/ml/model"
+
+
+def test_an_unknown_engine_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="option.generation_engine='vllm' is not one of auto, continuous, portable"):
+        HandlerConfig.from_properties({"model_id": "m", "generation_engine": "vllm"})
 
 
 def test_rolling_batch_rules_differ_by_version():

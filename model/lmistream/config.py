@@ -33,8 +33,7 @@ HANDLER_OPTIONS = {
     "handler": "the handler function name (default handle)",
     "predict_timeout": "seconds a request may wait for a rolling-batch slot",
     "model_loading_timeout": "seconds the model may take to load",
-    "revision": "model revision on the hub",
-    "tgi_compat": "answer TGI-shaped payloads",
+    "revision": "model revision (branch, tag or commit) when model_id is a hub id",
 }
 
 
@@ -55,6 +54,7 @@ class HandlerConfig:
     async_mode: bool = False
     device_id: int = -1
     generation_engine: str = "auto"
+    revision: str | None = None
     #: not an option: the DJL generation driving the handler ("0.23" or "newest"), set by the service
     djl_dialect: str = "newest"
 
@@ -79,6 +79,7 @@ class HandlerConfig:
             async_mode=p.boolean("async_mode", default=False),
             device_id=p.integer("device_id", minimum=-1, default=-1),
             generation_engine=p.choice("generation_engine", GENERATION_ENGINES, default="auto"),
+            revision=p.text("revision"),
         )
 
     def rolling_batch_enabled(self, newest: bool) -> bool:

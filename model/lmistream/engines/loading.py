@@ -90,7 +90,9 @@ def load(config: HandlerConfig, device: torch.device, **placement: Any) -> tuple
     """Tokenizer and model from `config.model_id`, in eval mode on `device` (or as `placement` says, e.g. a
     `tp_plan`); a local directory never touches the hub."""
     local = os.path.isdir(config.model_id)
-    common = {"trust_remote_code": config.trust_remote_code, "local_files_only": local}
+    common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code, "local_files_only": local}
+    if config.revision is not None and not local:
+        common["revision"] = config.revision
     tokenizer = AutoTokenizer.from_pretrained(config.model_id, **common)
     with oom_as_handler_error("loading the model"):
         model = AutoModelForCausalLM.from_pretrained(
