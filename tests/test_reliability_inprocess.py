@@ -37,7 +37,7 @@ class Instruments:
     demand."""
 
     def __init__(self, engine: Any) -> None:
-        self.engine, self.steps, self.fault = engine, 0, None
+        self.engine, self.steps, self.fault, self.prefill_fault = engine, 0, None, None
         self.last_update: dict[str, int] = {}
         self.prompts: dict[str, str] = {}  # engine request id -> prompt
         self.response_prompts: dict[str, str] = {}  # HTTP response id -> prompt
@@ -47,8 +47,10 @@ class Instruments:
         def counted(input_ids: Any, mask: Any, cache: Any) -> Any:
             with self._lock:
                 self.steps += 1
-                decoding = cache is not None  # a fault is injected into a decode step of the running batch
-                fault, self.fault = (self.fault, None) if decoding else (None, self.fault)
+                if cache is not None:  # a decode step of the running batch
+                    fault, self.fault = self.fault, None
+                else:  # the prefill of joining requests
+                    fault, self.prefill_fault = self.prefill_fault, None
             if fault is not None:
                 raise fault
             return call(input_ids, mask, cache)
@@ -210,6 +212,20 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
                      "PayloadPart through the runtime route), answered a non-streaming request with 424 and 507 (newest "
                      "protocol; 0.23 sends the status with the first step, so the body says it), and the next request "
                      "was served")
+
+
+def test_a_failing_prefill_fails_the_joining_request_alone(reference: ReferenceModel) -> None:
+    with served("newest") as (endpoint, tools):
+        running = _post(endpoint, {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400}})
+        first = running.read1(65536)
+        assert _wait(lambda: len(tools.engine._rows) == 1)
+        tools.prefill_fault = RuntimeError("injected prefill fault")
+        joining = _post(endpoint, {"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 14}, "stream": False})
+        joining_status, joining_body = joining.status, joining.read()
+        rest = running.read()
+    lines = [json.loads(line) for line in (first + rest).decode().splitlines()]
+    assert "error_msg" not in lines[-1] and lines[-1]["generated_text"], lines[-1]
+    assert tools.last_update and joining_status == 424 and "injected prefill fault" in joining_body.decode()
 
 
 def _post_later(endpoint: LocalEndpoint, payload: dict) -> Any:

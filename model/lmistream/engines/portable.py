@@ -99,7 +99,6 @@ class PortableEngine:
         self._scheduler.stop()
         thread.join(timeout=STOP_TIMEOUT_S)
 
-
     # -- the loop ------------------------------------------------------------------------------------------------
     def _next_plan(self) -> StepPlan:
         """Rank 0 (or a lone engine) plans and tells the other ranks; they execute what they are told."""
@@ -144,13 +143,15 @@ class PortableEngine:
             self._advance(self._batch, self._rows, logits)
 
     def _join(self, admissions: tuple[Admission, ...]) -> None:
-        """Prefill the admitted requests together; a prefill that fails fails them alone, the running rows go on."""
+        """Prefill the admitted requests together and pick their first tokens; a failure there fails them alone, and
+        the running rows go on."""
         rows = [_Row(a.request_id, RequestSampler(a.params, a.seed, list(a.prompt_ids), self._device),
                      a.params.max_new_tokens) for a in admissions]
         try:
             with oom_as_handler_error("prefilling"):
                 batch, logits = DecodeBatch.prefill(self._call, [list(a.prompt_ids) for a in admissions],
                                                     self.tokenizer.pad_token_id, self._device)
+                self._advance(batch, rows, logits)
         except HandlerError as error:
             self._fail(rows, error.message, error.status)
             return
@@ -158,7 +159,6 @@ class PortableEngine:
             logger.exception("portable engine prefill failed")
             self._fail(rows, f"prefill failed: {error}")
             return
-        self._advance(batch, rows, logits)
         if not rows:
             return
         if self._batch is None:
