@@ -192,3 +192,14 @@ def test_a_request_that_asks_for_no_stream_gets_one_body(version):
     assert head.status == 200 and len(chunks) == 1
     assert head.chunked == (version == "0.23"), "newest answers a one-chunk stream with a Content-Length"
     assert b"".join(chunks).count(b"\n") == 6 + (version == "newest")
+
+
+def test_each_finished_request_logs_one_line_of_numbers_and_never_its_prompt(caplog):
+    prompt = "private words"
+    with caplog.at_level("INFO", logger="lmistream.service"):
+        with frontend("0.23", rolling_batch="custom", output_formatter="jsonlines") as front:
+            status, _ = collect(post(front, {"inputs": prompt, "parameters": {"max_new_tokens": 5}}))
+    assert status == 200
+    [line] = [r.getMessage() for r in caplog.records if "prompt_tokens=" in r.getMessage()]
+    assert " length: prompt_tokens=13 generated_tokens=5 ttft_ms=" in line and "total_ms=" in line
+    assert prompt not in caplog.text

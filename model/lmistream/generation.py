@@ -1,4 +1,5 @@
-"""Generation: one request's journey from engine updates to formatted output text. Pure, no torch, no DJL.
+"""Generation: one request's journey from engine updates to formatted output text. Pure (no torch, no DJL; the clock is
+injected).
 
 It owns the request's TextStream and Formatter and knows when the request is over: on the engine's
 finish (EOS or length), on a stop sequence (then the engine must cancel it: see `needs_cancel`) or on error.
@@ -6,8 +7,9 @@ finish (EOS or length), on a stop sequence (then the engine must cancel it: see 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .engine import EngineUpdate, Tokenizer
 from .errors import HandlerError
@@ -20,7 +22,7 @@ class Generation:
     """State of one admitted request."""
 
     def __init__(self, request_id: str, request: GenerationRequest, tokenizer: Tokenizer, formatter: Formatter,
-                 buffered: bool = False) -> None:
+                 buffered: bool = False, prompt_tokens: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.request_id = request_id
         self.request = request
         self.formatter = formatter
@@ -31,6 +33,10 @@ class Generation:
         self.needs_cancel = False  # a stop sequence ended it while the engine still runs it
         self.buffered = buffered  # a non-streaming request: hand out the whole output at the end
         self.error: HandlerError | None = None  # why it failed, once it has
+        self.prompt_tokens = prompt_tokens
+        self._clock = clock
+        self.started = clock()
+        self.first_token_at: float | None = None
         self._held: list[str] = []
 
     @property
@@ -83,7 +89,17 @@ class Generation:
                             finish_reason=FinishReason.ERROR, generated_tokens=self._stream.count)
         return self.formatter.error(event)
 
+    def summary(self) -> str:
+        """One log line's worth of what happened to the request (never its text)."""
+        ttft = "-" if self.first_token_at is None else f"{1000 * (self.first_token_at - self.started):.0f}"
+        reason = self.finish_reason.value if self.finish_reason is not None else "abandoned"
+        return (f"{self.request_id} {reason}: prompt_tokens={self.prompt_tokens} "
+                f"generated_tokens={self._stream.count} ttft_ms={ttft} "
+                f"total_ms={1000 * (self._clock() - self.started):.0f}")
+
     def _tokens(self, update: EngineUpdate) -> list[str]:
+        if self.first_token_at is None and update.token_ids:
+            self.first_token_at = self._clock()
         out = []
         log_probs = update.log_probs or (None,) * len(update.token_ids)
         last_position = len(update.token_ids) - 1

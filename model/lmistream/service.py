@@ -90,7 +90,8 @@ class StreamingService:
         self._check_length(len(prompt_ids), request)
         request_id = f"req-{next(self._ids)}"
         generation = Generation(request_id, request, self.engine.tokenizer, self._formatter(request, rolling),
-                                buffered=request.stream is False)  # asked for one body, not a stream
+                                buffered=request.stream is False,  # asked for one body, not a stream
+                                prompt_tokens=len(prompt_ids))
         self.hub.open(request_id)
         self.engine.submit(request_id, prompt_ids, request.params)
         return generation
@@ -100,6 +101,7 @@ class StreamingService:
         if not generation.finished or generation.needs_cancel:
             self.engine.cancel(generation.request_id)
         self.hub.close(generation.request_id)
+        log.info("request %s", generation.summary())
 
     def streams(self, request: GenerationRequest) -> bool:
         """Whether a request wants a stream: its own `stream` flag, else option.enable_streaming."""

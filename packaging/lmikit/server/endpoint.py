@@ -1,9 +1,9 @@
 """LocalEndpoint: the HTTP server of `lmi serve`, speaking like the LMI container on port 8080.
 
 `GET /ping` answers 503 until the model is loaded and once a tensor-parallel rank is gone, else DJL's health body.
-`POST /invocations` goes through the DJL frontend replay and is written out with HTTP/1.1 chunked encoding, one
-chunk as soon as the handler produces it; `POST /endpoints/{name}/invocations[-response-stream]` is the SageMaker
-runtime API over the same frontend. A client that disconnects mid-stream has its response cancelled.
+`GET /metrics` is Prometheus text (`metrics`). `POST /invocations` goes through the DJL frontend replay and is
+written out with HTTP/1.1 chunked encoding, one chunk as soon as the handler produces it;
+`POST /endpoints/{name}/invocations[-response-stream]` is the SageMaker runtime API over the same frontend. A client that disconnects mid-stream has its response cancelled.
 
 It runs on uvicorn and starlette: with the standard library's `http.server` (a listen backlog of 5, one thread per
 connection) 64 simultaneous clients saw connection resets and /ping timeouts. Request bodies may be chunked; a body
@@ -26,6 +26,7 @@ from starlette.responses import Response as HTTPResponse, StreamingResponse
 from starlette.routing import Route
 
 from lmikit.djl.driver import BackendError, Frontend, Response
+from lmikit.server.metrics import RequestTrack, ServeMetrics
 from lmikit.server.runtime import RuntimeAnswer, RuntimeConfig, handle_runtime_request
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ class LocalEndpoint:
         self._socket.bind(address)
         self._socket.listen(BACKLOG)  # connections queue from now on, before the server thread takes them
         self._limiter: anyio.CapacityLimiter | None = None
+        self.metrics = ServeMetrics(lambda: self.frontend.active_requests() if self.frontend is not None else 0)
         routes = [Route("/ping", self._ping, methods=["GET"]),
+                  Route("/metrics", self._metrics, methods=["GET"]),
                   Route("/invocations", self._invocations, methods=["POST"]),
                   Route("/endpoints/{path:path}", self._runtime, methods=["POST"])]
         config = uvicorn.Config(Starlette(routes=routes), log_level="warning", access_log=False, backlog=BACKLOG,
@@ -86,34 +89,48 @@ class LocalEndpoint:
             return _json(503, {self.model_name: {"status": "Unhealthy"}})
         return _json(200, {self.model_name: {"status": "Healthy"}})
 
+    async def _metrics(self, request: Request) -> HTTPResponse:
+        return HTTPResponse(self.metrics.exposition(), media_type=self.metrics.content_type)
+
     async def _invocations(self, request: Request) -> HTTPResponse:
+        track = self.metrics.start("invocations")
         refusal, body = await self._admit(request)
         if refusal is not None:
+            track.end(refusal.status_code)
             return refusal
         response = self.frontend.submit(list(request.headers.items()), body)
         try:
             head = await self._wait(response.head, CHUNK_TIMEOUT_SECONDS)
         except (BackendError, TimeoutError) as error:
+            track.end(500)
             return _json(500, {"code": 500, "type": type(error).__name__, "message": str(error)})
         headers = {**head.headers, "x-request-id": response.request_id}
+        chunks = response.chunks(CHUNK_TIMEOUT_SECONDS)
+        if head.status < 300:
+            chunks = track.watch(chunks, _content_type(head.headers))
         if not head.chunked:
-            content = await self._wait(response.read, CHUNK_TIMEOUT_SECONDS)
+            content = b"".join(await self._wait(list, chunks))
+            track.end(head.status)
             return HTTPResponse(content, status_code=head.status, headers=headers)
-        return StreamingResponse(self._relay(response.chunks(CHUNK_TIMEOUT_SECONDS), response.cancel),
+        return StreamingResponse(self._relay(chunks, response.cancel, lambda: track.end(head.status)),
                                  status_code=head.status, headers=headers)
 
     async def _runtime(self, request: Request) -> HTTPResponse:
+        track = self.metrics.start("runtime")
         refusal, body = await self._admit(request)
         if refusal is not None:
+            track.end(refusal.status_code)
             return refusal
         answer: RuntimeAnswer = await self._wait(
             handle_runtime_request, "POST", request.url.path, dict(request.headers), body,
-            lambda headers, data: ContainerView(self.frontend.submit(list(headers.items()), data)), self.runtime)
+            lambda headers, data: ContainerView(self.frontend.submit(list(headers.items()), data), track),
+            self.runtime)
         if not answer.streamed:
             content = b"".join(await self._wait(list, answer.body_iter))
+            track.end(answer.status)
             return HTTPResponse(content, status_code=answer.status, headers=answer.headers)
-        return StreamingResponse(self._relay(iter(answer.body_iter), answer.close), status_code=answer.status,
-                                 headers=answer.headers)
+        return StreamingResponse(self._relay(iter(answer.body_iter), answer.close, lambda: track.end(answer.status)),
+                                 status_code=answer.status, headers=answer.headers)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     async def _admit(self, request: Request) -> tuple[HTTPResponse | None, bytes]:
@@ -135,7 +152,8 @@ class LocalEndpoint:
             self._limiter = anyio.CapacityLimiter(WAITING_THREADS)
         return await anyio.to_thread.run_sync(lambda: function(*args), limiter=self._limiter)
 
-    async def _relay(self, chunks: Iterator[bytes], on_disconnect: Callable[[], None]) -> AsyncIterator[bytes]:
+    async def _relay(self, chunks: Iterator[bytes], on_disconnect: Callable[[], None],
+                     on_end: Callable[[], None]) -> AsyncIterator[bytes]:
         """Chunks as they come; if the client goes away (or the stream breaks) the request is cancelled."""
         finished = False
         try:
@@ -149,16 +167,19 @@ class LocalEndpoint:
             log.error("stream broken: %s", error)
             raise
         finally:
+            on_end()
             if not finished:
                 log.info("stream ended early (client gone or stream broken); cancelling its request")
                 on_disconnect()
 
 
 class ContainerView:
-    """A DJL `Response` seen as the runtime layer's ContainerResponse (status, headers, chunk iterator)."""
+    """A DJL `Response` seen as the runtime layer's ContainerResponse (status, headers, chunk iterator), its chunks
+    counted by the request's metrics track."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, track: RequestTrack) -> None:
         self._response = response
+        self._track = track
 
     @property
     def status(self) -> int:
@@ -169,7 +190,8 @@ class ContainerView:
         return self._response.head(CHUNK_TIMEOUT_SECONDS).headers
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._response.chunks(CHUNK_TIMEOUT_SECONDS)
+        chunks = self._response.chunks(CHUNK_TIMEOUT_SECONDS)
+        return self._track.watch(chunks, _content_type(self.headers)) if self.status < 300 else chunks
 
     def cancel(self) -> None:
         self._response.cancel()
@@ -186,6 +208,10 @@ async def _read_body(request: Request) -> bytes:
             raise BodyTooLarge
         parts.append(part)
     return b"".join(parts)
+
+
+def _content_type(headers: dict[str, str]) -> str | None:
+    return next((value for key, value in headers.items() if key.lower() == "content-type"), None)
 
 
 def _json(status: int, payload: object) -> HTTPResponse:
