@@ -168,6 +168,26 @@ def test_deploy_refuses_more_ranks_than_the_instance_has_gpus(aws: boto3.session
     assert not (project / "dist").exists(), "nothing is built or uploaded"
 
 
+def test_status_lists_each_endpoint_with_its_instances_image_and_model_data(aws: boto3.session.Session,
+                                                                           tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    names = ["status-a", "status-b"]
+    for name in names:
+        _deploy("--project-dir", project, "--endpoint-name", name, "--image", "djl-lmi:0.36.0")
+    result = _lmi("status")
+    assert result.exit_code == 0, result.output
+    for name in names:
+        assert name in result.output
+    one = _lmi("status", "--endpoint", "status-a")
+    assert one.exit_code == 0 and "status-a" in one.output and "status-b" not in one.output
+    assert "InService" in one.output and "1 x ml.g5.2xlarge" in one.output
+    assert "djl-inference:0.36.0" in one.output and "s3://lmi-test-artifacts/" in one.output
+    missing = _lmi("status", "--endpoint", "nope")
+    assert missing.exit_code == 1 and "nope" in missing.output
+    for name in names:
+        _lmi("delete", "--endpoint", name)
+
+
 def test_deploy_requires_a_role(tmp_path: Path) -> None:
     result = _lmi("deploy", "--project-dir", make_project(tmp_path))
     assert result.exit_code == 2 and "--role" in result.stderr

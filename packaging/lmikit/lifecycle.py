@@ -1,4 +1,4 @@
-"""`lmi build`, `lmi deploy`, `lmi delete`: the blog's lifecycle as commands (registered in cli.py).
+"""`lmi build`, `lmi deploy`, `lmi status`, `lmi delete`: the blog's lifecycle as commands (registered in cli.py).
 
 Progress and status go to stderr; stdout carries only the result (archive path, endpoint name), so
 `EP=$(lmi deploy ...)` works in scripts.
@@ -14,6 +14,7 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
 
 from . import aws_deploy, images
 from .project import Project
@@ -97,6 +98,21 @@ def delete_command(endpoint_name: str, artifacts: bool) -> None:
         console.print(f"deleted {item}")
     if not deleted:
         console.print(f"nothing to delete for {endpoint_name}")
+
+
+@click.command("status")
+@click.option("--endpoint", "endpoint_name", help="One endpoint (default: every endpoint, newest first).")
+def status_command(endpoint_name: str | None) -> None:
+    """List endpoints: status, instances, image, creation time and model data."""
+    with _aws_errors():
+        session = boto3.session.Session()
+        statuses = aws_deploy.endpoint_statuses(session.client("sagemaker"), endpoint_name)
+    table = Table("endpoint", "status", "instances", "image", "created", "model data")
+    for item in statuses:
+        status = item.status if item.failure_reason is None else f"{item.status}: {item.failure_reason}"
+        table.add_row(item.name, status, f"{item.instance_count} x {item.instance_type}", item.image, item.created,
+                      item.model_data_url)
+    Console(width=200).print(table)
 
 
 def _validated_build(project_dir: Path, out: Path, image: str, console: Console) -> BuildReport:
