@@ -1,4 +1,5 @@
-"""build → deploy → delete through the `lmi` CLI against moto in server mode, plus the deploy helpers' edge cases.
+"""build → deploy → status → logs → delete through the `lmi` CLI against moto in server mode, plus the deploy helpers' edge
+cases.
 
 moto runs in-process (ThreadedMotoServer) and is reached through AWS_ENDPOINT_URL, exactly as a real endpoint
 would be: the product code gets no test hooks.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +16,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner, Result
-from lmikit import aws_deploy
+from lmikit import aws_deploy, endpoint_logs
 from lmikit.cli import main
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.process import free_port
@@ -251,3 +253,81 @@ def test_default_bucket_is_the_sdk_one(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():  # decorator mode: STS is intercepted too (server mode would need --bucket)
         assert aws_deploy.default_bucket(boto3.session.Session()) == "sagemaker-us-east-1-123456789012"
+
+
+# -- lmi logs ---------------------------------------------------------------------------------------------------
+def _plant(session: boto3.session.Session, endpoint: str, messages: list[str], age_s: float = 60.0) -> None:
+    logs = session.client("logs")
+    group = endpoint_logs.LOG_GROUP.format(endpoint)
+    logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName="AllTraffic/i-0123")
+    now = int((time.time() - age_s) * 1000)
+    logs.put_log_events(logGroupName=group, logStreamName="AllTraffic/i-0123",
+                        logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(messages)])
+
+
+def test_logs_prints_the_planted_lines_in_order(aws: boto3.session.Session) -> None:
+    _plant(aws, "logs-a", ["Python engine started.", "Model loaded.", "lmistream ready"])
+    result = _lmi("logs", "--endpoint", "logs-a", "--since", "1h")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split(" ", 3)[3] for line in lines] == ["Python engine started.", "Model loaded.", "lmistream ready"]
+    assert all("AllTraffic/i-0123" in line for line in lines)
+    assert _lmi("logs", "--endpoint", "logs-a", "--since", "10s").stdout == ""  # older than the window
+
+
+def test_missing_log_group_and_bad_since_are_clear_errors(aws: boto3.session.Session) -> None:
+    missing = _lmi("logs", "--endpoint", "never-started")
+    assert missing.exit_code == 1 and "/aws/sagemaker/Endpoints/never-started" in missing.output
+    bad = _lmi("logs", "--endpoint", "x", "--since", "ten minutes")
+    assert bad.exit_code == 2 and "use a number and one of s, m, h, d" in bad.output
+
+
+def test_follow_yields_new_lines_once(aws: boto3.session.Session) -> None:
+    _plant(aws, "logs-b", ["one"])
+    logs = aws.client("logs")
+    group = endpoint_logs.LOG_GROUP.format("logs-b")
+    polls = []
+
+    def wait() -> bool:
+        polls.append(1)
+        if len(polls) == 1:
+            logs.put_log_events(logGroupName=group, logStreamName="AllTraffic/i-0123",
+                                logEvents=[{"timestamp": int(time.time() * 1000), "message": "two"}])
+        return len(polls) >= 3
+
+    start = int((time.time() - 3600) * 1000)
+    seen = [event["message"] for event in endpoint_logs.follow(logs, "logs-b", start, wait)]
+    assert seen == ["one", "two"]
+
+
+def test_last_lines_are_the_newest_and_empty_without_logs(aws: boto3.session.Session) -> None:
+    _plant(aws, "logs-c", [f"line {i}" for i in range(30)])
+    lines = endpoint_logs.last_lines(aws.client("logs"), "logs-c", count=3)
+    assert [line.rsplit(" ", 2)[-2:] for line in lines] == [["line", "27"], ["line", "28"], ["line", "29"]]
+    assert endpoint_logs.last_lines(aws.client("logs"), "nothing-here") == []
+
+
+def test_since_formats() -> None:
+    assert endpoint_logs.parse_since("30s") == 30 and endpoint_logs.parse_since("2h") == 7200
+    with pytest.raises(ValueError):
+        endpoint_logs.parse_since("5w")
+
+
+def test_a_failed_deploy_prints_the_last_container_lines_then_the_reason(aws: boto3.session.Session) -> None:
+    from rich.console import Console
+
+    from lmikit.lifecycle import _wait
+
+    _plant(aws, "broken", ["Python engine started.", "ConfigError: option.model_id is required"])
+
+    class FailedEndpoint:
+        def describe_endpoint(self, EndpointName: str) -> dict:  # noqa: N803 (boto3's keyword)
+            return {"EndpointStatus": "Failed", "FailureReason": "health check failed"}
+
+    out = io.StringIO()
+    with pytest.raises(aws_deploy.DeployError, match="health check failed"):
+        _wait(FailedEndpoint(), aws.client("logs"), "broken", 0.01, 1.0, Console(file=out, width=200))
+    printed = out.getvalue()
+    assert "Last container log lines of broken:" in printed
+    assert printed.index("Python engine started.") < printed.index("ConfigError: option.model_id is required")

@@ -1,10 +1,12 @@
-"""`lmi build`, `lmi deploy`, `lmi status`, `lmi delete`: the blog's lifecycle as commands (registered in cli.py).
+"""`lmi build`, `lmi deploy`, `lmi status`, `lmi logs`, `lmi delete`: the blog's lifecycle as commands (registered in
+cli.py).
 
 Progress and status go to stderr; stdout carries only the result (archive path, endpoint name), so
 `EP=$(lmi deploy ...)` works in scripts.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from . import aws_deploy, images
+from . import aws_deploy, endpoint_logs, images
 from .project import Project
 from .tarball import BuildReport, build_tarball
 from .validate import errors, validate_project
@@ -81,7 +83,7 @@ def deploy_command(
                           role=role, instance_type=instance_type, health_check_timeout=health_check_timeout)
         console.print(f"Creating endpoint [bold]{name}[/] ({instance_type}, {image_uri})")
         if wait:
-            _wait(sm_client, name, poll_delay, wait_timeout, console)
+            _wait(sm_client, session.client("logs"), name, poll_delay, wait_timeout, console)
     click.echo(name)
 
 
@@ -98,6 +100,33 @@ def delete_command(endpoint_name: str, artifacts: bool) -> None:
         console.print(f"deleted {item}")
     if not deleted:
         console.print(f"nothing to delete for {endpoint_name}")
+
+
+@click.command("logs")
+@click.option("--endpoint", "endpoint_name", required=True, help="The endpoint whose container logs to print.")
+@click.option("--since", default="10m", show_default=True, help="How far back: 30s, 10m, 2h, 1d.")
+@click.option("--follow", is_flag=True, help="Keep printing new lines until interrupted.")
+@click.option("--poll", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between reads with --follow.")
+def logs_command(endpoint_name: str, since: str, follow: bool, poll: float) -> None:
+    """Print the endpoint's CloudWatch log stream (/aws/sagemaker/Endpoints/<name>)."""
+    try:
+        start_ms = int((time.time() - endpoint_logs.parse_since(since)) * 1000)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
+    with _aws_errors():
+        client = boto3.session.Session().client("logs")
+        if follow:
+            for event in endpoint_logs.follow(client, endpoint_name, start_ms, lambda: _sleep(poll)):
+                click.echo(endpoint_logs.format_event(event))
+            return
+        for event in endpoint_logs.read_events(client, endpoint_name, start_ms):
+            click.echo(endpoint_logs.format_event(event))
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
 
 
 @click.command("status")
@@ -143,10 +172,18 @@ def _upload(s3_client: Any, tarball: Path, bucket: str, key: str, console: Conso
     return url
 
 
-def _wait(sm_client: Any, name: str, delay: float, timeout: float, console: Console) -> None:
-    with console.status(f"{name}: waiting") as status:
-        aws_deploy.wait_for_endpoint(sm_client, name, delay=delay, timeout=timeout,
-                                     on_status=lambda state: status.update(f"{name}: {state}"))
+def _wait(sm_client: Any, logs_client: Any, name: str, delay: float, timeout: float, console: Console) -> None:
+    """Wait for InService; on failure print the container's last log lines before the FailureReason."""
+    try:
+        with console.status(f"{name}: waiting") as status:
+            aws_deploy.wait_for_endpoint(sm_client, name, delay=delay, timeout=timeout,
+                                         on_status=lambda state: status.update(f"{name}: {state}"))
+    except aws_deploy.DeployError:
+        lines = endpoint_logs.last_lines(logs_client, name)
+        console.print(f"Last container log lines of {name}:" if lines else f"No container logs for {name}.")
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        raise
     console.print(f"Endpoint [bold]{name}[/] is InService")
 
 
@@ -155,5 +192,5 @@ def _aws_errors() -> Iterator[None]:
     """Turn AWS and deploy errors into a one-line click error (exit 1) instead of a traceback."""
     try:
         yield
-    except (aws_deploy.DeployError, ClientError, BotoCoreError) as exc:
+    except (aws_deploy.DeployError, endpoint_logs.LogsMissing, ClientError, BotoCoreError) as exc:
         raise click.ClickException(str(exc)) from exc
