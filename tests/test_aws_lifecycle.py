@@ -170,6 +170,42 @@ def test_deploy_refuses_more_ranks_than_the_instance_has_gpus(aws: boto3.session
     assert not (project / "dist").exists(), "nothing is built or uploaded"
 
 
+def test_deploy_with_two_instances_autoscales_1_to_4_and_delete_removes_the_scaling(
+    aws: boto3.session.Session, tmp_path: Path
+) -> None:
+    project = make_project(tmp_path)
+    _deploy("--project-dir", project, "--endpoint-name", "scaled", "--image", "djl-lmi:0.36.0",
+            "--instance-count", "2", "--autoscale", "1:4", "--target-invocations", "12")
+    sm, scaling = aws.client("sagemaker"), aws.client("application-autoscaling")
+    config = sm.describe_endpoint_config(EndpointConfigName="scaled")["ProductionVariants"][0]
+    assert config["InitialInstanceCount"] == 2
+    [target] = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == \
+        ("endpoint/scaled/variant/AllTraffic", 1, 4)
+    [policy] = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert policy["PolicyType"] == "TargetTrackingScaling" and tracking["TargetValue"] == 12
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+    result = _lmi("delete", "--endpoint", "scaled")
+    assert result.exit_code == 0 and "scalable-target endpoint/scaled/variant/AllTraffic" in result.output
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+    assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"] == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--autoscale", "4:1"), "use MIN:MAX with 1 <= MIN <= MAX"),
+    (("--autoscale", "2:4"), "--instance-count 1 is outside 2:4"),
+    (("--autoscale", "1:4", "--no-wait"), "drop --no-wait"),
+])
+def test_bad_autoscale_settings_are_refused_before_anything_is_created(
+    aws: boto3.session.Session, tmp_path: Path, args: tuple, message: str
+) -> None:
+    result = _lmi("deploy", "--project-dir", make_project(tmp_path), "--role", ROLE, "--bucket", BUCKET,
+                  "--endpoint-name", "never", *args)
+    assert result.exit_code == 2 and message in result.output
+    assert _gone(aws.client("sagemaker").describe_endpoint, EndpointName="never")
+
+
 def test_status_lists_each_endpoint_with_its_instances_image_and_model_data(aws: boto3.session.Session,
                                                                            tmp_path: Path) -> None:
     project = make_project(tmp_path)

@@ -104,8 +104,9 @@ def deploy(
     role: str,
     instance_type: str = DEFAULT_INSTANCE_TYPE,
     health_check_timeout: int = DEFAULT_HEALTH_CHECK_TIMEOUT,
+    instance_count: int = 1,
 ) -> Deployment:
-    """Create the model, the endpoint config (one instance) and the endpoint; does not wait."""
+    """Create the model, the endpoint config (`instance_count` instances) and the endpoint; does not wait."""
     deployment = Deployment(endpoint_name, endpoint_name, endpoint_name, model_data_url, image_uri)
     sm_client.create_model(
         ModelName=deployment.model_name,
@@ -117,7 +118,7 @@ def deploy(
         ProductionVariants=[{
             "VariantName": "AllTraffic",
             "ModelName": deployment.model_name,
-            "InitialInstanceCount": 1,
+            "InitialInstanceCount": instance_count,
             "InstanceType": instance_type,
             "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
         }],

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from . import aws_deploy, endpoint_logs, images
+from . import autoscaling, aws_deploy, endpoint_logs, images
 from .project import Project
 from .tarball import BuildReport, build_tarball
 from .validate import errors, validate_project
@@ -50,6 +50,10 @@ def build_command(project_dir: Path, out: Path | None, image: str) -> None:
 @click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
               help="djl-deepspeed:<version>, djl-lmi:<version> or a full image URI.")
 @click.option("--instance-type", default=aws_deploy.DEFAULT_INSTANCE_TYPE, show_default=True)
+@click.option("--instance-count", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--autoscale", metavar="MIN:MAX", help="Scale the instance count between MIN and MAX (needs --wait).")
+@click.option("--target-invocations", default=autoscaling.DEFAULT_TARGET_INVOCATIONS, show_default=True,
+              type=click.FloatRange(min=0.1), help="Invocations per instance per minute that --autoscale holds.")
 @click.option("--health-check-timeout", default=aws_deploy.DEFAULT_HEALTH_CHECK_TIMEOUT, show_default=True,
               type=click.IntRange(60, 3600), help="ContainerStartupHealthCheckTimeoutInSeconds.")
 @click.option("--endpoint-name", help="Endpoint name (default: a unique name from 'lmi-model').")
@@ -60,11 +64,12 @@ def build_command(project_dir: Path, out: Path | None, image: str) -> None:
               help="Seconds to wait for InService before giving up.")
 def deploy_command(
     project_dir: Path, tarball: Path | None, role: str, bucket: str | None, prefix: str, image: str,
-    instance_type: str, health_check_timeout: int, endpoint_name: str | None, wait: bool, poll_delay: float,
-    wait_timeout: float,
+    instance_type: str, instance_count: int, autoscale: str | None, target_invocations: float,
+    health_check_timeout: int, endpoint_name: str | None, wait: bool, poll_delay: float, wait_timeout: float,
 ) -> None:
     """Upload model.tar.gz and create a SageMaker endpoint for it; prints the endpoint name."""
     console = Console(stderr=True)
+    scale = _scale_range(autoscale, instance_count, wait)
     with _aws_errors():
         if tarball is None:
             degree = Project.at(project_dir).properties().get("option.tensor_parallel_degree")
@@ -80,10 +85,15 @@ def deploy_command(
         model_data_url = _upload(session.client("s3"), tarball, bucket, key, console)
         sm_client = session.client("sagemaker")
         aws_deploy.deploy(sm_client, endpoint_name=name, image_uri=image_uri, model_data_url=model_data_url,
-                          role=role, instance_type=instance_type, health_check_timeout=health_check_timeout)
-        console.print(f"Creating endpoint [bold]{name}[/] ({instance_type}, {image_uri})")
+                          role=role, instance_type=instance_type, health_check_timeout=health_check_timeout,
+                          instance_count=instance_count)
+        console.print(f"Creating endpoint [bold]{name}[/] ({instance_count} x {instance_type}, {image_uri})")
         if wait:
             _wait(sm_client, session.client("logs"), name, poll_delay, wait_timeout, console)
+        if scale is not None:
+            autoscaling.enable(session.client("application-autoscaling"), name, *scale, target_invocations)
+            console.print(f"Autoscaling {name} between {scale[0]} and {scale[1]} instances at "
+                          f"{target_invocations:g} invocations per instance per minute")
     click.echo(name)
 
 
@@ -95,7 +105,8 @@ def delete_command(endpoint_name: str, artifacts: bool) -> None:
     console = Console(stderr=True)
     with _aws_errors():
         session = boto3.session.Session()
-        deleted = aws_deploy.delete(session.client("sagemaker"), session.client("s3"), endpoint_name, artifacts)
+        deleted = autoscaling.disable(session.client("application-autoscaling"), endpoint_name)
+        deleted += aws_deploy.delete(session.client("sagemaker"), session.client("s3"), endpoint_name, artifacts)
     for item in deleted:
         console.print(f"deleted {item}")
     if not deleted:
@@ -142,6 +153,21 @@ def status_command(endpoint_name: str | None) -> None:
         table.add_row(item.name, status, f"{item.instance_count} x {item.instance_type}", item.image, item.created,
                       item.model_data_url)
     Console(width=200).print(table)
+
+
+def _scale_range(autoscale: str | None, instance_count: int, wait: bool) -> tuple[int, int] | None:
+    """--autoscale as (MIN, MAX), checked against --instance-count and --wait."""
+    if autoscale is None:
+        return None
+    try:
+        low, high = autoscaling.parse_range(autoscale)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--autoscale") from None
+    if not low <= instance_count <= high:
+        raise click.BadParameter(f"--instance-count {instance_count} is outside {low}:{high}", param_hint="--autoscale")
+    if not wait:
+        raise click.UsageError("--autoscale registers the variant once it is InService: drop --no-wait")
+    return low, high
 
 
 def _validated_build(project_dir: Path, out: Path, image: str, console: Console) -> BuildReport:
