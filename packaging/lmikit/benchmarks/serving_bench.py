@@ -4,8 +4,8 @@ Three paths generate greedily from the same prompt, `--max-new-tokens` tokens pe
 
 * `generate`: transformers `model.generate` with `min_new_tokens = max_new_tokens`, one stream and a static batch
   of each concurrency. This is the hardware reference (no batching scheduler, no paged cache, no handler).
-* `engine`: the handler's engine (`--engine`, default auto) driven directly, `c` requests submitted at once: the
-  engine's cost.
+* `engine`: the engine the handler picks (`option.generation_engine=auto`) driven directly, `c` requests submitted at
+  once: the engine's cost.
 * `endpoint`: `lmi serve` as a subprocess (DJL replay, rolling batch, jsonlines), `c` concurrent HTTP streams.
   `endpoint / engine` is the cost of the handler, the DJL replay and HTTP.
 
