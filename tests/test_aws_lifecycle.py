@@ -1,5 +1,5 @@
-"""build → deploy → status → logs → delete through the `lmi` CLI against moto in server mode, plus the deploy helpers' edge
-cases.
+"""build → deploy → update → status → logs → delete through the `lmi` CLI against moto in server mode, plus the deploy
+helpers' edge cases. moto 5.2.1 lacks UpdateEndpoint: `_moto_update_endpoint` adds it, as SageMaker documents it.
 
 moto runs in-process (ThreadedMotoServer) and is reached through AWS_ENDPOINT_URL, exactly as a real endpoint
 would be: the product code gets no test hooks.
@@ -204,6 +204,65 @@ def test_bad_autoscale_settings_are_refused_before_anything_is_created(
                   "--endpoint-name", "never", *args)
     assert result.exit_code == 2 and message in result.output
     assert _gone(aws.client("sagemaker").describe_endpoint, EndpointName="never")
+
+
+def _moto_update_endpoint(self) -> object:
+    """UpdateEndpoint, which moto 5.2.1 lacks, as SageMaker documents it: the new config goes live, or (here: when its
+    image names "broken") the old one keeps serving with a FailureReason."""
+    from moto.core.responses import ActionResult
+
+    backend, name = self.sagemaker_backend, self._get_param("EndpointName")
+    config = backend.endpoint_configs[self._get_param("EndpointConfigName")]
+    endpoint = backend.endpoints[name]
+    image = backend._models[config.production_variants[0]["ModelName"]].primary_container["Image"]
+    if "broken" in image:
+        endpoint.failure_reason = "The primary container for production variant AllTraffic did not pass the ping"
+    else:
+        endpoint.endpoint_config_name, endpoint.failure_reason = config.endpoint_config_name, None
+    return ActionResult({"EndpointArn": endpoint.arn})
+
+
+@pytest.fixture
+def updatable(aws: boto3.session.Session, monkeypatch: pytest.MonkeyPatch) -> boto3.session.Session:
+    from moto.sagemaker.responses import SageMakerResponse
+
+    monkeypatch.setattr(SageMakerResponse, "update_endpoint", _moto_update_endpoint, raising=False)
+    return aws
+
+
+def _update(*args: str) -> Result:
+    return _lmi("update", "--role", ROLE, "--bucket", BUCKET, "--poll-delay", "0.05", "--wait-timeout", "30", *args)
+
+
+def test_update_rolls_out_versions_and_retires_the_old_ones(updatable: boto3.session.Session, tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    _deploy("--project-dir", project, "--endpoint-name", "blue", "--image", "djl-lmi:0.36.0")
+    sm = updatable.client("sagemaker")
+    for version in ("blue-v2", "blue-v3"):
+        result = _update("--endpoint", "blue", "--project-dir", project, "--image", "djl-lmi:0.36.0")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == version
+        assert sm.describe_endpoint(EndpointName="blue")["EndpointConfigName"] == version
+    configs = {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+    models = {m["ModelName"] for m in sm.list_models()["Models"]}
+    assert "blue-v3" in configs and not configs & {"blue", "blue-v2"}
+    assert "blue-v3" in models and not models & {"blue", "blue-v2"}
+    data = sm.describe_model(ModelName="blue-v3")["PrimaryContainer"]["ModelDataUrl"]
+    assert data == f"s3://{BUCKET}/lmi/blue/blue-v3/model.tar.gz"
+    _lmi("delete", "--endpoint", "blue")
+
+
+def test_a_failed_update_keeps_the_old_version_serving(updatable: boto3.session.Session, tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    _deploy("--project-dir", project, "--endpoint-name", "green", "--image", "djl-lmi:0.36.0")
+    result = _update("--endpoint", "green", "--project-dir", project,
+                     "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/broken:1")
+    assert result.exit_code == 1 and "did not pass the ping" in result.output
+    sm = updatable.client("sagemaker")
+    assert sm.describe_endpoint(EndpointName="green")["EndpointConfigName"] == "green"
+    assert _gone(sm.describe_endpoint_config, EndpointConfigName="green-v2")
+    assert _gone(sm.describe_model, ModelName="green-v2")
+    _lmi("delete", "--endpoint", "green")
 
 
 def test_status_lists_each_endpoint_with_its_instances_image_and_model_data(aws: boto3.session.Session,

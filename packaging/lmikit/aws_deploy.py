@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,58 @@ def delete(sm_client: Any, s3_client: Any, endpoint_name: str, artifacts: bool =
     if artifacts:
         deleted += [_delete_s3_object(s3_client, url) for url in data_urls if url and url.startswith("s3://")]
     return deleted
+
+
+VERSIONED = re.compile(r"^(?P<base>.+)-v(?P<version>\d+)$")
+
+
+def next_version(endpoint_name: str, config_name: str) -> str:
+    """`<endpoint>-v<N+1>` after `<endpoint>-v<N>`; the first deploy (named like the endpoint) counts as v1."""
+    match = VERSIONED.match(config_name)
+    version = int(match.group("version")) + 1 if match and match.group("base") == endpoint_name else 2
+    return f"{endpoint_name}-v{version}"
+
+
+def update(sm_client: Any, *, endpoint_name: str, model_data_url: str, image_uri: str, role: str,
+           version_name: str, health_check_timeout: int = DEFAULT_HEALTH_CHECK_TIMEOUT) -> tuple[str, list[str]]:
+    """Create `version_name`'s model and endpoint config (the live variant's instances) and start SageMaker's
+    blue/green UpdateEndpoint; returns (the config that was live, its model names)."""
+    live_config = sm_client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    variant = sm_client.describe_endpoint_config(EndpointConfigName=live_config)["ProductionVariants"][0]
+    sm_client.create_model(ModelName=version_name, ExecutionRoleArn=role,
+                           PrimaryContainer={"Image": image_uri, "ModelDataUrl": model_data_url})
+    sm_client.create_endpoint_config(EndpointConfigName=version_name, ProductionVariants=[{
+        "VariantName": variant["VariantName"], "ModelName": version_name,
+        "InitialInstanceCount": variant.get("InitialInstanceCount", 1), "InstanceType": variant["InstanceType"],
+        "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
+    }])
+    sm_client.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=version_name)
+    return live_config, [variant["ModelName"]]
+
+
+def wait_for_update(sm_client: Any, endpoint_name: str, version_name: str, *, delay: float = 15.0,
+                    timeout: float = 3600.0) -> None:
+    """Until the endpoint serves `version_name`; DeployError with SageMaker's FailureReason when the update ends
+    with the old config still live (SageMaker rolls back) or the endpoint Failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        description = sm_client.describe_endpoint(EndpointName=endpoint_name)
+        status = description["EndpointStatus"]
+        if status == "InService" and description["EndpointConfigName"] == version_name:
+            return
+        if status in ("InService", "Failed"):
+            reason = description.get("FailureReason", "no FailureReason given")
+            raise DeployError(f"update of {endpoint_name} to {version_name} failed ({status}, "
+                              f"{description['EndpointConfigName']} serving): {reason}")
+        if time.monotonic() + delay > deadline:
+            raise DeployError(f"endpoint {endpoint_name} still {status} after {timeout:g}s")
+        time.sleep(delay)
+
+
+def retire(sm_client: Any, config_name: str, model_names: list[str]) -> list[str]:
+    """Delete an endpoint config and its models that no longer serve (missing ones are skipped)."""
+    return [*_delete(sm_client.delete_endpoint_config, "endpoint-config", EndpointConfigName=config_name),
+            *(item for name in model_names for item in _delete(sm_client.delete_model, "model", ModelName=name))]
 
 
 @dataclass(frozen=True)

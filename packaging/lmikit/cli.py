@@ -5,7 +5,8 @@ import click
 
 from .demo import demo_command
 from .invoke import invoke_command
-from .lifecycle import build_command, delete_command, deploy_command, logs_command, status_command
+from .lifecycle import (build_command, delete_command, deploy_command, logs_command, status_command,
+                        update_command)
 from .serve import serve_command
 
 
@@ -16,5 +17,5 @@ def main() -> None:
 
 
 for _command in (demo_command, serve_command, invoke_command, build_command, deploy_command, delete_command,
-                 status_command, logs_command):
+                 update_command, status_command, logs_command):
     main.add_command(_command)

@@ -1,5 +1,5 @@
-"""`lmi build`, `lmi deploy`, `lmi status`, `lmi logs`, `lmi delete`: the blog's lifecycle as commands (registered in
-cli.py).
+"""`lmi build`, `lmi deploy`, `lmi update`, `lmi status`, `lmi logs`, `lmi delete`: the blog's lifecycle as commands
+(registered in cli.py).
 
 Progress and status go to stderr; stdout carries only the result (archive path, endpoint name), so
 `EP=$(lmi deploy ...)` works in scripts.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import boto3
 import click
@@ -26,6 +26,25 @@ from .validate import errors, validate_project
 DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
 
 
+def _artifact_options(command: Callable) -> Callable:
+    """What deploy and update share: the project or tarball, the role, where the artifact goes, the image."""
+    options = [
+        click.option("--project-dir", default=".", show_default=True,
+                     type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Project to build when no --tarball is given."),
+        click.option("--tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="A built model.tar.gz (default: build the project first)."),
+        click.option("--role", required=True, help="IAM execution role ARN for the model (never guessed)."),
+        click.option("--bucket", help="S3 bucket for the artifact (default: the SageMaker SDK's default bucket)."),
+        click.option("--prefix", default="lmi", show_default=True, help="S3 key prefix."),
+        click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
+                     help="djl-deepspeed:<version>, djl-lmi:<version> or a full image URI."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command("build")
 @click.argument("project_dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
@@ -39,16 +58,7 @@ def build_command(project_dir: Path, out: Path | None, image: str) -> None:
 
 
 @click.command("deploy")
-@click.option("--project-dir", default=".", show_default=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Project to build when no --tarball is given.")
-@click.option("--tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A built model.tar.gz (default: build the project first).")
-@click.option("--role", required=True, help="IAM execution role ARN for the model (never guessed).")
-@click.option("--bucket", help="S3 bucket for the artifact (default: the SageMaker SDK's default bucket).")
-@click.option("--prefix", default="lmi", show_default=True, help="S3 key prefix.")
-@click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
-              help="djl-deepspeed:<version>, djl-lmi:<version> or a full image URI.")
+@_artifact_options
 @click.option("--instance-type", default=aws_deploy.DEFAULT_INSTANCE_TYPE, show_default=True)
 @click.option("--instance-count", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--autoscale", metavar="MIN:MAX", help="Scale the instance count between MIN and MAX (needs --wait).")
@@ -111,6 +121,46 @@ def delete_command(endpoint_name: str, artifacts: bool) -> None:
         console.print(f"deleted {item}")
     if not deleted:
         console.print(f"nothing to delete for {endpoint_name}")
+
+
+@click.command("update")
+@click.option("--endpoint", "endpoint_name", required=True, help="The live endpoint to move to a new version.")
+@_artifact_options
+@click.option("--poll-delay", default=15.0, show_default=True, type=click.FloatRange(min=0.01))
+@click.option("--wait-timeout", default=3600.0, show_default=True, type=click.FloatRange(min=0))
+def update_command(endpoint_name: str, project_dir: Path, tarball: Path | None, role: str, bucket: str | None,
+                   prefix: str, image: str, poll_delay: float, wait_timeout: float) -> None:
+    """Roll a new version out to a live endpoint with no downtime (SageMaker's blue/green UpdateEndpoint).
+
+    The new model and endpoint config are named <endpoint>-v<N>. After success the old ones are deleted; after a
+    failure SageMaker keeps the old version serving, the new one is deleted and the FailureReason is printed.
+    """
+    console = Console(stderr=True)
+    with _aws_errors():
+        session = boto3.session.Session()
+        sm_client = session.client("sagemaker")
+        live = sm_client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+        version = aws_deploy.next_version(endpoint_name, live)
+        if tarball is None:
+            tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
+        image_uri = aws_deploy.resolve_image(image, session.region_name)
+        bucket = bucket or aws_deploy.default_bucket(session)
+        key = "/".join(part for part in (prefix.strip("/"), endpoint_name, version, "model.tar.gz") if part)
+        url = _upload(session.client("s3"), tarball, bucket, key, console)
+        old_config, old_models = aws_deploy.update(sm_client, endpoint_name=endpoint_name, model_data_url=url,
+                                                   image_uri=image_uri, role=role, version_name=version)
+        console.print(f"Updating [bold]{endpoint_name}[/] from {old_config} to {version}")
+        try:
+            with console.status(f"{endpoint_name}: updating to {version}"):
+                aws_deploy.wait_for_update(sm_client, endpoint_name, version, delay=poll_delay, timeout=wait_timeout)
+        except aws_deploy.DeployError:
+            for item in aws_deploy.retire(sm_client, version, [version]):
+                console.print(f"deleted {item} (the failed version)")
+            raise
+        for item in aws_deploy.retire(sm_client, old_config, old_models):
+            console.print(f"deleted {item}")
+    console.print(f"Endpoint [bold]{endpoint_name}[/] serves {version}")
+    click.echo(version)
 
 
 @click.command("logs")
