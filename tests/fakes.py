@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from lmistream.engine import EngineUpdate, UpdateCallback
 from lmistream.params import GenerationParams
@@ -105,3 +105,19 @@ class ScriptedEngine:
                 else:
                     self._active[request_id] = (tokens, position + 1, limit)
         return updates
+
+
+def serve_engines(monkeypatch, make: Callable[[], "ScriptedEngine"]) -> Iterator[list]:
+    """Fixture body: every engine the handler creates comes from `make`; yields them, and stops them afterwards."""
+    import lmistream.service
+
+    made: list = []
+
+    def factory(config):
+        made.append(make())
+        return made[-1]
+
+    monkeypatch.setattr(lmistream.service, "create_engine", factory)
+    yield made
+    for engine in made:
+        engine.stop()

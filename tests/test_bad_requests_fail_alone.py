@@ -8,7 +8,7 @@ import json
 import pytest
 
 import lmistream.service
-from fakes import ScriptedEngine
+from fakes import ScriptedEngine, serve_engines
 from lmistream.engine import EngineUpdate
 from replay import collect, frontend, post
 
@@ -33,16 +33,7 @@ class CountingEngine(ScriptedEngine):
 
 @pytest.fixture(autouse=True)
 def engines(monkeypatch):
-    made: list[CountingEngine] = []
-
-    def factory(config):
-        made.append(CountingEngine())
-        return made[-1]
-
-    monkeypatch.setattr(lmistream.service, "create_engine", factory)
-    yield made
-    for engine in made:
-        engine.stop()
+    yield from serve_engines(monkeypatch, CountingEngine)
 
 
 def _text(version: str, chunks: list[bytes]) -> str:

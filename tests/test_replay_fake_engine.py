@@ -10,7 +10,7 @@ import time
 import pytest
 
 import lmistream.service
-from fakes import ScriptedEngine
+from fakes import ScriptedEngine, serve_engines
 from replay import MODEL_DIR, collect, frontend, post, post_all
 
 REAL_FACTORY = lmistream.service.create_engine  # the real factory, before the fixture swaps it
@@ -19,16 +19,7 @@ PROMPTS = ["abc", "hello there", "é日x", "zz"]
 
 @pytest.fixture(autouse=True)
 def scripted_engine(monkeypatch):
-    engines = []
-
-    def factory(config):
-        engines.append(ScriptedEngine())
-        return engines[-1]
-
-    monkeypatch.setattr(lmistream.service, "create_engine", factory)
-    yield engines
-    for engine in engines:
-        engine.stop()
+    yield from serve_engines(monkeypatch, ScriptedEngine)
 
 
 def jsonlines_023(chunks):
