@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .chat.command import chat_command
 from .demo import demo_command
 from .invoke import invoke_command
 from .lifecycle import (build_command, delete_command, deploy_command, logs_command, status_command,
@@ -17,5 +18,5 @@ def main() -> None:
 
 
 for _command in (demo_command, serve_command, invoke_command, build_command, deploy_command, delete_command,
-                 update_command, status_command, logs_command):
+                 update_command, status_command, logs_command, chat_command):
     main.add_command(_command)

@@ -1,0 +1,91 @@
+"""One streamed answer for the chat page: its text pieces as they arrive, its timings, and any failure as one line.
+
+No Streamlit here: the page hands `Answer.pieces()` to `st.write_stream`, then shows `error` and `stats`. Every way
+an answer can fail (the endpoint missing, unreachable, refusing the request, timing out, or breaking the stream)
+ends the pieces early and leaves a readable `error`, so the page never shows a traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import urllib3.exceptions
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
+                                 ReadTimeoutError)
+
+from ..client import ModelError, ModelStreamError, Stream, StreamError, invoke_stream
+from .conversation import ASSISTANT, Message, PromptRequest, finished_answer
+
+ANSWER_ERRORS = (ClientError, BotoCoreError, StreamError, urllib3.exceptions.HTTPError)
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    """Timings of one answer, as the client library measures them (TTFT includes the request)."""
+
+    time_to_first_token: float | None
+    tokens_per_second: float | None
+    tokens: int
+
+
+class Answer:
+    """The endpoint's answer to one request, read once through `pieces()`."""
+
+    def __init__(self, client: Any, endpoint_name: str, request: PromptRequest) -> None:
+        self._client = client
+        self._endpoint_name = endpoint_name
+        self._request = request
+        self._texts: list[str] = []
+        self.error: str | None = None
+        self.stats: AnswerStats | None = None
+
+    def pieces(self) -> Iterator[str]:
+        """The generated text as it streams; on a failure it stops and `error` says why."""
+        stream: Stream | None = None
+        try:
+            stream = invoke_stream(self._client, self._endpoint_name, self._request.prompt, self._request.parameters)
+            for event in stream:
+                if event.text and not event.special:
+                    self._texts.append(event.text)
+                    yield event.text
+        except ANSWER_ERRORS as error:
+            self.error = readable_error(error)
+        finally:
+            if stream is not None:
+                self.stats = AnswerStats(stream.time_to_first_token, stream.tokens_per_second, stream.tokens)
+
+    def message(self) -> Message:
+        """The answer as a history entry (after `pieces()` is exhausted)."""
+        return Message(ASSISTANT, finished_answer("".join(self._texts)), self.error)
+
+
+def readable_error(error: BaseException) -> str:
+    """One line for the page: what went wrong, in the words of whoever reported it."""
+    return " ".join(_describe(error).split())
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, (EndpointConnectionError, ConnectTimeoutError)):
+        return f"Cannot reach the endpoint at {error.kwargs.get('endpoint_url')}: is it running?"
+    if isinstance(error, (ReadTimeoutError, urllib3.exceptions.ReadTimeoutError)):
+        return "The endpoint did not answer in time (read timeout); try again or ask for fewer tokens."
+    if isinstance(error, ClientError):
+        return _client_error(error)
+    if isinstance(error, ModelStreamError):
+        return f"The endpoint cut the answer short ({error.code or 'ModelStreamError'}): {error.message}"
+    if isinstance(error, ModelError):
+        return f"The model failed while answering: {error.message}"
+    if isinstance(error, StreamError):
+        return f"The answer stream broke: {error.message}"
+    if isinstance(error, urllib3.exceptions.HTTPError):
+        return f"The connection to the endpoint broke during the answer: {error}"
+    return str(error)
+
+
+def _client_error(error: ClientError) -> str:
+    response = error.response
+    details = response.get("Error", {})
+    if details.get("Code") == "ModelError":
+        status, message = response.get("OriginalStatusCode"), response.get("OriginalMessage", details.get("Message"))
+        return f"The model refused the request (HTTP {status}): {message}"
+    return f"The endpoint refused the request ({details.get('Code')}): {details.get('Message')}"

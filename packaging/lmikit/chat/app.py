@@ -1,0 +1,105 @@
+"""The `lmi chat` page, which Streamlit reruns on every interaction: history, sidebar, one streamed answer per prompt.
+
+Only layout lives here; the request comes from `conversation`, the streaming and its errors from `answer`, the
+endpoint from `target` (the environment `lmi chat` sets, or `endpoint_name` as in the blog's chatbot).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from lmikit.chat.answer import Answer, AnswerStats
+from lmikit.chat.conversation import (DEFAULT_SYSTEM_PROMPT, SUGGESTED_PROMPTS, USER, Message, Settings,
+                                      build_request)
+from lmikit.chat.target import ChatTarget
+
+
+@st.cache_resource
+def runtime_client(target: ChatTarget) -> Any:
+    return target.client()
+
+
+def clear_conversation() -> None:
+    st.session_state.history = []
+    st.session_state.stats = None
+
+
+def sidebar(target: ChatTarget) -> Settings:
+    with st.sidebar:
+        st.caption(f"Endpoint: {target.describe()}")
+        settings = Settings(
+            max_new_tokens=st.number_input("Max new tokens", min_value=1, max_value=4096, value=256, step=16),
+            temperature=st.slider("Temperature (0: greedy)", 0.0, 2.0, 0.7, step=0.05),
+            top_p=st.slider("Top p", 0.05, 1.0, 0.9, step=0.05),
+            system_prompt=st.text_area("System prompt", DEFAULT_SYSTEM_PROMPT),
+        )
+        st.button("Clear conversation", on_click=clear_conversation)
+    return settings
+
+
+def show_message(message: Message) -> None:
+    with st.chat_message(message.role):
+        if message.content:
+            st.markdown(message.content)
+        if message.error is not None:
+            st.error(message.error)
+
+
+def suggestion(slot: Any) -> str | None:
+    """Buttons with suggested prompts (in `slot`, cleared once a prompt is sent); the one clicked, if any."""
+    with slot.container():
+        st.caption("Try one of these, or type below:")
+        for column, prompt in zip(st.columns(len(SUGGESTED_PROMPTS)), SUGGESTED_PROMPTS):
+            if column.button(prompt):
+                return prompt
+    return None
+
+
+def answer(client: Any, target: ChatTarget, history: list[Message], settings: Settings) -> AnswerStats | None:
+    """Stream the answer to the last message of `history` into the page, then add it to `history`."""
+    reply = Answer(client, target.endpoint_name, build_request(history, settings))
+    with st.chat_message("assistant"):
+        st.write_stream(reply.pieces())
+        if reply.error is not None:
+            st.error(reply.error)
+    history.append(reply.message())
+    return reply.stats
+
+
+def show_stats(slot: Any, stats: AnswerStats | None) -> None:
+    with slot.container():
+        st.subheader("Last answer")
+        if stats is None:
+            st.caption("No answer yet.")
+            return
+        ttft, rate = stats.time_to_first_token, stats.tokens_per_second
+        first, second = st.columns(2)
+        first.metric("TTFT", "-" if ttft is None else f"{ttft:.2f} s")
+        second.metric("Tokens/s", "-" if rate is None else f"{rate:.1f}")
+        st.caption(f"{stats.tokens} tokens")
+
+
+def main() -> None:
+    st.set_page_config(page_title="lmi chat", page_icon=":speech_balloon:")
+    target = ChatTarget.resolve(None, None, os.environ)
+    st.session_state.setdefault("history", [])
+    st.session_state.setdefault("stats", None)
+    history: list[Message] = st.session_state.history
+    st.title("lmi chat")
+    settings = sidebar(target)
+    stats_slot = st.sidebar.empty()
+    for message in history:
+        show_message(message)
+    suggestions = st.empty()
+    prompt = st.chat_input("Ask the model") or (None if history else suggestion(suggestions))
+    if prompt:
+        suggestions.empty()
+        history.append(Message(USER, prompt))
+        show_message(history[-1])
+        st.session_state.stats = answer(runtime_client(target), target, history, settings)
+    show_stats(stats_slot, st.session_state.stats)
+
+
+main()

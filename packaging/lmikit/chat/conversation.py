@@ -1,0 +1,89 @@
+"""A chat conversation as data, and the request that asks the endpoint for its next answer. Pure: no Streamlit, no I/O.
+
+Prompt mode, for endpoints that take a plain `inputs` prompt (LMI jsonlines, TGI): the system prompt, then the
+history as a transcript of `User:` and `Assistant:` lines ending in `Assistant:`; generation stops at the next
+`\\nUser:`. An answer that failed, and the question it answered, are left out of later prompts.
+
+Parameters are the ones LMI and TGI both read: temperature 0 means greedy (no `do_sample`, no `temperature`, which
+TGI requires to be positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+USER = "user"
+ASSISTANT = "assistant"
+STOP_SEQUENCE = "\nUser:"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
+SUGGESTED_PROMPTS = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a large language model is in two sentences.",
+)
+_SPEAKERS = {USER: "User", ASSISTANT: "Assistant"}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of the conversation; an assistant turn that failed keeps its partial text and the error line."""
+
+    role: str
+    content: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar sets for the next answer."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    def parameters(self) -> dict[str, Any]:
+        """The request's `parameters`, valid for LMI and TGI alike."""
+        parameters: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "stop": [STOP_SEQUENCE]}
+        if self.temperature > 0:
+            parameters.update(do_sample=True, temperature=self.temperature)
+            if self.top_p < 1:
+                parameters["top_p"] = self.top_p
+        return parameters
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """An LMI/TGI request: `{"inputs": prompt, "parameters": parameters}`."""
+
+    prompt: str
+    parameters: dict[str, Any]
+
+
+def build_request(history: Sequence[Message], settings: Settings) -> PromptRequest:
+    """The request for the answer to the last user message of `history`."""
+    return PromptRequest(transcript(history, settings.system_prompt), settings.parameters())
+
+
+def transcript(history: Sequence[Message], system_prompt: str) -> str:
+    """The system prompt and the answered turns as `User:`/`Assistant:` lines, ending with `Assistant:`."""
+    lines = [f"{_SPEAKERS[message.role]}: {message.content.strip()}" for message in answered(history)]
+    head = f"{system_prompt.strip()}\n\n" if system_prompt.strip() else ""
+    return head + "\n".join(lines) + f"\n{_SPEAKERS[ASSISTANT]}:"
+
+
+def answered(history: Sequence[Message]) -> list[Message]:
+    """The history without failed answers and the questions they answered."""
+    kept: list[Message] = []
+    for message in history:
+        if message.error is not None:
+            if kept and kept[-1].role == USER:
+                kept.pop()
+            continue
+        kept.append(message)
+    return kept
+
+
+def finished_answer(text: str) -> str:
+    """An answer as it goes into the history: without a stop sequence the endpoint echoed (TGI does), trimmed."""
+    return text.removesuffix(STOP_SEQUENCE).strip()

@@ -1,0 +1,49 @@
+"""Which endpoint `lmi chat` talks to: a SageMaker endpoint by name, or a runtime URL such as `lmi serve`'s.
+
+`lmi chat` resolves its flags against the environment once, then hands the result to the Streamlit page through
+the environment: `endpoint_name` (the variable the blog's chatbot reads) and `LMI_ENDPOINT_URL`. With neither a
+name nor a URL, the page talks to the local endpoint `lmi serve` starts by default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..invoke import DEFAULT_ENDPOINT, runtime_client
+
+ENDPOINT_NAME_VARIABLE = "endpoint_name"
+ENDPOINT_URL_VARIABLE = "LMI_ENDPOINT_URL"
+LOCAL_URL = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class ChatTarget:
+    """An endpoint name, and the runtime URL to reach it at (None: SageMaker, through the AWS configuration)."""
+
+    endpoint_name: str
+    endpoint_url: str | None
+
+    @classmethod
+    def resolve(cls, endpoint_name: str | None, endpoint_url: str | None,
+                environ: Mapping[str, str]) -> ChatTarget:
+        """Flags first, then the environment; a URL without a name gets `lmi serve`'s default name."""
+        name = endpoint_name or environ.get(ENDPOINT_NAME_VARIABLE) or None
+        url = endpoint_url or environ.get(ENDPOINT_URL_VARIABLE) or None
+        if name is None and url is None:
+            return cls(DEFAULT_ENDPOINT, LOCAL_URL)
+        return cls(name or DEFAULT_ENDPOINT, url)
+
+    def environment(self) -> dict[str, str]:
+        """The variables that make `resolve` give this target again, in the page's process."""
+        variables = {ENDPOINT_NAME_VARIABLE: self.endpoint_name}
+        if self.endpoint_url is not None:
+            variables[ENDPOINT_URL_VARIABLE] = self.endpoint_url
+        return variables
+
+    def describe(self) -> str:
+        where = "SageMaker" if self.endpoint_url is None else self.endpoint_url
+        return f"{self.endpoint_name} ({where})"
+
+    def client(self) -> Any:
+        """A boto3 sagemaker-runtime client for this target (see `lmikit.invoke.runtime_client`)."""
+        return runtime_client(self.endpoint_url)

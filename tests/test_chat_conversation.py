@@ -1,0 +1,80 @@
+"""The chat page's pure parts: the prompt built from the history, the parameters for LMI and TGI, the target."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from lmistream.params import parse_request
+
+from lmikit.chat.conversation import (ASSISTANT, STOP_SEQUENCE, USER, Message, Settings, answered, build_request,
+                                      finished_answer, transcript)
+from lmikit.chat.target import ENDPOINT_NAME_VARIABLE, ENDPOINT_URL_VARIABLE, LOCAL_URL, ChatTarget
+
+HISTORY = [
+    Message(USER, "What is the capital of France?"),
+    Message(ASSISTANT, "Paris."),
+    Message(USER, "And of Italy?"),
+]
+
+
+def test_the_transcript_is_the_system_prompt_then_the_turns_ending_with_the_assistant_speaking() -> None:
+    assert transcript(HISTORY, "Be brief.") == (
+        "Be brief.\n\n"
+        "User: What is the capital of France?\n"
+        "Assistant: Paris.\n"
+        "User: And of Italy?\n"
+        "Assistant:"
+    )
+    assert transcript(HISTORY[:1], "  ") == "User: What is the capital of France?\nAssistant:"
+
+
+def test_a_failed_answer_and_its_question_stay_out_of_later_prompts() -> None:
+    history = [
+        Message(USER, "Hello"),
+        Message(ASSISTANT, "Hi there", error="The endpoint cut the answer short"),
+        *HISTORY,
+    ]
+    assert answered(history) == HISTORY
+    assert "Hello" not in build_request(history, Settings()).prompt
+
+
+def test_greedy_settings_send_no_sampling_parameters() -> None:
+    assert Settings(max_new_tokens=32, temperature=0, top_p=0.5).parameters() == {
+        "max_new_tokens": 32, "stop": [STOP_SEQUENCE]}
+
+
+@pytest.mark.parametrize(("top_p", "sent"), [(0.9, {"top_p": 0.9}), (1.0, {})])
+def test_sampling_settings_send_temperature_and_a_top_p_below_one(top_p: float, sent: dict) -> None:
+    parameters = Settings(max_new_tokens=8, temperature=0.7, top_p=top_p).parameters()
+    assert parameters == {"max_new_tokens": 8, "stop": [STOP_SEQUENCE], "do_sample": True, "temperature": 0.7, **sent}
+
+
+@pytest.mark.parametrize("settings", [Settings(temperature=0), Settings(temperature=1.3, top_p=0.8), Settings()])
+def test_the_handler_accepts_the_request_as_built(settings: Settings) -> None:
+    request = build_request(HISTORY, settings)
+    body = json.dumps({"inputs": request.prompt, "parameters": request.parameters, "stream": True}).encode()
+    parsed = parse_request(body, "application/json", 256)
+    assert parsed.inputs == request.prompt
+    assert parsed.params.stop_sequences == (STOP_SEQUENCE,)
+    assert parsed.params.do_sample is (settings.temperature > 0)
+
+
+def test_an_echoed_stop_sequence_and_surrounding_space_leave_the_answer() -> None:
+    assert finished_answer(" Rome.\nUser:") == "Rome."
+    assert finished_answer(" Rome.\n") == "Rome."
+
+
+@pytest.mark.parametrize(("flags", "environ", "expected"), [
+    ((None, None), {}, ChatTarget("local", LOCAL_URL)),
+    ((None, None), {ENDPOINT_NAME_VARIABLE: "my-llm"}, ChatTarget("my-llm", None)),
+    (("other", None), {ENDPOINT_NAME_VARIABLE: "my-llm"}, ChatTarget("other", None)),
+    ((None, "http://127.0.0.1:9000"), {}, ChatTarget("local", "http://127.0.0.1:9000")),
+    (("named", "http://127.0.0.1:9000"), {}, ChatTarget("named", "http://127.0.0.1:9000")),
+    ((None, None), {ENDPOINT_URL_VARIABLE: "http://127.0.0.1:9000"}, ChatTarget("local", "http://127.0.0.1:9000")),
+])
+def test_the_target_comes_from_the_flags_then_the_environment_then_the_local_default(
+    flags: tuple, environ: dict, expected: ChatTarget
+) -> None:
+    target = ChatTarget.resolve(*flags, environ)
+    assert target == expected
+    assert ChatTarget.resolve(None, None, target.environment()) == target, "the page resolves the same target"
