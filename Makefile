@@ -40,6 +40,8 @@ $(LMI023_STAMP): tests/stacks/lmi-0.23.txt
 test: $(STAMP) $(LMI023_STAMP)
 	@command -v mpirun >/dev/null || { echo "error: the tensor-parallel tests start ranks with mpirun as DJL does: \
 	install OpenMPI (Debian: apt-get install openmpi-bin)" >&2; exit 1; }
+	@test -x /usr/bin/chromium || { echo "error: the chat page's browser test drives Debian's Chromium (Playwright \
+	downloads no browser): apt-get install chromium" >&2; exit 1; }
 	$(BIN)/pytest
 	$(MAKE) test-lmi023
 
