@@ -11,9 +11,11 @@ from typing import Any
 import streamlit as st
 
 from lmikit.chat.answer import Answer, AnswerStats
-from lmikit.chat.conversation import (DEFAULT_SYSTEM_PROMPT, SUGGESTED_PROMPTS, USER, Message, Settings,
+from lmikit.chat.conversation import (ASSISTANT, DEFAULT_SYSTEM_PROMPT, SUGGESTED_PROMPTS, USER, Message, Settings,
                                       build_request)
 from lmikit.chat.target import ChatTarget
+
+EMPTY_ANSWER = "The model ended its answer without any text."
 
 
 @st.cache_resource
@@ -41,10 +43,16 @@ def sidebar(target: ChatTarget) -> Settings:
 
 def show_message(message: Message) -> None:
     with st.chat_message(message.role):
-        if message.content:
-            st.markdown(message.content)
-        if message.error is not None:
-            st.error(message.error)
+        st.markdown(message.content)
+        show_outcome(message)
+
+
+def show_outcome(message: Message) -> None:
+    """Under an answer: its error, or a note that it holds no text."""
+    if message.error is not None:
+        st.error(message.error)
+    elif message.role == ASSISTANT and not message.content:
+        st.caption(EMPTY_ANSWER)
 
 
 def suggestion(slot: Any) -> str | None:
@@ -60,10 +68,9 @@ def suggestion(slot: Any) -> str | None:
 def answer(client: Any, target: ChatTarget, history: list[Message], settings: Settings) -> AnswerStats | None:
     """Stream the answer to the last message of `history` into the page, then add it to `history`."""
     reply = Answer(client, target.endpoint_name, build_request(history, settings))
-    with st.chat_message("assistant"):
+    with st.chat_message(ASSISTANT):
         st.write_stream(reply.pieces())
-        if reply.error is not None:
-            st.error(reply.error)
+        show_outcome(reply.message())
     history.append(reply.message())
     return reply.stats
 
