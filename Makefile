@@ -10,7 +10,8 @@ LMI023 := .venv-lmi023
 LMI023_STAMP := $(LMI023)/.installed
 LMI023_TESTS := tests/test_stack_compat.py tests/test_scheduler.py tests/test_portable_engine.py tests/test_engine_bench.py \
 	tests/test_ranks.py tests/test_replay_real_model.py tests/test_replay_fake_engine.py \
-	tests/test_bad_requests_fail_alone.py tests/test_params.py tests/test_formatters.py tests/test_config.py
+	tests/test_bad_requests_fail_alone.py tests/test_params.py tests/test_formatters.py tests/test_config.py \
+	tests/test_chat_request.py tests/test_chat_output.py tests/test_chat_template.py
 
 .PHONY: demo test test-lmi023 serve clean
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from lmistream.engine import EngineUpdate, UpdateCallback
 from lmistream.params import GenerationParams
@@ -22,8 +22,12 @@ class ByteTokenizer:
         self.special_token_ids = frozenset({EOS})
         self.max_token_chars = max(len(piece.decode("utf-8", errors="replace")) for piece in self._pieces.values())
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode())
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """A plain template: one `role: content` line per message, then `assistant:`."""
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return b"".join(self._pieces[i] for i in token_ids).decode("utf-8", errors="replace")

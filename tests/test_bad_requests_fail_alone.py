@@ -27,7 +27,7 @@ class CountingEngine(ScriptedEngine):
         super().__init__(tick=0.005)
         self.encoded: list[int] = []
         encode = self.tokenizer.encode
-        self.tokenizer.encode = lambda text: self.encoded.append(len(text)) or encode(text)
+        self.tokenizer.encode = lambda text, **options: self.encoded.append(len(text)) or encode(text, **options)
         self.max_sequence_length = 2048
 
 

@@ -75,7 +75,7 @@ def test_stop_sequence_is_held_back_and_ends_with_its_reason():
 
 def test_length_finish_reason():
     outs = run(REGISTRY[("sse", "newest")](), tokens=TOK.ids("abc"), details=True)
-    assert outs[-1].endswith('"generated_text":"abc","details":{"finish_reason":"length","generated_tokens":3,"inputs":"Hi"}}\n\n')
+    assert outs[-1].endswith('"generated_text":"abc","details":{"finish_reason":"length","generated_tokens":3,"seed":null}}\n\n')
 
 
 def test_custom_formatter_sees_each_event():
@@ -87,7 +87,7 @@ def test_custom_formatter_sees_each_event():
 
 @pytest.mark.parametrize("name,dialect,expected", [
     ("jsonlines", "0.23", '{"code": 424, "error": "boom"}\n'),
-    ("sse", "newest", 'data:{"error":"boom","error_type":"generation"}\n\n'),
+    ("sse", "newest", 'data:{"error":"boom","error_type":"generation","code":424}\n\n'),
     ("jsonlines", "newest", '{"token": null, "error_msg": "boom", "code": 424, "details": {"finish_reason": "error"}}\n'),
 ])
 def test_mid_stream_errors_are_in_band(name, dialect, expected):

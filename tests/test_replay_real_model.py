@@ -214,3 +214,26 @@ def test_smollm2_chat_answer_streams_exactly_generate_and_knows_paris(engine: st
     assert "Paris" in text
     assert len(chunks) > 1
     assert time.monotonic() - started < 120
+
+
+#: a conversation and the prompt SmolLM2's ChatML template makes of it (written out, so the check does not rely on the
+#: renderer under test, which on transformers 4.30 is the handler's own)
+CONVERSATION = [{"role": "system", "content": "Count."}, {"role": "user", "content": "1, 2, 3,"}]
+CONVERSATION_PROMPT = "<|im_start|>system\nCount.<|im_end|>\n<|im_start|>user\n1, 2, 3,<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("version,options,decode", MATRIX)
+def test_chat_requests_stream_the_templated_conversations_greedy_tokens(
+    version: str, options: dict, decode: Callable, engine: str, tiny_dir: Path, reference: ReferenceModel
+) -> None:
+    from sse_decode import chat_text
+
+    expected = reference(CONVERSATION_PROMPT, 12)
+    chat = {"messages": CONVERSATION, "max_tokens": 12, "temperature": 0, "stream": True}
+    prompt, max_new_tokens = REQUESTS[1]
+    with frontend(version, **_options(tiny_dir, engine, **options)) as front:
+        (chat_status, chat_chunks), (status, chunks) = post_all(front, [chat, _payload(prompt, max_new_tokens)])
+    assert chat_status == 200 and status == 200, b"".join(chat_chunks)
+    assert chat_text(b"".join(chat_chunks)) == expected.text and len(chat_chunks) > 1
+    assert b"".join(chat_chunks).endswith(b"data: [DONE]\n\n")
+    assert decode(chunks) == reference(prompt, max_new_tokens).text

@@ -5,7 +5,6 @@ expects. Closing the generator (client gone) cancels the request in the engine.
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from .errors import HandlerError
@@ -38,8 +37,7 @@ class AsyncRequests:
         return self._output(body, True, generation.content_type)
 
     def _error(self, error: HandlerError) -> Any:
-        body = json.dumps({"code": error.status, "error": error.message})
-        return self._output(body, True, "application/json", code=error.status, error=error.message)
+        return self._output(error.body(), True, "application/json", code=error.status, error=error.message)
 
     async def _stream(self, generation: Generation) -> AsyncIterator[Any]:
         async for text in self._texts(generation):

@@ -8,7 +8,7 @@ iteration-level batcher for older stacks) and chooses one; tests use a scripted 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .params import GenerationParams
 
@@ -21,8 +21,12 @@ class Tokenizer(Protocol):
     #: the most characters one token spans: a text longer than limit * this cannot fit, whatever it tokenizes to
     max_token_chars: int
 
-    def encode(self, text: str) -> list[int]:
-        """Prompt text to token ids (with the model's usual special tokens)."""
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Prompt text to token ids (with the model's usual special tokens unless told not to)."""
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """A conversation as prompt text through the model's chat template, ready for the assistant's turn;
+        InvalidRequest naming `messages` when the model has no template or the template refuses them."""
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Token ids to text, special tokens kept as their text."""

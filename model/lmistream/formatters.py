@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import error_body
 from .textstream import FinishReason, Token
 
 
@@ -28,6 +29,7 @@ class StreamEvent:
     details: bool = False  # whether the request asked for details
     error: str | None = None
     code: int | None = None
+    seed: int | None = None  # the request's seed, for details
 
     @property
     def text(self) -> str:
@@ -55,6 +57,10 @@ class Formatter:
     def error(self, event: StreamEvent) -> str:
         """The in-band error for a request that already streamed bytes (or failed before its first token)."""
         return json.dumps({"code": event.code, "error": event.error}) + "\n"
+
+    def error_body(self, message: str, code: int) -> str:
+        """The whole body of a non-streaming request that failed."""
+        return error_body("lmi", message, code)
 
 
 class Raw(Formatter):
@@ -150,13 +156,15 @@ class TgiSse(Formatter):
             if token is None
             else {"id": token.id, "text": token.text, "logprob": token.log_prob, "special": token.special},
             "generated_text": event.generated_text if event.last else None,
-            "details": event.details_dict() if event.last and event.details else None,
+            "details": _tgi_details(event) if event.last and event.details else None,
         }
         return "data:" + _compact(body) + "\n\n"
 
     def error(self, event: StreamEvent) -> str:
-        kind = "validation" if event.code == 400 else "generation"
-        return "data:" + _compact({"error": event.error, "error_type": kind}) + "\n\n"
+        return "data:" + self.error_body(str(event.error), event.code or 424) + "\n\n"
+
+    def error_body(self, message: str, code: int) -> str:
+        return error_body("tgi", message, code)
 
 
 class Custom(Formatter):
@@ -169,6 +177,10 @@ class Custom(Formatter):
 
     def write(self, event: StreamEvent) -> str:
         return self._fn(event)
+
+
+def _tgi_details(event: StreamEvent) -> dict:
+    return {"finish_reason": _reason(event), "generated_tokens": event.generated_tokens, "seed": event.seed}
 
 
 def _compact(value: dict) -> str:

@@ -6,7 +6,6 @@ finish (EOS or length), on a stop sequence (then the engine must cancel it: see 
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from typing import Callable, Iterable
@@ -81,10 +80,10 @@ class Generation:
         self.finished = True
         self._stream.finish_reason = FinishReason.ERROR
         self.error = HandlerError(message)
-        self.error.status = code
+        self.error.status, self.error.api = code, self.request.api
         if self.buffered:
             self._held = []  # what it held is dropped: the answer is the error alone
-            return json.dumps({"code": code, "error": message})
+            return self.formatter.error_body(message, code)
         event = StreamEvent(self._next_index(), None, last=True, error=message, code=code,
                             finish_reason=FinishReason.ERROR, generated_tokens=self._stream.count)
         return self.formatter.error(event)
@@ -135,6 +134,7 @@ class Generation:
             generated_tokens=self._stream.count,
             inputs=self.request.inputs,
             details=self.request.params.details,
+            seed=self.request.params.seed,
         )
 
     def _next_index(self) -> int:

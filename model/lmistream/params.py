@@ -1,16 +1,21 @@
 """Request parsing: the LMI/TGI request body to a validated `GenerationRequest`, normalised then verified.
 
 Every error is an `InvalidRequest` (HTTP 400) that names the field and its allowed range, raised before the
-request reaches the engine.
+request reaches the engine. TGI's parameter names are read too (`stop`), and the TGI parameters this handler does
+not implement are accepted at their neutral value only, so `huggingface_hub`'s client works unmodified. OpenAI chat
+bodies are read by `chat`, into the same `GenerationRequest`.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .chat import ChatOptions
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_CHARS = 256
@@ -25,7 +30,11 @@ _PARAMETERS = (
     "stop_sequences",
     "details",
     "return_full_text",
+    "stop",
 )
+#: TGI parameters accepted only at the value that changes nothing
+_NEUTRAL = {"watermark": False, "decoder_input_details": False, "best_of": 1, "top_n_tokens": 0,
+            "frequency_penalty": 0, "typical_p": 1, "truncate": None}
 
 
 @dataclass(frozen=True)
@@ -42,19 +51,32 @@ class GenerationParams:
     stop_sequences: tuple[str, ...] = ()
     details: bool = False
     return_full_text: bool = False
+    logprobs: bool = False  # report every token's log-probability, greedy ones included (OpenAI's `logprobs`)
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One validated request: the prompt, its parameters and whether the client asked for a stream."""
+    """One validated request: the prompt, its parameters and whether the client asked for a stream.
+
+    A chat request (`api="chat"`) carries its `messages` and `chat` options; its `inputs` is the rendered
+    conversation, set once the tokenizer's chat template has run.
+    """
 
     inputs: str
     params: GenerationParams
     stream: bool | None = None
+    api: str = "lmi"
+    messages: tuple[dict[str, str], ...] = ()
+    chat: ChatOptions | None = None
 
 
 def parse_request(body: bytes | bytearray, content_type: str | None, default_max_new_tokens: int) -> GenerationRequest:
-    """Decode a request body (JSON, or text/plain as the prompt itself) and validate it."""
+    """Decode an LMI/TGI request body (JSON, or text/plain as the prompt itself) and validate it."""
+    return request_from_payload(decode_body(body, content_type), default_max_new_tokens)
+
+
+def decode_body(body: bytes | bytearray, content_type: str | None) -> dict[str, Any]:
+    """A request body as a JSON object (a text/* body is the prompt itself)."""
     if content_type and content_type.split(";")[0].strip().lower().startswith("text/"):
         payload: Any = {"inputs": bytes(body).decode("utf-8", errors="replace")}
     else:
@@ -66,7 +88,7 @@ def parse_request(body: bytes | bytearray, content_type: str | None, default_max
             raise InvalidRequest("request body nests too deeply to parse; a request is one flat JSON object") from None
     if not isinstance(payload, dict):
         raise InvalidRequest('request body must be a JSON object like {"inputs": "...", "parameters": {...}}')
-    return request_from_payload(payload, default_max_new_tokens)
+    return payload
 
 
 def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int) -> GenerationRequest:
@@ -79,7 +101,7 @@ def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int
         inputs = inputs[0]
     if not isinstance(inputs, str) or not inputs:
         raise InvalidRequest("inputs must be a non-empty string")
-    _check_text("inputs", inputs)
+    check_text("inputs", inputs)
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest(f"stream must be true or false, got {stream!r}")
@@ -94,11 +116,16 @@ def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int
 def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> GenerationParams:
     """Normalise then verify `parameters`; unknown ones are rejected, never ignored (the engine refuses what it
     cannot honour: `Engine.validate`)."""
-    unknown = sorted(set(raw) - set(_PARAMETERS))
+    unknown = sorted(set(raw) - set(_PARAMETERS) - set(_NEUTRAL))
     if unknown:
-        raise InvalidRequest(f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}")
-    r = _Reader(raw)
-    stops = r.stop_sequences()
+        raise InvalidRequest(f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}",
+                             param=f"parameters.{unknown[0]}")
+    r = Reader(raw, "parameters.")
+    for name, neutral in _NEUTRAL.items():
+        r.neutral(name, neutral)
+    if "stop" in raw and "stop_sequences" in raw:
+        raise InvalidRequest("give parameters.stop or parameters.stop_sequences, not both", param="parameters.stop")
+    stops = r.stop_sequences("stop" if "stop" in raw else "stop_sequences")
     params = GenerationParams(
         max_new_tokens=r.integer("max_new_tokens", 1, 1_000_000, default_max_new_tokens),
         do_sample=r.boolean("do_sample", False),
@@ -114,12 +141,19 @@ def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> Gen
     return params
 
 
-def _check_text(field: str, text: str) -> None:
+def check_text(field: str, text: str) -> None:
     """Text must be encodable: JSON can carry lone surrogates ("\\ud800") that no tokenizer takes."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidRequest(f"{field} holds a lone surrogate at character {exc.start}; send valid Unicode text") from None
+        raise InvalidRequest(f"{field} holds a lone surrogate at character {exc.start}; send valid Unicode text",
+                             param=field) from None
+
+
+def _is_neutral(value: Any, neutral: Any) -> bool:
+    if isinstance(value, bool) or isinstance(neutral, bool):  # false is not 0, nor 1 true
+        return value is neutral
+    return value == neutral
 
 
 def _shown(value: Any) -> str:
@@ -128,21 +162,25 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-class _Reader:
-    """Typed field readers; each error names `parameters.<field>` and its range."""
+class Reader:
+    """Typed field readers; each error names `<prefix><field>` and its range (`param` names the field)."""
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
+    def __init__(self, raw: Mapping[str, Any], prefix: str = "") -> None:
         self._raw = raw
+        self._prefix = prefix
 
     def _get(self, key: str) -> Any:
         return self._raw.get(key)
+
+    def _invalid(self, key: str, message: str) -> InvalidRequest:
+        return InvalidRequest(f"{self._prefix}{key} {message}", param=f"{self._prefix}{key}")
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._get(key)
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise InvalidRequest(f"parameters.{key} must be true or false, got {value!r}")
+            raise self._invalid(key, f"must be true or false, got {value!r}")
         return value
 
     def integer(self, key: str, low: int, high: int, default: Any) -> Any:
@@ -152,9 +190,9 @@ class _Reader:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequest(f"parameters.{key} must be an integer between {low} and {high}, got {value!r}")
+            raise self._invalid(key, f"must be an integer between {low} and {high}, got {value!r}")
         if not low <= value <= high:
-            raise InvalidRequest(f"parameters.{key} must be between {low} and {high}, got {value}")
+            raise self._invalid(key, f"must be between {low} and {high}, got {value}")
         return value
 
     def number(self, key: str, low: float, high: float, default: float, open_low: bool = False) -> float:
@@ -163,26 +201,31 @@ class _Reader:
             return default
         bound = f"in ({low:g}, {high:g}]" if open_low else f"in [{low:g}, {high:g}]"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidRequest(f"parameters.{key} must be a number {bound}, got {value!r}")
+            raise self._invalid(key, f"must be a number {bound}, got {value!r}")
         if value > high or value < low or (open_low and value == low):
-            raise InvalidRequest(f"parameters.{key} must be {bound}, got {value:g}")
+            raise self._invalid(key, f"must be {bound}, got {value:g}")
         return float(value)
 
-    def stop_sequences(self) -> tuple[str, ...]:
-        value = self._get("stop_sequences")
+    def neutral(self, key: str, neutral: Any) -> None:
+        """A setting this handler does not implement: absent, null or its neutral value only."""
+        value = self._get(key)
+        if value is not None and not _is_neutral(value, neutral):
+            shown = "null" if neutral is None else json.dumps(neutral)
+            raise self._invalid(key, f"is not supported; only {shown} (the default) is accepted, got {_shown(value)}")
+
+    def stop_sequences(self, key: str, limit: int = MAX_STOP_SEQUENCES) -> tuple[str, ...]:
+        field = f"{self._prefix}{key}"
+        value = self._get(key)
         if value is None:
             return ()
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-            raise InvalidRequest("parameters.stop_sequences must be a list of non-empty strings")
+            raise self._invalid(key, "must be a list of non-empty strings")
         for stop in value:
-            _check_text("parameters.stop_sequences", stop)
-        if len(value) > MAX_STOP_SEQUENCES:
-            raise InvalidRequest(f"parameters.stop_sequences holds {len(value)} entries; at most {MAX_STOP_SEQUENCES}")
-        too_long = [s for s in value if len(s) > MAX_STOP_SEQUENCE_CHARS]
-        if too_long:
-            raise InvalidRequest(
-                f"parameters.stop_sequences entries must be at most {MAX_STOP_SEQUENCE_CHARS} characters"
-            )
+            check_text(field, stop)
+        if len(value) > limit:
+            raise self._invalid(key, f"holds {len(value)} entries; at most {limit}")
+        if any(len(s) > MAX_STOP_SEQUENCE_CHARS for s in value):
+            raise self._invalid(key, f"entries must be at most {MAX_STOP_SEQUENCE_CHARS} characters")
         return tuple(value)

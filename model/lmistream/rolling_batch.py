@@ -3,11 +3,10 @@
 New requests are the items past the ones still held. Each step waits (without polling) until some request
 has new tokens, then answers one item per request with everything it has: 0.23 items are JSON
 `{"data", "last"}`; newest items are `Output.binary_encode`d with `batch_{i}_Content-Type` properties.
-A request that fails validation answers alone, with `{"code", "error"}`; the others go on.
+A request that fails validation answers alone, with its API's error body; the others go on.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +74,7 @@ class RollingBatch:
     def _answer(self, outputs: Any, index: int, slot: _Slot) -> None:
         generation, error = slot.generation, slot.error
         if generation is None:
-            body = json.dumps({"code": error.status, "error": error.message})
-            item = {"data": body, "last": True, "content_type": "application/json",
+            item = {"data": error.body(), "last": True, "content_type": "application/json",
                     "code": error.status, "error": error.message}
         else:
             item = {"data": generation.absorb(self._svc.hub.take(generation.request_id)),

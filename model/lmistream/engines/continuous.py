@@ -108,6 +108,11 @@ class ContinuousBatchingEngine:
                 "parameters.repetition_penalty is not supported by the continuous-batching engine; use 1.0 or omit it "
                 "(option.generation_engine=portable supports it)"
             )
+        if params.logprobs and not params.do_sample:
+            raise InvalidRequest(
+                "logprobs with greedy decoding (temperature 0) is not supported by the continuous-batching engine: "
+                "it reports no log-probabilities for greedy tokens (option.generation_engine=portable does)",
+                param="logprobs")
         if params.seed is not None and params.do_sample:
             raise InvalidRequest(
                 "parameters.seed is not supported with do_sample=true by the continuous-batching engine: it samples "

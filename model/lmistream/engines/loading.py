@@ -3,7 +3,7 @@
 The handler runs on transformers 4.30.2 (LMI 0.23, torch 2.0.1, Python 3.9) up to transformers 5.24 (torch 2.13). The
 differences met here are feature-detected, never assumed from one version: the dtype keyword of `from_pretrained`
 (`torch_dtype` before 4.56, `dtype` after), `get_text_config` (newer configs only), the out-of-memory exception class
-and the tokenizer's table of added tokens.
+the tokenizer's table of added tokens and whether it can apply a chat template.
 """
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
 import transformers
+from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..chat_template import render_chat_template
 from ..config import HandlerConfig
-from ..errors import OutOfMemory
+from ..errors import InvalidRequest, OutOfMemory
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,12 +43,40 @@ class HFTokenizer:
         self.pad_token_id: int = next(
             (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), min(eos_token_ids, default=0)
         )
+        self.chat_template = _chat_template(tokenizer)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text))
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The prompt for a conversation through the model's chat template (transformers' own renderer where the
+        tokenizer has one, else `render_chat_template`); InvalidRequest naming `messages` when it cannot."""
+        if self.chat_template is None:
+            raise InvalidRequest("this model has no chat template, so it cannot take messages; send "
+                                 '{"inputs": "<prompt>"} instead', param="messages")
+        try:
+            if getattr(self._tokenizer, "apply_chat_template", None) is not None:
+                return self._tokenizer.apply_chat_template(list(messages), chat_template=self.chat_template,
+                                                           tokenize=False, add_generation_prompt=True)
+            return render_chat_template(self.chat_template, messages, self._tokenizer.special_tokens_map)
+        except TemplateError as error:
+            raise InvalidRequest(f"the model's chat template refused these messages: {error}", param="messages") from None
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+
+def _chat_template(tokenizer: Any) -> str | None:
+    """The template the tokenizer loaded; older transformers keep it only in `init_kwargs`, and do not read the
+    `chat_template.jinja` file newer ones save beside the tokenizer."""
+    template = getattr(tokenizer, "chat_template", None) or tokenizer.init_kwargs.get("chat_template")
+    if isinstance(template, str):
+        return template
+    path = os.path.join(str(getattr(tokenizer, "name_or_path", "")), "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    return None
 
 
 def _added_special_ids(tokenizer: Any) -> frozenset[int]:

@@ -41,7 +41,8 @@ class RequestSampler:
 
 
 def select_tokens(logits: torch.Tensor, samplers: list[RequestSampler]) -> tuple[list[int], list[float | None]]:
-    """The next token of every row, and its log-probability under the sampling distribution (None when greedy)."""
+    """The next token of every row, and its log-probability under the sampling distribution (for a greedy row, under
+    the model's own distribution when its request asks for log-probabilities, else None)."""
     scores = logits.float()
     for index, sampler in enumerate(samplers):
         sampler.penalize(scores[index])
@@ -53,6 +54,11 @@ def select_tokens(logits: torch.Tensor, samplers: list[RequestSampler]) -> tuple
         for row, index in zip(warped.log_softmax(dim=-1), sampled):
             token = int(torch.multinomial(row.exp(), 1, generator=samplers[index].generator))
             tokens[index], log_probs[index] = token, float(row[token])
+    asked = [index for index, sampler in enumerate(samplers) if sampler.params.logprobs and log_probs[index] is None]
+    if asked:
+        greedy = scores[asked].log_softmax(dim=-1)
+        for row, index in zip(greedy, asked):
+            log_probs[index] = float(row[tokens[index]])
     for sampler, token in zip(samplers, tokens):
         sampler.record(token)
     return tokens, log_probs
