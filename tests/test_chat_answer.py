@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import socket
+from functools import partial
 from typing import Iterator
 
 import boto3
 import pytest
 from botocore.config import Config
 from client_support import frame_server  # noqa: F401 (fixture)
-from runtime_support import FakeResponse, client_for, runtime_server  # noqa: F401 (fixture)
+from runtime_support import FakeResponse, aws_env, client_for, runtime_server  # noqa: F401 (fixtures)
 
 from lmikit.chat.answer import Answer, readable_error
 from lmikit.chat.conversation import ASSISTANT, USER, Message, Settings, build_request
 from lmikit.client import exception_frame, payload_part
+from lmikit.invoke import runtime_client
 from lmikit.server.process import free_port
 
 REQUEST = build_request([Message(USER, "What is the capital of France?")], Settings(temperature=0))
@@ -33,7 +35,7 @@ def _read(answer: Answer) -> list[str]:
 def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_server) -> None:  # noqa: F811
     runtime_server.container.response = FakeResponse([(0.0, b'{"outputs": [" Paris"]}\n'),
                                                       (0.05, b'{"outputs": ["."]}\n')])
-    answer = Answer(client_for(runtime_server.url), "local", REQUEST)
+    answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     assert _read(answer) == [" Paris", "."]
     assert answer.message() == Message(ASSISTANT, "Paris.")
     assert answer.stats.tokens == 2 and answer.stats.time_to_first_token > 0 and answer.stats.tokens_per_second > 0
@@ -44,13 +46,13 @@ def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_s
 def test_a_tgi_sse_answer_is_read_from_its_content_type(runtime_server) -> None:  # noqa: F811
     runtime_server.container.response = FakeResponse([(0.0, event) for event in TGI_EVENTS],
                                                      headers={"Content-Type": "text/event-stream"})
-    answer = Answer(client_for(runtime_server.url), "local", REQUEST)
+    answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     assert _read(answer) == [" Paris", "."], "the special end token is not shown"
     assert answer.error is None and answer.message().content == "Paris."
 
 
 def test_an_unknown_endpoint_is_a_readable_error(runtime_server) -> None:  # noqa: F811
-    answer = Answer(client_for(runtime_server.url), "no-such-endpoint", REQUEST)
+    answer = Answer(partial(client_for, runtime_server.url), "no-such-endpoint", REQUEST)
     assert _read(answer) == []
     assert answer.error.startswith("The endpoint refused the request (ValidationError): ")
     assert "no-such-endpoint" in answer.error and answer.stats is None
@@ -61,7 +63,7 @@ def test_a_request_the_model_refuses_shows_its_status_and_message(runtime_server
     refusal = b'{"code": 400, "error": "parameters.top_p must be in (0, 1], got 7"}'
     runtime_server.container.response = FakeResponse([(0.0, refusal)], status=400,
                                                      headers={"Content-Type": "application/json"})
-    answer = Answer(client_for(runtime_server.url), "local", REQUEST)
+    answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     _read(answer)
     assert answer.error.startswith("The model refused the request (HTTP 400): ")
     assert "parameters.top_p must be in (0, 1], got 7" in answer.error
@@ -70,7 +72,7 @@ def test_a_request_the_model_refuses_shows_its_status_and_message(runtime_server
 def test_an_in_band_error_keeps_the_text_before_it(runtime_server) -> None:  # noqa: F811
     runtime_server.container.response = FakeResponse([(0.0, b'{"outputs": [" Par"]}\n'),
                                                       (0.0, b'{"code": 424, "error": "CUDA out of memory"}\n')])
-    answer = Answer(client_for(runtime_server.url), "local", REQUEST)
+    answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     assert _read(answer) == [" Par"]
     assert answer.message() == Message(ASSISTANT, "Par", "The model failed while answering: CUDA out of memory")
 
@@ -79,7 +81,7 @@ def test_a_stream_the_endpoint_cuts_short_names_the_reason(frame_server) -> None
     frame_server.chunks = [payload_part(b'{"outputs": [" Paris"]}\n'),
                            exception_frame("ModelStreamError", "Your model stream exceeded the allotted time.",
                                            "ModelInvocationTimeExceeded")]
-    answer = Answer(client_for(frame_server.url), "local", REQUEST)
+    answer = Answer(partial(client_for, frame_server.url), "local", REQUEST)
     assert _read(answer) == [" Paris"]
     # botocore's EventStreamError carries the frame's type and message, not its ErrorCode
     assert answer.error == ("The endpoint cut the answer short (ModelStreamError): "
@@ -89,7 +91,7 @@ def test_a_stream_the_endpoint_cuts_short_names_the_reason(frame_server) -> None
 
 def test_an_endpoint_that_is_not_running_is_a_readable_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    answer = Answer(client_for(url), "local", REQUEST)
+    answer = Answer(partial(client_for, url), "local", REQUEST)
     assert _read(answer) == []
     route = f"{url}/endpoints/local/invocations-response-stream"
     assert answer.error == f"Cannot reach the endpoint at {route}: is it running?"
@@ -108,9 +110,15 @@ def test_an_endpoint_that_does_not_answer_in_time_is_a_readable_error(silent_por
     client = boto3.client("sagemaker-runtime", endpoint_url=f"http://127.0.0.1:{silent_port}", region_name="us-east-1",
                           aws_access_key_id="x", aws_secret_access_key="x",
                           config=Config(retries={"max_attempts": 1}, read_timeout=0.3))
-    answer = Answer(client, "local", REQUEST)
+    answer = Answer(lambda: client, "local", REQUEST)
     assert _read(answer) == []
     assert answer.error == "The endpoint did not answer in time (read timeout); try again or ask for fewer tokens."
+
+
+def test_a_client_that_cannot_be_made_is_a_readable_error(aws_env) -> None:  # noqa: F811
+    answer = Answer(runtime_client, "my-endpoint", REQUEST)  # SageMaker, with no AWS region configured
+    assert _read(answer) == []
+    assert answer.error == "You must specify a region."
 
 
 def test_errors_are_one_line() -> None:

@@ -7,7 +7,7 @@ ends the pieces early and leaves a readable `error`, so the page never shows a t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import urllib3.exceptions
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
@@ -29,10 +29,14 @@ class AnswerStats:
 
 
 class Answer:
-    """The endpoint's answer to one request, read once through `pieces()`."""
+    """The endpoint's answer to one request, read once through `pieces()`.
 
-    def __init__(self, client: Any, endpoint_name: str, request: PromptRequest) -> None:
-        self._client = client
+    `connect` returns the boto3 sagemaker-runtime client; it is called inside `pieces()`, so a client that cannot
+    be made (no region, say) is reported like any other failure.
+    """
+
+    def __init__(self, connect: Callable[[], Any], endpoint_name: str, request: PromptRequest) -> None:
+        self._connect = connect
         self._endpoint_name = endpoint_name
         self._request = request
         self._texts: list[str] = []
@@ -43,7 +47,8 @@ class Answer:
         """The generated text as it streams; on a failure it stops and `error` says why."""
         stream: Stream | None = None
         try:
-            stream = invoke_stream(self._client, self._endpoint_name, self._request.prompt, self._request.parameters)
+            client = self._connect()
+            stream = invoke_stream(client, self._endpoint_name, self._request.prompt, self._request.parameters)
             for event in stream:
                 if event.text and not event.special:
                     self._texts.append(event.text)

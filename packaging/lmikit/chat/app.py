@@ -65,9 +65,9 @@ def suggestion(slot: Any) -> str | None:
     return None
 
 
-def answer(client: Any, target: ChatTarget, history: list[Message], settings: Settings) -> AnswerStats | None:
+def answer(target: ChatTarget, history: list[Message], settings: Settings) -> AnswerStats | None:
     """Stream the answer to the last message of `history` into the page, then add it to `history`."""
-    reply = Answer(client, target.endpoint_name, build_request(history, settings))
+    reply = Answer(lambda: runtime_client(target), target.endpoint_name, build_request(history, settings))
     with st.chat_message(ASSISTANT):
         st.write_stream(reply.pieces())
         show_outcome(reply.message())
@@ -105,7 +105,7 @@ def main() -> None:
         suggestions.empty()
         history.append(Message(USER, prompt))
         show_message(history[-1])
-        st.session_state.stats = answer(runtime_client(target), target, history, settings)
+        st.session_state.stats = answer(target, history, settings)
     show_stats(stats_slot, st.session_state.stats)
 
 

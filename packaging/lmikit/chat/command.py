@@ -1,8 +1,7 @@
 """`lmi chat`: start the Streamlit chatbot (app.py) for a SageMaker endpoint, a runtime URL or the local endpoint.
 
-The process becomes `streamlit run app.py` (headless, no usage statistics, no developer
-toolbar, bound to --host), with the resolved
-endpoint in its environment; Ctrl-C stops it.
+The process becomes `streamlit run app.py` (headless, no usage statistics, no developer toolbar, bound to --host),
+with the resolved endpoint in its environment; Ctrl-C stops it.
 """
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ class ChatTarget:
         return variables
 
     def describe(self) -> str:
+        """`name (SageMaker)` or `name (url)`, for people."""
         where = "SageMaker" if self.endpoint_url is None else self.endpoint_url
         return f"{self.endpoint_name} ({where})"
 
