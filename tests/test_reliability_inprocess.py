@@ -10,9 +10,7 @@ import json
 import os
 import socket
 import threading
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -21,91 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lmikit.djl.driver as driver  # noqa: E402
 from lmikit.embedded_model import ensure_tiny_model  # noqa: E402
+from inprocess_endpoint import Instruments, port_of, post, served, wait_until  # noqa: E402, F401
 from lmikit.server.endpoint import LocalEndpoint  # noqa: E402
-from lmikit.server.runtime import RuntimeConfig  # noqa: E402
 from reference import ReferenceModel  # noqa: E402
 from reliability_figures import record  # noqa: E402
-from replay import frontend  # noqa: E402
 
 DROPS, KEPT = 20, 4
 PROMPTS = ["Hello, my name is", "The quick brown fox", "Why?", "Roses are"]
 LONG = {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1500}}
-
-
-class Instruments:
-    """Counts the engine's forward passes, remembers the step of each request's last update, and fails a step on
-    demand."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine, self.steps, self.fault, self.prefill_fault = engine, 0, None, None
-        self.last_update: dict[str, int] = {}
-        self.prompts: dict[str, str] = {}  # engine request id -> prompt
-        self.response_prompts: dict[str, str] = {}  # HTTP response id -> prompt
-        self._lock = threading.Lock()
-        call, publish, submit = engine._call, engine._on_update, engine.submit
-
-        def counted(input_ids: Any, mask: Any, cache: Any) -> Any:
-            with self._lock:
-                self.steps += 1
-                if cache is not None:  # a decode step of the running batch
-                    fault, self.fault = self.fault, None
-                else:  # the prefill of joining requests
-                    fault, self.prefill_fault = self.prefill_fault, None
-            if fault is not None:
-                raise fault
-            return call(input_ids, mask, cache)
-
-        def noted(update: Any) -> None:
-            self.last_update[update.request_id] = self.steps
-            publish(update)
-
-        def named(request_id: str, prompt_ids: list[int], params: Any) -> None:
-            self.prompts[request_id] = engine.tokenizer.decode(prompt_ids)
-            submit(request_id, prompt_ids, params)
-
-        engine._call, engine._on_update, engine.submit = counted, noted, named
-
-
-@contextmanager
-def served(version: str = "0.23", **options: str) -> Iterator[tuple[LocalEndpoint, Instruments]]:
-    """model.py (DJL rolling batch, the tiny model) behind the real HTTP server, in this process."""
-    settings = {"model_id": str(ensure_tiny_model()), "dtype": "fp32", "rolling_batch": "custom",
-                "max_rolling_batch_size": "32", "generation_engine": "portable", "output_formatter": "jsonlines",
-                **options}
-    with frontend(version, **settings) as front:
-        engine = front._entry.module._service.engine
-        instruments = Instruments(engine)
-        submit = front.submit
-
-        def noted_submit(headers: Any, body: bytes, *args: Any, **kwargs: Any) -> Any:
-            response = submit(headers, body, *args, **kwargs)
-            try:
-                instruments.response_prompts[response.request_id] = json.loads(body)["inputs"]
-            except (ValueError, KeyError, TypeError):
-                pass
-            return response
-
-        front.submit = noted_submit
-        endpoint = LocalEndpoint(("127.0.0.1", 0), RuntimeConfig(endpoint_name="local"))
-        endpoint.set_frontend(front)
-        thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield endpoint, instruments
-        finally:
-            endpoint.shutdown()
-            thread.join(timeout=30)
-            engine.stop()
-
-
-def _port(endpoint: LocalEndpoint) -> int:
-    return int(endpoint.url.rsplit(":", 1)[1])
-
-
-def _post(endpoint: LocalEndpoint, payload: dict, path: str = "/invocations") -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", _port(endpoint), timeout=120)
-    conn.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
-    return conn.getresponse()
 
 
 def _text(body: bytes) -> str:
@@ -130,21 +51,21 @@ def test_dropped_clients_stop_costing_the_engine_within_two_steps(reference: Ref
         monkeypatch.setattr(driver.Response, "cancel", cancel)
         dropped = []
         for index in range(DROPS):
-            sock = socket.create_connection(("127.0.0.1", _port(endpoint)))
+            sock = socket.create_connection(("127.0.0.1", port_of(endpoint)))
             body = json.dumps({"inputs": f"Story {index}: 1, 2, 3,", "parameters": {"max_new_tokens": 1500}})
             sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
             dropped.append(sock)
-        kept = [_post(endpoint, {"inputs": p, "parameters": {"max_new_tokens": 14}}) for p in PROMPTS]
+        kept = [post(endpoint, {"inputs": p, "parameters": {"max_new_tokens": 14}}) for p in PROMPTS]
         for sock in dropped:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             sock.close()  # a reset, as a client that vanished
         kept_texts = [_text(response.read()) for response in kept]
-        reused = [_post(endpoint, {"inputs": p, "parameters": {"max_new_tokens": 8}}) for p in PROMPTS * 5]
+        reused = [post(endpoint, {"inputs": p, "parameters": {"max_new_tokens": 8}}) for p in PROMPTS * 5]
         reused_texts = [(response.status, _text(response.read())) for response in reused]
         engine = tools.engine
-        assert _wait(lambda: engine._scheduler.running == 0 and engine._batch is None), "every slot is free again"
+        assert wait_until(lambda: engine._scheduler.running == 0 and engine._batch is None), "every slot is free again"
     engine_ids = {prompt: rid for rid, prompt in tools.prompts.items() if prompt.startswith("Story ")}
     cancel_steps = {tools.response_prompts[rid]: step for rid, step in cancelled_at.items()
                     if tools.response_prompts.get(rid, "").startswith("Story ")}
@@ -182,7 +103,7 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
 
     parse, fields = FORMATS[formatter]
     with served(version, output_formatter=formatter) as (endpoint, tools):
-        streams = [_post(endpoint, LONG) for _ in range(2)]
+        streams = [post(endpoint, LONG) for _ in range(2)]
         firsts = [response.read1(65536) for response in streams]
         runtime = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url, region_name="us-east-1",
                                aws_access_key_id="x", aws_secret_access_key="x",
@@ -191,12 +112,12 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
             EndpointName="local", ContentType="application/json", Body=json.dumps(LONG))["Body"]
         runtime_parts = [next(iter(events))["PayloadPart"]["Bytes"]]
         whole = _post_later(endpoint, {**LONG, "stream": False})
-        assert _wait(lambda: len(tools.engine._rows) == 4), (len(tools.engine._rows), tools.prompts, tools.last_update, tools.steps)
+        assert wait_until(lambda: len(tools.engine._rows) == 4), (len(tools.engine._rows), tools.prompts, tools.last_update, tools.steps)
         tools.fault = fault
         tails = [response.read() for response in streams]
         runtime_parts += [event["PayloadPart"]["Bytes"] for event in events]
         whole_status, whole_body = whole()
-        after = _post(endpoint, {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 14}})
+        after = post(endpoint, {"inputs": PROMPTS[0], "parameters": {"max_new_tokens": 14}})
         after_status, after_text = after.status, after.read()
     expected_status = "generation" if formatter == "sse" else code
     for first, tail in zip(firsts, tails):
@@ -206,8 +127,8 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
     # DJL 0.23 sends a rolling-batch response's status with its first step, so a request that fails later can only
     # say so in its body; the newest protocol holds a non-streaming response back until it ends
     assert whole_status == (200 if version == "0.23" else code) and json.loads(whole_body)["code"] == code
-    assert after_status == 200
-    record("faults", f"an exception injected into an engine step, and an out-of-memory error, each ended the streams "
+    assert after_status == 200 and after_text
+    record("faults", "an exception injected into an engine step, and an out-of-memory error, each ended the streams "
                      "of that step with an in-band error in their own format (jsonlines line, SSE event, the last "
                      "PayloadPart through the runtime route), answered a non-streaming request with 424 and 507 (newest "
                      "protocol; 0.23 sends the status with the first step, so the body says it), and the next request "
@@ -216,11 +137,11 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
 
 def test_a_failing_prefill_fails_the_joining_request_alone(reference: ReferenceModel) -> None:
     with served("newest") as (endpoint, tools):
-        running = _post(endpoint, {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400}})
+        running = post(endpoint, {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400}})
         first = running.read1(65536)
-        assert _wait(lambda: len(tools.engine._rows) == 1)
+        assert wait_until(lambda: len(tools.engine._rows) == 1)
         tools.prefill_fault = RuntimeError("injected prefill fault")
-        joining = _post(endpoint, {"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 14}, "stream": False})
+        joining = post(endpoint, {"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 14}, "stream": False})
         joining_status, joining_body = joining.status, joining.read()
         rest = running.read()
     lines = [json.loads(line) for line in (first + rest).decode().splitlines()]
@@ -231,7 +152,7 @@ def test_a_failing_prefill_fails_the_joining_request_alone(reference: ReferenceM
 def _post_later(endpoint: LocalEndpoint, payload: dict) -> Any:
     """Send now, collect later: returns a function that waits for (status, body)."""
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(response=_post(endpoint, payload)), daemon=True)
+    thread = threading.Thread(target=lambda: result.update(response=post(endpoint, payload)), daemon=True)
     thread.start()
 
     def collect() -> tuple[int, bytes]:
@@ -240,12 +161,3 @@ def _post_later(endpoint: LocalEndpoint, payload: dict) -> Any:
         return response.status, response.read()
 
     return collect
-
-
-def _wait(condition: Any, timeout: float = 30.0) -> bool:
-    event = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return True
-        event.wait(0.01)
-    return False

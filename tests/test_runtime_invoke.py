@@ -87,3 +87,38 @@ def test_standard_aws_chain_with_endpoint_env(server: RuntimeServer, monkeypatch
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     result = invoke("Hello")
     assert (result.exit_code, result.stdout) == (0, "Hi\n")
+
+
+CHUNKS = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+          b'data: {"choices":[{"index":0,"delta":{"content":" Paris"},"finish_reason":null}]}\n\n',
+          b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n']
+
+
+def test_chat_sends_an_openai_chat_body_and_prints_its_deltas(server: RuntimeServer) -> None:
+    server.container.response = FakeResponse([(0.0, chunk) for chunk in CHUNKS],
+                                             headers={"Content-Type": "text/event-stream"})
+    result = invoke("Capital of France?", "--endpoint-url", server.url, "--chat", "--system", "Be brief.",
+                    "--max-new-tokens", "8", "--temperature", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == " Paris\n" and ", 1 tokens, " in result.stderr
+    _, body = server.container.requests[0]
+    assert json.loads(body) == {"messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Capital of France?"}],
+                                "max_tokens": 8, "temperature": 0.0, "stream": True}
+
+
+def test_chat_without_streaming_prints_the_completions_message(server: RuntimeServer) -> None:
+    completion = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+                                                            "message": {"role": "assistant", "content": "Paris."}}]}
+    server.container.response = FakeResponse([(0.0, json.dumps(completion).encode())],
+                                             headers={"Content-Type": "application/json"})
+    result = invoke("Capital of France?", "--endpoint-url", server.url, "--chat", "--no-stream")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Paris.\n"
+    assert json.loads(server.container.requests[0][1]) == {
+        "messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 256}
+
+
+def test_system_needs_chat(server: RuntimeServer) -> None:
+    result = invoke("Hi", "--endpoint-url", server.url, "--system", "Be brief.")
+    assert result.exit_code == 2 and "--system needs --chat" in result.output

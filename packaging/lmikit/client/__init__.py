@@ -5,7 +5,7 @@ from .errors import InternalStreamFailure, ModelError, ModelStreamError, ParseEr
 from .events import FORMATS, ErrorEvent, EventParser, TokenEvent, event_from_payload, sniff_format
 from .eventstream import encode_message, exception_frame, payload_part
 from .lines import LineDecoder
-from .stream import Stream, invoke_stream
+from .stream import Stream, invoke_chat_stream, invoke_stream
 
 __all__ = [
     "FORMATS",
@@ -22,6 +22,7 @@ __all__ = [
     "encode_message",
     "event_from_payload",
     "exception_frame",
+    "invoke_chat_stream",
     "invoke_stream",
     "payload_part",
     "sniff_format",

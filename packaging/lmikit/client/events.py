@@ -262,7 +262,8 @@ def _chat_event(choices: list[dict[str, Any]]) -> TokenEvent | None:
     if not choices:
         return None
     choice = choices[0]
-    text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+    message = choice.get("delta") or choice.get("message") or {}  # a chunk's delta, a whole completion's message
+    text = message.get("content") or choice.get("text") or ""
     return TokenEvent(text, finish_reason=choice.get("finish_reason"))
 
 

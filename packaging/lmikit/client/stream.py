@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from botocore.exceptions import EventStreamError
 
@@ -104,6 +104,29 @@ def invoke_stream(
         The response as a `Stream`, whose time to first token includes the request itself.
     """
     body = {"inputs": prompt, "parameters": dict(parameters), "stream": True}
+    return _invoke(client, endpoint_name, body, fmt, custom_attributes)
+
+
+def invoke_chat_stream(
+    client: Any,
+    endpoint_name: str,
+    messages: Sequence[Mapping[str, str]],
+    options: Mapping[str, Any],
+    custom_attributes: str | None = None,
+) -> Stream:
+    """Send an OpenAI chat body `{"messages", **options, "stream": true}`: the endpoint renders the conversation
+    through the model's chat template and answers `chat.completion.chunk` events.
+
+    Args:
+        messages: `{"role", "content"}` dicts, oldest first.
+        options: OpenAI chat fields such as `max_tokens`, `temperature`, `top_p`, `stop`, `seed`.
+    """
+    body = {"messages": [dict(message) for message in messages], **options, "stream": True}
+    return _invoke(client, endpoint_name, body, "sse", custom_attributes)
+
+
+def _invoke(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None,
+            custom_attributes: str | None) -> Stream:
     request: dict[str, Any] = {
         "EndpointName": endpoint_name,
         "ContentType": "application/json",

@@ -3,7 +3,10 @@
 `GET /ping` answers 503 until the model is loaded and once a tensor-parallel rank is gone, else DJL's health body.
 `GET /metrics` is Prometheus text (`metrics`). `POST /invocations` goes through the DJL frontend replay and is
 written out with HTTP/1.1 chunked encoding, one chunk as soon as the handler produces it;
-`POST /endpoints/{name}/invocations[-response-stream]` is the SageMaker runtime API over the same frontend. A client that disconnects mid-stream has its response cancelled.
+`POST /endpoints/{name}/invocations[-response-stream]` is the SageMaker runtime API over the same frontend.
+`POST /v1/chat/completions` and `GET /v1/models` let OpenAI clients in: chat bodies go to the same handler and the
+same batch as `/invocations`, and their errors come back in OpenAI's shape (`openai_api`). A client that disconnects
+mid-stream has its response cancelled.
 
 It runs on uvicorn and starlette: with the standard library's `http.server` (a listen backlog of 5, one thread per
 connection) 64 simultaneous clients saw connection resets and /ping timeouts. Request bodies may be chunked; a body
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import anyio
@@ -27,6 +31,7 @@ from starlette.routing import Route
 
 from lmikit.djl.driver import BackendError, Frontend, Response
 from lmikit.server.metrics import RequestTrack, ServeMetrics
+from lmikit.server.openai_api import models_list, openai_error, read_chat_body
 from lmikit.server.runtime import RuntimeAnswer, RuntimeConfig, handle_runtime_request
 
 log = logging.getLogger(__name__)
@@ -48,9 +53,11 @@ class LocalEndpoint:
     port fails at once (OSError)."""
 
     def __init__(self, address: tuple[str, int], runtime: RuntimeConfig | None = None,
-                 model_name: str = "model") -> None:
+                 model_name: str = "model", served_model: str = "model") -> None:
         self.runtime = runtime or RuntimeConfig()
         self.model_name = model_name
+        self.served_model = served_model  # the id /v1/models lists
+        self._created = int(time.time())
         self.frontend: Frontend | None = None
         self._socket = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -61,7 +68,9 @@ class LocalEndpoint:
         routes = [Route("/ping", self._ping, methods=["GET"]),
                   Route("/metrics", self._metrics, methods=["GET"]),
                   Route("/invocations", self._invocations, methods=["POST"]),
-                  Route("/endpoints/{path:path}", self._runtime, methods=["POST"])]
+                  Route("/endpoints/{path:path}", self._runtime, methods=["POST"]),
+                  Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                  Route("/v1/models", self._models, methods=["GET"])]
         config = uvicorn.Config(Starlette(routes=routes), log_level="warning", access_log=False, backlog=BACKLOG,
                                 h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=75)
         self._server = uvicorn.Server(config)
@@ -98,22 +107,50 @@ class LocalEndpoint:
         if refusal is not None:
             track.end(refusal.status_code)
             return refusal
-        response = self.frontend.submit(list(request.headers.items()), body)
+        return await self._forward(list(request.headers.items()), body, track)
+
+    async def _chat_completions(self, request: Request) -> HTTPResponse:
+        track = self.metrics.start("chat")
+        refusal, body = await self._admit(request)
+        problem, answer_type = (None, "") if refusal is not None else read_chat_body(body)
+        if refusal is not None or problem is not None:
+            status = refusal.status_code if refusal is not None else 400
+            track.end(status)
+            content = openai_error(status, refusal.body if refusal is not None else problem.encode())
+            return HTTPResponse(content, status_code=status, media_type="application/json")
+        headers = [("content-type", "application/json")]
+        return await self._forward(headers, body, track, shape_error=openai_error, content_type=answer_type)
+
+    async def _models(self, request: Request) -> HTTPResponse:
+        return _json(200, models_list(self.served_model, self._created))
+
+    async def _forward(self, headers: list[tuple[str, str]], body: bytes, track: RequestTrack,
+                       shape_error: Callable[[int, bytes], bytes] | None = None,
+                       content_type: str | None = None) -> HTTPResponse:
+        """Send one request through the frontend and relay its answer; `shape_error` rewrites an error body,
+        `content_type` labels a successful one."""
+        response = self.frontend.submit(headers, body)
         try:
             head = await self._wait(response.head, CHUNK_TIMEOUT_SECONDS)
         except (BackendError, TimeoutError) as error:
             track.end(500)
             return _json(500, {"code": 500, "type": type(error).__name__, "message": str(error)})
-        headers = {**head.headers, "x-request-id": response.request_id}
+        headers_out = {**head.headers, "x-request-id": response.request_id}
+        if content_type and head.status < 300:
+            headers_out = {key: value for key, value in headers_out.items() if key.lower() != "content-type"}
+            headers_out["content-type"] = content_type
         chunks = response.chunks(CHUNK_TIMEOUT_SECONDS)
         if head.status < 300:
-            chunks = track.watch(chunks, _content_type(head.headers))
-        if not head.chunked:
+            chunks = track.watch(chunks, content_type or _content_type(head.headers))
+        if not head.chunked or (head.status >= 400 and shape_error is not None):
             content = b"".join(await self._wait(list, chunks))
             track.end(head.status)
-            return HTTPResponse(content, status_code=head.status, headers=headers)
+            if head.status >= 400 and shape_error is not None:
+                content = shape_error(head.status, content)
+                headers_out = {"content-type": "application/json", "x-request-id": response.request_id}
+            return HTTPResponse(content, status_code=head.status, headers=headers_out)
         return StreamingResponse(self._relay(chunks, response.cancel, lambda: track.end(head.status)),
-                                 status_code=head.status, headers=headers)
+                                 status_code=head.status, headers=headers_out)
 
     async def _runtime(self, request: Request) -> HTTPResponse:
         track = self.metrics.start("runtime")

@@ -61,7 +61,7 @@ class RequestTrack:
         for chunk in chunks:
             self._feed(lambda: self._parser.feed(chunk))
             yield chunk
-        self._feed(self._parser.close)
+        self._feed(lambda: self._parser.close())
 
     def _feed(self, parse: Callable[[], list]) -> None:
         if self._parser is None:

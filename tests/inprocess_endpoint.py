@@ -1,0 +1,104 @@
+"""model.py behind the real HTTP server in this process (DJL rolling batch, the tiny model, the portable engine), with
+its engine instrumented: forward passes counted, each request's last update step noted, faults injected on demand."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from lmikit.embedded_model import ensure_tiny_model  # noqa: E402
+from lmikit.server.endpoint import LocalEndpoint  # noqa: E402
+from lmikit.server.runtime import RuntimeConfig  # noqa: E402
+from replay import frontend  # noqa: E402
+
+
+class Instruments:
+    """Counts the engine's forward passes, remembers the step of each request's last update, and fails a step on
+    demand."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.steps, self.fault, self.prefill_fault = engine, 0, None, None
+        self.last_update: dict[str, int] = {}
+        self.prompts: dict[str, str] = {}  # engine request id -> prompt
+        self.response_prompts: dict[str, str] = {}  # HTTP response id -> prompt
+        self._lock = threading.Lock()
+        call, publish, submit = engine._call, engine._on_update, engine.submit
+
+        def counted(input_ids: Any, mask: Any, cache: Any) -> Any:
+            with self._lock:
+                self.steps += 1
+                if cache is not None:  # a decode step of the running batch
+                    fault, self.fault = self.fault, None
+                else:  # the prefill of joining requests
+                    fault, self.prefill_fault = self.prefill_fault, None
+            if fault is not None:
+                raise fault
+            return call(input_ids, mask, cache)
+
+        def noted(update: Any) -> None:
+            self.last_update[update.request_id] = self.steps
+            publish(update)
+
+        def named(request_id: str, prompt_ids: list[int], params: Any) -> None:
+            self.prompts[request_id] = engine.tokenizer.decode(prompt_ids)
+            submit(request_id, prompt_ids, params)
+
+        engine._call, engine._on_update, engine.submit = counted, noted, named
+
+
+@contextmanager
+def served(version: str = "0.23", **options: str) -> Iterator[tuple[LocalEndpoint, Instruments]]:
+    """model.py (DJL rolling batch, the tiny model) behind the real HTTP server, in this process; an option given as
+    None is left unset."""
+    settings = {"model_id": str(ensure_tiny_model()), "dtype": "fp32", "rolling_batch": "custom",
+                "max_rolling_batch_size": "32", "generation_engine": "portable", "output_formatter": "jsonlines",
+                **options}
+    settings = {key: value for key, value in settings.items() if value is not None}  # None: leave the option unset
+    with frontend(version, **settings) as front:
+        engine = front._entry.module._service.engine
+        instruments = Instruments(engine)
+        submit = front.submit
+
+        def noted_submit(headers: Any, body: bytes, *args: Any, **kwargs: Any) -> Any:
+            response = submit(headers, body, *args, **kwargs)
+            try:
+                instruments.response_prompts[response.request_id] = json.loads(body)["inputs"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            return response
+
+        front.submit = noted_submit
+        endpoint = LocalEndpoint(("127.0.0.1", 0), RuntimeConfig(endpoint_name="local"), served_model="tiny")
+        endpoint.set_frontend(front)
+        thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield endpoint, instruments
+        finally:
+            endpoint.shutdown()
+            thread.join(timeout=30)
+            engine.stop()
+
+
+def port_of(endpoint: LocalEndpoint) -> int:
+    return int(endpoint.url.rsplit(":", 1)[1])
+
+
+def post(endpoint: LocalEndpoint, payload: dict, path: str = "/invocations") -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(endpoint), timeout=120)
+    conn.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
+def wait_until(condition: Any, timeout: float = 30.0) -> bool:
+    event = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return True
+        event.wait(0.01)
+    return False
