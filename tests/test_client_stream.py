@@ -19,11 +19,9 @@ from lmikit.client import (
     Stream,
     StreamError,
     TokenEvent,
-    encode_message,
-    exception_frame,
     invoke_stream,
-    payload_part,
 )
+from lmikit.server.eventstream import encode_message, exception_frame, payload_part
 
 RENDERERS = [
     recordings.lmi023_jsonlines,

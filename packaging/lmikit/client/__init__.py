@@ -1,9 +1,8 @@
-"""Client side of LMI response streaming: event-stream frames, lines, typed events and `Stream`."""
+"""Client side of LMI response streaming: lines, typed events and `Stream` over boto3's event stream or raw bytes."""
 from __future__ import annotations
 
 from .errors import InternalStreamFailure, ModelError, ModelStreamError, ParseError, StreamError
 from .events import FORMATS, ErrorEvent, EventParser, TokenEvent, event_from_payload, sniff_format
-from .eventstream import encode_message, exception_frame, payload_part
 from .lines import LineDecoder
 from .stream import Stream, invoke_chat_stream, invoke_stream
 
@@ -19,11 +18,8 @@ __all__ = [
     "Stream",
     "StreamError",
     "TokenEvent",
-    "encode_message",
     "event_from_payload",
-    "exception_frame",
     "invoke_chat_stream",
     "invoke_stream",
-    "payload_part",
     "sniff_format",
 ]

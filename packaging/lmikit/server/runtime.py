@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import botocore.session
 from botocore.model import Shape
 
-from lmikit.client.eventstream import exception_frame, payload_part
+from lmikit.server.eventstream import exception_frame, payload_part
 
 ACCOUNT = "123456789012"
 STREAM = "InvokeEndpointWithResponseStream"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmikit.benchmarks.recordings import split
-from lmikit.client import encode_message, exception_frame, payload_part
+from lmikit.server.eventstream import encode_message, exception_frame, payload_part
 
 
 def decode(*chunks: bytes) -> list:
