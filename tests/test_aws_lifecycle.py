@@ -412,7 +412,7 @@ def test_since_formats() -> None:
 def test_a_failed_deploy_prints_the_last_container_lines_then_the_reason(aws: boto3.session.Session) -> None:
     from rich.console import Console
 
-    from lmikit.lifecycle import _wait
+    from lmikit.commands.deploy import _wait
 
     _plant(aws, "broken", ["Python engine started.", "ConfigError: option.model_id is required"])
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import click
 
+from .benchmarks.bench import bench_command
 from .chat.command import chat_command
+from .commands.build import build_command
+from .commands.deploy import deploy_command, update_command
+from .commands.endpoints import delete_command, logs_command, status_command
 from .demo import demo_command
 from .invoke import invoke_command
-from .lifecycle import (build_command, delete_command, deploy_command, logs_command, status_command,
-                        update_command)
 from .serve import serve_command
 
 
@@ -18,5 +20,5 @@ def main() -> None:
 
 
 for _command in (demo_command, serve_command, invoke_command, build_command, deploy_command, delete_command,
-                 update_command, status_command, logs_command, chat_command):
+                 update_command, status_command, logs_command, chat_command, bench_command):
     main.add_command(_command)

@@ -1,32 +1,26 @@
-"""`lmi build`, `lmi deploy`, `lmi update`, `lmi status`, `lmi logs`, `lmi delete`: the blog's lifecycle as commands
-(registered in cli.py).
-
-Progress and status go to stderr; stdout carries only the result (archive path, endpoint name), so
-`EP=$(lmi deploy ...)` works in scripts.
-"""
+"""`lmi deploy` and `lmi update`: upload model.tar.gz, then create an endpoint or roll a new version out to one."""
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import boto3
 import click
-from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
-from . import autoscaling, aws_deploy, endpoint_logs, images
-from .project import Project
-from .tarball import BuildReport, build_tarball
-from .validate import errors, validate_project
-
-DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
+from .. import autoscaling, aws_deploy, endpoint_logs
+from ..project import Project
+from .common import DEFAULT_TARBALL, aws_errors, validated_build
 
 
-def _artifact_options(command: Callable) -> Callable:
+def artifact_options(command: Callable) -> Callable:
     """What deploy and update share: the project or tarball, the role, where the artifact goes, the image."""
     options = [
         click.option("--project-dir", default=".", show_default=True,
@@ -45,20 +39,8 @@ def _artifact_options(command: Callable) -> Callable:
     return command
 
 
-@click.command("build")
-@click.argument("project_dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Archive to write (default: PROJECT_DIR/dist/model.tar.gz).")
-@click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
-              help="The image to build for: its Python stack decides requirements.txt and what is checked.")
-def build_command(project_dir: Path, out: Path | None, image: str) -> None:
-    """Validate the project for the image, then write a deterministic model.tar.gz."""
-    report = _validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, image, Console(stderr=True))
-    click.echo(str(report.path))
-
-
 @click.command("deploy")
-@_artifact_options
+@artifact_options
 @click.option("--instance-type", default=aws_deploy.DEFAULT_INSTANCE_TYPE, show_default=True)
 @click.option("--instance-count", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--autoscale", metavar="MIN:MAX", help="Scale the instance count between MIN and MAX (needs --wait).")
@@ -80,11 +62,11 @@ def deploy_command(
     """Upload model.tar.gz and create a SageMaker endpoint for it; prints the endpoint name."""
     console = Console(stderr=True)
     scale = _scale_range(autoscale, instance_count, wait)
-    with _aws_errors():
+    with aws_errors():
         if tarball is None:
             degree = Project.at(project_dir).properties().get("option.tensor_parallel_degree")
             aws_deploy.check_gpus(instance_type, degree)
-            tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
+            tarball = validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
         session = boto3.session.Session()
         if not session.region_name:
             raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")
@@ -107,25 +89,9 @@ def deploy_command(
     click.echo(name)
 
 
-@click.command("delete")
-@click.option("--endpoint", "endpoint_name", required=True, help="Endpoint to delete.")
-@click.option("--artifacts", is_flag=True, help="Also delete the model.tar.gz the model points at in S3.")
-def delete_command(endpoint_name: str, artifacts: bool) -> None:
-    """Delete an endpoint, its endpoint config and model (and the S3 artifact); missing ones are skipped."""
-    console = Console(stderr=True)
-    with _aws_errors():
-        session = boto3.session.Session()
-        deleted = autoscaling.disable(session.client("application-autoscaling"), endpoint_name)
-        deleted += aws_deploy.delete(session.client("sagemaker"), session.client("s3"), endpoint_name, artifacts)
-    for item in deleted:
-        console.print(f"deleted {item}")
-    if not deleted:
-        console.print(f"nothing to delete for {endpoint_name}")
-
-
 @click.command("update")
 @click.option("--endpoint", "endpoint_name", required=True, help="The live endpoint to move to a new version.")
-@_artifact_options
+@artifact_options
 @click.option("--poll-delay", default=15.0, show_default=True, type=click.FloatRange(min=0.01))
 @click.option("--wait-timeout", default=3600.0, show_default=True, type=click.FloatRange(min=0))
 def update_command(endpoint_name: str, project_dir: Path, tarball: Path | None, role: str, bucket: str | None,
@@ -136,13 +102,13 @@ def update_command(endpoint_name: str, project_dir: Path, tarball: Path | None, 
     failure SageMaker keeps the old version serving, the new one is deleted and the FailureReason is printed.
     """
     console = Console(stderr=True)
-    with _aws_errors():
+    with aws_errors():
         session = boto3.session.Session()
         sm_client = session.client("sagemaker")
         live = sm_client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
         version = aws_deploy.next_version(endpoint_name, live)
         if tarball is None:
-            tarball = _validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
+            tarball = validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
         image_uri = aws_deploy.resolve_image(image, session.region_name)
         bucket = bucket or aws_deploy.default_bucket(session)
         key = "/".join(part for part in (prefix.strip("/"), endpoint_name, version, "model.tar.gz") if part)
@@ -163,48 +129,6 @@ def update_command(endpoint_name: str, project_dir: Path, tarball: Path | None, 
     click.echo(version)
 
 
-@click.command("logs")
-@click.option("--endpoint", "endpoint_name", required=True, help="The endpoint whose container logs to print.")
-@click.option("--since", default="10m", show_default=True, help="How far back: 30s, 10m, 2h, 1d.")
-@click.option("--follow", is_flag=True, help="Keep printing new lines until interrupted.")
-@click.option("--poll", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds between reads with --follow.")
-def logs_command(endpoint_name: str, since: str, follow: bool, poll: float) -> None:
-    """Print the endpoint's CloudWatch log stream (/aws/sagemaker/Endpoints/<name>)."""
-    try:
-        start_ms = int((time.time() - endpoint_logs.parse_since(since)) * 1000)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--since") from None
-    with _aws_errors():
-        client = boto3.session.Session().client("logs")
-        if follow:
-            for event in endpoint_logs.follow(client, endpoint_name, start_ms, lambda: _sleep(poll)):
-                click.echo(endpoint_logs.format_event(event))
-            return
-        for event in endpoint_logs.read_events(client, endpoint_name, start_ms):
-            click.echo(endpoint_logs.format_event(event))
-
-
-def _sleep(seconds: float) -> bool:
-    time.sleep(seconds)
-    return False
-
-
-@click.command("status")
-@click.option("--endpoint", "endpoint_name", help="One endpoint (default: every endpoint, newest first).")
-def status_command(endpoint_name: str | None) -> None:
-    """List endpoints: status, instances, image, creation time and model data."""
-    with _aws_errors():
-        session = boto3.session.Session()
-        statuses = aws_deploy.endpoint_statuses(session.client("sagemaker"), endpoint_name)
-    table = Table("endpoint", "status", "instances", "image", "created", "model data")
-    for item in statuses:
-        status = item.status if item.failure_reason is None else f"{item.status}: {item.failure_reason}"
-        table.add_row(item.name, status, f"{item.instance_count} x {item.instance_type}", item.image, item.created,
-                      item.model_data_url)
-    Console(width=200).print(table)
-
-
 def _scale_range(autoscale: str | None, instance_count: int, wait: bool) -> tuple[int, int] | None:
     """--autoscale as (MIN, MAX), checked against --instance-count and --wait."""
     if autoscale is None:
@@ -218,24 +142,6 @@ def _scale_range(autoscale: str | None, instance_count: int, wait: bool) -> tupl
     if not wait:
         raise click.UsageError("--autoscale registers the variant once it is InService: drop --no-wait")
     return low, high
-
-
-def _validated_build(project_dir: Path, out: Path, image: str, console: Console) -> BuildReport:
-    project = Project.at(project_dir)
-    findings = validate_project(project_dir) + images.check_image(project, image)
-    for finding in findings:
-        console.print(str(finding), style="red" if finding.level == "error" else "yellow",
-                      markup=False, soft_wrap=True)
-    if errors(findings):
-        raise click.ClickException(f"{len(errors(findings))} error(s) in {project_dir}; nothing built")
-    stack, engine = images.stack_for(image), images.generation_engine(project.properties())
-    requirements = images.shipped_requirements(stack, images.requirements_text(project), engine)
-    report = build_tarball(project_dir, out, requirements)
-    for entry in report.entries:
-        console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries) for {image}; "
-                  f"{images.engine_note(stack, engine, requirements)}", markup=False, soft_wrap=True)
-    return report
 
 
 def _upload(s3_client: Any, tarball: Path, bucket: str, key: str, console: Console) -> str:
@@ -261,12 +167,3 @@ def _wait(sm_client: Any, logs_client: Any, name: str, delay: float, timeout: fl
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         raise
     console.print(f"Endpoint [bold]{name}[/] is InService")
-
-
-@contextmanager
-def _aws_errors() -> Iterator[None]:
-    """Turn AWS and deploy errors into a one-line click error (exit 1) instead of a traceback."""
-    try:
-        yield
-    except (aws_deploy.DeployError, endpoint_logs.LogsMissing, ClientError, BotoCoreError) as exc:
-        raise click.ClickException(str(exc)) from exc

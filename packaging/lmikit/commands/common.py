@@ -1,0 +1,45 @@
+"""What the lifecycle commands share: the validated build and one-line AWS errors."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+
+from .. import aws_deploy, endpoint_logs, images
+from ..project import Project
+from ..tarball import BuildReport, build_tarball
+from ..validate import errors, validate_project
+
+DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
+
+
+def validated_build(project_dir: Path, out: Path, image: str, console: Console) -> BuildReport:
+    """Validate the project for the image (findings printed), then write the tarball; ClickException on errors."""
+    project = Project.at(project_dir)
+    findings = validate_project(project_dir) + images.check_image(project, image)
+    for finding in findings:
+        console.print(str(finding), style="red" if finding.level == "error" else "yellow",
+                      markup=False, soft_wrap=True)
+    if errors(findings):
+        raise click.ClickException(f"{len(errors(findings))} error(s) in {project_dir}; nothing built")
+    stack, engine = images.stack_for(image), images.generation_engine(project.properties())
+    requirements = images.shipped_requirements(stack, images.requirements_text(project), engine)
+    report = build_tarball(project_dir, out, requirements)
+    for entry in report.entries:
+        console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries) for {image}; "
+                  f"{images.engine_note(stack, engine, requirements)}", markup=False, soft_wrap=True)
+    return report
+
+
+@contextmanager
+def aws_errors() -> Iterator[None]:
+    """Turn AWS and deploy errors into a one-line click error (exit 1) instead of a traceback."""
+    try:
+        yield
+    except (aws_deploy.DeployError, endpoint_logs.LogsMissing, ClientError, BotoCoreError) as exc:
+        raise click.ClickException(str(exc)) from exc
