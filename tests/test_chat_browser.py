@@ -31,6 +31,7 @@ ARTIFACTS = REPO / "build" / "test-artifacts"
 README_SCREENSHOT = REPO / "docs" / "chat.png"
 START_TIMEOUT_S = 180.0
 ANSWER_TIMEOUT_MS = 90_000
+UI_TIMEOUT_MS = 30_000  # a rerun of the page, on a loaded 2-core machine
 PROPERTIES = "engine=Python\noption.rolling_batch=custom\noption.output_formatter=jsonlines\n"
 FIRST_PROMPT = "Tell me about foxes."
 SECOND_PROMPT = "What do foxes eat?"
@@ -50,19 +51,23 @@ pytestmark = pytest.mark.slow
 
 
 class Started:
-    """A child process whose output is read as it comes; `ready` is set when a line holds the marker."""
+    """A child process whose output is read as it comes; `settled` is set when a line holds the marker (`ready`) or
+    the output ends (the process exited)."""
 
     def __init__(self, command: list[str], marker: str) -> None:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
-        self.ready = threading.Event()
+        self.ready = False
+        self.settled = threading.Event()
         threading.Thread(target=self._read, args=(marker,), daemon=True).start()
 
     def _read(self, marker: str) -> None:
         for line in self.process.stdout:
             self.lines.append(line)
             if marker in line:
-                self.ready.set()
+                self.ready = True
+                self.settled.set()
+        self.settled.set()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -74,7 +79,8 @@ class Started:
 def started(command: list[str], marker: str) -> Iterator[Started]:
     child = Started(command, marker)
     try:
-        assert child.ready.wait(START_TIMEOUT_S), f"{command[2:4]} was not ready:\n{''.join(child.lines)}"
+        child.settled.wait(START_TIMEOUT_S)
+        assert child.ready, f"{command[2:4]} was not ready:\n{''.join(child.lines)}"
         yield child
     finally:
         child.stop()
@@ -104,6 +110,7 @@ def chat_page(endpoint_port: int) -> Iterator[str]:
 def browser(profile: Path) -> Iterator[Page]:
     if not CHROMIUM.exists():
         pytest.fail("the browser test needs Debian's Chromium: apt-get install chromium")
+    expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
