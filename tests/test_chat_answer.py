@@ -16,8 +16,8 @@ from runtime_support import FakeResponse, aws_env, client_for, runtime_server  #
 
 from lmikit.chat.answer import Answer, readable_error
 from lmikit.chat.conversation import ASSISTANT, USER, Message, Settings, build_request
-from lmikit.server.eventstream import exception_frame, payload_part
 from lmikit.invoke import runtime_client
+from lmikit.server.eventstream import exception_frame, payload_part
 from lmikit.server.process import free_port
 
 REQUEST = build_request([Message(USER, "What is the capital of France?")], Settings(temperature=0))
