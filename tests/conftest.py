@@ -1,7 +1,15 @@
 """Session hooks shared by the suite."""
 from __future__ import annotations
 
+import os
+
 import reliability_figures
+
+
+def pytest_configure(config) -> None:
+    """Tests never reach a model hub: every model they load is built locally (before any test module imports
+    transformers, which reads this once)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

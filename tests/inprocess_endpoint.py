@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from lmikit.embedded_model import ensure_tiny_model  # noqa: E402
-from lmikit.server.endpoint import LocalEndpoint  # noqa: E402
-from lmikit.server.runtime import RuntimeConfig  # noqa: E402
-from replay import frontend  # noqa: E402
+from lmikit.embedded_model import ensure_tiny_model
+from lmikit.server.endpoint import LocalEndpoint
+from lmikit.server.runtime import RuntimeConfig
+from replay import frontend
 
 
 class Instruments:

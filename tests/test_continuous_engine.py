@@ -6,24 +6,21 @@ can have top-1 / top-2 gaps within float noise there. The slow test does the sam
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model  # noqa: E402
-from lmistream.config import HandlerConfig  # noqa: E402
-from lmistream.errors import EngineError  # noqa: E402
-from lmistream.engines.continuous import ContinuousBatchingEngine  # noqa: E402
-from lmistream.params import GenerationParams  # noqa: E402
-from engine_support import WAIT_S, Collector  # noqa: E402
+from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
+from lmistream.config import HandlerConfig
+from lmistream.errors import EngineError
+from lmistream.engines.continuous import ContinuousBatchingEngine
+from lmistream.params import GenerationParams
+from engine_support import Collector
 
 #: reference tokens whose top-1 / top-2 logit gap is below this are near-ties: comparison stops before them
 NEAR_TIE = 1e-4

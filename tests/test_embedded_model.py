@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from lmikit import embedded_model  # noqa: E402
-from lmikit.embedded_model import (  # noqa: E402
+from lmikit import embedded_model
+from lmikit.embedded_model import (
     BUILD_MESSAGE,
     COMPLETE_MARKER,
     EmbeddedModelError,

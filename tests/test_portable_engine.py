@@ -3,20 +3,17 @@ the LMI 0.23 tier): requests joining at different steps, the batch bound, per-re
 cancellation. Every greedy continuation must equal that stack's own `generate`, token for token."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from engine_support import Collector  # noqa: E402
-from lmikit.embedded_model import ensure_tiny_model  # noqa: E402
-from lmistream.config import HandlerConfig  # noqa: E402
-from lmistream.engines.portable import PortableEngine  # noqa: E402
-from lmistream.params import GenerationParams  # noqa: E402
-from reference import ReferenceModel  # noqa: E402
+from engine_support import Collector
+from lmikit.embedded_model import ensure_tiny_model
+from lmistream.config import HandlerConfig
+from lmistream.engines.portable import PortableEngine
+from lmistream.params import GenerationParams
+from reference import ReferenceModel
 
 PROMPTS = [
     ("Hello, my name is", 14),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import threading
 from typing import Any
@@ -15,14 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import lmikit.djl.driver as driver  # noqa: E402
-from lmikit.embedded_model import ensure_tiny_model  # noqa: E402
-from inprocess_endpoint import Instruments, port_of, post, served, wait_until  # noqa: E402, F401
-from lmikit.server.endpoint import LocalEndpoint  # noqa: E402
-from reference import ReferenceModel  # noqa: E402
-from reliability_figures import record  # noqa: E402
+import lmikit.djl.driver as driver
+from lmikit.embedded_model import ensure_tiny_model
+from inprocess_endpoint import Instruments, port_of, post, served, wait_until  # noqa: F401
+from lmikit.server.endpoint import LocalEndpoint
+from reference import ReferenceModel
+from reliability_figures import record
 
 DROPS, KEPT = 20, 4
 PROMPTS = ["Hello, my name is", "The quick brown fox", "Why?", "Roses are"]

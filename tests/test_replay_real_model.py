@@ -9,19 +9,16 @@ a greedy choice. The slow test does the same with the real SmolLM2 and a chat-te
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import lmistream.service  # noqa: E402
-from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model  # noqa: E402
-from reference import Reference, ReferenceModel  # noqa: E402
-from replay import TIMEOUT, collect, frontend, post, post_all  # noqa: E402
+import lmistream.service
+from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
+from reference import Reference, ReferenceModel
+from replay import TIMEOUT, collect, frontend, post, post_all
 
 #: (prompt, max_new_tokens): different prompts and lengths, so a token routed to the wrong request shows. Their greedy
 #: continuations hold only plain text tokens (see the special-token test below) and end on complete characters.

@@ -18,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model  # noqa: E402
-from lmikit.server.process import ping, running_endpoint  # noqa: E402
-from lmistream.engines import available  # noqa: E402
-from local_endpoint import START_TIMEOUT, make_project, stream  # noqa: E402
-from reference import DTYPE_KEYWORD, ReferenceModel  # noqa: E402
+from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
+from lmikit.server.process import ping, running_endpoint
+from lmistream.engines import available
+from local_endpoint import START_TIMEOUT, make_project, stream
+from reference import DTYPE_KEYWORD, ReferenceModel
 
 PROPERTIES = """engine=MPI
 option.entryPoint=model.py

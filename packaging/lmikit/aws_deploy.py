@@ -6,17 +6,18 @@ Clients and sessions are injected, so regions, credentials and endpoints come on
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from botocore.exceptions import ClientError
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+logging.getLogger("sagemaker.deprecations").setLevel(logging.ERROR)  # the v2-to-v3 nudge, logged beside its warning
 
 DEFAULT_IMAGE = "djl-deepspeed:0.23.0"
 DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
@@ -59,9 +60,10 @@ def upload_artifact(
 
 def default_bucket(boto_session: Any) -> str:
     """SDK v2's default bucket (sagemaker-<region>-<account>, created if missing; calls STS)."""
-    import sagemaker
+    with _sdk_v2():
+        import sagemaker
 
-    return sagemaker.Session(boto_session=boto_session).default_bucket()
+        return sagemaker.Session(boto_session=boto_session).default_bucket()
 
 
 def resolve_image(image: str, region: str) -> str:
@@ -72,12 +74,13 @@ def resolve_image(image: str, region: str) -> str:
     if framework not in IMAGE_FRAMEWORKS or not version:
         raise DeployError(f"--image {image!r}: use {' or '.join(f + ':<version>' for f in IMAGE_FRAMEWORKS)}"
                           " or a full image URI")
-    from sagemaker import image_uris
+    with _sdk_v2():
+        from sagemaker import image_uris
 
-    try:
-        return image_uris.retrieve(framework=framework, region=region, version=version)
-    except ValueError as exc:
-        raise DeployError(f"--image {image!r}: {exc}") from None
+        try:
+            return image_uris.retrieve(framework=framework, region=region, version=version)
+        except ValueError as exc:
+            raise DeployError(f"--image {image!r}: {exc}") from None
 
 
 def check_gpus(instance_type: str, tensor_parallel_degree: str | None) -> None:
@@ -91,9 +94,10 @@ def check_gpus(instance_type: str, tensor_parallel_degree: str | None) -> None:
 
 def endpoint_name_from_base(base: str = DEFAULT_NAME_BASE) -> str:
     """A unique endpoint name the way the blog makes one (base plus a timestamp)."""
-    from sagemaker.utils import name_from_base
+    with _sdk_v2():
+        from sagemaker.utils import name_from_base
 
-    return name_from_base(base)
+        return name_from_base(base)
 
 
 def deploy(
@@ -295,3 +299,11 @@ def _delete_s3_object(s3_client: Any, url: str) -> str:
     bucket, _, key = url[len("s3://") :].partition("/")
     s3_client.delete_object(Bucket=bucket, Key=key)
     return f"s3-object {url}"
+
+
+@contextmanager
+def _sdk_v2() -> Iterator[None]:
+    """Use SageMaker SDK v2 without its v2-to-v3 migration nudge (a FutureWarning at import and on some calls)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
