@@ -15,12 +15,18 @@ from client_support import frame_server  # noqa: F401 (fixture)
 from runtime_support import FakeResponse, aws_env, client_for, runtime_server  # noqa: F401 (fixtures)
 
 from lmikit.chat.answer import Answer, readable_error
-from lmikit.chat.conversation import ASSISTANT, USER, Message, Settings, build_request
+from lmikit.chat.conversation import ASSISTANT, PROMPT, USER, Message, Settings, build_request
 from lmikit.invoke import runtime_client
 from lmikit.server.eventstream import exception_frame, payload_part
 from lmikit.server.process import free_port
 
-REQUEST = build_request([Message(USER, "What is the capital of France?")], Settings(temperature=0))
+QUESTION = [Message(USER, "What is the capital of France?")]
+REQUEST = build_request(QUESTION, Settings(temperature=0), PROMPT)
+CHAT_REQUEST = build_request(QUESTION, Settings(temperature=0))
+CHAT_CHUNKS = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+               b'data: {"choices":[{"index":0,"delta":{"content":" Paris"},"finish_reason":null}]}\n\n',
+               b'data: {"choices":[{"index":0,"delta":{"content":"."},"finish_reason":null}]}\n\n',
+               b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n']
 TGI_EVENTS = [
     b'data:{"token": {"id": 1, "text": " Paris", "special": false}, "generated_text": null}\n\n',
     b'data:{"token": {"id": 2, "text": ".", "special": false}, "generated_text": null}\n\n',
@@ -41,6 +47,29 @@ def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_s
     assert answer.stats.tokens == 2 and answer.stats.time_to_first_token > 0 and answer.stats.tokens_per_second > 0
     [(_, body)] = runtime_server.container.requests
     assert json.loads(body) == {"inputs": REQUEST.prompt, "parameters": REQUEST.parameters, "stream": True}
+
+
+def test_a_chat_answer_sends_messages_and_streams_the_deltas(runtime_server) -> None:  # noqa: F811
+    runtime_server.container.response = FakeResponse([(0.0, chunk) for chunk in CHAT_CHUNKS],
+                                                     headers={"Content-Type": "text/event-stream"})
+    answer = Answer(partial(client_for, runtime_server.url), "local", CHAT_REQUEST)
+    assert _read(answer) == [" Paris", "."] and answer.message() == Message(ASSISTANT, "Paris.")
+    [(_, body)] = runtime_server.container.requests
+    assert json.loads(body) == {"messages": [{"role": "system", "content": Settings().system_prompt},
+                                             {"role": "user", "content": "What is the capital of France?"}],
+                                "max_tokens": 256, "temperature": 0, "stream": True}
+
+
+def test_an_endpoint_that_refuses_chat_bodies_is_told_apart(runtime_server) -> None:  # noqa: F811
+    refusal = b'{"code": 400, "error": "unknown top-level field \'messages\'; allowed: inputs, parameters, stream"}'
+    runtime_server.container.response = FakeResponse([(0.0, refusal)], status=400,
+                                                     headers={"Content-Type": "application/json"})
+    answer = Answer(partial(client_for, runtime_server.url), "local", CHAT_REQUEST)
+    assert _read(answer) == [] and answer.refused
+    runtime_server.container.response = FakeResponse([(0.0, b'{"code": 424, "error": "engine broke"}\n')],
+                                                     status=424, headers={"Content-Type": "application/json"})
+    failed = Answer(partial(client_for, runtime_server.url), "local", CHAT_REQUEST)
+    assert _read(failed) == [] and failed.error and not failed.refused, "a 424 is a failure, not a refusal"
 
 
 def test_a_tgi_sse_answer_is_read_from_its_content_type(runtime_server) -> None:  # noqa: F811

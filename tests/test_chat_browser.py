@@ -1,7 +1,8 @@
 """`lmi chat` as a person uses it: Debian's Chromium (driven by Playwright, nothing downloaded) on the real Streamlit
-page, against `lmi serve` with the embedded SmolLM2: a typed prompt streams in visibly, the answer stays in the
-history, a second turn follows, the conversation clears, a stopped endpoint gives one readable error and the next
-prompt is answered once the endpoint is back.
+page, against `lmi serve` with the embedded SmolLM2: a typed prompt streams in visibly (sent as chat messages through
+the model's chat template), the answer stays in the history, a second turn follows, the conversation clears, a
+stopped endpoint gives one readable error, and the next prompt is answered once an endpoint is back, one whose model
+has no chat template, so the page falls back to a prompt transcript.
 
 Screenshots go to build/test-artifacts/; docs/chat.png (the README's) is refreshed once the whole scenario passed.
 """
@@ -160,6 +161,15 @@ def stats(page: Page) -> tuple[str, str, int]:
     return ttft, rate, int(tokens.split()[0])
 
 
+def model_without_chat_template(model: Path, copy: Path) -> Path:
+    """The model's files, its chat template left out (the weights linked, not copied)."""
+    copy.mkdir()
+    for file in model.iterdir():
+        if file.name != "chat_template.jinja":
+            (copy / file.name).symlink_to(file)
+    return copy
+
+
 def test_a_person_chats_clears_and_sees_a_readable_error(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", PROPERTIES)
     endpoint_port = free_port()
@@ -197,11 +207,12 @@ def test_a_person_chats_clears_and_sees_a_readable_error(tmp_path: Path) -> None
         expect(page.locator('[data-testid="stException"]')).to_have_count(0)
         page.screenshot(path=ARTIFACTS / "chat-endpoint-stopped.png")
 
-        with local_endpoint(project, endpoint_port, "--model-id", str(ensure_tiny_model())):
+        without_template = model_without_chat_template(ensure_tiny_model(), tmp_path / "no-template")
+        with local_endpoint(project, endpoint_port, "--model-id", str(without_template)):
             send(page, "Once upon a time", users_before=1)
         expect(alert).to_have_count(1)
         expect(contents(page)).to_have_count(4)
-        assert contents(page).last.inner_text().strip(), "the endpoint answered again"
+        assert contents(page).last.inner_text().strip(), "the endpoint refused chat messages, the prompt was answered"
         assert MAX_NEW_TOKENS // 2 < stats(page)[2] <= MAX_NEW_TOKENS, "the tiny model babbles up to the sidebar's limit"
         page.screenshot(path=ARTIFACTS / "chat-after-error.png")
     README_SCREENSHOT.parent.mkdir(exist_ok=True)

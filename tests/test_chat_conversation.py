@@ -1,13 +1,14 @@
-"""The chat page's pure parts: the prompt built from the history, the parameters for LMI and TGI, the target."""
+"""The chat page's pure parts: the chat messages or the prompt built from the history, their parameters, the target."""
 from __future__ import annotations
 
 import json
 
 import pytest
+from lmistream.chat import chat_request
 from lmistream.params import parse_request
 
-from lmikit.chat.conversation import (ASSISTANT, STOP_SEQUENCE, USER, Message, Settings, answered, build_request,
-                                      finished_answer, transcript)
+from lmikit.chat.conversation import (ASSISTANT, PROMPT, STOP_SEQUENCE, USER, ChatRequest, Message, Settings, answered,
+                                      build_request, finished_answer, transcript)
 from lmikit.chat.target import ENDPOINT_NAME_VARIABLE, ENDPOINT_URL_VARIABLE, LOCAL_URL, ChatTarget
 
 HISTORY = [
@@ -35,7 +36,27 @@ def test_a_failed_answer_and_its_question_stay_out_of_later_prompts() -> None:
         *HISTORY,
     ]
     assert answered(history) == HISTORY
-    assert "Hello" not in build_request(history, Settings()).prompt
+    assert "Hello" not in build_request(history, Settings(), PROMPT).prompt
+    assert all(message["content"] != "Hello" for message in build_request(history, Settings()).messages)
+
+
+def test_chat_mode_sends_the_system_prompt_and_the_turns_as_messages() -> None:
+    request = build_request(HISTORY, Settings(max_new_tokens=16, temperature=0, system_prompt=" Be brief. "))
+    assert request == ChatRequest(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"},
+         {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}],
+        {"max_tokens": 16, "temperature": 0})
+    assert build_request(HISTORY[:1], Settings(system_prompt="")).messages == [
+        {"role": "user", "content": "What is the capital of France?"}]
+    assert Settings(temperature=0.7, top_p=0.9).chat_options() == {"max_tokens": 256, "temperature": 0.7, "top_p": 0.9}
+
+
+@pytest.mark.parametrize("settings", [Settings(temperature=0), Settings(temperature=1.3, top_p=0.8), Settings()])
+def test_the_handler_accepts_the_chat_request_as_built(settings: Settings) -> None:
+    request = build_request(HISTORY, settings)
+    parsed = chat_request({"messages": request.messages, **request.options, "stream": True}, 256)
+    assert [m["content"] for m in parsed.messages][-1] == "And of Italy?"
+    assert parsed.params.do_sample is (settings.temperature > 0) and parsed.params.max_new_tokens == 256
 
 
 def test_greedy_settings_send_no_sampling_parameters() -> None:
@@ -51,7 +72,7 @@ def test_sampling_settings_send_temperature_and_a_top_p_below_one(top_p: float, 
 
 @pytest.mark.parametrize("settings", [Settings(temperature=0), Settings(temperature=1.3, top_p=0.8), Settings()])
 def test_the_handler_accepts_the_request_as_built(settings: Settings) -> None:
-    request = build_request(HISTORY, settings)
+    request = build_request(HISTORY, settings, PROMPT)
     body = json.dumps({"inputs": request.prompt, "parameters": request.parameters, "stream": True}).encode()
     parsed = parse_request(body, "application/json", 256)
     assert parsed.inputs == request.prompt

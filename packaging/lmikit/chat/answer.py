@@ -10,13 +10,33 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import urllib3.exceptions
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
-                                 ReadTimeoutError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
-from ..client import ModelError, ModelStreamError, Stream, StreamError, invoke_stream
-from .conversation import ASSISTANT, Message, PromptRequest, finished_answer
+from ..client import (
+    ModelError,
+    ModelStreamError,
+    Stream,
+    StreamError,
+    invoke_chat_stream,
+    invoke_stream,
+)
+from .conversation import (
+    ASSISTANT,
+    ChatRequest,
+    Message,
+    PromptRequest,
+    finished_answer,
+)
 
 ANSWER_ERRORS = (ClientError, BotoCoreError, StreamError, urllib3.exceptions.HTTPError)
+#: statuses with which a model container refuses a request body it does not take
+REFUSALS = (400, 415, 422)
 
 
 @dataclass(frozen=True)
@@ -35,29 +55,36 @@ class Answer:
     be made (no region, say) is reported like any other failure.
     """
 
-    def __init__(self, connect: Callable[[], Any], endpoint_name: str, request: PromptRequest) -> None:
+    def __init__(self, connect: Callable[[], Any], endpoint_name: str, request: PromptRequest | ChatRequest) -> None:
         self._connect = connect
         self._endpoint_name = endpoint_name
         self._request = request
         self._texts: list[str] = []
         self.error: str | None = None
+        self.refused = False  # the endpoint answered the request itself with a 4xx, before any text
         self.stats: AnswerStats | None = None
 
     def pieces(self) -> Iterator[str]:
         """The generated text as it streams; on a failure it stops and `error` says why."""
         stream: Stream | None = None
         try:
-            client = self._connect()
-            stream = invoke_stream(client, self._endpoint_name, self._request.prompt, self._request.parameters)
+            stream = self._open(self._connect())
             for event in stream:
                 if event.text and not event.special:
                     self._texts.append(event.text)
                     yield event.text
         except ANSWER_ERRORS as error:
             self.error = readable_error(error)
+            self.refused = not self._texts and _is_refusal(error)
         finally:
             if stream is not None:
                 self.stats = AnswerStats(stream.time_to_first_token, stream.tokens_per_second, stream.tokens)
+
+    def _open(self, client: Any) -> Stream:
+        request = self._request
+        if isinstance(request, ChatRequest):
+            return invoke_chat_stream(client, self._endpoint_name, request.messages, request.options)
+        return invoke_stream(client, self._endpoint_name, request.prompt, request.parameters)
 
     def message(self) -> Message:
         """The answer as a history entry (after `pieces()` is exhausted)."""
@@ -85,6 +112,14 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, urllib3.exceptions.HTTPError):
         return f"The connection to the endpoint broke during the answer: {error}"
     return str(error)
+
+
+def _is_refusal(error: BaseException) -> bool:
+    """The model container refused the request body itself (400, 415, or TGI's 422 validation error, wrapped in
+    SageMaker's ModelError); DJL's 424 and 507 are failures while answering, not refusals."""
+    if not isinstance(error, ClientError) or error.response.get("Error", {}).get("Code") != "ModelError":
+        return False
+    return error.response.get("OriginalStatusCode") in REFUSALS
 
 
 def _client_error(error: ClientError) -> str:

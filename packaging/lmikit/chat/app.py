@@ -2,6 +2,8 @@
 
 Only layout lives here; the request comes from `conversation`, the streaming and its errors from `answer`, the
 endpoint from `target` (the environment `lmi chat` sets, or `endpoint_name` as in the blog's chatbot).
+The request format is `auto` by default: chat messages (the model's chat template) first; an endpoint that refuses
+them before answering gets the prompt transcript instead, for the rest of the session.
 """
 from __future__ import annotations
 
@@ -11,11 +13,21 @@ from typing import Any
 import streamlit as st
 
 from lmikit.chat.answer import Answer, AnswerStats
-from lmikit.chat.conversation import (ASSISTANT, DEFAULT_SYSTEM_PROMPT, SUGGESTED_PROMPTS, USER, Message, Settings,
-                                      build_request)
+from lmikit.chat.conversation import (
+    ASSISTANT,
+    CHAT,
+    DEFAULT_SYSTEM_PROMPT,
+    PROMPT,
+    SUGGESTED_PROMPTS,
+    USER,
+    Message,
+    Settings,
+    build_request,
+)
 from lmikit.chat.target import ChatTarget
 
 EMPTY_ANSWER = "The model ended its answer without any text."
+FORMATS = {"auto": "auto (chat, else prompt)", CHAT: "chat messages", PROMPT: "prompt transcript"}
 
 
 @st.cache_resource
@@ -31,6 +43,7 @@ def clear_conversation() -> None:
 def sidebar(target: ChatTarget) -> Settings:
     with st.sidebar:
         st.caption(f"Endpoint: {target.describe()}")
+        st.session_state.format = st.selectbox("Request format", list(FORMATS), format_func=FORMATS.get)
         settings = Settings(
             max_new_tokens=st.number_input("Max new tokens", min_value=1, max_value=4096, value=256, step=16),
             temperature=st.slider("Temperature (0: greedy)", 0.0, 2.0, 0.7, step=0.05),
@@ -67,12 +80,25 @@ def suggestion(slot: Any) -> str | None:
 
 def answer(target: ChatTarget, history: list[Message], settings: Settings) -> AnswerStats | None:
     """Stream the answer to the last message of `history` into the page, then add it to `history`."""
-    reply = Answer(lambda: runtime_client(target), target.endpoint_name, build_request(history, settings))
+    mode = st.session_state.format if st.session_state.format != "auto" else st.session_state.detected
     with st.chat_message(ASSISTANT):
-        st.write_stream(reply.pieces())
+        slot = st.empty()
+        reply = stream_into(slot, target, build_request(history, settings, mode))
+        if st.session_state.format == "auto" and mode == CHAT and reply.refused:
+            fallback = stream_into(slot, target, build_request(history, settings, PROMPT))
+            if not fallback.refused:
+                st.session_state.detected, reply = PROMPT, fallback
         show_outcome(reply.message())
     history.append(reply.message())
     return reply.stats
+
+
+def stream_into(slot: Any, target: ChatTarget, request: Any) -> Answer:
+    """One answer streamed into `slot` (replacing what it showed)."""
+    reply = Answer(lambda: runtime_client(target), target.endpoint_name, request)
+    with slot.container():
+        st.write_stream(reply.pieces())
+    return reply
 
 
 def show_stats(slot: Any, stats: AnswerStats | None) -> None:
@@ -93,6 +119,7 @@ def main() -> None:
     target = ChatTarget.resolve(None, None, os.environ)
     st.session_state.setdefault("history", [])
     st.session_state.setdefault("stats", None)
+    st.session_state.setdefault("detected", CHAT)  # what `auto` sends: chat until the endpoint refuses it
     history: list[Message] = st.session_state.history
     st.title("lmi chat")
     settings = sidebar(target)

@@ -1,11 +1,14 @@
 """A chat conversation as data, and the request that asks the endpoint for its next answer. Pure: no Streamlit, no I/O.
 
-Prompt mode, for endpoints that take a plain `inputs` prompt (LMI jsonlines, TGI): the system prompt, then the
-history as a transcript of `User:` and `Assistant:` lines ending in `Assistant:`; generation stops at the next
-`\\nUser:`. An answer that failed, and the question it answered, are left out of later prompts.
+Two modes:
+- chat, for endpoints that take OpenAI chat bodies (this project's handler, the newest LMI): the system prompt and
+  the history as `messages`, which the endpoint renders through the model's own chat template;
+- prompt, for endpoints that take a plain `inputs` prompt (LMI jsonlines, TGI): the system prompt, then the history
+  as a transcript of `User:` and `Assistant:` lines ending in `Assistant:`; generation stops at the next `\\nUser:`.
 
-Parameters are the ones LMI and TGI both read: temperature 0 means greedy (no `do_sample`, no `temperature`, which
-TGI requires to be positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1).
+An answer that failed, and the question it answered, are left out of later requests. Prompt-mode parameters are the
+ones LMI and TGI both read: temperature 0 means greedy (no `do_sample`, no `temperature`, which TGI requires to be
+positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1). Chat mode sends OpenAI's names.
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ from typing import Any, Sequence
 
 USER = "user"
 ASSISTANT = "assistant"
+SYSTEM = "system"
+CHAT = "chat"
+PROMPT = "prompt"
 STOP_SEQUENCE = "\nUser:"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
 SUGGESTED_PROMPTS = (
@@ -51,6 +57,13 @@ class Settings:
                 parameters["top_p"] = self.top_p
         return parameters
 
+    def chat_options(self) -> dict[str, Any]:
+        """The chat body's settings, in OpenAI's names (temperature 0 is greedy)."""
+        options: dict[str, Any] = {"max_tokens": self.max_new_tokens, "temperature": self.temperature}
+        if self.temperature > 0 and self.top_p < 1:
+            options["top_p"] = self.top_p
+        return options
+
 
 @dataclass(frozen=True)
 class PromptRequest:
@@ -60,9 +73,25 @@ class PromptRequest:
     parameters: dict[str, Any]
 
 
-def build_request(history: Sequence[Message], settings: Settings) -> PromptRequest:
-    """The request for the answer to the last user message of `history`."""
+@dataclass(frozen=True)
+class ChatRequest:
+    """An OpenAI chat request: `{"messages": messages, **options}`."""
+
+    messages: list[dict[str, str]]
+    options: dict[str, Any]
+
+
+def build_request(history: Sequence[Message], settings: Settings, mode: str = CHAT) -> PromptRequest | ChatRequest:
+    """The request for the answer to the last user message of `history`, in `mode` (CHAT or PROMPT)."""
+    if mode == CHAT:
+        return ChatRequest(chat_messages(history, settings.system_prompt), settings.chat_options())
     return PromptRequest(transcript(history, settings.system_prompt), settings.parameters())
+
+
+def chat_messages(history: Sequence[Message], system_prompt: str) -> list[dict[str, str]]:
+    """The system prompt (when set) and the answered turns as chat messages."""
+    head = [{"role": SYSTEM, "content": system_prompt.strip()}] if system_prompt.strip() else []
+    return head + [{"role": message.role, "content": message.content.strip()} for message in answered(history)]
 
 
 def transcript(history: Sequence[Message], system_prompt: str) -> str:
