@@ -8,6 +8,7 @@ import json
 import threading
 from typing import Any, Callable
 
+import huggingface_hub.constants
 import openai
 import pytest
 from huggingface_hub import InferenceClient
@@ -30,6 +31,13 @@ UNPINNED = {"output_formatter": None, "enable_streaming": "true"}
 @pytest.fixture(scope="module")
 def reference() -> ReferenceModel:
     return ReferenceModel(ensure_tiny_model())
+
+
+@pytest.fixture
+def hub_client_online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub's client refuses every URL, a local one too, in offline mode (HF_HUB_OFFLINE, set for the
+    suite and read once at import); the model itself is local either way."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
 
 def chat_reference(reference: ReferenceModel, messages: list[dict], max_new_tokens: int) -> Any:
@@ -84,6 +92,7 @@ def test_chat_bodies_work_on_invocations_and_through_the_runtime_route(version: 
         assert chat_text(raw) == expected.text and raw.endswith(b"data: [DONE]\n\n")
 
 
+@pytest.mark.usefixtures("hub_client_online")
 @pytest.mark.parametrize("version", VERSIONS)
 def test_errors_come_back_in_each_apis_own_shape(version: str) -> None:
     with served(version, **UNPINNED) as (endpoint, _):
@@ -127,6 +136,7 @@ def test_a_failure_mid_stream_reaches_the_openai_client_in_band(version: str) ->
     assert after.choices[0].finish_reason == "length"
 
 
+@pytest.mark.usefixtures("hub_client_online")
 @pytest.mark.parametrize("version", VERSIONS)
 def test_huggingface_hub_text_generation_streams_tgi_sse_unmodified(version: str, reference: ReferenceModel) -> None:
     expected = reference(PROMPT, 8)

@@ -187,10 +187,24 @@ def test_a_request_that_asks_for_no_stream_gets_one_body(version):
 
 def test_each_finished_request_logs_one_line_of_numbers_and_never_its_prompt(caplog):
     prompt = "private words"
-    with caplog.at_level("INFO", logger="lmistream.service"):
+    with caplog.at_level("INFO", logger="lmistream.admission"):
         with frontend("0.23", rolling_batch="custom", output_formatter="jsonlines") as front:
             status, _ = collect(post(front, {"inputs": prompt, "parameters": {"max_new_tokens": 5}}))
     assert status == 200
     [line] = [r.getMessage() for r in caplog.records if "prompt_tokens=" in r.getMessage()]
     assert " length: prompt_tokens=13 generated_tokens=5 ttft_ms=" in line and "total_ms=" in line
     assert prompt not in caplog.text
+
+
+def test_djls_rolling_batch_vllm_picks_the_vllm_engine_and_says_where_it_is_missing(monkeypatch):
+    from lmistream.config import HandlerConfig
+    from lmistream.engines import available, choose, create_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as in an image without vLLM
+    assert "vllm" not in available() and choose(HandlerConfig(model_id="unused"))[0] != "vllm"
+    config = HandlerConfig(model_id="unused", rolling_batch="vllm")
+    assert choose(config) == ("vllm", "option.rolling_batch=vllm")
+    with pytest.raises(Exception, match="option.rolling_batch=vllm .* cannot load here"):
+        create_engine(config)
+    with pytest.raises(Exception, match="option.generation_engine=portable picks another"):
+        choose(HandlerConfig(model_id="unused", rolling_batch="vllm", generation_engine="portable"))

@@ -8,13 +8,11 @@ A request that fails validation answers alone, with its API's error body; the ot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import HandlerError
-from .generation import Generation
-
-if TYPE_CHECKING:
-    from .service import StreamingService
+from ..admission import Admissions
+from ..errors import HandlerError
+from ..generation import Generation
 
 STEP_WAIT_SECONDS = 5.0  # an empty step is harmless: DJL writes nothing for empty non-last data
 # Set by `lmi serve` on a request whose client went away (real DJL sends no such signal): free it at once.
@@ -34,8 +32,8 @@ class _Slot:
 class RollingBatch:
     """Per-step bridge between DJL's Java loop and the engine's own loop."""
 
-    def __init__(self, service: StreamingService) -> None:
-        self._svc = service
+    def __init__(self, requests: Admissions) -> None:
+        self._requests = requests
         self._slots: list[_Slot] = []
 
     def step(self, inputs: Any) -> Any:
@@ -47,7 +45,7 @@ class RollingBatch:
                 slot.generation.abandon()
         self._slots.extend(self._admit(item) for item in items[len(self._slots) :])
         self._wait()
-        outputs = self._svc.output_cls()
+        outputs = self._requests.output_cls()
         for index, slot in enumerate(self._slots):
             self._answer(outputs, index, slot)
         self._slots = [slot for slot in self._slots if not slot.done]
@@ -57,19 +55,19 @@ class RollingBatch:
         """DJL dropped every request after a failed step: forget them all."""
         for slot in self._slots:
             if slot.generation is not None:
-                self._svc.release(slot.generation)
+                self._requests.release(slot.generation)
         self._slots = []
 
     def _admit(self, item: Any) -> _Slot:
         try:
-            return _Slot(self._svc.admit(item, rolling=True))
+            return _Slot(self._requests.admit(item, rolling=True))
         except HandlerError as error:
             return _Slot(None, error)
 
     def _wait(self) -> None:
         live = [s.generation.request_id for s in self._slots if s.generation is not None and not s.done]
         if live and len(live) == len(self._slots):
-            self._svc.hub.wait_any(live, timeout=STEP_WAIT_SECONDS)
+            self._requests.hub.wait_any(live, timeout=STEP_WAIT_SECONDS)
 
     def _answer(self, outputs: Any, index: int, slot: _Slot) -> None:
         generation, error = slot.generation, slot.error
@@ -77,21 +75,21 @@ class RollingBatch:
             item = {"data": error.body(), "last": True, "content_type": "application/json",
                     "code": error.status, "error": error.message}
         else:
-            item = {"data": generation.absorb(self._svc.hub.take(generation.request_id)),
+            item = {"data": generation.absorb(self._requests.hub.take(generation.request_id)),
                     "last": generation.finished, "content_type": generation.content_type,
                     "request_id": generation.request_id}
             if generation.error is not None and generation.buffered:  # one body: its status is the error's
                 item.update(code=generation.error.status, error=generation.error.message)
             if generation.finished:
-                self._svc.release(generation)
+                self._requests.release(generation)
         self._encode(outputs, index, item)
 
     def _encode(self, outputs: Any, index: int, item: dict) -> None:
         """0.23: JSON `{"data", "last"}`; newest: the whole item binary-encoded, its content type as a property."""
-        if self._svc.dialect == "0.23":
+        if self._requests.dialect == "0.23":
             outputs.add_as_json({"data": item["data"], "last": item["last"]}, batch_index=index)
             return
-        outputs.add(self._svc.output_cls.binary_encode(item), key="data", batch_index=index)
+        outputs.add(self._requests.output_cls.binary_encode(item), key="data", batch_index=index)
         outputs.add_property(f"batch_{index}_Content-Type", item["content_type"])
 
 

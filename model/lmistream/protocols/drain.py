@@ -1,0 +1,42 @@
+"""Draining one request's formatted output from the update hub as the engine produces it, for the adapters that hand
+DJL a stream per request: `plain` (a generator DJL iterates on its own thread) and `asynchronous` (an async
+generator). The two loops differ only in how they wait; they sit side by side here around the step they share.
+Closing either (the client went away) releases the request, which cancels it in the engine.
+"""
+from __future__ import annotations
+
+from typing import AsyncIterator, Iterator
+
+from ..admission import Admissions
+from ..generation import Generation
+
+#: how long one wait for an update lasts before the loop looks again (a wake-up needs no timeout)
+WAIT_SECONDS = 5.0
+
+
+def chunks(requests: Admissions, generation: Generation) -> Iterator[str]:
+    """Non-empty pieces of output until the request finishes."""
+    try:
+        while not generation.finished:
+            requests.hub.wait_any([generation.request_id], timeout=WAIT_SECONDS)
+            text = _next_text(requests, generation)
+            if text:
+                yield text
+    finally:
+        requests.release(generation)
+
+
+async def texts(requests: Admissions, generation: Generation) -> AsyncIterator[str]:
+    """Pieces of output until the request finishes; the last one even when empty (it carries `last`)."""
+    try:
+        while not generation.finished:
+            await requests.hub.wait_async(generation.request_id, timeout=WAIT_SECONDS)
+            text = _next_text(requests, generation)
+            if text or generation.finished:
+                yield text
+    finally:
+        requests.release(generation)
+
+
+def _next_text(requests: Admissions, generation: Generation) -> str:
+    return generation.absorb(requests.hub.take(generation.request_id))
