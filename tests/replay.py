@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from lmikit.djl.driver import Frontend, Response
+from lmikit.djl.driver import Frontend
+from lmikit.djl.response import Response
 from lmikit.djl.loader import load_entry_point, model_environment
 from lmikit.properties import init_properties
 

@@ -12,7 +12,8 @@ from typing import Callable
 
 import pytest
 
-from lmikit.djl.driver import BackendError, Frontend, InitError, derive_mode
+from lmikit.djl.driver import Frontend, InitError, derive_mode
+from lmikit.djl.response import BackendError
 from lmikit.djl.loader import load_entry_point, model_environment
 from lmikit.properties import init_properties
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-import lmikit.djl.driver as driver
+import lmikit.djl.response as response_module
 from lmikit.embedded_model import ensure_tiny_model
 from inprocess_endpoint import Instruments, port_of, post, served, wait_until  # noqa: F401
 from lmikit.server.endpoint import LocalEndpoint
@@ -39,13 +39,13 @@ def test_dropped_clients_stop_costing_the_engine_within_two_steps(reference: Ref
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cancelled_at: dict[str, int] = {}
     with served() as (endpoint, tools):
-        original_cancel = driver.Response.cancel
+        original_cancel = response_module.Response.cancel
 
         def cancel(response: Any) -> None:
             cancelled_at.setdefault(response.request_id, tools.steps)
             original_cancel(response)
 
-        monkeypatch.setattr(driver.Response, "cancel", cancel)
+        monkeypatch.setattr(response_module.Response, "cancel", cancel)
         dropped = []
         for index in range(DROPS):
             sock = socket.create_connection(("127.0.0.1", port_of(endpoint)))

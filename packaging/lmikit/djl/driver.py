@@ -16,187 +16,57 @@ The local endpoint goes one step further, so that the handler can free the engin
 rolling-batch request carries the property `lmi_client_disconnected=true` on the following steps (a handler
 that ignores it sees DJL's behaviour), and a cancelled stream or async generator is closed. Real DJL sends no
 such signal; the README says so.
+
+The response a request gets is `response.Response`; what Java does to values (Gson, int parsing, property maps) is
+`java`. The frontend and its rolling-batch loop stay together here (about 600 lines): the loop runs the frontend's
+handler calls, finalization and fatal-error state step by step, and splitting them would only move that state behind
+an interface with one user.
 """
 from __future__ import annotations
 
 import asyncio
-import http
 import json
 import logging
 import os
 import random
-import re
 import threading
 import types
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from lmikit.djl import standin
+from lmikit.djl.java import (
+    Malformed,
+    batch_headers,
+    custom_attributes,
+    decode_item,
+    gson,
+    gson_bool,
+    gson_output,
+    gson_str,
+    input_data,
+    java_int,
+    java_props,
+    json_object,
+    lower_keys,
+    seconds,
+)
 from lmikit.djl.loader import EntryPoint
+from lmikit.djl.response import BackendError, Response, apply_error_status
 
 logger = logging.getLogger(__name__)
-
-_END = object()
 _PLACEHOLDER = {"0.23": b'{"inputs": [""]}', "newest": b""}
 _CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
-_HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "=": "\\u003d", "'": "\\u0027",
-                               "\u2028": "\\u2028", "\u2029": "\\u2029"})
-_JAVA_INT = re.compile(r"[+-]?\d+")
 _OOM_NAMES = ("OutOfMemoryError", "MemoryError")
 _OOM_TEXTS = ("No available memory for the cache blocks", "CUDA error: out of memory")
 _DEFAULT_PREDICT_TIMEOUT = 120
 DISCONNECTED_PROPERTY = "lmi_client_disconnected"  # the local-endpoint extension above; lmistream reads it
 
 
-class BackendError(RuntimeError):
-    """The emulated backend broke where real DJL would leave the client hanging until its read timeout (the
-    rolling-batch thread died on a malformed item, an async generator raised, the frontend was closed).
-    A server should drop the connection."""
-
-
 class InitError(RuntimeError):
     """The init call returned a code >= 300, so DJL would fail to load the model."""
-
-
-class _Malformed(Exception):
-    """An item the Java side cannot parse; it kills the thread that read it."""
-
-
-@dataclass(frozen=True)
-class Head:
-    """The HTTP response head DJL decided: status, reason phrase, headers, and whether it streams chunked."""
-
-    status: int
-    reason: str
-    headers: dict[str, str]
-    chunked: bool
-
-
-class _ChunkQueue:
-    """A minimal blocking FIFO whose `get` raises TimeoutError("Read chunk timeout") like Java's supplier."""
-
-    def __init__(self) -> None:
-        self._items: deque = deque()
-        self._ready = threading.Condition()
-
-    def put(self, item: Any) -> None:
-        with self._ready:
-            self._items.append(item)
-            self._ready.notify()
-
-    def get(self, timeout: float | None) -> Any:
-        with self._ready:
-            if not self._ready.wait_for(lambda: self._items, timeout):
-                raise TimeoutError("Read chunk timeout")
-            return self._items.popleft()
-
-
-class Response:
-    """One request's response, filled by the frontend's threads and read by the HTTP server.
-
-    Consumer side: `head(timeout)`, `chunks(timeout)`, `read(timeout)`, `cancel()`. Timeouts are seconds
-    (None waits forever) and raise TimeoutError; a broken backend raises BackendError from either call.
-    """
-
-    def __init__(self, request_id: str, always_chunked: bool) -> None:
-        self.request_id = request_id
-        self._always_chunked = always_chunked
-        self._lock = threading.Lock()
-        self._head_ready = threading.Event()
-        self._head: Head | None = None
-        self._error: BaseException | None = None
-        self._queue = _ChunkQueue()
-        self._closed = False
-        self._cancelled = False
-        self._code, self._message, self._headers = 200, "OK", {}
-
-    def head(self, timeout: float | None = None) -> Head:
-        """Block until status and headers are decided (for streams: when the first chunk is produced)."""
-        if not self._head_ready.wait(timeout):
-            raise TimeoutError(f"response head not decided within {timeout} s")
-        if self._head is None:
-            raise self._error
-        return self._head
-
-    def chunks(self, timeout: float | None = None) -> Iterator[bytes]:
-        """Yield the non-empty body chunks as produced; each wait is bounded by `timeout` ("Read chunk timeout")."""
-        while True:
-            item = self._queue.get(timeout)
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            if item:
-                yield item
-
-    def read(self, timeout: float | None = None) -> bytes:
-        """The whole body (each chunk wait bounded by `timeout`)."""
-        return b"".join(self.chunks(timeout))
-
-    def cancel(self) -> None:
-        """The client went away: later chunks are discarded; newest also skips the job if it is still queued."""
-        with self._lock:
-            self._cancelled = True
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def _set_status(self, code: int, message: str | None = None) -> None:
-        with self._lock:
-            self._code = code
-            if message is not None:
-                self._message = message
-
-    def _put_headers(self, headers: Mapping[str, Any]) -> None:
-        with self._lock:
-            for key, value in headers.items():
-                _put_case_insensitive(self._headers, key, str(value))
-
-    def _emit(self, data: bytes, last: bool) -> None:
-        """Append a chunk to the Java ChunkedBytesSupplier; the first one fixes the head."""
-        with self._lock:
-            if self._closed:
-                return
-            if self._head is None:
-                self._publish_head(chunked=self._always_chunked or not last)
-            self._closed = last
-            if not self._cancelled:
-                self._queue.put(bytes(data))
-            if last:
-                self._queue.put(_END)
-
-    def _complete(self, body: bytes) -> None:
-        """A non-streaming response with the current status and headers."""
-        with self._lock:
-            if self._closed:
-                return
-            self._publish_head(chunked=False)
-            self._closed = True
-            self._queue.put(bytes(body))
-            self._queue.put(_END)
-
-    def _fail(self, code: int, error_type: str, message: str) -> None:
-        """A server-side error response, shaped like DJL's `ErrorResponse` (pretty GSON plus newline)."""
-        self._set_status(code, http.HTTPStatus(code).phrase)
-        self._put_headers({"content-type": "application/json"})
-        body = {"code": code, "type": error_type, "message": message}
-        self._complete((_gson(body, pretty=True) + "\n").encode("utf-8"))
-
-    def _abort(self, error: BaseException) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._error = error
-            self._head_ready.set()
-            self._queue.put(error)
-
-    def _publish_head(self, chunked: bool) -> None:
-        self._head = Head(self._code, self._message, _java_props(self._headers.items()), chunked)
-        self._head_ready.set()
 
 
 @dataclass
@@ -214,24 +84,24 @@ class _JavaRequest:
     def __init__(self, job: _Job) -> None:
         self.props = job.props
         self.response = job.response
-        self.data = _input_data(job.content)
+        self.data = input_data(job.content)
         self.seed = str(random.randint(-(2 ** 31), 2 ** 31 - 1))
         self.next_token: str | None = None
         self.last = False
 
     def add_json_response(self, raw: bytes) -> None:
         """0.23: item JSON {"data": str, "last": bool}; a {"code", "error"} object as data sets the status."""
-        element = _json_object(raw)
-        self.last = _gson_bool(element.get("last"))
-        self.next_token = _gson_str(element.get("data"))
-        _apply_error_status(self.response, self.next_token)
-        self.response._emit(self.next_token.encode("utf-8"), self.last)
+        element = json_object(raw)
+        self.last = gson_bool(element.get("last"))
+        self.next_token = gson_str(element.get("data"))
+        apply_error_status(self.response, self.next_token)
+        self.response.emit(self.next_token.encode("utf-8"), self.last)
 
     def add_binary_response(self, raw: bytes, headers: Mapping[str, str] | None) -> None:
         """Newest: binary-encoded {"data", "last"[, "code", "error"]}; empty non-last data emits nothing."""
         if headers:
-            self.response._put_headers(headers)
-        fields = _decode_item(raw)
+            self.response.put_headers(headers)
+        fields = decode_item(raw)
         if "data" in fields:
             self.next_token = fields["data"]
         if "last" in fields:
@@ -241,17 +111,17 @@ class _JavaRequest:
         if "code" in fields:
             self._emit_error(fields["code"], fields.get("error"))
         elif self.next_token is None:
-            raise _Malformed("last item without data")
+            raise Malformed("last item without data")
         else:
-            self.response._emit(self.next_token.encode("utf-8"), self.last)
+            self.response.emit(self.next_token.encode("utf-8"), self.last)
 
     def _emit_error(self, code_text: str, error: str | None) -> None:
-        code = _java_int(code_text)
+        code = java_int(code_text)
         if code is None:
-            raise _Malformed(f"item code {code_text!r} is not an int")
-        self.response._set_status(code, error)
+            raise Malformed(f"item code {code_text!r} is not an int")
+        self.response.set_status(code, error)
         body = {"code": code} if error is None else {"error": error, "code": code}
-        self.response._emit(_gson(body).encode("utf-8"), True)
+        self.response.emit(gson(body).encode("utf-8"), True)
 
 
 class _RollingBatch:
@@ -273,14 +143,14 @@ class _RollingBatch:
         timeout = self._frontend.predict_timeout
         with self._lock:
             if len(self._list) >= self._frontend.max_rolling_batch_size and not self._can_add.wait(timeout):
-                job.response._fail(400, "TranslateException", f"Time out in: {_seconds(timeout)}")
+                job.response.fail(400, "TranslateException", f"Time out in: {seconds(timeout)}")
                 return
             error = BackendError("frontend closed") if self._stopped else self._frontend.fatal_error
             if error is not None:
-                job.response._abort(error)
+                job.response.abort(error)
                 return
             if self._content_type is not None:
-                job.response._put_headers({"Content-Type": self._content_type})
+                job.response.put_headers({"Content-Type": self._content_type})
             self._list.append(_JavaRequest(job))
             self._can_read.notify()
 
@@ -299,7 +169,7 @@ class _RollingBatch:
                     return
                 try:
                     self._apply(output, size)
-                except _Malformed as exc:
+                except Malformed as exc:
                     self._die(exc)
                     return
 
@@ -307,7 +177,7 @@ class _RollingBatch:
         with self._lock:
             self._stopped = True
             for request in self._list:
-                request.response._abort(BackendError("frontend closed"))
+                request.response.abort(BackendError("frontend closed"))
             self._list.clear()
             self._can_read.notify_all()
             self._can_add.notify_all()
@@ -333,13 +203,13 @@ class _RollingBatch:
             if first:
                 content.append((prefix + "seed", request.seed.encode()))
         props.append(("batch_size", str(len(self._list))))
-        return self._frontend._with_handler(_java_props(props)), content, len(self._list)
+        return self._frontend._with_handler(java_props(props)), content, len(self._list)
 
     def _apply(self, output: Any, size: int) -> None:
         if output.code != 200 or output.content.size() != size:
             self._fail_all(output, size)
             return
-        headers = _batch_headers(output.properties) if self._version == "newest" else {}
+        headers = batch_headers(output.properties) if self._version == "newest" else {}
         for index in range(size):
             request, raw = self._list[index], bytes(output.content.value_at(index))
             if self._version == "0.23":
@@ -355,12 +225,12 @@ class _RollingBatch:
             logger.warning("Batch inference failed: %s", output.message)
         else:
             logger.error("Batch output size mismatch, expected: %d, actual: %d", size, output.content.size())
-        chunk = _gson_output(output.code, "Batch inference failed", self._version).encode("utf-8")
+        chunk = gson_output(output.code, "Batch inference failed", self._version).encode("utf-8")
         for request in self._list:
             request.last = True
             if self._version == "newest":
-                request.response._set_status(output.code)
-            request.response._emit(chunk, True)
+                request.response.set_status(output.code)
+            request.response.emit(chunk, True)
         self._list.clear()
         self._reset = True
         self._can_add.notify()
@@ -370,7 +240,7 @@ class _RollingBatch:
         error = BackendError(f"rolling batch loop died: {exc}")
         self._frontend.fatal_error = error
         for request in self._list:
-            request.response._abort(error)
+            request.response.abort(error)
         self._list.clear()
         self._can_add.notify_all()
 
@@ -425,7 +295,7 @@ class Frontend:
     def describe(self) -> str:
         """One line for logs: flavour, mode and the limits in force."""
         parts = [f"DJL {self.version}", f"mode={self.mode}", f"job_queue_size={self.job_queue_size}",
-                 f"predict_timeout={_seconds(self.predict_timeout)}s"]
+                 f"predict_timeout={seconds(self.predict_timeout)}s"]
         if self.mode == "rolling_batch":
             parts.append(f"max_rolling_batch_size={self.max_rolling_batch_size}")
             if self.version == "0.23":
@@ -441,7 +311,7 @@ class Frontend:
         if self.mode == "async":
             self._loop = asyncio.new_event_loop()
             self._spawn("djl-async-loop", self._run_loop)
-        init = self._python_input(self._with_handler(_java_props(self._java_init_items())), [])
+        init = self._python_input(self._with_handler(java_props(self._java_init_items())), [])
         output = self._run_init(init)
         if output.code >= 300:
             self.close()
@@ -459,8 +329,8 @@ class Frontend:
             raise RuntimeError("frontend is not running")
         response = Response(request_id or str(uuid.uuid4()), always_chunked=self.version == "0.23")
         props = self._request_props(headers, response.request_id)
-        if self.version == "newest" and "handler" in _lower_keys(props) and not _handler_override_allowed():
-            response._fail(400, "BadRequestException", "The handler can't be overridden in a request")
+        if self.version == "newest" and "handler" in lower_keys(props) and not _handler_override_allowed():
+            response.fail(400, "BadRequestException", "The handler can't be overridden in a request")
             return response
         content = [(key, value.encode("utf-8")) for key, value in query] + [("data", bytes(body))]
         self._enqueue(_Job(props, content, response))
@@ -485,7 +355,7 @@ class Frontend:
             self._jobs.clear()
             self._jobs_ready.notify_all()
         for job in pending:
-            job.response._abort(BackendError("frontend closed"))
+            job.response.abort(BackendError("frontend closed"))
         if self._rolling is not None:
             self._rolling.stop()
         if self._loop is not None:
@@ -501,18 +371,18 @@ class Frontend:
         items: list[tuple[str, str]] = []
         for key, value in pairs:
             if key.lower() == _CUSTOM_ATTRIBUTES:
-                items.extend(_custom_attributes(value))
+                items.extend(custom_attributes(value))
             else:
                 items.append((key, value))
         if self.version == "newest":
             items.append(("requestId", request_id))
-        return _java_props(items)
+        return java_props(items)
 
     def _enqueue(self, job: _Job) -> None:
         with self._jobs_ready:
             remaining = self.job_queue_size - len(self._jobs)
             if remaining <= 0 or (remaining == 1 and self._busy):
-                job.response._fail(503, "WlmCapacityException",
+                job.response.fail(503, "WlmCapacityException",
                                    f"Worker queue capacity exceeded for model: {self._model_name} (READY)")
                 return
             self._jobs.append(job)
@@ -531,7 +401,7 @@ class Frontend:
                 self._dispatch(job)
             except Exception as exc:
                 logger.exception("worker failed on a request")
-                job.response._abort(BackendError(f"worker failed: {exc}"))
+                job.response.abort(BackendError(f"worker failed: {exc}"))
             finally:
                 with self._jobs_ready:
                     self._busy = False
@@ -539,9 +409,9 @@ class Frontend:
     def _dispatch(self, job: _Job) -> None:
         if self.version == "newest" and job.response.cancelled:
             logger.debug("Skip cancelled job")
-            job.response._abort(BackendError("request cancelled before dispatch"))
+            job.response.abort(BackendError("request cancelled before dispatch"))
         elif self.fatal_error is not None:
-            job.response._abort(self.fatal_error)
+            job.response.abort(self.fatal_error)
         elif self.mode == "rolling_batch":
             self._rolling.add(job)
         elif self.mode == "async":
@@ -554,8 +424,8 @@ class Frontend:
 
     def _with_handler(self, props: dict[str, str]) -> dict[str, str]:
         """PyProcess adds `handler` to every Input that lacks it."""
-        if "handler" not in _lower_keys(props):
-            props = _java_props([*props.items(), ("handler", self._entry.handler_name)])
+        if "handler" not in lower_keys(props):
+            props = java_props([*props.items(), ("handler", self._entry.handler_name)])
         return props
 
     def _rolling_content_type(self) -> str | None:
@@ -619,10 +489,10 @@ class Frontend:
     def _run_plain(self, job: _Job) -> None:
         output = self._invoke(self._python_input(self._with_handler(job.props), job.content))
         response = job.response
-        response._set_status(output.code, output.message)
-        response._put_headers(output.properties)
+        response.set_status(output.code, output.message)
+        response.put_headers(output.properties)
         if output.stream_content is None:
-            response._complete(_output_body(output))
+            response.complete(_output_body(output))
         else:
             self._stream(output, response)
         self._finalize(output)
@@ -637,19 +507,19 @@ class Frontend:
                 data = next(output.stream_content)
                 if output.stream_output_formatter is not None:
                     data = output.stream_output_formatter(data)
-                response._emit(_chunk_bytes(output, data), False)
+                response.emit(_chunk_bytes(output, data), False)
             except StopIteration:
-                response._emit(b"", True)
+                response.emit(b"", True)
                 return
             except Exception as exc:
                 logger.exception("Failed read streaming content from output")
-                response._emit(str(exc).encode("utf-8"), True)
+                response.emit(str(exc).encode("utf-8"), True)
                 return
 
     # Async mode (newest PythonAsyncEngine + Java AsyncRequestManager)
 
     def _submit_async(self, job: _Job) -> None:
-        props = _java_props([*job.props.items(), ("request_tracking_id", str(uuid.uuid4()))])
+        props = java_props([*job.props.items(), ("request_tracking_id", str(uuid.uuid4()))])
         inputs = self._python_input(self._with_handler(props), job.content)
         asyncio.run_coroutine_threadsafe(self._serve_async(inputs, _JavaRequest(job)), self._loop)
 
@@ -685,20 +555,20 @@ class Frontend:
                 self._async_output(output, request)
                 if request.response.cancelled and not request.last:
                     await outputs.aclose()
-                    request.response._emit(b"", True)
+                    request.response.emit(b"", True)
         except Exception as exc:
             logger.exception("async request failed without an Output")
-            request.response._abort(BackendError(f"async handler failed: {exc!r}"))
+            request.response.abort(BackendError(f"async handler failed: {exc!r}"))
 
     def _async_output(self, output: Any, request: _JavaRequest) -> None:
         """Java `AsyncRequestManager.addOutput` for one Output of a request."""
         if output.code != 200:
-            request.response._set_status(output.code)
-            body = _gson_output(output.code, f"Async Inference Failure {output.message}", self.version)
-            request.response._emit(body.encode("utf-8"), True)
+            request.response.set_status(output.code)
+            body = gson_output(output.code, f"Async Inference Failure {output.message}", self.version)
+            request.response.emit(body.encode("utf-8"), True)
             return
         if output.content.is_empty():
-            raise _Malformed("async Output with code 200 has no content")
+            raise Malformed("async Output with code 200 has no content")
         headers = {key: str(value) for key, value in output.properties.items()}
         request.add_binary_response(bytes(output.content.value_at(0)), headers)
 
@@ -718,7 +588,7 @@ async def _single(output: Any) -> Any:
 
 def _predict_timeout(init_props: Mapping[str, str]) -> float:
     for value in (init_props.get("predict_timeout"), os.environ.get("PREDICT_TIMEOUT")):
-        if value is not None and _java_int(str(value)) is not None:
+        if value is not None and java_int(str(value)) is not None:
             return float(value)
     return float(_DEFAULT_PREDICT_TIMEOUT)
 
@@ -747,138 +617,9 @@ def _output_body(output: Any) -> bytes:
     return bytes(data or b"")
 
 
-def _input_data(content: list[tuple[str, bytes]]) -> bytes:
-    """Java `Input.getData()` on a request: "data", else the first item."""
-    return next((value for key, value in content if key == "data"), content[0][1] if content else b"")
-
-
 def _chunk_bytes(output: Any, data: Any) -> bytes:
     if type(data) is str:
         return data.encode("utf-8")
     if type(data) in (bytes, bytearray):
         return bytes(data)
     return bytes(output._encode_json(data))
-
-
-def _custom_attributes(value: str) -> list[tuple[str, str]]:
-    pairs = [token.split("=", 1) for token in value.split(";")]
-    return [(pair[0].strip(), pair[1].strip()) for pair in pairs if len(pair) == 2]
-
-
-def _java_props(items: Iterable[tuple[str, Any]]) -> dict[str, str]:
-    """A Java case-insensitive TreeMap: later values win, the first spelling of a key stays, sorted."""
-    merged: dict[str, tuple[str, str]] = {}
-    for key, value in items:
-        first = merged.get(key.lower(), (key, None))[0]
-        merged[key.lower()] = (first, value)
-    return {key: value for _, (key, value) in sorted(merged.items())}
-
-
-def _put_case_insensitive(target: dict[str, str], key: str, value: str) -> None:
-    existing = next((k for k in target if k.lower() == key.lower()), key)
-    target[existing] = value
-
-
-def _lower_keys(props: Mapping[str, Any]) -> set[str]:
-    return {key.lower() for key in props}
-
-
-def _batch_headers(props: Mapping[str, Any]) -> dict[int, dict[str, str]]:
-    """Newest: Output properties `batch_<i>_<Name>` become request i's headers."""
-    result: dict[int, dict[str, str]] = {}
-    for key, value in _java_props(props.items()).items():
-        if not key.startswith("batch_"):
-            continue
-        pos = key.find("_", 7)
-        if pos > 0:
-            index = _java_int(key[6:pos])
-            if index is None:
-                raise _Malformed(f"batch property {key!r} has no integer index")
-            result.setdefault(index, {})[key[pos + 1:]] = str(value)
-    return result
-
-
-def _json_object(raw: bytes) -> dict:
-    try:
-        element = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Malformed(f"rolling-batch item is not JSON: {raw[:80]!r}") from exc
-    if not isinstance(element, dict):
-        raise _Malformed(f"rolling-batch item is not a JSON object: {raw[:80]!r}")
-    return element
-
-
-def _decode_item(raw: bytes) -> dict[str, str]:
-    try:
-        fields = standin.decode_binary(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _Malformed(f"undecodable binary item: {exc}") from exc
-    if any(value is None for value in fields.values()):
-        raise _Malformed("binary item has a null value")
-    return fields
-
-
-def _gson_bool(value: Any) -> bool:
-    """GSON `getAsBoolean()`: a boolean, or a string parsed with Boolean.parseBoolean; otherwise it throws."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (str, int, float)):
-        return str(value).lower() == "true"
-    raise _Malformed(f"item field 'last' is {value!r}")
-
-
-def _gson_str(value: Any) -> str:
-    """GSON `getAsString()` of a primitive; missing, null, objects and arrays throw."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    raise _Malformed(f"item field is {value!r}")
-
-
-def _gson_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value)
-    return _java_int(value) if isinstance(value, str) else None
-
-
-def _java_int(text: str) -> int | None:
-    """Integer.parseInt, or None where it would throw."""
-    return int(text) if _JAVA_INT.fullmatch(text) else None
-
-
-def _apply_error_status(response: Response, data: str) -> None:
-    """0.23 `Request.addResponse`: data that is a JSON object with "code" sets the status (and "error" the
-    reason); GSON failures are ignored."""
-    try:
-        content = json.loads(data)
-    except ValueError:
-        return
-    if not isinstance(content, dict):
-        return
-    code = _gson_int(content.get("code"))
-    if code is None:
-        return
-    error = content.get("error")
-    response._set_status(code, _gson_str(error) if isinstance(error, (str, int, float)) else None)
-
-
-def _gson(value: Any, pretty: bool = False) -> str:
-    """JSON as DJL's Gson writes it: compact (or 2-space pretty) with HTML-safe escapes."""
-    text = json.dumps(value, ensure_ascii=False, indent=2 if pretty else None,
-                      separators=(",", ": ") if pretty else (",", ":"))
-    return text.translate(_HTML_ESCAPES)
-
-
-def _gson_output(code: int, message: str, version: str) -> str:
-    """`JsonUtils.GSON.toJson(new Output(code, message))`, the error chunk of the rolling-batch failure branch."""
-    body: dict[str, Any] = {"code": code, "message": message, "properties": {}, "content": {"keys": [], "values": []}}
-    if version == "newest":
-        body["cancelled"] = False
-    return _gson(body)
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)

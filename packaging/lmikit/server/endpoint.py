@@ -29,7 +29,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response as HTTPResponse, StreamingResponse
 from starlette.routing import Route
 
-from lmikit.djl.driver import BackendError, Frontend, Response
+from lmikit.djl.driver import Frontend
+from lmikit.djl.response import BackendError, Response
 from lmikit.server.metrics import RequestTrack, ServeMetrics
 from lmikit.server.openai_api import models_list, openai_error, read_chat_body
 from lmikit.server.runtime import RuntimeAnswer, RuntimeConfig, handle_runtime_request

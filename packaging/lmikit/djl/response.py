@@ -1,0 +1,171 @@
+"""One request's HTTP response as DJL's frontend builds it: the writer side (status, headers, chunks, the end or a
+failure), filled by the frontend's threads, and the reader side (`head`, `chunks`) the HTTP server relays."""
+from __future__ import annotations
+
+import http
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from lmikit.djl.java import gson, gson_int, gson_str, java_props, put_case_insensitive
+
+END = object()
+
+
+class BackendError(RuntimeError):
+    """The emulated backend broke where real DJL would leave the client hanging until its read timeout (the
+    rolling-batch thread died on a malformed item, an async generator raised, the frontend was closed).
+    A server should drop the connection."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """The HTTP response head DJL decided: status, reason phrase, headers, and whether it streams chunked."""
+
+    status: int
+    reason: str
+    headers: dict[str, str]
+    chunked: bool
+
+
+class _ChunkQueue:
+    """A minimal blocking FIFO whose `get` raises TimeoutError("Read chunk timeout") like Java's supplier."""
+
+    def __init__(self) -> None:
+        self._items: deque = deque()
+        self._ready = threading.Condition()
+
+    def put(self, item: Any) -> None:
+        with self._ready:
+            self._items.append(item)
+            self._ready.notify()
+
+    def get(self, timeout: float | None) -> Any:
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._items, timeout):
+                raise TimeoutError("Read chunk timeout")
+            return self._items.popleft()
+
+
+class Response:
+    """One request's response, filled by the frontend's threads and read by the HTTP server.
+
+    Consumer side: `head(timeout)`, `chunks(timeout)`, `read(timeout)`, `cancel()`. Timeouts are seconds
+    (None waits forever) and raise TimeoutError; a broken backend raises BackendError from either call.
+    """
+
+    def __init__(self, request_id: str, always_chunked: bool) -> None:
+        self.request_id = request_id
+        self._always_chunked = always_chunked
+        self._lock = threading.Lock()
+        self._head_ready = threading.Event()
+        self._head: Head | None = None
+        self._error: BaseException | None = None
+        self._queue = _ChunkQueue()
+        self._closed = False
+        self._cancelled = False
+        self._code, self._message, self._headers = 200, "OK", {}
+
+    def head(self, timeout: float | None = None) -> Head:
+        """Block until status and headers are decided (for streams: when the first chunk is produced)."""
+        if not self._head_ready.wait(timeout):
+            raise TimeoutError(f"response head not decided within {timeout} s")
+        if self._head is None:
+            raise self._error
+        return self._head
+
+    def chunks(self, timeout: float | None = None) -> Iterator[bytes]:
+        """Yield the non-empty body chunks as produced; each wait is bounded by `timeout` ("Read chunk timeout")."""
+        while True:
+            item = self._queue.get(timeout)
+            if item is END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if item:
+                yield item
+
+    def read(self, timeout: float | None = None) -> bytes:
+        """The whole body (each chunk wait bounded by `timeout`)."""
+        return b"".join(self.chunks(timeout))
+
+    def cancel(self) -> None:
+        """The client went away: later chunks are discarded; newest also skips the job if it is still queued."""
+        with self._lock:
+            self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def set_status(self, code: int, message: str | None = None) -> None:
+        with self._lock:
+            self._code = code
+            if message is not None:
+                self._message = message
+
+    def put_headers(self, headers: Mapping[str, Any]) -> None:
+        with self._lock:
+            for key, value in headers.items():
+                put_case_insensitive(self._headers, key, str(value))
+
+    def emit(self, data: bytes, last: bool) -> None:
+        """Append a chunk to the Java ChunkedBytesSupplier; the first one fixes the head."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._head is None:
+                self._publish_head(chunked=self._always_chunked or not last)
+            self._closed = last
+            if not self._cancelled:
+                self._queue.put(bytes(data))
+            if last:
+                self._queue.put(END)
+
+    def complete(self, body: bytes) -> None:
+        """A non-streaming response with the current status and headers."""
+        with self._lock:
+            if self._closed:
+                return
+            self._publish_head(chunked=False)
+            self._closed = True
+            self._queue.put(bytes(body))
+            self._queue.put(END)
+
+    def fail(self, code: int, error_type: str, message: str) -> None:
+        """A server-side error response, shaped like DJL's `ErrorResponse` (pretty GSON plus newline)."""
+        self.set_status(code, http.HTTPStatus(code).phrase)
+        self.put_headers({"content-type": "application/json"})
+        body = {"code": code, "type": error_type, "message": message}
+        self.complete((gson(body, pretty=True) + "\n").encode("utf-8"))
+
+    def abort(self, error: BaseException) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._error = error
+            self._head_ready.set()
+            self._queue.put(error)
+
+    def _publish_head(self, chunked: bool) -> None:
+        self._head = Head(self._code, self._message, java_props(self._headers.items()), chunked)
+        self._head_ready.set()
+
+
+def apply_error_status(response: Response, data: str) -> None:
+    """0.23 `Request.addResponse`: data that is a JSON object with "code" sets the status (and "error" the
+    reason); GSON failures are ignored."""
+    try:
+        content = json.loads(data)
+    except ValueError:
+        return
+    if not isinstance(content, dict):
+        return
+    code = gson_int(content.get("code"))
+    if code is None:
+        return
+    error = content.get("error")
+    response.set_status(code, gson_str(error) if isinstance(error, (str, int, float)) else None)
