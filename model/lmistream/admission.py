@@ -19,7 +19,7 @@ from .chat_output import ChatCompletion, ChatCompletionChunks
 from .config import HandlerConfig
 from .engine import Engine
 from .errors import ConfigError, HandlerError, InvalidRequest
-from .formatters import REGISTRY, Custom, Formatter, builtin_names
+from .formatters import REGISTRY, Custom, Formatter, StreamEvent, builtin_names
 from .generation import Generation
 from .hub import UpdateHub
 from .params import GenerationRequest, decode_body, request_from_payload
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Admissions:
     """Admission and release of requests for one engine; `output_cls` is DJL's Output class."""
 
-    def __init__(self, config: HandlerConfig, engine: Engine, hub: UpdateHub, output_cls: type,
+    def __init__(self, config: HandlerConfig, engine: Engine, hub: UpdateHub, output_cls: Any,
                  namespace: Mapping[str, Any]) -> None:
         self.config = config
         self.engine = engine
@@ -156,12 +156,12 @@ class Admissions:
         """The name answers carry when the request names none: the model directory's or hub id's last part."""
         return self.config.model_id.rstrip("/").rsplit("/", 1)[-1]
 
-    def _resolve_custom(self, name: str | None) -> Callable | None:
+    def _resolve_custom(self, name: str | None) -> Callable[[StreamEvent], str] | None:
         if name is None or (name.lower(), self.dialect) in REGISTRY:
             return None
         module_name, _, attr = name.rpartition(":")
         scope = vars(importlib.import_module(module_name)) if module_name else self._namespace
-        fn = scope.get(attr)
+        fn: Callable[[StreamEvent], str] | None = scope.get(attr)
         if not callable(fn):
             raise ConfigError(
                 f"option.output_formatter={name!r} is neither a built-in ({', '.join(builtin_names())}) nor a "

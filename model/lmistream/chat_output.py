@@ -16,9 +16,6 @@ from .errors import error_body
 from .formatters import Formatter, StreamEvent
 from .textstream import FinishReason, Token
 
-_STOP_REASONS = {FinishReason.EOS_TOKEN: "stop", FinishReason.STOP_SEQUENCE: "stop", FinishReason.LENGTH: "length"}
-
-
 class ChatFormatter(Formatter):
     """What both chat shapes share: identity, usage, log-probabilities and the OpenAI error object."""
 
@@ -61,7 +58,7 @@ class ChatCompletionChunks(ChatFormatter):
         if event.text:
             out.append(self._chunk({"content": event.text}, logprobs=self._logprob(event.token)))
         if event.last:
-            out.append(self._chunk({}, finish_reason=_STOP_REASONS.get(event.finish_reason, "stop")))
+            out.append(self._chunk({}, finish_reason=_finish_reason(event)))
             if self._options.include_usage:
                 out.append(_sse({**self._envelope("chat.completion.chunk"), "choices": [],
                                  "usage": self._usage(event.generated_tokens)}))
@@ -96,9 +93,14 @@ class ChatCompletion(ChatFormatter):
             return ""
         choice = {"index": 0, "message": {"role": "assistant", "content": event.generated_text},
                   "logprobs": {"content": self._logprobs} if self._options.logprobs else None,
-                  "finish_reason": _STOP_REASONS.get(event.finish_reason, "stop")}
+                  "finish_reason": _finish_reason(event)}
         return json.dumps({**self._envelope("chat.completion"), "choices": [choice],
                            "usage": self._usage(event.generated_tokens)}, ensure_ascii=False)
+
+
+def _finish_reason(event: StreamEvent) -> str:
+    """OpenAI's name for why the answer ended: "length", else "stop" (an eos token or a stop sequence)."""
+    return "length" if event.finish_reason is FinishReason.LENGTH else "stop"
 
 
 def _sse(payload: dict[str, Any]) -> str:

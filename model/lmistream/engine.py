@@ -51,12 +51,15 @@ UpdateCallback = Callable[[EngineUpdate], None]
 class Engine(Protocol):
     """A continuous-batching token generator."""
 
-    tokenizer: Tokenizer
     #: most tokens (prompt + generated) one sequence may hold
     max_sequence_length: int
     #: how the model was placed ("one device", or the tensor-parallel path) and the parameter bytes it holds here
     load_path: str
     parameter_bytes: int
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (read-only here, so an engine may hold a more specific one)."""
 
     def start(self, on_update: UpdateCallback) -> None:
         """Start the background loop; every update of every request goes to `on_update`."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import error_body
 from .textstream import FinishReason, Token
@@ -35,7 +35,7 @@ class StreamEvent:
     def text(self) -> str:
         return self.token.text if self.token else ""
 
-    def details_dict(self) -> dict:
+    def details_dict(self) -> dict[str, Any]:
         out = {"finish_reason": _reason(self), "generated_tokens": self.generated_tokens}
         if self.inputs is not None:
             out["inputs"] = self.inputs
@@ -110,7 +110,7 @@ class JsonNewest(Formatter):
     def write(self, event: StreamEvent) -> str:
         if not event.last:
             return ""
-        out: dict = {"generated_text": event.generated_text}
+        out: dict[str, Any] = {"generated_text": event.generated_text}
         if event.details:
             out["details"] = event.details_dict()
         return json.dumps(out, ensure_ascii=False)
@@ -127,7 +127,7 @@ class JsonLinesNewest(Formatter):
     content_type = "application/jsonlines"
 
     def write(self, event: StreamEvent) -> str:
-        out: dict = {}
+        out: dict[str, Any] = {}
         if event.token is not None:
             token = {"id": event.token.id, "text": event.token.text, "log_prob": event.token.log_prob}
             if event.token.special:
@@ -179,11 +179,11 @@ class Custom(Formatter):
         return self._fn(event)
 
 
-def _tgi_details(event: StreamEvent) -> dict:
+def _tgi_details(event: StreamEvent) -> dict[str, Any]:
     return {"finish_reason": _reason(event), "generated_tokens": event.generated_tokens, "seed": event.seed}
 
 
-def _compact(value: dict) -> str:
+def _compact(value: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 

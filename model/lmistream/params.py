@@ -153,7 +153,7 @@ def check_text(field: str, text: str) -> None:
 def _is_neutral(value: Any, neutral: Any) -> bool:
     if isinstance(value, bool) or isinstance(neutral, bool):  # false is not 0, nor 1 true
         return value is neutral
-    return value == neutral
+    return bool(value == neutral)
 
 
 def _shown(value: Any) -> str:

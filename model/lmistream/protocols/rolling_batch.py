@@ -72,6 +72,7 @@ class RollingBatch:
     def _answer(self, outputs: Any, index: int, slot: _Slot) -> None:
         generation, error = slot.generation, slot.error
         if generation is None:
+            assert error is not None  # a slot without a generation holds the error that refused it
             item = {"data": error.body(), "last": True, "content_type": "application/json",
                     "code": error.status, "error": error.message}
         else:
@@ -84,7 +85,7 @@ class RollingBatch:
                 self._requests.release(generation)
         self._encode(outputs, index, item)
 
-    def _encode(self, outputs: Any, index: int, item: dict) -> None:
+    def _encode(self, outputs: Any, index: int, item: dict[str, Any]) -> None:
         """0.23: JSON `{"data", "last"}`; newest: the whole item binary-encoded, its content type as a property."""
         if self._requests.dialect == "0.23":
             outputs.add_as_json({"data": item["data"], "last": item["last"]}, batch_index=index)
