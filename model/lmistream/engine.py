@@ -7,10 +7,13 @@ iteration-level batcher for older stacks) and chooses one; tests use a scripted 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .params import GenerationParams
+
+logger = logging.getLogger(__name__)
 
 
 class Tokenizer(Protocol):
@@ -46,6 +49,17 @@ class EngineUpdate:
 
 
 UpdateCallback = Callable[[EngineUpdate], None]
+
+
+def deliver(on_update: UpdateCallback | None, update: EngineUpdate) -> None:
+    """Hand an update to the handler's callback (if started); a failing callback is logged, never raised into the
+    engine's loop, where it would stop every other request."""
+    if on_update is None:
+        return
+    try:
+        on_update(update)
+    except Exception:
+        logger.exception("on_update failed for request %s", update.request_id)
 
 
 class Engine(Protocol):

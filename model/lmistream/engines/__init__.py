@@ -1,17 +1,21 @@
 """The engines behind the `Engine` protocol, and the choice between them (`create_engine`). Free of torch at import.
 
+* `vllm`: vLLM's own engine, where the image ships vLLM (`vllm_engine`).
 * `continuous`: transformers' own continuous batching (transformers >= 5.24, so Python >= 3.11 and torch >= 2.6).
 * `portable`: iteration-level batching over the model's forward pass and KV cache, on every stack from LMI 0.23's
   (Python 3.9, torch 2.0.1, transformers 4.30.2) up.
 
-With `option.tensor_parallel_degree` above 1 the engine is built on every rank DJL started, over a model sharded
-between them (`distributed`), and wrapped for its rank (`ranked`). `option.generation_engine` forces one; `auto` (the default) takes the continuous engine on a GPU where it can import,
-and the portable one elsewhere: on CPU the portable engine measured 1.1x to 2x the continuous one's tokens/s
+With `option.tensor_parallel_degree` above 1 a transformers engine is built on every rank DJL started, over a model
+sharded between them (`distributed`), and wrapped for its rank (`ranked`); vLLM shards the model over workers of its
+own. `option.rolling_batch=vllm` (DJL's name) or `option.generation_engine` forces one; `auto` (the default) takes
+vLLM wherever it imports, else the continuous engine on a GPU where it can import, and the portable one elsewhere:
+on CPU the portable engine measured 1.1x to 2x the continuous one's tokens/s
 (`python -m lmikit.benchmarks.engine_bench`). It logs which it took and why.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from typing import Any, Callable
 
@@ -40,6 +44,16 @@ def _portable(config: HandlerConfig, tp: Any = None) -> Engine:
     return PortableEngine(config, tp)
 
 
+def _vllm(config: HandlerConfig) -> Engine:
+    missing = vllm_unavailable()
+    if missing:
+        raise ConfigError(f"the vLLM engine (option.rolling_batch=vllm or option.generation_engine=vllm) cannot load "
+                          f"here ({missing}): use an image that ships vLLM, or option.generation_engine=auto")
+    from .vllm_engine import AsyncVllmEngine, VllmEngine
+
+    return AsyncVllmEngine(config) if config.async_mode else VllmEngine(config)
+
+
 #: engine name -> factory(config, tensor-parallel group or None)
 FACTORIES: dict[str, Callable[..., Engine]] = {"continuous": _continuous, "portable": _portable}
 
@@ -53,15 +67,34 @@ def continuous_unavailable() -> str | None:
     return None
 
 
+def vllm_unavailable() -> str | None:
+    """Why vLLM cannot run here, or None when `import vllm` works."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed"
+    try:
+        importlib.import_module("vllm")
+    except Exception as error:  # an installed vLLM that fails to import (e.g. a mismatched torchvision)
+        return f"import vllm failed: {type(error).__name__}: {error}"
+    return None
+
+
 def available() -> list[str]:
     """The engines this stack can run."""
-    return ["portable"] if continuous_unavailable() else ["continuous", "portable"]
+    engines = ["portable"] if continuous_unavailable() else ["continuous", "portable"]
+    return engines if vllm_unavailable() else ["vllm", *engines]
 
 
 def choose(config: HandlerConfig) -> tuple[str, str]:
     """The engine name for this config and the reason."""
+    if (config.rolling_batch or "").lower() == "vllm":
+        if config.generation_engine not in ("auto", "vllm"):
+            raise ConfigError(f"option.rolling_batch=vllm picks the vLLM engine, but option.generation_engine="
+                              f"{config.generation_engine} picks another: drop one of them")
+        return "vllm", "option.rolling_batch=vllm"
     if config.generation_engine != "auto":
         return config.generation_engine, "option.generation_engine"
+    if not vllm_unavailable():
+        return "vllm", "vLLM is installed"
     missing = continuous_unavailable()
     if missing:
         return "portable", f"transformers' continuous batching is unavailable here ({missing})"
@@ -77,6 +110,8 @@ def create_engine(config: HandlerConfig) -> Engine:
     the way out."""
     name, reason = choose(config)
     ranks = RankInfo.from_env()
+    if name == "vllm":
+        return _vllm_engine(config, ranks, reason)
     degree = check_degree(config.tensor_parallel_degree, ranks)
     if degree == 1:
         engine = FACTORIES[name](config)
@@ -92,3 +127,13 @@ def create_engine(config: HandlerConfig) -> Engine:
     log.info("lmistream engine: %s (%s), rank %d of %d, sharded by %s, %d parameter bytes on this rank", name, reason,
              ranks.rank, degree, inner.load_path, inner.parameter_bytes)
     return RankedEngine(inner, tp, relay)
+
+
+def _vllm_engine(config: HandlerConfig, ranks: RankInfo, reason: str) -> Engine:
+    """vLLM in this one process, which starts vLLM's own workers (tensor parallelism included)."""
+    if ranks.world_size > 1:
+        raise ConfigError(f"the vLLM engine runs as one process that starts its own tensor-parallel workers, but DJL "
+                          f"started {ranks.world_size} ranks: use engine=Python with option.tensor_parallel_degree")
+    engine = _vllm(config)
+    log.info("lmistream engine: vllm (%s), %s", reason, engine.load_path)
+    return engine

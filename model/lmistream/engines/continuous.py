@@ -20,7 +20,6 @@ thread (DJL's long-lived handler thread) never owns an OpenMP thread pool: see t
 """
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -30,14 +29,12 @@ import torch
 from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from ..config import HandlerConfig
-from ..engine import EngineUpdate, UpdateCallback
+from ..engine import EngineUpdate, UpdateCallback, deliver
 from ..errors import EngineError, InvalidRequest
 from ..params import GenerationParams
 from .cb_processors import use_rowwise_processors
 from .distributed import TensorParallel, load_sharded, parameter_bytes
 from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
-
-logger = logging.getLogger(__name__)
 
 #: manager-wide defaults; each only needs to be non-neutral so that its per-request processor exists
 PROCESSOR_DEFAULTS = {"temperature": 0.7, "top_k": 50, "top_p": 0.9}
@@ -212,12 +209,8 @@ class ContinuousBatchingEngine:
 
     def _deliver(self, output: Any) -> None:
         update = self._to_update(output)
-        if update is None or self._on_update is None:
-            return
-        try:
-            self._on_update(update)
-        except Exception:  # a faulty callback must not kill the reader (and with it every other request)
-            logger.exception("on_update failed for request %s", update.request_id)
+        if update is not None:
+            deliver(self._on_update, update)
 
     def _to_update(self, output: Any) -> EngineUpdate | None:
         """The tokens of `output` not delivered yet; None for a cancelled request or an output with nothing new."""

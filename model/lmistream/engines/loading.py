@@ -116,18 +116,28 @@ def _dtype_keyword() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def load(config: HandlerConfig, device: torch.device, **placement: Any) -> tuple[Any, Any]:
-    """Tokenizer and model from `config.model_id`, in eval mode on `device` (or as `placement` says, e.g. a
-    `tp_plan`); a local directory never touches the hub."""
+def _pretrained_kwargs(config: HandlerConfig) -> dict[str, Any]:
+    """What every `from_pretrained` gets: a local directory never touches the hub."""
     local = os.path.isdir(config.model_id)
     common: dict[str, Any] = {"trust_remote_code": config.trust_remote_code, "local_files_only": local}
     if config.revision is not None and not local:
         common["revision"] = config.revision
-    tokenizer = AutoTokenizer.from_pretrained(config.model_id, **common)
+    return common
+
+
+def load_tokenizer(config: HandlerConfig) -> Any:
+    """The tokenizer of `config.model_id`."""
+    return AutoTokenizer.from_pretrained(config.model_id, **_pretrained_kwargs(config))
+
+
+def load(config: HandlerConfig, device: torch.device, **placement: Any) -> tuple[Any, Any]:
+    """Tokenizer and model from `config.model_id`, in eval mode on `device` (or as `placement` says, e.g. a
+    `tp_plan`)."""
+    tokenizer = load_tokenizer(config)
     with oom_as_handler_error("loading the model"):
         model = AutoModelForCausalLM.from_pretrained(
             config.model_id, **(placement or {"device_map": device}),
-            **{_dtype_keyword(): _dtype(config.dtype, device)}, **common
+            **{_dtype_keyword(): _dtype(config.dtype, device)}, **_pretrained_kwargs(config)
         )
     return tokenizer, model.eval()
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..config import HandlerConfig
-from ..engine import EngineUpdate, UpdateCallback
+from ..engine import EngineUpdate, UpdateCallback, deliver
 from ..errors import EngineError, HandlerError
 from ..params import GenerationParams
 from .batch import DecodeBatch, ModelCaller, check_layout
@@ -176,7 +176,7 @@ class PortableEngine:
             done = row.remaining <= 0 or token in self.tokenizer.eos_token_ids
             if done:
                 finished.append(row.request_id)
-            self._emit(EngineUpdate(row.request_id, (token,), (log_prob,), finished=done))
+            deliver(self._on_update, EngineUpdate(row.request_id, (token,), (log_prob,), finished=done))
         batch.set_next_tokens(tokens)
         if finished:
             self._scheduler.finished(finished)
@@ -199,15 +199,7 @@ class PortableEngine:
             self._batch, self._rows = None, []
         self._scheduler.finished(ids)
         for request_id in ids:
-            self._emit(EngineUpdate(request_id, finished=True, error=message, code=code))
-
-    def _emit(self, update: EngineUpdate) -> None:
-        if self._on_update is None:
-            return
-        try:
-            self._on_update(update)
-        except Exception:  # a faulty callback must not kill the loop (and with it every other request)
-            logger.exception("on_update failed for request %s", update.request_id)
+            deliver(self._on_update, EngineUpdate(request_id, finished=True, error=message, code=code))
 
 
 def _load(config: HandlerConfig, device: torch.device, tp: TensorParallel | None) -> tuple[Any, Any, str]:

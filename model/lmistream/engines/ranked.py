@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from ..engine import Engine, EngineUpdate, UpdateCallback
+from ..engine import Engine, EngineUpdate, UpdateCallback, deliver
 from ..params import GenerationParams
 from .distributed import Channel, TensorParallel
 
@@ -124,12 +124,4 @@ class RankedEngine:
                 return
             if update.finished:
                 self._admitted.discard(update.request_id)
-        self._deliver(update)
-
-    def _deliver(self, update: EngineUpdate) -> None:
-        if self._on_update is None:
-            return
-        try:
-            self._on_update(update)
-        except Exception:
-            logger.exception("on_update failed for request %s", update.request_id)
+        deliver(self._on_update, update)
