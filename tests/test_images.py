@@ -248,3 +248,38 @@ def test_tensor_parallel_max_needs_lmi_0_24(project: Path) -> None:
     assert (level, key) == ("error", "option.tensor_parallel_degree")
     assert "max exists from LMI 0.24" in message and "djl-deepspeed:0.23.0" in message
     assert _findings(project, "djl-lmi:0.36.0") == []
+
+
+def test_auto_uses_the_images_vllm_and_the_shipped_requirements_leave_vllm_and_torch_alone(project: Path,
+                                                                                          tmp_path: Path) -> None:
+    _setup(project, requirements="sentencepiece\n")
+    result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.36.0")
+    assert result.exit_code == 0, result.output
+    assert _shipped_requirements(tmp_path / "m.tar.gz") == "sentencepiece\n"
+    assert "option.generation_engine=auto will use the vllm engine (the image's vLLM 0.17)" in result.stderr
+    _setup(project, requirements="sentencepiece\n", rolling_batch="vllm")
+    result = _build(project, tmp_path / "v.tar.gz", "--image", "djl-lmi:0.36.0")
+    assert result.exit_code == 0, result.output
+    assert _shipped_requirements(tmp_path / "v.tar.gz") == "sentencepiece\n"
+
+
+@pytest.mark.parametrize(("requirement", "fragment"), [
+    ("vllm==0.32.0", "would replace the image's vllm 0.17"), ("torch>=2.13", "would replace the image's torch 2.10.0")])
+def test_replacing_the_images_vllm_or_torch_is_an_error(project: Path, requirement: str, fragment: str) -> None:
+    _setup(project, requirements=f"{requirement}\n", rolling_batch="vllm")
+    [(level, key, message)] = _findings(project, "djl-lmi:0.36.0")
+    assert (level, key) == ("error", "requirements.txt") and fragment in message
+
+
+@pytest.mark.parametrize(("image", "requirements", "fragment"), [
+    ("djl-deepspeed:0.23.0", "", "djl-deepspeed:0.23.0 ships no vLLM"),
+    ("djl-deepspeed:0.27.0", "", "needs vLLM >= 0.10, and djl-deepspeed:0.27.0 ships vLLM 0.3.3"),
+    ("djl-lmi:0.36.0", "transformers==5.24.0\n", "the image's vLLM 0.17 takes transformers <5"),
+])
+def test_the_vllm_engine_where_the_image_cannot_run_it_is_an_error(project: Path, image: str, requirements: str,
+                                                                   fragment: str) -> None:
+    _setup(project, requirements=requirements, rolling_batch="vllm", model_id=HUB_ID)
+    findings = [(level, key, message) for level, key, message in _findings(project, image)
+                if key == "option.generation_engine"]
+    [(level, _, message)] = findings
+    assert level == "error" and fragment in message and "option.rolling_batch=vllm" in message

@@ -1,8 +1,10 @@
 """The deploy images' Python stacks, the requirements.txt a build ships for one, and the checks against it.
 
 `lmi build --image` uses them to stop, before a 15-minute deploy, what cannot load in that image: a pin that
-would replace the image's torch, the continuous engine where transformers 5.24 cannot run, a model or tokenizer
-newer than the image's transformers. An image not in `STACKS` is built unchecked, with one warning.
+would replace the image's torch or vLLM, the continuous engine where transformers 5.24 cannot run, the vLLM engine
+where the image has no vLLM it runs on, a model or tokenizer newer than the image's transformers. The requirements.txt
+it ships never names torch or vLLM: the image's own builds stay. An image not in `STACKS` is built unchecked, with one
+warning.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -22,6 +25,8 @@ CONTINUOUS_PYTHON = (3, 11)
 CONTINUOUS_TORCH = Version("2.6")
 #: the oldest Python transformers 5 installs on.
 TRANSFORMERS_5_PYTHON = (3, 10)
+#: the oldest vLLM the vllm engine runs on: its v1 API (delta outputs, AsyncLLM); tested on 0.32.
+VLLM_ENGINE_VLLM = Version("0.10")
 #: shipped packages a requirement must never replace (CUDA builds the image's other packages are tied to).
 PINNED_BY_IMAGE = ("torch", "torchvision", "deepspeed", "vllm")
 #: model types and the first transformers release that has them.
@@ -47,6 +52,8 @@ class ImageStack:
     torch: str
     transformers: str
     packages: dict[str, str] = field(default_factory=dict)
+    #: the transformers versions the image's vLLM takes (its own requirement)
+    vllm_transformers: str = ""
 
     @property
     def image(self) -> str:
@@ -64,6 +71,12 @@ class ImageStack:
         """Whether transformers 5.24 can run on this image's Python and torch."""
         return self.python >= CONTINUOUS_PYTHON and Version(self.torch) >= CONTINUOUS_TORCH
 
+    def runs_vllm(self, transformers: Version) -> bool:
+        """Whether the image's vLLM runs the vllm engine, with this transformers beside it."""
+        vllm = self.packages.get("vllm")
+        return (vllm is not None and Version(vllm) >= VLLM_ENGINE_VLLM
+                and SpecifierSet(self.vllm_transformers).contains(transformers, prereleases=True))
+
 
 STACKS = {
     stack.image: stack
@@ -72,7 +85,7 @@ STACKS = {
                    {"accelerate": "0.20.3", "deepspeed": "0.9.5"}),
         ImageStack("djl-deepspeed", "0.27.0", (3, 10), "2.1.2", "4.39.0",
                    {"accelerate": "0.28.0", "deepspeed": "0.12.6", "vllm": "0.3.3"}),
-        ImageStack("djl-lmi", "0.36.0", (3, 12), "2.10.0", "4.57", {"vllm": "0.17"}),
+        ImageStack("djl-lmi", "0.36.0", (3, 12), "2.10.0", "4.57", {"vllm": "0.17"}, vllm_transformers="<5"),
     )
 }
 
@@ -101,7 +114,11 @@ def check_image(project: Project, image: str) -> list[Finding]:
 
 
 def generation_engine(props: dict[str, str]) -> str:
-    return props.get("option.generation_engine", "auto").strip()
+    """The engine the options ask for: option.generation_engine, or vllm for DJL's option.rolling_batch=vllm."""
+    engine = props.get("option.generation_engine", "auto").strip().lower()
+    if engine == "auto" and props.get("option.rolling_batch", "").strip().lower() == "vllm":
+        return "vllm"
+    return engine
 
 
 def requirements_text(project: Project) -> str:
@@ -127,7 +144,10 @@ def engine_note(stack: ImageStack | None, engine: str, requirements: str) -> str
         return "unknown image: the handler picks its engine when the model loads"
     if engine != "auto":
         return f"option.generation_engine={engine}"
-    chosen = "continuous" if _continuous_ready(stack, parse_requirements(requirements)[0]) else "portable"
+    shipped = parse_requirements(requirements)[0]
+    if stack.runs_vllm(_transformers(stack, shipped)):
+        return f"option.generation_engine=auto will use the vllm engine (the image's vLLM {stack.packages['vllm']})"
+    chosen = "continuous" if _continuous_ready(stack, shipped) else "portable"
     return f"option.generation_engine=auto will use the {chosen} engine"
 
 
@@ -162,7 +182,10 @@ def check_requirements(stack: ImageStack, text: str) -> list[Finding]:
 
 
 def check_engine(stack: ImageStack, engine: str, shipped: list[Requirement]) -> list[Finding]:
-    """option.generation_engine=continuous where the shipped stack cannot run transformers' continuous batching."""
+    """The continuous engine where the shipped stack cannot run transformers' continuous batching, or the vllm engine
+    where it has no vLLM that runs it."""
+    if engine == "vllm":
+        return _check_vllm(stack, shipped)
     if engine != "continuous" or _continuous_ready(stack, shipped):
         return []
     if not stack.runs_continuous():
@@ -171,6 +194,23 @@ def check_engine(stack: ImageStack, engine: str, shipped: list[Requirement]) -> 
         reason = f"needs transformers 5.24, and requirements.txt gives transformers {_transformers(stack, shipped)}"
     return [Finding("error", "option.generation_engine", f"continuous {reason}: use auto or portable "
                     f"(auto picks the portable engine on {stack.image})")]
+
+
+def _check_vllm(stack: ImageStack, shipped: list[Requirement]) -> list[Finding]:
+    transformers = _transformers(stack, shipped)
+    if stack.runs_vllm(transformers):
+        return []
+    vllm = stack.packages.get("vllm")
+    if vllm is None:
+        reason = f"{stack.image} ships no vLLM"
+    elif Version(vllm) < VLLM_ENGINE_VLLM:
+        reason = f"it needs vLLM >= {VLLM_ENGINE_VLLM}, and {stack.image} ships vLLM {vllm}"
+    else:
+        reason = (f"requirements.txt gives transformers {transformers}, and the image's vLLM {vllm} takes transformers "
+                  f"{stack.vllm_transformers}: drop that pin")
+    return [Finding("error", "option.generation_engine", f"the vllm engine (option.rolling_batch=vllm or "
+                    f"option.generation_engine=vllm) cannot run: {reason}; auto picks an engine that runs on "
+                    f"{stack.image}")]
 
 
 def check_model(project: Project, stack: ImageStack, model_id: str, shipped: list[Requirement]) -> list[Finding]:

@@ -68,13 +68,13 @@ def continuous_unavailable() -> str | None:
 
 
 def vllm_unavailable() -> str | None:
-    """Why vLLM cannot run here, or None when `import vllm` works."""
+    """Why the vLLM engine cannot run here (feature detection: its module imports the vLLM API it uses), or None."""
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not installed"
     try:
-        importlib.import_module("vllm")
-    except Exception as error:  # an installed vLLM that fails to import (e.g. a mismatched torchvision)
-        return f"import vllm failed: {type(error).__name__}: {error}"
+        importlib.import_module(f"{__name__}.vllm_engine")
+    except Exception as error:  # a vLLM without that API, or one that fails to import (e.g. beside a bad torchvision)
+        return f"{type(error).__name__}: {error}"
     return None
 
 

@@ -1,8 +1,8 @@
 """VllmEngine and AsyncVllmEngine: the `Engine` protocol over vLLM's own engine, where the image ships vLLM.
 
-Chosen by `option.rolling_batch=vllm` (DJL's name) or `option.generation_engine=vllm`; `auto` takes it wherever
-`import vllm` works (`lmistream.engines`). The handler stays the same: every DJL protocol, output format, custom
-formatter, validation and cancellation works as with the other engines.
+Chosen by `option.rolling_batch=vllm` (DJL's name) or `option.generation_engine=vllm`; `auto` takes it wherever this
+module imports, that is wherever vLLM has the API used here (`lmistream.engines`). The handler stays the same: every
+DJL protocol, output format, custom formatter, validation and cancellation works as with the other engines.
 
 Each DJL path runs the vLLM API that fits it:
 
