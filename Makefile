@@ -68,5 +68,10 @@ test-lmi023: $(STAMP) $(LMI023_STAMP)
 	$(BIN)/python -c "from lmikit.embedded_model import ensure_tiny_model; ensure_tiny_model()"
 	$(LMI023)/bin/python -m pytest -m "not slow" $(LMI023_TESTS)
 
+# SmolLM2 is built (from its GGUF wheel) on the main stack once; the vLLM tier loads that same directory.
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -c "from lmikit.embedded_model import ensure_smollm2; ensure_smollm2()"
+	$(VLLM)/bin/python -m pytest $(VLLM_TESTS)
+
 clean:
 	rm -rf $(VENV) $(LMI023) $(VLLM) dist .pytest_cache .hypothesis
