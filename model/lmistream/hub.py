@@ -1,7 +1,8 @@
 """UpdateHub: hands engine updates from the engine's thread to whoever waits for them, without polling.
 
-Threads wait on a condition; asyncio code registers an event that the engine thread sets through its loop.
-Updates for request ids that are not (or no longer) open are dropped.
+Threads wait on a condition; asyncio code registers an event that the engine sets through its loop, or at once when
+the engine publishes from that loop itself (vLLM's AsyncLLM: no self-pipe write per token). A wait's timeout is a
+timer on the loop, not a task per wait. Updates for request ids that are not (or no longer) open are dropped.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ class UpdateHub:
             waiter = self._waiters.get(update.request_id)
         if waiter is not None:
             loop, event = waiter
-            loop.call_soon_threadsafe(event.set)
+            if _running_loop() is loop:
+                event.set()
+            else:
+                loop.call_soon_threadsafe(event.set)
 
     def take(self, request_id: str) -> list[EngineUpdate]:
         """All pending updates of a request, oldest first."""
@@ -61,16 +65,25 @@ class UpdateHub:
 
     async def wait_async(self, request_id: str, timeout: float) -> bool:
         """Await a pending update of one request from an asyncio task; False on timeout."""
-        event = asyncio.Event()
+        loop, event = asyncio.get_running_loop(), asyncio.Event()
         with self._cond:
             if self._boxes.get(request_id):
                 return True
-            self._waiters[request_id] = (asyncio.get_running_loop(), event)
+            self._waiters[request_id] = (loop, event)
+        timer = loop.call_later(timeout, event.set)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            await event.wait()
         finally:
+            timer.cancel()
             with self._cond:
                 self._waiters.pop(request_id, None)
+        with self._cond:
+            return bool(self._boxes.get(request_id))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
