@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "model" / "lmistream"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 TORCH_MODULES = {"continuous.py", "cb_processors.py", "loading.py", "batch.py", "sampling.py", "portable.py",
-                 "distributed.py", "ranked.py"}
+                 "distributed.py", "ranked.py", "vllm_engine.py"}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
