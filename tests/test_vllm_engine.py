@@ -326,3 +326,19 @@ def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(model_
     assert children, "vLLM runs its engine core in a process of its own"
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"left behind: {alive}"
+
+
+def test_tensor_parallelism_is_vllms_own(model_dir: Path, offline: dict[str, Offline], monkeypatch) -> None:
+    """option.tensor_parallel_degree=3 (SmolLM2's 9 heads three ways) is vLLM's tensor_parallel_size: one handler
+    process (engine=Python), three vLLM workers, the same greedy answers. vLLM's CPU build binds each worker to a NUMA
+    node of its own unless told which CPUs each takes; this 2-core box has one node, so the test tells it."""
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1|0")
+    with frontend("0.23", model_id=str(model_dir), rolling_batch="vllm", output_formatter="jsonlines",
+                  tensor_parallel_degree="3", **OPTIONS) as front:
+        engine = front._entry.module._service.engine
+        try:
+            results = post_all(front, [_payload(prompt, n) for prompt, n in GREEDY])
+        finally:
+            engine.stop()
+    assert engine.load_path.endswith("tensor_parallel_size=3")
+    _check_greedy(results, lines_023, offline)

@@ -135,6 +135,7 @@ class _VllmBase:
         self.load_path = f"vLLM {vllm.__version__} ({type(engine).__name__}), tensor_parallel_size={parallel}"
         self.parameter_bytes = 0
         self._on_update: UpdateCallback | None = None
+        self._stopped = False
 
     def validate(self, params: GenerationParams) -> None:
         check(params)
@@ -172,7 +173,10 @@ class VllmEngine(_VllmBase):
         self._command("abort", request_id)
 
     def stop(self) -> None:
-        """End the loop (requests still running get an error update) and shut vLLM's processes down."""
+        """End the loop (requests still running get an error update) and shut vLLM's processes down, once."""
+        if self._stopped:
+            return
+        self._stopped = True
         thread, self._thread = self._thread, None
         if thread is not None:
             self._command("stop", None)
@@ -276,9 +280,10 @@ class AsyncVllmEngine(_VllmBase):
             task.get_loop().call_soon_threadsafe(task.cancel)
 
     def stop(self) -> None:
-        """Shut vLLM's processes down; requests still running get an error update."""
-        if self._running:
-            self._running = False
+        """Shut vLLM's processes down, once; requests still running get an error update."""
+        self._running = False
+        if not self._stopped:
+            self._stopped = True
             self._engine.shutdown()
 
     async def _generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
