@@ -254,7 +254,7 @@ class AsyncVllmEngine(_VllmBase):
         engine = in_setup_thread(lambda: AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_arguments(config))))
         super().__init__(config, engine)
         self._engine = engine
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
 
     def start(self, on_update: UpdateCallback) -> None:
