@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--handler", default="handle")
     parser.add_argument("--djl-version", choices=["0.23", "newest"], required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"[rank %(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="[rank %(process)d] %(levelname)s %(name)s: %(message)s")
     rank = _rank_environment()
     connection = Client(f"{args.socket}.{rank}", family="AF_UNIX", authkey=bytes.fromhex(os.environ[AUTHKEY_ENV]))
     connection.send(os.getpid())  # under mpirun the launcher knows only mpirun's own pid
