@@ -21,7 +21,7 @@ import click
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .client import FORMATS, Stream, StreamError, invoke_chat_stream, invoke_stream
+from .client import FORMATS, Stream, StreamError, invoke_body_stream
 
 DEFAULT_ENDPOINT = "local"
 LOCAL_REGION = "us-east-1"
@@ -51,11 +51,12 @@ def invoke_command(
         raise click.UsageError("--system needs --chat")
     body = request_body(prompt, max_new_tokens, temperature, chat, system)
     client = runtime_client(endpoint_url, region)
+    forced = None if fmt == "auto" else fmt
     try:
-        if stream:
-            print_stream(_invoke_stream(client, endpoint_name, body, None if fmt == "auto" else fmt))
+        if stream:  # a chat stream is SSE, whatever content type DJL 0.23 labels it with
+            print_stream(invoke_body_stream(client, endpoint_name, body, forced or ("sse" if chat else None)))
         else:
-            _print_whole(client, endpoint_name, body, None if fmt == "auto" else fmt)
+            _print_whole(client, endpoint_name, body, forced)
     except (ClientError, BotoCoreError, StreamError) as error:
         raise click.ClickException(_one_line(error)) from error
 
@@ -63,23 +64,13 @@ def invoke_command(
 def request_body(prompt: str, max_new_tokens: int, temperature: float | None, chat: bool,
                  system: str | None = None) -> dict[str, Any]:
     """The LMI body `{"inputs", "parameters"}`, or with `chat` an OpenAI chat body `{"messages", "max_tokens"}`."""
-    if not chat:
-        parameters: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if temperature is not None:
-            parameters["temperature"] = temperature
-        return {"inputs": prompt, "parameters": parameters}
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    options: dict[str, Any] = {"max_tokens": max_new_tokens}
+    settings: dict[str, Any] = {"max_tokens" if chat else "max_new_tokens": max_new_tokens}
     if temperature is not None:
-        options["temperature"] = temperature
-    return {"messages": messages, **options}
-
-
-def _invoke_stream(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None) -> Stream:
-    if "messages" in body:
-        options = {key: value for key, value in body.items() if key != "messages"}
-        return invoke_chat_stream(client, endpoint_name, body["messages"], options)
-    return invoke_stream(client, endpoint_name, body["inputs"], body["parameters"], fmt=fmt)
+        settings["temperature"] = temperature
+    if not chat:
+        return {"inputs": prompt, "parameters": settings}
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return {"messages": messages, **settings}
 
 
 def runtime_client(endpoint_url: str | None = None, region: str | None = None) -> Any:

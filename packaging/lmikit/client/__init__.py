@@ -4,7 +4,7 @@ from __future__ import annotations
 from .errors import InternalStreamFailure, ModelError, ModelStreamError, ParseError, StreamError
 from .events import FORMATS, ErrorEvent, EventParser, TokenEvent, event_from_payload, sniff_format
 from .lines import LineDecoder
-from .stream import Stream, invoke_chat_stream, invoke_stream
+from .stream import Stream, invoke_body_stream, invoke_chat_stream, invoke_stream
 
 __all__ = [
     "FORMATS",
@@ -19,6 +19,7 @@ __all__ = [
     "StreamError",
     "TokenEvent",
     "event_from_payload",
+    "invoke_body_stream",
     "invoke_chat_stream",
     "invoke_stream",
     "sniff_format",

@@ -103,8 +103,8 @@ def invoke_stream(
     Returns:
         The response as a `Stream`, whose time to first token includes the request itself.
     """
-    body = {"inputs": prompt, "parameters": dict(parameters), "stream": True}
-    return _invoke(client, endpoint_name, body, fmt, custom_attributes)
+    body = {"inputs": prompt, "parameters": dict(parameters)}
+    return invoke_body_stream(client, endpoint_name, body, fmt, custom_attributes)
 
 
 def invoke_chat_stream(
@@ -121,16 +121,17 @@ def invoke_chat_stream(
         messages: `{"role", "content"}` dicts, oldest first.
         options: OpenAI chat fields such as `max_tokens`, `temperature`, `top_p`, `stop`, `seed`.
     """
-    body = {"messages": [dict(message) for message in messages], **options, "stream": True}
-    return _invoke(client, endpoint_name, body, "sse", custom_attributes)
+    body = {"messages": [dict(message) for message in messages], **options}
+    return invoke_body_stream(client, endpoint_name, body, "sse", custom_attributes)
 
 
-def _invoke(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None,
-            custom_attributes: str | None) -> Stream:
+def invoke_body_stream(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None = None,
+                       custom_attributes: str | None = None) -> Stream:
+    """Send any JSON request body with `"stream": true` added; the two functions above build the usual ones."""
     request: dict[str, Any] = {
         "EndpointName": endpoint_name,
         "ContentType": "application/json",
-        "Body": json.dumps(body).encode(),
+        "Body": json.dumps({**body, "stream": True}).encode(),
     }
     if custom_attributes is not None:
         request["CustomAttributes"] = custom_attributes

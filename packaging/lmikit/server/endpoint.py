@@ -113,14 +113,13 @@ class LocalEndpoint:
     async def _chat_completions(self, request: Request) -> HTTPResponse:
         track = self.metrics.start("chat")
         refusal, body = await self._admit(request)
-        problem, answer_type = (None, "") if refusal is not None else read_chat_body(body)
-        if refusal is not None or problem is not None:
-            status = refusal.status_code if refusal is not None else 400
-            track.end(status)
-            content = openai_error(status, refusal.body if refusal is not None else problem.encode())
-            return HTTPResponse(content, status_code=status, media_type="application/json")
-        headers = [("content-type", "application/json")]
-        return await self._forward(headers, body, track, shape_error=openai_error, content_type=answer_type)
+        problem, answer_type = read_chat_body(body) if refusal is None else (None, "")
+        if refusal is None and problem is None:
+            headers = [("content-type", "application/json")]
+            return await self._forward(headers, body, track, shape_error=openai_error, content_type=answer_type)
+        status, content = (400, problem.encode()) if refusal is None else (refusal.status_code, refusal.body)
+        track.end(status)
+        return HTTPResponse(openai_error(status, content), status_code=status, media_type="application/json")
 
     async def _models(self, request: Request) -> HTTPResponse:
         return _json(200, models_list(self.served_model, self._created))
@@ -143,10 +142,11 @@ class LocalEndpoint:
         chunks = response.chunks(CHUNK_TIMEOUT_SECONDS)
         if head.status < 300:
             chunks = track.watch(chunks, content_type or _content_type(head.headers))
-        if not head.chunked or (head.status >= 400 and shape_error is not None):
+        reshape = head.status >= 400 and shape_error is not None
+        if not head.chunked or reshape:
             content = b"".join(await self._wait(list, chunks))
             track.end(head.status)
-            if head.status >= 400 and shape_error is not None:
+            if reshape:
                 content = shape_error(head.status, content)
                 headers_out = {"content-type": "application/json", "x-request-id": response.request_id}
             return HTTPResponse(content, status_code=head.status, headers=headers_out)
