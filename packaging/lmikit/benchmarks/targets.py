@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..client import Stream, StreamError, invoke_stream
+from ..client import Stream, StreamError, invoke_body_stream
 from .stats import RequestRecord
 
 REQUEST_TIMEOUT_S = 600.0
@@ -90,7 +90,7 @@ def openai_target(url: str, model: str, api: str = "chat", api_key: str | None =
 
 
 class RuntimeTarget:
-    """The SageMaker runtime API (InvokeEndpointWithResponseStream) through a boto3 client and `invoke_stream`."""
+    """The SageMaker runtime API (InvokeEndpointWithResponseStream) through a boto3 client and `invoke_body_stream`."""
 
     def __init__(self, client: Any, endpoint_name: str) -> None:
         self._client, self._endpoint = client, endpoint_name
@@ -98,7 +98,7 @@ class RuntimeTarget:
     def request(self, prompt: str, max_new_tokens: int) -> RequestRecord:
         sent = time.perf_counter()
         try:
-            stream = invoke_stream(self._client, self._endpoint, prompt, lmi_body(prompt, max_new_tokens)["parameters"])
+            stream = invoke_body_stream(self._client, self._endpoint, lmi_body(prompt, max_new_tokens))
         except (ClientError, BotoCoreError) as error:
             return RequestRecord(sent, error=f"{type(error).__name__}: {error}")
         return record(sent, iter(stream))
