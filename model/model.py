@@ -3,8 +3,8 @@
 DJL calls `handle` once with an empty Input carrying the init properties, then for every request (or,
 with rolling batch, every step). Nothing heavy runs at import: newest DJL executes this file several times.
 """
-from djl_python import Input, Output
 
+from djl_python import Input, Output
 from lmistream.service import StreamingService
 
 _service = StreamingService(Output, namespace=globals())

@@ -1,12 +1,13 @@
 """Test support for the streaming client: a per-test timeout, botocore event streams over raw bytes,
 and a tiny chunked HTTP server that speaks InvokeEndpointWithResponseStream to an unmodified boto3."""
+
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
-from typing import Iterable, Iterator
 
 import boto3
 import botocore.parsers

@@ -1,4 +1,5 @@
 """Session hooks shared by the suite."""
+
 from __future__ import annotations
 
 import os

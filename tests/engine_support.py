@@ -1,4 +1,5 @@
 """What the engine tests share: a callback that records every update and waits on conditions (never on sleeps)."""
+
 from __future__ import annotations
 
 import threading

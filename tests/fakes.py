@@ -1,8 +1,10 @@
 """Test doubles for the pure logic: a byte-level tokenizer and a scripted engine with its own loop thread."""
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from lmistream.engine import EngineUpdate, UpdateCallback
 from lmistream.params import GenerationParams
@@ -111,7 +113,7 @@ class ScriptedEngine:
         return updates
 
 
-def serve_engines(monkeypatch, make: Callable[[], "ScriptedEngine"]) -> Iterator[list]:
+def serve_engines(monkeypatch, make: Callable[[], ScriptedEngine]) -> Iterator[list]:
     """Fixture body: every engine the handler creates comes from `make`; yields them, and stops them afterwards."""
     import lmistream.service
 

@@ -1,12 +1,14 @@
 """model.py behind the real HTTP server in this process (DJL rolling batch, the tiny model, the portable engine), with
 its engine instrumented: forward passes counted, each request's last update step noted, faults injected on demand."""
+
 from __future__ import annotations
 
 import http.client
 import json
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.endpoint import LocalEndpoint
@@ -52,9 +54,15 @@ class Instruments:
 def served(version: str = "0.23", **options: str) -> Iterator[tuple[LocalEndpoint, Instruments]]:
     """model.py (DJL rolling batch, the tiny model) behind the real HTTP server, in this process; an option given as
     None is left unset."""
-    settings = {"model_id": str(ensure_tiny_model()), "dtype": "fp32", "rolling_batch": "custom",
-                "max_rolling_batch_size": "32", "generation_engine": "portable", "output_formatter": "jsonlines",
-                **options}
+    settings = {
+        "model_id": str(ensure_tiny_model()),
+        "dtype": "fp32",
+        "rolling_batch": "custom",
+        "max_rolling_batch_size": "32",
+        "generation_engine": "portable",
+        "output_formatter": "jsonlines",
+        **options,
+    }
     settings = {key: value for key, value in settings.items() if value is not None}  # None: leave the option unset
     with frontend(version, **settings) as front:
         engine = front._entry.module._service.engine

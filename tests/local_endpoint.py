@@ -1,4 +1,5 @@
 """`lmi serve` as a real subprocess for HTTP and boto3 tests, and a client that timestamps chunks."""
+
 from __future__ import annotations
 
 import http.client
@@ -6,10 +7,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from lmikit.server.process import RunningEndpoint, running_endpoint
 

@@ -1,4 +1,5 @@
 """Builds a small, valid lmi project in a temporary directory for the validate, tarball and lifecycle tests."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """transformers' own greedy `generate`, the reference every engine's tokens are compared with (any supported stack)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

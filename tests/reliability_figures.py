@@ -1,12 +1,16 @@
 """The reliability suite's figures: each test records what it held up to, and the session writes them into the
 README's reliability section (between its markers), so that nobody types them in."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-START, END = "<!-- reliability figures: written by tests/test_reliability_*.py -->", "<!-- end of reliability figures -->"
+START, END = (
+    "<!-- reliability figures: written by tests/test_reliability_*.py -->",
+    "<!-- end of reliability figures -->",
+)
 FIGURES: dict[str, str] = {}
 ORDER = ("fuzz", "load", "disconnects", "faults", "slow client", "logs")
 
@@ -22,6 +26,6 @@ def write_readme() -> None:
     lines = "\n".join(f"- **{name}**: {FIGURES[name]}" for name in ORDER)
     text = README.read_text(encoding="utf-8")
     block = f"{START}\n{lines}\n{END}"
-    updated = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    updated = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
     if updated != text:
         README.write_text(updated, encoding="utf-8")

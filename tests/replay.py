@@ -1,15 +1,16 @@
 """Replay helpers: load the project's real model/model.py through the DJL stand-in and drive it."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from lmikit.djl.driver import Frontend
-from lmikit.djl.response import Response
 from lmikit.djl.loader import load_entry_point, model_environment
+from lmikit.djl.response import Response
 from lmikit.properties import init_properties
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"

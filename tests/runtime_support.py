@@ -1,16 +1,16 @@
 """Test support for the runtime API: a scripted fake container and a tiny HTTP server that answers with
 `handle_runtime_request`, written out the way the local endpoint does (chunked when streamed)."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import boto3
 import pytest
 from botocore.config import Config
-
 from lmikit.server.runtime import RuntimeConfig, handle_runtime_request
 
 ENDPOINT = "local"
@@ -72,7 +72,7 @@ class _RuntimeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: RuntimeServer
 
-    def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         answer = handle_runtime_request(
             "POST", self.path, self.headers, body, self.server.container.submit, self.server.config
@@ -95,7 +95,7 @@ class _RuntimeHandler(BaseHTTPRequestHandler):
             answer.close()
             self.close_connection = True
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -113,8 +113,16 @@ def runtime_server() -> Iterator[RuntimeServer]:
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     """No AWS configuration from the machine: no credentials, profiles, region or endpoint variables."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", f"{tmp_path}/config")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", f"{tmp_path}/credentials")

@@ -1,4 +1,5 @@
 """Decoding whole SSE bodies in tests: OpenAI chat chunks and TGI events to their text (python 3.9 compatible)."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import json
 
 def sse_payloads(raw: bytes) -> list[dict]:
     """The JSON payload of every `data:` line, `[DONE]` left out."""
-    datas = [line[len(b"data:"):].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+    datas = [line[len(b"data:") :].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
     return [json.loads(data) for data in datas if data != b"[DONE]"]
 
 

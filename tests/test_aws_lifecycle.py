@@ -4,13 +4,14 @@ helpers' edge cases. moto 5.2.1 lacks UpdateEndpoint: `_moto_update_endpoint` ad
 moto runs in-process (ThreadedMotoServer) and is reached through AWS_ENDPOINT_URL, exactly as a real endpoint
 would be: the product code gets no test hooks.
 """
+
 from __future__ import annotations
 
 import io
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import pytest
@@ -42,9 +43,13 @@ def moto_url() -> Iterator[str]:
 
 
 def _dummy_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials")}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+    }.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
@@ -87,8 +92,9 @@ def _gone(call, **kwargs: str) -> bool:
     return False
 
 
-def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_deploy_delete_lifecycle(
+    aws: boto3.session.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tarball = tmp_path / "dist" / "model.tar.gz"
     build = _lmi("build", REPO, "--out", tarball)
     assert build.exit_code == 0, build.output
@@ -112,8 +118,9 @@ def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Pat
     served = tmp_path / "served"
     with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())) as archive:
         archive.extractall(served, filter="data")
-    with serve(served, "--model-id", str(ensure_tiny_model()), "--option", "dtype=fp32",
-               "--endpoint-name", endpoint) as local:
+    with serve(
+        served, "--model-id", str(ensure_tiny_model()), "--option", "dtype=fp32", "--endpoint-name", endpoint
+    ) as local:
         monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", local.url)
         invoked = _lmi("invoke", "Tell me a story", "--endpoint", endpoint, "--max-new-tokens", "12")
     assert invoked.exit_code == 0, invoked.output
@@ -130,11 +137,21 @@ def test_build_deploy_delete_lifecycle(aws: boto3.session.Session, tmp_path: Pat
     assert again.exit_code == 0 and "nothing to delete" in again.stderr
 
 
-def test_deploy_builds_first_and_delete_keeps_artifacts_by_default(aws: boto3.session.Session,
-                                                                   tmp_path: Path) -> None:
+def test_deploy_builds_first_and_delete_keeps_artifacts_by_default(aws: boto3.session.Session, tmp_path: Path) -> None:
     project = make_project(tmp_path)
-    deployed = _deploy("--project-dir", project, "--endpoint-name", "my-endpoint", "--no-wait",
-                       "--image", "djl-lmi:0.36.0", "--prefix", "custom/prefix", "--health-check-timeout", 600)
+    deployed = _deploy(
+        "--project-dir",
+        project,
+        "--endpoint-name",
+        "my-endpoint",
+        "--no-wait",
+        "--image",
+        "djl-lmi:0.36.0",
+        "--prefix",
+        "custom/prefix",
+        "--health-check-timeout",
+        600,
+    )
     endpoint = deployed.stdout.strip()
     assert endpoint == "my-endpoint" and "InService" not in deployed.stderr
     assert "warning" not in deployed.stderr and "for djl-lmi:0.36.0" in deployed.stderr, "built for that image"
@@ -143,7 +160,8 @@ def test_deploy_builds_first_and_delete_keeps_artifacts_by_default(aws: boto3.se
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint)["ProductionVariants"][0]
     assert config["ContainerStartupHealthCheckTimeoutInSeconds"] == 600
     assert sm.describe_model(ModelName=endpoint)["PrimaryContainer"]["Image"].endswith(
-        "djl-inference:0.36.0-lmi27.0.0-cu130")
+        "djl-inference:0.36.0-lmi27.0.0-cu130"
+    )
     assert _lmi("delete", "--endpoint", endpoint).exit_code == 0
     assert _gone(sm.describe_model, ModelName=endpoint)
     s3.head_object(Bucket=BUCKET, Key="custom/prefix/my-endpoint/model.tar.gz")
@@ -160,11 +178,25 @@ def test_deploy_refuses_an_invalid_project(aws: boto3.session.Session, tmp_path:
 
 def test_deploy_refuses_more_ranks_than_the_instance_has_gpus(aws: boto3.session.Session, tmp_path: Path) -> None:
     project = make_project(tmp_path)
-    properties = (project / "serving.properties").read_text().replace("option.tensor_parallel_degree=1",
-                                                                      "option.tensor_parallel_degree=4")
+    properties = (
+        (project / "serving.properties")
+        .read_text()
+        .replace("option.tensor_parallel_degree=1", "option.tensor_parallel_degree=4")
+    )
     (project / "serving.properties").write_text(properties.replace("engine=Python", "engine=MPI"))
-    result = _lmi("deploy", "--project-dir", project, "--role", ROLE, "--bucket", BUCKET, "--endpoint-name", "tp",
-                  "--instance-type", "ml.g5.2xlarge")
+    result = _lmi(
+        "deploy",
+        "--project-dir",
+        project,
+        "--role",
+        ROLE,
+        "--bucket",
+        BUCKET,
+        "--endpoint-name",
+        "tp",
+        "--instance-type",
+        "ml.g5.2xlarge",
+    )
     assert result.exit_code == 1
     assert "option.tensor_parallel_degree=4 needs 4 GPUs; ml.g5.2xlarge has 1" in result.stderr
     assert not (project / "dist").exists(), "nothing is built or uploaded"
@@ -174,14 +206,29 @@ def test_deploy_with_two_instances_autoscales_1_to_4_and_delete_removes_the_scal
     aws: boto3.session.Session, tmp_path: Path
 ) -> None:
     project = make_project(tmp_path)
-    _deploy("--project-dir", project, "--endpoint-name", "scaled", "--image", "djl-lmi:0.36.0",
-            "--instance-count", "2", "--autoscale", "1:4", "--target-invocations", "12")
+    _deploy(
+        "--project-dir",
+        project,
+        "--endpoint-name",
+        "scaled",
+        "--image",
+        "djl-lmi:0.36.0",
+        "--instance-count",
+        "2",
+        "--autoscale",
+        "1:4",
+        "--target-invocations",
+        "12",
+    )
     sm, scaling = aws.client("sagemaker"), aws.client("application-autoscaling")
     config = sm.describe_endpoint_config(EndpointConfigName="scaled")["ProductionVariants"][0]
     assert config["InitialInstanceCount"] == 2
     [target] = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
-    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == \
-        ("endpoint/scaled/variant/AllTraffic", 1, 4)
+    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == (
+        "endpoint/scaled/variant/AllTraffic",
+        1,
+        4,
+    )
     [policy] = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
     tracking = policy["TargetTrackingScalingPolicyConfiguration"]
     assert policy["PolicyType"] == "TargetTrackingScaling" and tracking["TargetValue"] == 12
@@ -192,16 +239,29 @@ def test_deploy_with_two_instances_autoscales_1_to_4_and_delete_removes_the_scal
     assert scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"] == []
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--autoscale", "4:1"), "use MIN:MAX with 1 <= MIN <= MAX"),
-    (("--autoscale", "2:4"), "--instance-count 1 is outside 2:4"),
-    (("--autoscale", "1:4", "--no-wait"), "drop --no-wait"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--autoscale", "4:1"), "use MIN:MAX with 1 <= MIN <= MAX"),
+        (("--autoscale", "2:4"), "--instance-count 1 is outside 2:4"),
+        (("--autoscale", "1:4", "--no-wait"), "drop --no-wait"),
+    ],
+)
 def test_bad_autoscale_settings_are_refused_before_anything_is_created(
     aws: boto3.session.Session, tmp_path: Path, args: tuple, message: str
 ) -> None:
-    result = _lmi("deploy", "--project-dir", make_project(tmp_path), "--role", ROLE, "--bucket", BUCKET,
-                  "--endpoint-name", "never", *args)
+    result = _lmi(
+        "deploy",
+        "--project-dir",
+        make_project(tmp_path),
+        "--role",
+        ROLE,
+        "--bucket",
+        BUCKET,
+        "--endpoint-name",
+        "never",
+        *args,
+    )
     assert result.exit_code == 2 and message in result.output
     assert _gone(aws.client("sagemaker").describe_endpoint, EndpointName="never")
 
@@ -255,8 +315,14 @@ def test_update_rolls_out_versions_and_retires_the_old_ones(updatable: boto3.ses
 def test_a_failed_update_keeps_the_old_version_serving(updatable: boto3.session.Session, tmp_path: Path) -> None:
     project = make_project(tmp_path)
     _deploy("--project-dir", project, "--endpoint-name", "green", "--image", "djl-lmi:0.36.0")
-    result = _update("--endpoint", "green", "--project-dir", project,
-                     "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/broken:1")
+    result = _update(
+        "--endpoint",
+        "green",
+        "--project-dir",
+        project,
+        "--image",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/broken:1",
+    )
     assert result.exit_code == 1 and "did not pass the ping" in result.output
     sm = updatable.client("sagemaker")
     assert sm.describe_endpoint(EndpointName="green")["EndpointConfigName"] == "green"
@@ -265,8 +331,9 @@ def test_a_failed_update_keeps_the_old_version_serving(updatable: boto3.session.
     _lmi("delete", "--endpoint", "green")
 
 
-def test_status_lists_each_endpoint_with_its_instances_image_and_model_data(aws: boto3.session.Session,
-                                                                           tmp_path: Path) -> None:
+def test_status_lists_each_endpoint_with_its_instances_image_and_model_data(
+    aws: boto3.session.Session, tmp_path: Path
+) -> None:
     project = make_project(tmp_path)
     names = ["status-a", "status-b"]
     for name in names:
@@ -299,9 +366,11 @@ def test_deploy_rejects_an_unknown_image(aws: boto3.session.Session, tmp_path: P
 
 @pytest.mark.parametrize(
     ("image", "expected"),
-    [("djl-deepspeed:0.23.0", DJL_0_23),
-     ("djl-lmi:0.28.0", "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.28.0-lmi10.0.0-cu124"),
-     ("123.dkr.ecr.eu-west-1.amazonaws.com/mine:1", "123.dkr.ecr.eu-west-1.amazonaws.com/mine:1")],
+    [
+        ("djl-deepspeed:0.23.0", DJL_0_23),
+        ("djl-lmi:0.28.0", "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.28.0-lmi10.0.0-cu124"),
+        ("123.dkr.ecr.eu-west-1.amazonaws.com/mine:1", "123.dkr.ecr.eu-west-1.amazonaws.com/mine:1"),
+    ],
 )
 def test_resolve_image(image: str, expected: str) -> None:
     assert aws_deploy.resolve_image(image, "us-east-1") == expected
@@ -357,8 +426,11 @@ def _plant(session: boto3.session.Session, endpoint: str, messages: list[str], a
     logs.create_log_group(logGroupName=group)
     logs.create_log_stream(logGroupName=group, logStreamName="AllTraffic/i-0123")
     now = int((time.time() - age_s) * 1000)
-    logs.put_log_events(logGroupName=group, logStreamName="AllTraffic/i-0123",
-                        logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(messages)])
+    logs.put_log_events(
+        logGroupName=group,
+        logStreamName="AllTraffic/i-0123",
+        logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(messages)],
+    )
 
 
 def test_logs_prints_the_planted_lines_in_order(aws: boto3.session.Session) -> None:
@@ -387,8 +459,11 @@ def test_follow_yields_new_lines_once(aws: boto3.session.Session) -> None:
     def wait() -> bool:
         polls.append(1)
         if len(polls) == 1:
-            logs.put_log_events(logGroupName=group, logStreamName="AllTraffic/i-0123",
-                                logEvents=[{"timestamp": int(time.time() * 1000), "message": "two"}])
+            logs.put_log_events(
+                logGroupName=group,
+                logStreamName="AllTraffic/i-0123",
+                logEvents=[{"timestamp": int(time.time() * 1000), "message": "two"}],
+            )
         return len(polls) >= 3
 
     start = int((time.time() - 3600) * 1000)
@@ -410,14 +485,13 @@ def test_since_formats() -> None:
 
 
 def test_a_failed_deploy_prints_the_last_container_lines_then_the_reason(aws: boto3.session.Session) -> None:
-    from rich.console import Console
-
     from lmikit.commands.deploy import _wait
+    from rich.console import Console
 
     _plant(aws, "broken", ["Python engine started.", "ConfigError: option.model_id is required"])
 
     class FailedEndpoint:
-        def describe_endpoint(self, EndpointName: str) -> dict:  # noqa: N803 (boto3's keyword)
+        def describe_endpoint(self, EndpointName: str) -> dict:
             return {"EndpointStatus": "Failed", "FailureReason": "health check failed"}
 
     out = io.StringIO()

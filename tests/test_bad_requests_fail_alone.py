@@ -1,21 +1,23 @@
 """Regression tests for requests that once hurt the batch: each fails alone with a 4xx naming the problem, and the
 requests beside it stream exactly their own tokens. Also: a failed non-streaming generation answers with its error
 status (424, or 507 when the engine ran out of memory), never HTTP 200. Over the scripted engine, in every protocol."""
+
 from __future__ import annotations
 
 import json
 
-import pytest
-
 import lmistream.service
+import pytest
 from fakes import ScriptedEngine, serve_engines
 from lmistream.engine import EngineUpdate
 from replay import collect, frontend, post
 
-ROLLING = [("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
-           ("newest", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
-           ("newest", {"async_mode": "true", "enable_streaming": "true"}),
-           ("0.23", {"enable_streaming": "true"})]
+ROLLING = [
+    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
+    ("newest", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
+    ("newest", {"async_mode": "true", "enable_streaming": "true"}),
+    ("0.23", {"enable_streaming": "true"}),
+]
 CANARY = "the canary sings"
 NESTED = b'{"inputs": "x", "parameters": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
@@ -45,12 +47,22 @@ BAD = [
     pytest.param(NESTED, "nests too deeply", id="deeply-nested-json"),
     pytest.param(b'{"inputs": "a\\ud800"}', "inputs holds a lone surrogate", id="lone-surrogate-escape"),
     pytest.param(b'{"inputs": "a\xed\xa0\x80"}', "inputs holds a lone surrogate", id="lone-surrogate-bytes"),
-    pytest.param(b'{"inputs": "x", "parameters": {"stop_sequences": ["\\udfff"]}}', "parameters.stop_sequences",
-                 id="surrogate-stop-sequence"),
-    *[pytest.param(json.dumps({"inputs": "x", "parameters": value}).encode(), "parameters must be a JSON object",
-                   id=f"parameters-{value!r}") for value in ([], "", 0, False)],
-    pytest.param(json.dumps({"inputs": "y" * (7 << 20)}).encode(), "characters; the model holds 2048 tokens",
-                 id="7-MiB-prompt"),
+    pytest.param(
+        b'{"inputs": "x", "parameters": {"stop_sequences": ["\\udfff"]}}',
+        "parameters.stop_sequences",
+        id="surrogate-stop-sequence",
+    ),
+    *[
+        pytest.param(
+            json.dumps({"inputs": "x", "parameters": value}).encode(),
+            "parameters must be a JSON object",
+            id=f"parameters-{value!r}",
+        )
+        for value in ([], "", 0, False)
+    ],
+    pytest.param(
+        json.dumps({"inputs": "y" * (7 << 20)}).encode(), "characters; the model holds 2048 tokens", id="7-MiB-prompt"
+    ),
 ]
 
 
@@ -79,13 +91,23 @@ class FailingEngine(ScriptedEngine):
 
     def _step(self) -> list[EngineUpdate]:
         updates = super()._step()
-        return [EngineUpdate(u.request_id, finished=True, error="CUDA out of memory" if self._code == 507 else
-                             "generation failed", code=self._code) if not u.finished else u for u in updates]
+        return [
+            EngineUpdate(
+                u.request_id,
+                finished=True,
+                error="CUDA out of memory" if self._code == 507 else "generation failed",
+                code=self._code,
+            )
+            if not u.finished
+            else u
+            for u in updates
+        ]
 
 
 @pytest.mark.parametrize("code", [424, 507])
-@pytest.mark.parametrize("version,options", [("0.23", {}), ("newest", {"async_mode": "true"}),
-                                             ("newest", {"rolling_batch": "disable"})])
+@pytest.mark.parametrize(
+    "version,options", [("0.23", {}), ("newest", {"async_mode": "true"}), ("newest", {"rolling_batch": "disable"})]
+)
 def test_a_failed_non_streaming_generation_answers_its_error_status(version, options, code, monkeypatch) -> None:
     monkeypatch.setattr(lmistream.service, "create_engine", lambda config: FailingEngine(code))
     with frontend(version, **options) as front:

@@ -1,5 +1,6 @@
 """`lmi bench` for real, at tiny sizes: every route against `lmi serve` with the tiny model, and `--compare`.
 Sane numbers and files only: never a timing assertion."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ SMALL = ["--concurrency", "1,2", "--max-new-tokens", "4", "--prompt-tokens", "6"
 
 def lmi_bench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "lmikit", "bench", *args], capture_output=True, text=True, env=env,
-                          timeout=900, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "lmikit", "bench", *args], capture_output=True, text=True, env=env, timeout=900, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,20 @@ def test_without_a_target_it_says_what_to_give(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_compare_runs_the_limit_the_stack_a_peer_and_the_naive_handler(tmp_path) -> None:
-    result = lmi_bench("--compare", "--model-id", "tiny", "--engines", "portable", "--protocols", "0.23,newest",
-                       "--threads", "1", *SMALL, "--out", str(tmp_path))
+    result = lmi_bench(
+        "--compare",
+        "--model-id",
+        "tiny",
+        "--engines",
+        "portable",
+        "--protocols",
+        "0.23,newest",
+        "--threads",
+        "1",
+        *SMALL,
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     systems = {"generate", "lmi-0.23-portable", "lmi-newest-portable", "transformers-serve", "naive"}
     document = _check_outputs(tmp_path, systems)

@@ -1,4 +1,5 @@
 """`lmi bench`'s statistics and reports, pure: percentiles, level summaries, ratios by repeat, tables, prompts."""
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,11 @@ def test_percentile_interpolates_and_is_nan_for_nothing() -> None:
 
 
 def test_a_level_summary() -> None:
-    records = [RequestRecord(0.0, [0.5, 0.6, 0.8, 1.0]), RequestRecord(0.0, [0.3, 0.4]),
-               RequestRecord(0.1, error="HTTP 503")]
+    records = [
+        RequestRecord(0.0, [0.5, 0.6, 0.8, 1.0]),
+        RequestRecord(0.0, [0.3, 0.4]),
+        RequestRecord(0.1, error="HTTP 503"),
+    ]
     result = summarize("s", 3, records, repeat=1)
     assert (result.requests, result.errors, result.tokens, result.repeat) == (3, 1, 6, 1)
     assert result.duration_s == pytest.approx(1.0) and result.tok_s == pytest.approx(6.0)
@@ -62,10 +66,16 @@ def _result(system: str, c: int, tok_s: float, repeat: int, itl: float = 10.0) -
     return LevelResult(system, c, c, 0, 64 * c, 1.0, float(tok_s), 1.0, 1.0, itl, itl, 1.0, 1.0, repeat)
 
 
-RESULTS = [_result("generate", 8, 100, 0, itl=20), _result("generate", 8, 120, 1, itl=18),
-           _result("lmi-0.23-portable", 8, 90, 0, itl=22), _result("lmi-0.23-portable", 8, 96, 1, itl=21),
-           _result("lmi-newest-portable", 8, 80, 0), _result("lmi-newest-portable", 8, 99, 1),
-           _result("naive", 8, 12, 0), _result("naive", 8, 12, 1)]
+RESULTS = [
+    _result("generate", 8, 100, 0, itl=20),
+    _result("generate", 8, 120, 1, itl=18),
+    _result("lmi-0.23-portable", 8, 90, 0, itl=22),
+    _result("lmi-0.23-portable", 8, 96, 1, itl=21),
+    _result("lmi-newest-portable", 8, 80, 0),
+    _result("lmi-newest-portable", 8, 99, 1),
+    _result("naive", 8, 12, 0),
+    _result("naive", 8, 12, 1),
+]
 
 
 def test_best_runs_keep_the_fastest_repeat() -> None:
@@ -91,16 +101,27 @@ def test_compare_ratios_cover_the_limit_peers_naive_and_protocols() -> None:
 def test_overhead_is_the_itl_above_the_static_batch_step() -> None:
     assert overhead_ms(RESULTS, "lmi-0.23-portable", "generate", 8) == pytest.approx(21 - 18)
     rows = stack_overheads(RESULTS)
-    assert {(row["system"], row["concurrency"]) for row in rows} == {("lmi-0.23-portable", 8),
-                                                                     ("lmi-newest-portable", 8)}
+    assert {(row["system"], row["concurrency"]) for row in rows} == {
+        ("lmi-0.23-portable", 8),
+        ("lmi-newest-portable", 8),
+    }
 
 
 def test_the_markdown_report_holds_every_level_and_ratio() -> None:
     best = best_runs(RESULTS)
     table = markdown_table(best)
     assert len(table.splitlines()) == 2 + len(best) and "| naive | 8 | 12.0 |" in table
-    meta = {"target": "t", "command": "lmi bench --compare", "model": "m", "prompt": "32 tokens",
-            "max_new_tokens": 64, "rounds": 1, "repeats": 2, "machine": "x", "threads": {"naive": "2"}}
+    meta = {
+        "target": "t",
+        "command": "lmi bench --compare",
+        "model": "m",
+        "prompt": "32 tokens",
+        "max_new_tokens": 64,
+        "rounds": 1,
+        "repeats": 2,
+        "machine": "x",
+        "threads": {"naive": "2"},
+    }
     report = markdown_report(meta, best, compare_ratios(RESULTS), stack_overheads(RESULTS))
     assert "`lmi bench --compare`" in report and "* naive: 2" in report
     assert "| lmi-newest-portable / lmi-0.23-portable | 8 |" in report and "ms/token" in report

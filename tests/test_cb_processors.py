@@ -1,14 +1,14 @@
 """The row-skipping top-k / top-p processors of ContinuousBatchingEngine give transformers' per-request results, row for row."""
+
 from __future__ import annotations
 
 import torch
+from lmistream.engines.cb_processors import _RowwiseTopK, _RowwiseTopP, use_rowwise_processors
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingTopKLogitsWarper,
     ContinuousBatchingTopPLogitsWarper,
 )
-
-from lmistream.engines.cb_processors import _RowwiseTopK, _RowwiseTopP, use_rowwise_processors
 
 VOCAB = 4096
 
@@ -67,7 +67,9 @@ def test_a_cpu_engine_runs_with_the_row_skipping_processors() -> None:
     from lmistream.config import HandlerConfig
     from lmistream.engines.continuous import ContinuousBatchingEngine
 
-    engine = ContinuousBatchingEngine(HandlerConfig.from_properties({"model_id": str(ensure_tiny_model()), "max_rolling_batch_size": "2"}))
+    engine = ContinuousBatchingEngine(
+        HandlerConfig.from_properties({"model_id": str(ensure_tiny_model()), "max_rolling_batch_size": "2"})
+    )
     engine.start(lambda update: None)
     try:
         kinds = {type(p) for p in engine._manager.logit_processor.logits_processor}

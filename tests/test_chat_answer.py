@@ -1,32 +1,34 @@
 """One chat answer through real boto3 and the runtime API's wire format: LMI jsonlines and TGI SSE streams, and
 every failure (missing endpoint, refused request, in-band error, cut stream, unreachable, read timeout) as one
 readable line that keeps the partial text."""
+
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator
 
 import boto3
 import pytest
 from botocore.config import Config
 from client_support import frame_server  # noqa: F401 (fixture)
-from runtime_support import FakeResponse, aws_env, client_for, runtime_server  # noqa: F401 (fixtures)
-
 from lmikit.chat.answer import Answer, readable_error
 from lmikit.chat.conversation import ASSISTANT, PROMPT, USER, Message, Settings, build_request
 from lmikit.invoke import runtime_client
 from lmikit.server.eventstream import exception_frame, payload_part
 from lmikit.server.process import free_port
+from runtime_support import FakeResponse, aws_env, client_for, runtime_server  # noqa: F401 (fixtures)
 
 QUESTION = [Message(USER, "What is the capital of France?")]
 REQUEST = build_request(QUESTION, Settings(temperature=0), PROMPT)
 CHAT_REQUEST = build_request(QUESTION, Settings(temperature=0))
-CHAT_CHUNKS = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
-               b'data: {"choices":[{"index":0,"delta":{"content":" Paris"},"finish_reason":null}]}\n\n',
-               b'data: {"choices":[{"index":0,"delta":{"content":"."},"finish_reason":null}]}\n\n',
-               b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n']
+CHAT_CHUNKS = [
+    b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":" Paris"},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"."},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+]
 TGI_EVENTS = [
     b'data:{"token": {"id": 1, "text": " Paris", "special": false}, "generated_text": null}\n\n',
     b'data:{"token": {"id": 2, "text": ".", "special": false}, "generated_text": null}\n\n',
@@ -39,8 +41,9 @@ def _read(answer: Answer) -> list[str]:
 
 
 def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_server) -> None:  # noqa: F811
-    runtime_server.container.response = FakeResponse([(0.0, b'{"outputs": [" Paris"]}\n'),
-                                                      (0.05, b'{"outputs": ["."]}\n')])
+    runtime_server.container.response = FakeResponse(
+        [(0.0, b'{"outputs": [" Paris"]}\n'), (0.05, b'{"outputs": ["."]}\n')]
+    )
     answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     assert _read(answer) == [" Paris", "."]
     assert answer.message() == Message(ASSISTANT, "Paris.")
@@ -50,31 +53,41 @@ def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_s
 
 
 def test_a_chat_answer_sends_messages_and_streams_the_deltas(runtime_server) -> None:  # noqa: F811
-    runtime_server.container.response = FakeResponse([(0.0, chunk) for chunk in CHAT_CHUNKS],
-                                                     headers={"Content-Type": "text/event-stream"})
+    runtime_server.container.response = FakeResponse(
+        [(0.0, chunk) for chunk in CHAT_CHUNKS], headers={"Content-Type": "text/event-stream"}
+    )
     answer = Answer(partial(client_for, runtime_server.url), "local", CHAT_REQUEST)
     assert _read(answer) == [" Paris", "."] and answer.message() == Message(ASSISTANT, "Paris.")
     [(_, body)] = runtime_server.container.requests
-    assert json.loads(body) == {"messages": [{"role": "system", "content": Settings().system_prompt},
-                                             {"role": "user", "content": "What is the capital of France?"}],
-                                "max_tokens": 256, "temperature": 0, "stream": True}
+    assert json.loads(body) == {
+        "messages": [
+            {"role": "system", "content": Settings().system_prompt},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        "max_tokens": 256,
+        "temperature": 0,
+        "stream": True,
+    }
 
 
 def test_an_endpoint_that_refuses_chat_bodies_is_told_apart(runtime_server) -> None:  # noqa: F811
     refusal = b'{"code": 400, "error": "unknown top-level field \'messages\'; allowed: inputs, parameters, stream"}'
-    runtime_server.container.response = FakeResponse([(0.0, refusal)], status=400,
-                                                     headers={"Content-Type": "application/json"})
+    runtime_server.container.response = FakeResponse(
+        [(0.0, refusal)], status=400, headers={"Content-Type": "application/json"}
+    )
     answer = Answer(partial(client_for, runtime_server.url), "local", CHAT_REQUEST)
     assert _read(answer) == [] and answer.refused
-    runtime_server.container.response = FakeResponse([(0.0, b'{"code": 424, "error": "engine broke"}\n')],
-                                                     status=424, headers={"Content-Type": "application/json"})
+    runtime_server.container.response = FakeResponse(
+        [(0.0, b'{"code": 424, "error": "engine broke"}\n')], status=424, headers={"Content-Type": "application/json"}
+    )
     failed = Answer(partial(client_for, runtime_server.url), "local", CHAT_REQUEST)
     assert _read(failed) == [] and failed.error and not failed.refused, "a 424 is a failure, not a refusal"
 
 
 def test_a_tgi_sse_answer_is_read_from_its_content_type(runtime_server) -> None:  # noqa: F811
-    runtime_server.container.response = FakeResponse([(0.0, event) for event in TGI_EVENTS],
-                                                     headers={"Content-Type": "text/event-stream"})
+    runtime_server.container.response = FakeResponse(
+        [(0.0, event) for event in TGI_EVENTS], headers={"Content-Type": "text/event-stream"}
+    )
     answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     assert _read(answer) == [" Paris", "."], "the special end token is not shown"
     assert answer.error is None and answer.message().content == "Paris."
@@ -90,8 +103,9 @@ def test_an_unknown_endpoint_is_a_readable_error(runtime_server) -> None:  # noq
 
 def test_a_request_the_model_refuses_shows_its_status_and_message(runtime_server) -> None:  # noqa: F811
     refusal = b'{"code": 400, "error": "parameters.top_p must be in (0, 1], got 7"}'
-    runtime_server.container.response = FakeResponse([(0.0, refusal)], status=400,
-                                                     headers={"Content-Type": "application/json"})
+    runtime_server.container.response = FakeResponse(
+        [(0.0, refusal)], status=400, headers={"Content-Type": "application/json"}
+    )
     answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     _read(answer)
     assert answer.error.startswith("The model refused the request (HTTP 400): ")
@@ -99,22 +113,27 @@ def test_a_request_the_model_refuses_shows_its_status_and_message(runtime_server
 
 
 def test_an_in_band_error_keeps_the_text_before_it(runtime_server) -> None:  # noqa: F811
-    runtime_server.container.response = FakeResponse([(0.0, b'{"outputs": [" Par"]}\n'),
-                                                      (0.0, b'{"code": 424, "error": "CUDA out of memory"}\n')])
+    runtime_server.container.response = FakeResponse(
+        [(0.0, b'{"outputs": [" Par"]}\n'), (0.0, b'{"code": 424, "error": "CUDA out of memory"}\n')]
+    )
     answer = Answer(partial(client_for, runtime_server.url), "local", REQUEST)
     assert _read(answer) == [" Par"]
     assert answer.message() == Message(ASSISTANT, "Par", "The model failed while answering: CUDA out of memory")
 
 
 def test_a_stream_the_endpoint_cuts_short_names_the_reason(frame_server) -> None:  # noqa: F811
-    frame_server.chunks = [payload_part(b'{"outputs": [" Paris"]}\n'),
-                           exception_frame("ModelStreamError", "Your model stream exceeded the allotted time.",
-                                           "ModelInvocationTimeExceeded")]
+    frame_server.chunks = [
+        payload_part(b'{"outputs": [" Paris"]}\n'),
+        exception_frame(
+            "ModelStreamError", "Your model stream exceeded the allotted time.", "ModelInvocationTimeExceeded"
+        ),
+    ]
     answer = Answer(partial(client_for, frame_server.url), "local", REQUEST)
     assert _read(answer) == [" Paris"]
     # botocore's EventStreamError carries the frame's type and message, not its ErrorCode
-    assert answer.error == ("The endpoint cut the answer short (ModelStreamError): "
-                            "Your model stream exceeded the allotted time.")
+    assert answer.error == (
+        "The endpoint cut the answer short (ModelStreamError): Your model stream exceeded the allotted time."
+    )
     assert answer.stats.tokens == 1
 
 
@@ -136,9 +155,14 @@ def silent_port() -> Iterator[int]:
 
 
 def test_an_endpoint_that_does_not_answer_in_time_is_a_readable_error(silent_port: int) -> None:
-    client = boto3.client("sagemaker-runtime", endpoint_url=f"http://127.0.0.1:{silent_port}", region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x",
-                          config=Config(retries={"max_attempts": 1}, read_timeout=0.3))
+    client = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=f"http://127.0.0.1:{silent_port}",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=Config(retries={"max_attempts": 1}, read_timeout=0.3),
+    )
     answer = Answer(lambda: client, "local", REQUEST)
     assert _read(answer) == []
     assert answer.error == "The endpoint did not answer in time (read timeout); try again or ask for fewer tokens."

@@ -6,6 +6,7 @@ has no chat template, so the page falls back to a prompt transcript.
 
 Screenshots go to build/test-artifacts/; docs/chat.png (the README's) is refreshed once the whole scenario passed.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -13,21 +14,28 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
-
 from lmikit.chat.conversation import SUGGESTED_PROMPTS
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.process import free_port
 from local_endpoint import REPO, make_project
+from playwright.sync_api import Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = REPO / "build" / "test-artifacts"
 README_SCREENSHOT = REPO / "docs" / "chat.png"
 START_TIMEOUT_S = 180.0
@@ -114,8 +122,12 @@ def browser(profile: Path) -> Iterator[Page]:
     expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
-            viewport={"width": 1280, "height": 860})
+            profile,
+            executable_path=CHROMIUM,
+            args=CHROMIUM_FLAGS,
+            headless=True,
+            viewport={"width": 1280, "height": 860},
+        )
         try:
             yield context.new_page()
         finally:
@@ -140,7 +152,8 @@ def send(page: Page, prompt: str, users_before: int) -> None:
 def wait_for_answer(page: Page, users: int) -> None:
     expect(messages(page, "user")).to_have_count(users, timeout=ANSWER_TIMEOUT_MS)
     expect(page.locator('[data-testid="stApp"]')).to_have_attribute(
-        "data-test-script-state", "notRunning", timeout=ANSWER_TIMEOUT_MS)
+        "data-test-script-state", "notRunning", timeout=ANSWER_TIMEOUT_MS
+    )
 
 
 def set_generation(page: Page) -> None:
@@ -202,8 +215,12 @@ def test_a_person_chats_clears_and_sees_a_readable_error(tmp_path: Path) -> None
         page.get_by_role("button", name=SUGGESTED_PROMPTS[0]).click()
         wait_for_answer(page, 1)
         alert = page.locator('[data-testid="stChatMessage"] [data-testid="stAlert"]')
-        expect(alert).to_have_text(re.compile(r"^Cannot reach the endpoint at http://127\.0\.0\.1:\d+/\S+: "
-                                              r"is it running\?$"))
+        expect(alert).to_have_text(
+            re.compile(
+                r"^Cannot reach the endpoint at http://127\.0\.0\.1:\d+/\S+: "
+                r"is it running\?$"
+            )
+        )
         expect(page.locator('[data-testid="stException"]')).to_have_count(0)
         page.screenshot(path=ARTIFACTS / "chat-endpoint-stopped.png")
 
@@ -213,7 +230,9 @@ def test_a_person_chats_clears_and_sees_a_readable_error(tmp_path: Path) -> None
         expect(alert).to_have_count(1)
         expect(contents(page)).to_have_count(4)
         assert contents(page).last.inner_text().strip(), "the endpoint refused chat messages, the prompt was answered"
-        assert MAX_NEW_TOKENS // 2 < stats(page)[2] <= MAX_NEW_TOKENS, "the tiny model babbles up to the sidebar's limit"
+        assert MAX_NEW_TOKENS // 2 < stats(page)[2] <= MAX_NEW_TOKENS, (
+            "the tiny model babbles up to the sidebar's limit"
+        )
         page.screenshot(path=ARTIFACTS / "chat-after-error.png")
     README_SCREENSHOT.parent.mkdir(exist_ok=True)
     README_SCREENSHOT.write_bytes(conversation)

@@ -1,15 +1,26 @@
 """The chat page's pure parts: the chat messages or the prompt built from the history, their parameters, the target."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
+from lmikit.chat.conversation import (
+    ASSISTANT,
+    PROMPT,
+    STOP_SEQUENCE,
+    USER,
+    ChatRequest,
+    Message,
+    Settings,
+    answered,
+    build_request,
+    finished_answer,
+    transcript,
+)
+from lmikit.chat.target import ENDPOINT_NAME_VARIABLE, ENDPOINT_URL_VARIABLE, LOCAL_URL, ChatTarget
 from lmistream.chat import chat_request
 from lmistream.params import parse_request
-
-from lmikit.chat.conversation import (ASSISTANT, PROMPT, STOP_SEQUENCE, USER, ChatRequest, Message, Settings, answered,
-                                      build_request, finished_answer, transcript)
-from lmikit.chat.target import ENDPOINT_NAME_VARIABLE, ENDPOINT_URL_VARIABLE, LOCAL_URL, ChatTarget
 
 HISTORY = [
     Message(USER, "What is the capital of France?"),
@@ -20,11 +31,7 @@ HISTORY = [
 
 def test_the_transcript_is_the_system_prompt_then_the_turns_ending_with_the_assistant_speaking() -> None:
     assert transcript(HISTORY, "Be brief.") == (
-        "Be brief.\n\n"
-        "User: What is the capital of France?\n"
-        "Assistant: Paris.\n"
-        "User: And of Italy?\n"
-        "Assistant:"
+        "Be brief.\n\nUser: What is the capital of France?\nAssistant: Paris.\nUser: And of Italy?\nAssistant:"
     )
     assert transcript(HISTORY[:1], "  ") == "User: What is the capital of France?\nAssistant:"
 
@@ -43,11 +50,17 @@ def test_a_failed_answer_and_its_question_stay_out_of_later_prompts() -> None:
 def test_chat_mode_sends_the_system_prompt_and_the_turns_as_messages() -> None:
     request = build_request(HISTORY, Settings(max_new_tokens=16, temperature=0, system_prompt=" Be brief. "))
     assert request == ChatRequest(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"},
-         {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}],
-        {"max_tokens": 16, "temperature": 0})
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "And of Italy?"},
+        ],
+        {"max_tokens": 16, "temperature": 0},
+    )
     assert build_request(HISTORY[:1], Settings(system_prompt="")).messages == [
-        {"role": "user", "content": "What is the capital of France?"}]
+        {"role": "user", "content": "What is the capital of France?"}
+    ]
     assert Settings(temperature=0.7, top_p=0.9).chat_options() == {"max_tokens": 256, "temperature": 0.7, "top_p": 0.9}
 
 
@@ -61,7 +74,9 @@ def test_the_handler_accepts_the_chat_request_as_built(settings: Settings) -> No
 
 def test_greedy_settings_send_no_sampling_parameters() -> None:
     assert Settings(max_new_tokens=32, temperature=0, top_p=0.5).parameters() == {
-        "max_new_tokens": 32, "stop": [STOP_SEQUENCE]}
+        "max_new_tokens": 32,
+        "stop": [STOP_SEQUENCE],
+    }
 
 
 @pytest.mark.parametrize(("top_p", "sent"), [(0.9, {"top_p": 0.9}), (1.0, {})])
@@ -85,14 +100,17 @@ def test_an_echoed_stop_sequence_and_surrounding_space_leave_the_answer() -> Non
     assert finished_answer(" Rome.\n") == "Rome."
 
 
-@pytest.mark.parametrize(("flags", "environ", "expected"), [
-    ((None, None), {}, ChatTarget("local", LOCAL_URL)),
-    ((None, None), {ENDPOINT_NAME_VARIABLE: "my-llm"}, ChatTarget("my-llm", None)),
-    (("other", None), {ENDPOINT_NAME_VARIABLE: "my-llm"}, ChatTarget("other", None)),
-    ((None, "http://127.0.0.1:9000"), {}, ChatTarget("local", "http://127.0.0.1:9000")),
-    (("named", "http://127.0.0.1:9000"), {}, ChatTarget("named", "http://127.0.0.1:9000")),
-    ((None, None), {ENDPOINT_URL_VARIABLE: "http://127.0.0.1:9000"}, ChatTarget("local", "http://127.0.0.1:9000")),
-])
+@pytest.mark.parametrize(
+    ("flags", "environ", "expected"),
+    [
+        ((None, None), {}, ChatTarget("local", LOCAL_URL)),
+        ((None, None), {ENDPOINT_NAME_VARIABLE: "my-llm"}, ChatTarget("my-llm", None)),
+        (("other", None), {ENDPOINT_NAME_VARIABLE: "my-llm"}, ChatTarget("other", None)),
+        ((None, "http://127.0.0.1:9000"), {}, ChatTarget("local", "http://127.0.0.1:9000")),
+        (("named", "http://127.0.0.1:9000"), {}, ChatTarget("named", "http://127.0.0.1:9000")),
+        ((None, None), {ENDPOINT_URL_VARIABLE: "http://127.0.0.1:9000"}, ChatTarget("local", "http://127.0.0.1:9000")),
+    ],
+)
 def test_the_target_comes_from_the_flags_then_the_environment_then_the_local_default(
     flags: tuple, environ: dict, expected: ChatTarget
 ) -> None:

@@ -1,10 +1,10 @@
 """Golden bytes of the OpenAI chat output (chunks and one completion) and of each API's error body."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from fakes import EOS, ByteTokenizer
 from lmistream.chat import ChatOptions
 from lmistream.chat_output import ChatCompletion, ChatCompletionChunks
@@ -21,8 +21,7 @@ ENVELOPE = '"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000
 def run(shape, options=ChatOptions(), tokens=TOKENS, max_new_tokens=10, fail_at=None, stream=True):
     params = GenerationParams(max_new_tokens=max_new_tokens, logprobs=options.logprobs)
     request = GenerationRequest("prompt", params, stream=stream, api="chat", chat=options)
-    generation = Generation("r", request, TOK, shape("chatcmpl-1", 1700000000, "tiny", 5, options),
-                            buffered=not stream)
+    generation = Generation("r", request, TOK, shape("chatcmpl-1", 1700000000, "tiny", 5, options), buffered=not stream)
     outs = []
     for index, token in enumerate(tokens):
         if index == fail_at:
@@ -50,48 +49,75 @@ def test_chunks_send_the_role_then_content_deltas_then_the_finish_reason_then_do
 
 def test_usage_chunk_comes_last_when_asked_for_and_other_chunks_carry_null_usage() -> None:
     outs = run(ChatCompletionChunks, ChatOptions(include_usage=True), tokens=[72, 73], max_new_tokens=2)
-    events = [line[len("data: "):] for line in "".join(outs).split("\n\n") if line]
+    events = [line[len("data: ") :] for line in "".join(outs).split("\n\n") if line]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
     assert all(chunk["usage"] is None for chunk in chunks[:-1])
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    assert chunks[-1] == {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000,
-                          "model": "tiny", "choices": [],
-                          "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    assert chunks[-1] == {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "tiny",
+        "choices": [],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
 
 
 def test_one_completion_when_not_streaming_with_logprobs_of_each_token() -> None:
     outs = run(ChatCompletion, ChatOptions(logprobs=True, model="asked-name"), stream=False)
     assert outs[:-1] == ["", "", ""]
     assert json.loads(outs[-1]) == {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "asked-name",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hé"},
-                     "logprobs": {"content": [
-                         {"token": "H", "logprob": -0.25, "bytes": [72], "top_logprobs": []},
-                         {"token": "", "logprob": -0.25, "bytes": [], "top_logprobs": []},
-                         {"token": "é", "logprob": -0.25, "bytes": [195, 169], "top_logprobs": []}]},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "asked-name",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hé"},
+                "logprobs": {
+                    "content": [
+                        {"token": "H", "logprob": -0.25, "bytes": [72], "top_logprobs": []},
+                        {"token": "", "logprob": -0.25, "bytes": [], "top_logprobs": []},
+                        {"token": "é", "logprob": -0.25, "bytes": [195, 169], "top_logprobs": []},
+                    ]
+                },
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
 
 
 def test_a_failure_mid_stream_is_an_error_event_then_done() -> None:
     outs = run(ChatCompletionChunks, fail_at=2)
-    assert outs[-1] == ('data: {"error": {"message": "engine broke", "type": "server_error", "param": null, '
-                        '"code": 424}, "code": 424}\n\ndata: [DONE]\n\n')
+    assert outs[-1] == (
+        'data: {"error": {"message": "engine broke", "type": "server_error", "param": null, '
+        '"code": 424}, "code": 424}\n\ndata: [DONE]\n\n'
+    )
 
 
 def test_a_failed_completion_is_the_error_object_alone() -> None:
     outs = run(ChatCompletion, fail_at=2, stream=False)
-    assert json.loads(outs[-1]) == {"error": {"message": "engine broke", "type": "server_error", "param": None,
-                                              "code": 424}, "code": 424}
+    assert json.loads(outs[-1]) == {
+        "error": {"message": "engine broke", "type": "server_error", "param": None, "code": 424},
+        "code": 424,
+    }
 
 
-@pytest.mark.parametrize("api,expected", [
-    ("lmi", '{"code": 400, "error": "temperature must be in [0, 2], got 5"}'),
-    ("tgi", '{"error":"temperature must be in [0, 2], got 5","error_type":"validation","code":400}'),
-    ("chat", '{"error": {"message": "temperature must be in [0, 2], got 5", "type": "invalid_request_error", '
-             '"param": "temperature", "code": 400}, "code": 400}'),
-])
+@pytest.mark.parametrize(
+    "api,expected",
+    [
+        ("lmi", '{"code": 400, "error": "temperature must be in [0, 2], got 5"}'),
+        ("tgi", '{"error":"temperature must be in [0, 2], got 5","error_type":"validation","code":400}'),
+        (
+            "chat",
+            '{"error": {"message": "temperature must be in [0, 2], got 5", "type": "invalid_request_error", '
+            '"param": "temperature", "code": 400}, "code": 400}',
+        ),
+    ],
+)
 def test_each_api_has_its_own_error_shape(api, expected) -> None:
     error = InvalidRequest("temperature must be in [0, 2], got 5", param="temperature")
     error.api = api

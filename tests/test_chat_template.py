@@ -1,5 +1,6 @@
 """Chat templates on every stack: transformers' own renderer where the tokenizer has one, the sandboxed fallback on
 transformers 4.30 (LMI 0.23), the same prompt from both, and a 400 naming `messages` where there is no template."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,18 +8,23 @@ from pathlib import Path
 
 import pytest
 from jinja2.exceptions import TemplateError
-from transformers import AutoTokenizer
-
 from lmikit.embedded_model import ensure_tiny_model
 from lmistream.chat_template import render_chat_template
 from lmistream.engines.loading import HFTokenizer
 from lmistream.errors import InvalidRequest
+from transformers import AutoTokenizer
 
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Why?"},
+]
 #: the tiny model's template (SmolLM2's ChatML), rendered
-EXPECTED = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello."
-            "<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n")
+EXPECTED = (
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello."
+    "<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """parser_bench runs end to end on a small body (the real run is `python -m lmikit.benchmarks.parser_bench`)."""
+
 from __future__ import annotations
 
 import pytest
 from client_support import per_test_timeout  # noqa: F401
-
 from lmikit.benchmarks import parser_bench
 
 

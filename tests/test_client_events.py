@@ -1,13 +1,13 @@
 """Parsers of every output format: exact recorded bytes, any split into parts, in-band errors, detection."""
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from client_support import per_test_timeout  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lmikit.benchmarks import recordings
 from lmikit.benchmarks.recordings import split
 from lmikit.client import ErrorEvent, EventParser, ParseError, TokenEvent, sniff_format
@@ -54,7 +54,7 @@ def test_newest_lmi_jsonlines_exact_bytes() -> None:
 
 def test_tgi_sse_exact_bytes_with_comment_and_blank_lines() -> None:
     body = (
-        b': keep-alive\n\n'
+        b": keep-alive\n\n"
         b'data:{"token":{"id":601,"text":" time","logprob":-0.1,"special":false},'
         b'"generated_text":null,"details":null}\n\n'
         b'data:{"token":{"id":0,"text":"<|endoftext|>","logprob":0.0,"special":true},"generated_text":" time",'
@@ -80,7 +80,7 @@ def test_openai_chat_chunks_and_done() -> None:
 def test_lmi023_json_yields_text_as_it_arrives() -> None:
     parser = EventParser()
     assert parser.feed(b'{"generated_text": "Hel') == [TokenEvent("Hel")]
-    assert parser.feed(b'lo \\u00e9\\ud83d') == [TokenEvent("lo é")]
+    assert parser.feed(b"lo \\u00e9\\ud83d") == [TokenEvent("lo é")]
     assert parser.feed(b'\\ude42"}') == [TokenEvent("🙂")]
     assert parser.close() == [TokenEvent("", generated_text="Hello é🙂")]
     assert parser.format == "json"

@@ -1,4 +1,5 @@
 """LineDecoder: byte-level line splitting that is safe for split UTF-8, CRLF and a final unterminated line."""
+
 from __future__ import annotations
 
 import time
@@ -6,7 +7,6 @@ import time
 from client_support import per_test_timeout  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lmikit.benchmarks.recordings import split
 from lmikit.client import LineDecoder
 

@@ -1,4 +1,5 @@
 """Stream: iteration, text(), timings, error conversion over real botocore bytes, and invoke_stream."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import pytest
 from client_support import botocore_stream, frame_server, per_test_timeout, runtime_client  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lmikit.benchmarks import recordings
 from lmikit.benchmarks.recordings import split
 from lmikit.client import (

@@ -4,23 +4,22 @@ The tiny random model checks the mechanics in seconds: streaming deltas, routing
 output is compared with `model.generate` only up to the first near-tie of the reference logits, since a random model
 can have top-1 / top-2 gaps within float noise there. The slow test does the same with the real SmolLM2, exactly.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
+from engine_support import Collector
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 from lmistream.config import HandlerConfig
-from lmistream.errors import EngineError
 from lmistream.engines.continuous import ContinuousBatchingEngine
+from lmistream.errors import EngineError
 from lmistream.params import GenerationParams
-from engine_support import Collector
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 #: reference tokens whose top-1 / top-2 logit gap is below this are near-ties: comparison stops before them
 NEAR_TIE = 1e-4
@@ -91,7 +90,9 @@ def test_tokenizer_adapter_and_limits(tiny: tuple[ContinuousBatchingEngine, Coll
     assert engine.max_sequence_length == 2048
 
 
-def test_concurrent_requests_stream_their_own_tokens(tiny: tuple[ContinuousBatchingEngine, Collector], tiny_model_dir: Path) -> None:
+def test_concurrent_requests_stream_their_own_tokens(
+    tiny: tuple[ContinuousBatchingEngine, Collector], tiny_model_dir: Path
+) -> None:
     engine, collector = tiny
     prompts = {
         "greedy-a": ("Once upon a time, there was a little", GenerationParams(max_new_tokens=12)),

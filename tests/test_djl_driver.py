@@ -1,4 +1,5 @@
 """The DJL frontend replay and entry-point loader, driven with small hand-written handlers (not model/model.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,13 +9,12 @@ import json
 import sys
 import textwrap
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
-
 from lmikit.djl.driver import Frontend, InitError, derive_mode
-from lmikit.djl.response import BackendError
 from lmikit.djl.loader import load_entry_point, model_environment
+from lmikit.djl.response import BackendError
 from lmikit.properties import init_properties
 
 WAIT = 5.0
@@ -22,7 +22,7 @@ BOTH = pytest.mark.parametrize("version", ["0.23", "newest"])
 
 # Rolling-batch echo: one character per step; works under both flavours by feature detection.
 # "boom" raises, "bad" reports a code/error item, "malformed" returns an undecodable item, "_" emits "".
-ECHO_RB = '''
+ECHO_RB = """
 import json, queue, threading
 from djl_python import Input, Output
 
@@ -74,9 +74,9 @@ def handle(inputs: Input):
             still.append(rest)
     ACTIVE[:] = still
     return out
-'''
+"""
 
-PLAIN = '''
+PLAIN = """
 import queue, threading
 from djl_python import Output
 
@@ -115,9 +115,9 @@ def handle(inputs):
         return out.add_stream_content(["not", "an iterator"])
     out.finalize(FINALIZED.append, kind)
     return out.add_property("X-Kind", kind).add(kind.upper())
-'''
+"""
 
-ASYNC = '''
+ASYNC = """
 from djl_python import Output
 
 INIT, SEEN = [], []
@@ -138,7 +138,7 @@ async def handle(inputs):
             out = Output().add_property("Content-Type", "application/jsonlines")
             yield out.add(Output.binary_encode({"data": char, "last": index == len(text) - 1}))
     return stream()
-'''
+"""
 
 
 @pytest.fixture
@@ -146,8 +146,9 @@ def frontends(tmp_path):
     """build(source, version, serving, **kw) -> (started Frontend, handler module); all closed afterwards."""
     stack, created = contextlib.ExitStack(), []
 
-    def build(source: str, version: str, serving: dict | None = None, predict_timeout: float | None = None,
-              start: bool = True):
+    def build(
+        source: str, version: str, serving: dict | None = None, predict_timeout: float | None = None, start: bool = True
+    ):
         model_dir = tmp_path / f"model{len(created)}"
         model_dir.mkdir()
         (model_dir / "model.py").write_text(textwrap.dedent(source))
@@ -265,8 +266,11 @@ def test_rolling_batch_full_times_out_with_400(frontends, version):
     second = frontend.submit(JSON, body("cd"))
     head = second.head(timeout=WAIT)
     assert (head.status, head.chunked, head.headers) == (400, False, {"content-type": "application/json"})
-    assert json.loads(second.read(timeout=WAIT)) == {"code": 400, "type": "TranslateException",
-                                                     "message": "Time out in: 0.2"}
+    assert json.loads(second.read(timeout=WAIT)) == {
+        "code": 400,
+        "type": "TranslateException",
+        "message": "Time out in: 0.2",
+    }
     module.GATED = False
     module.GATE.release()
     assert first.read(timeout=WAIT) == b"ab"
@@ -358,8 +362,11 @@ def test_job_queue_overflow_is_503(frontends, version):
 @BOTH
 def test_plain_request_properties_and_body(frontends, version):
     frontend, module = frontends(PLAIN, version)
-    headers = [("Content-Type", "text/plain"), ("X-Amzn-SageMaker-Custom-Attributes", "a=1; b = 2;junk"),
-               ("content-type", "text/plain; charset=utf-8")]
+    headers = [
+        ("Content-Type", "text/plain"),
+        ("X-Amzn-SageMaker-Custom-Attributes", "a=1; b = 2;junk"),
+        ("content-type", "text/plain; charset=utf-8"),
+    ]
     response = frontend.submit(headers, b"hi", query=[("q", "v")])
     assert response.read(timeout=WAIT) == b"HI"
     head = response.head(timeout=WAIT)
@@ -426,7 +433,8 @@ def test_async_mode_handler_exception_is_424(frontends):
     response = frontend.submit(JSON, body("boom"))
     assert response.head(timeout=WAIT).status == 424
     assert json.loads(response.read(timeout=WAIT))["message"] == (
-        "Async Inference Failure service.invoke_handler_async() failure")
+        "Async Inference Failure service.invoke_handler_async() failure"
+    )
 
 
 def test_async_mode_with_a_sync_handler_fails_init(frontends):

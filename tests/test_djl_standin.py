@@ -1,11 +1,11 @@
 """The djl_python stand-ins: both batch encodings, Input/Output API per flavour, install() switching."""
+
 from __future__ import annotations
 
 import json
 import sys
 
 import pytest
-
 from lmikit.djl import standin
 
 
@@ -19,9 +19,17 @@ def _batched(djl, props: dict, content: list[tuple[str, bytes]]):
 
 def test_023_batches_parse_unpadded_keys_and_copy_prefixed_properties():
     djl = standin.install("0.23")
-    inputs = _batched(djl, {"batch_size": "2", "handler": "handle", "batch_0.Content-Type": "application/json",
-                            "batch_1.X-Foo": "bar", "batch_10.ignored": "x"},
-                      [("batch_0.data", b'{"inputs": "a"}'), ("batch_0.seed", b"7"), ("batch_1.data", b"b")])
+    inputs = _batched(
+        djl,
+        {
+            "batch_size": "2",
+            "handler": "handle",
+            "batch_0.Content-Type": "application/json",
+            "batch_1.X-Foo": "bar",
+            "batch_10.ignored": "x",
+        },
+        [("batch_0.data", b'{"inputs": "a"}'), ("batch_0.seed", b"7"), ("batch_1.data", b"b")],
+    )
     first, second = inputs.get_batches()
     assert first.properties == {"Content-Type": "application/json"}
     assert first.get_property("content-type") == "application/json"
@@ -39,9 +47,17 @@ def test_023_batches_reject_keys_without_the_dot_form():
 
 def test_newest_batches_parse_by_position_with_either_separator():
     djl = standin.install("newest")
-    inputs = _batched(djl, {"batch_size": "2", "handler": "handle", "reset_rollingbatch": "true",
-                            "batch_000.requestId": "r0", "batch_001_Content-Type": "text/plain"},
-                      [("batch_000.data", b"a"), ("batch_000.seed", b"1"), ("batch_001_data", b"b")])
+    inputs = _batched(
+        djl,
+        {
+            "batch_size": "2",
+            "handler": "handle",
+            "reset_rollingbatch": "true",
+            "batch_000.requestId": "r0",
+            "batch_001_Content-Type": "text/plain",
+        },
+        [("batch_000.data", b"a"), ("batch_000.seed", b"1"), ("batch_001_data", b"b")],
+    )
     first, second = inputs.get_batches()
     assert first.properties == {"requestId": "r0"}
     assert first.content.keys == ["data", "seed"]
@@ -141,4 +157,8 @@ def test_pair_list_ignores_none_and_inserts_by_index():
     pairs.add("c", 3, index=0)
     assert pairs.keys == ["c", "a"] and pairs.get("a") == 1 and pairs.get("zz") is None
     assert json.loads(str(standin.install("newest").Output().add("x", key="k"))) == {
-        "code": 200, "message": "OK", "properties": {}, "content": {"k": "type: <class 'bytes'>"}}
+        "code": 200,
+        "message": "OK",
+        "properties": {},
+        "content": {"k": "type: <class 'bytes'>"},
+    }

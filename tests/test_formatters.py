@@ -1,6 +1,6 @@
 """Golden bytes of every formatter for one scripted token sequence with multi-byte text and a stop sequence."""
-import pytest
 
+import pytest
 from fakes import EOS, ByteTokenizer
 from lmistream.engine import EngineUpdate
 from lmistream.formatters import REGISTRY, Custom, StreamEvent
@@ -51,8 +51,14 @@ def test_newest_json_only_at_the_end():
 
 def test_tgi_sse():
     outs = run(REGISTRY[("sse", "newest")]())
-    assert outs[0] == 'data:{"token":{"id":32,"text":" ","logprob":-0.5,"special":false},"generated_text":null,"details":null}\n\n'
-    assert outs[-1] == 'data:{"token":{"id":256,"text":"","logprob":-0.5,"special":true},"generated_text":" é!","details":null}\n\n'
+    assert (
+        outs[0]
+        == 'data:{"token":{"id":32,"text":" ","logprob":-0.5,"special":false},"generated_text":null,"details":null}\n\n'
+    )
+    assert (
+        outs[-1]
+        == 'data:{"token":{"id":256,"text":"","logprob":-0.5,"special":true},"generated_text":" é!","details":null}\n\n'
+    )
 
 
 def test_none_is_raw_text():
@@ -68,14 +74,18 @@ def test_stop_sequence_is_held_back_and_ends_with_its_reason():
         '{"token": {"id": 98, "text": "a", "log_p',
         '{"token": {"id": 35, "text": "b", "log_p',
     ]
-    assert outs[3].endswith('"generated_text": "ab", "details": {"finish_reason": "stop_sequence", '
-                            '"generated_tokens": 4, "inputs": "Hi"}}\n')
+    assert outs[3].endswith(
+        '"generated_text": "ab", "details": {"finish_reason": "stop_sequence", '
+        '"generated_tokens": 4, "inputs": "Hi"}}\n'
+    )
     assert outs[4:] == ["", "", ""]
 
 
 def test_length_finish_reason():
     outs = run(REGISTRY[("sse", "newest")](), tokens=TOK.ids("abc"), details=True)
-    assert outs[-1].endswith('"generated_text":"abc","details":{"finish_reason":"length","generated_tokens":3,"seed":null}}\n\n')
+    assert outs[-1].endswith(
+        '"generated_text":"abc","details":{"finish_reason":"length","generated_tokens":3,"seed":null}}\n\n'
+    )
 
 
 def test_custom_formatter_sees_each_event():
@@ -85,11 +95,18 @@ def test_custom_formatter_sees_each_event():
     assert "".join(run(Custom(shout))) == " É!|END"
 
 
-@pytest.mark.parametrize("name,dialect,expected", [
-    ("jsonlines", "0.23", '{"code": 424, "error": "boom"}\n'),
-    ("sse", "newest", 'data:{"error":"boom","error_type":"generation","code":424}\n\n'),
-    ("jsonlines", "newest", '{"token": null, "error_msg": "boom", "code": 424, "details": {"finish_reason": "error"}}\n'),
-])
+@pytest.mark.parametrize(
+    "name,dialect,expected",
+    [
+        ("jsonlines", "0.23", '{"code": 424, "error": "boom"}\n'),
+        ("sse", "newest", 'data:{"error":"boom","error_type":"generation","code":424}\n\n'),
+        (
+            "jsonlines",
+            "newest",
+            '{"token": null, "error_msg": "boom", "code": 424, "details": {"finish_reason": "error"}}\n',
+        ),
+    ],
+)
 def test_mid_stream_errors_are_in_band(name, dialect, expected):
     request = GenerationRequest("Hi", GenerationParams(max_new_tokens=10))
     generation = Generation("r", request, TOK, REGISTRY[(name, dialect)]())

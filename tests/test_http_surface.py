@@ -1,15 +1,15 @@
 """The local endpoint's HTTP surface under malformed traffic (uvicorn + starlette): broken Content-Length values get
 a 400 and the server goes on, a chunked request body is read whole, oversized bodies get 413 and oversized headers
 a 4xx, an exposed bind is warned about. One `lmi serve` with the tiny model for the module."""
+
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from lmikit.benchmarks import http_bench
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.endpoint import MAX_BODY_BYTES
@@ -57,8 +57,11 @@ def _works(endpoint: RunningEndpoint) -> bool:
 
 @pytest.mark.parametrize("length", [b"abc", b"-1", b"0x10", b"1" * 23, b"12, 13"])
 def test_a_broken_content_length_gets_400_and_the_server_goes_on(server: RunningEndpoint, length: bytes) -> None:
-    answer = _raw(server, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: " + length + b"\r\n\r\n" + GOOD)
+    answer = _raw(
+        server,
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + length + b"\r\n\r\n" + GOOD,
+    )
     assert _status(answer) == 400, answer[:200]
     assert _works(server)
 
@@ -66,16 +69,21 @@ def test_a_broken_content_length_gets_400_and_the_server_goes_on(server: Running
 def test_a_chunked_request_body_is_read_whole(server: RunningEndpoint) -> None:
     halves = [GOOD[:10], GOOD[10:]]
     body = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in halves) + b"0\r\n\r\n"
-    answer = _raw(server, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body, half_close=False)
+    answer = _raw(
+        server,
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body,
+        half_close=False,
+    )
     assert _status(answer) == 200, answer[:300]
     assert b'"outputs"' in answer
 
 
 def test_a_body_over_the_limit_gets_413_naming_it(server: RunningEndpoint) -> None:
     conn = connection(server)
-    conn.request("POST", "/invocations", b"", {"Content-Type": "application/json",
-                                                "Content-Length": str(MAX_BODY_BYTES + 1)})
+    conn.request(
+        "POST", "/invocations", b"", {"Content-Type": "application/json", "Content-Length": str(MAX_BODY_BYTES + 1)}
+    )
     response = conn.getresponse()
     assert response.status == 413
     assert str(MAX_BODY_BYTES) in json.loads(response.read())["message"]

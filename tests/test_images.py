@@ -1,4 +1,5 @@
 """Image stacks: each check against a known image names its numbers, and `lmi build --image` ships its requirements."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
 
 
-def _setup(project: Path, *, requirements: str | None = None, config: dict | None = None,
-           tokenizer: dict | None = None, **options: str) -> None:
+def _setup(
+    project: Path,
+    *,
+    requirements: str | None = None,
+    config: dict | None = None,
+    tokenizer: dict | None = None,
+    **options: str,
+) -> None:
     """Rewrite the project's requirements.txt, weights and option.* keys."""
     weights = project.parent / "weights"
     write_properties(project, good_properties(weights) | {f"option.{k}": v for k, v in options.items()})
@@ -50,17 +57,27 @@ def _shipped_requirements(archive: Path) -> str:
 
 @pytest.mark.parametrize(
     ("image", "expected"),
-    [("djl-deepspeed:0.23.0", "djl-deepspeed:0.23.0"), (DJL_0_23_URI, "djl-deepspeed:0.23.0"),
-     ("djl-deepspeed:0.27.0", "djl-deepspeed:0.27.0"),
-     ("763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.36.0-lmi18.0.0-cu128", "djl-lmi:0.36.0"),
-     ("763104351884.dkr.ecr.us-west-2.amazonaws.com/djl-inference:0.36.0-lmi27.0.0-cu130", "djl-lmi:0.36.0")],
+    [
+        ("djl-deepspeed:0.23.0", "djl-deepspeed:0.23.0"),
+        (DJL_0_23_URI, "djl-deepspeed:0.23.0"),
+        ("djl-deepspeed:0.27.0", "djl-deepspeed:0.27.0"),
+        ("763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.36.0-lmi18.0.0-cu128", "djl-lmi:0.36.0"),
+        ("763104351884.dkr.ecr.us-west-2.amazonaws.com/djl-inference:0.36.0-lmi27.0.0-cu130", "djl-lmi:0.36.0"),
+    ],
 )
 def test_stack_for_short_forms_and_uris(image: str, expected: str) -> None:
     assert stack_for(image).image == expected
 
 
-@pytest.mark.parametrize("image", ["djl-lmi:0.28.0", "djl-deepspeed", "123.dkr.ecr.eu-west-1.amazonaws.com/mine:1",
-                                   "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "djl-lmi:0.28.0",
+        "djl-deepspeed",
+        "123.dkr.ecr.eu-west-1.amazonaws.com/mine:1",
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124",
+    ],
+)
 def test_unknown_image_is_one_warning_and_no_checks(project: Path, image: str) -> None:
     _setup(project, requirements="torch==2.6.0\n", config=SMOLLM2, generation_engine="continuous")
     [(level, key, message)] = _findings(project, image)
@@ -89,8 +106,11 @@ def test_llama_without_grouped_query_attention_loads_on_0_23(project: Path) -> N
 
 @pytest.mark.parametrize(
     ("model_type", "image", "needed", "have"),
-    [("mistral", "djl-deepspeed:0.23.0", "4.34", "4.30.2"), ("qwen3", "djl-deepspeed:0.27.0", "4.51", "4.39.0"),
-     ("gemma2", "djl-deepspeed:0.27.0", "4.42", "4.39.0")],
+    [
+        ("mistral", "djl-deepspeed:0.23.0", "4.34", "4.30.2"),
+        ("qwen3", "djl-deepspeed:0.27.0", "4.51", "4.39.0"),
+        ("gemma2", "djl-deepspeed:0.27.0", "4.42", "4.39.0"),
+    ],
 )
 def test_model_type_newer_than_the_image(project: Path, model_type: str, image: str, needed: str, have: str) -> None:
     _setup(project, config={"model_type": model_type})
@@ -107,8 +127,10 @@ def test_hub_model_id_is_not_checked(project: Path) -> None:
 
 @pytest.mark.parametrize(
     ("requirement", "fragment"),
-    [("torch==2.6.0", "would replace the image's torch 2.0.1"),
-     ("deepspeed>=0.10", "would replace the image's deepspeed 0.9.5")],
+    [
+        ("torch==2.6.0", "would replace the image's torch 2.0.1"),
+        ("deepspeed>=0.10", "would replace the image's deepspeed 0.9.5"),
+    ],
 )
 def test_replacing_torch_or_deepspeed_is_an_error(project: Path, requirement: str, fragment: str) -> None:
     _setup(project, requirements=f"# ours\n{requirement}\n", model_id=HUB_ID)
@@ -119,25 +141,33 @@ def test_replacing_torch_or_deepspeed_is_an_error(project: Path, requirement: st
 
 @pytest.mark.parametrize(
     ("requirement", "fragment"),
-    [("transformers==4.40.0", "replaces the image's transformers 4.30.2"),
-     ("accelerate>=1.0", "replaces the image's accelerate 0.20.3")],
+    [
+        ("transformers==4.40.0", "replaces the image's transformers 4.30.2"),
+        ("accelerate>=1.0", "replaces the image's accelerate 0.20.3"),
+    ],
 )
 def test_replacing_other_packages_is_a_warning(project: Path, requirement: str, fragment: str) -> None:
     _setup(project, requirements=f"{requirement}\n", model_id=HUB_ID)
     assert _findings(project, "djl-deepspeed:0.23.0") == [
-        ("warning", "requirements.txt", f"{requirement} {fragment} (djl-deepspeed:0.23.0)")]
+        ("warning", "requirements.txt", f"{requirement} {fragment} (djl-deepspeed:0.23.0)")
+    ]
 
 
 def test_requirements_the_image_satisfies_or_that_do_not_apply_pass(project: Path) -> None:
-    _setup(project, requirements='torch>=2.0  # ok\ntransformers\n-i https://example.invalid\n'
-                                 'torch==2.6.0; python_version >= "3.11"\nsentencepiece\n', model_id=HUB_ID)
+    _setup(
+        project,
+        requirements="torch>=2.0  # ok\ntransformers\n-i https://example.invalid\n"
+        'torch==2.6.0; python_version >= "3.11"\nsentencepiece\n',
+        model_id=HUB_ID,
+    )
     assert _findings(project, "djl-deepspeed:0.23.0") == []
 
 
 def test_unparseable_requirement_is_a_warning(project: Path) -> None:
     _setup(project, requirements="torch=>2\n", model_id=HUB_ID)
     assert _findings(project, "djl-deepspeed:0.23.0") == [
-        ("warning", "requirements.txt", "cannot parse 'torch=>2'; not checked")]
+        ("warning", "requirements.txt", "cannot parse 'torch=>2'; not checked")
+    ]
 
 
 def test_transformers_5_on_python_3_9_is_an_error(project: Path) -> None:
@@ -156,8 +186,7 @@ def test_transformers_5_24_on_torch_2_1_is_an_error(project: Path) -> None:
 
 def test_transformers_5_on_the_newest_image_only_replaces(project: Path) -> None:
     _setup(project, requirements="transformers>=5\n")
-    assert [(level, key) for level, key, _ in _findings(project, "djl-lmi:0.36.0")] == [
-        ("warning", "requirements.txt")]
+    assert [(level, key) for level, key, _ in _findings(project, "djl-lmi:0.36.0")] == [("warning", "requirements.txt")]
 
 
 def test_continuous_engine_on_0_23_is_an_error(project: Path) -> None:
@@ -237,8 +266,10 @@ def test_build_for_an_unknown_image_warns_and_builds(project: Path, tmp_path: Pa
 
 def test_deploy_builds_for_its_own_image(project: Path) -> None:
     _setup(project, config=SMOLLM2)
-    result = CliRunner().invoke(main, ["deploy", "--project-dir", str(project), "--role", "arn:aws:iam::1:role/x",
-                                       "--image", "djl-deepspeed:0.23.0"])
+    result = CliRunner().invoke(
+        main,
+        ["deploy", "--project-dir", str(project), "--role", "arn:aws:iam::1:role/x", "--image", "djl-deepspeed:0.23.0"],
+    )
     assert result.exit_code == 1 and "4.30.2" in result.stderr and "nothing built" in result.stderr
 
 
@@ -250,8 +281,9 @@ def test_tensor_parallel_max_needs_lmi_0_24(project: Path) -> None:
     assert _findings(project, "djl-lmi:0.36.0") == []
 
 
-def test_auto_uses_the_images_vllm_and_the_shipped_requirements_leave_vllm_and_torch_alone(project: Path,
-                                                                                          tmp_path: Path) -> None:
+def test_auto_uses_the_images_vllm_and_the_shipped_requirements_leave_vllm_and_torch_alone(
+    project: Path, tmp_path: Path
+) -> None:
     _setup(project, requirements="sentencepiece\n")
     result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.36.0")
     assert result.exit_code == 0, result.output
@@ -263,23 +295,33 @@ def test_auto_uses_the_images_vllm_and_the_shipped_requirements_leave_vllm_and_t
     assert _shipped_requirements(tmp_path / "v.tar.gz") == "sentencepiece\n"
 
 
-@pytest.mark.parametrize(("requirement", "fragment"), [
-    ("vllm==0.32.0", "would replace the image's vllm 0.17"), ("torch>=2.13", "would replace the image's torch 2.10.0")])
+@pytest.mark.parametrize(
+    ("requirement", "fragment"),
+    [
+        ("vllm==0.32.0", "would replace the image's vllm 0.17"),
+        ("torch>=2.13", "would replace the image's torch 2.10.0"),
+    ],
+)
 def test_replacing_the_images_vllm_or_torch_is_an_error(project: Path, requirement: str, fragment: str) -> None:
     _setup(project, requirements=f"{requirement}\n", rolling_batch="vllm")
     [(level, key, message)] = _findings(project, "djl-lmi:0.36.0")
     assert (level, key) == ("error", "requirements.txt") and fragment in message
 
 
-@pytest.mark.parametrize(("image", "requirements", "fragment"), [
-    ("djl-deepspeed:0.23.0", "", "djl-deepspeed:0.23.0 ships no vLLM"),
-    ("djl-deepspeed:0.27.0", "", "needs vLLM >= 0.10, and djl-deepspeed:0.27.0 ships vLLM 0.3.3"),
-    ("djl-lmi:0.36.0", "transformers==5.24.0\n", "the image's vLLM 0.17 takes transformers <5"),
-])
-def test_the_vllm_engine_where_the_image_cannot_run_it_is_an_error(project: Path, image: str, requirements: str,
-                                                                   fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("image", "requirements", "fragment"),
+    [
+        ("djl-deepspeed:0.23.0", "", "djl-deepspeed:0.23.0 ships no vLLM"),
+        ("djl-deepspeed:0.27.0", "", "needs vLLM >= 0.10, and djl-deepspeed:0.27.0 ships vLLM 0.3.3"),
+        ("djl-lmi:0.36.0", "transformers==5.24.0\n", "the image's vLLM 0.17 takes transformers <5"),
+    ],
+)
+def test_the_vllm_engine_where_the_image_cannot_run_it_is_an_error(
+    project: Path, image: str, requirements: str, fragment: str
+) -> None:
     _setup(project, requirements=requirements, rolling_batch="vllm", model_id=HUB_ID)
-    findings = [(level, key, message) for level, key, message in _findings(project, image)
-                if key == "option.generation_engine"]
+    findings = [
+        (level, key, message) for level, key, message in _findings(project, image) if key == "option.generation_engine"
+    ]
     [(level, _, message)] = findings
     assert level == "error" and fragment in message and "option.rolling_batch=vllm" in message

@@ -1,4 +1,5 @@
 """`lmi serve` as a subprocess with a tiny real model: health, chunked streaming, batch limits, disconnects."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import EventStreamError
-
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.invoke import runtime_client
 from local_endpoint import connection, make_project, serve, stream
@@ -78,8 +78,10 @@ def test_disconnected_client_frees_its_slot(tmp_path, tiny_model):
     with serve(project(tmp_path, size=1), "--model-id", tiny_model) as server:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         body = json.dumps(payload(1900, "x")).encode()
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         sock.close()
         start = time.monotonic()
@@ -94,13 +96,14 @@ def test_unmodified_boto3_streams_from_the_local_endpoint(tmp_path, tiny_model):
     with serve(project(tmp_path), "--model-id", tiny_model, "--endpoint-name", "my-endpoint") as server:
         client = runtime_client(server.url)
         response = client.invoke_endpoint_with_response_stream(
-            EndpointName="my-endpoint", ContentType="application/json",
-            Body=json.dumps(payload(30)).encode())
+            EndpointName="my-endpoint", ContentType="application/json", Body=json.dumps(payload(30)).encode()
+        )
         assert response["ContentType"] == "application/jsonlines"
         arrivals = [(time.monotonic(), event["PayloadPart"]["Bytes"]) for event in response["Body"]]
         with pytest.raises(client.exceptions.ModelError) as bad:
             client.invoke_endpoint_with_response_stream(
-                EndpointName="my-endpoint", Body=json.dumps({"inputs": "x", "parameters": {"top_k": -1}}))
+                EndpointName="my-endpoint", Body=json.dumps({"inputs": "x", "parameters": {"top_k": -1}})
+            )
         with pytest.raises(client.exceptions.ValidationError):
             client.invoke_endpoint_with_response_stream(EndpointName="other", Body=b"{}")
     lines = b"".join(part for _, part in arrivals).decode().splitlines()
@@ -114,7 +117,8 @@ def test_stream_time_limit_ends_the_stream_with_model_stream_error(tmp_path, tin
     with serve(project(tmp_path), "--model-id", tiny_model, "--stream-time-limit", "1.5") as server:
         client = runtime_client(server.url)
         response = client.invoke_endpoint_with_response_stream(
-            EndpointName="local", Body=json.dumps(payload(1900, "x")).encode())
+            EndpointName="local", Body=json.dumps(payload(1900, "x")).encode()
+        )
         parts = []
         with pytest.raises(EventStreamError) as error:
             for event in response["Body"]:

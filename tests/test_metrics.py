@@ -1,14 +1,14 @@
 """`/metrics` after real traffic through `lmi serve`, parsed with prometheus_client's own parser: the counts match the
 requests sent and the tokens they streamed."""
+
 from __future__ import annotations
 
 import json
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.invoke import runtime_client
 from local_endpoint import connection, make_project, serve
+from prometheus_client.parser import text_string_to_metric_families
 
 PROPERTIES = """engine=Python
 option.rolling_batch=custom
@@ -18,8 +18,11 @@ option.max_rolling_batch_size=4
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_metrics_count_the_traffic_sent(tmp_path) -> None:
@@ -28,18 +31,27 @@ def test_metrics_count_the_traffic_sent(tmp_path) -> None:
         tokens = 0
         for max_new_tokens in (3, 5, 7):
             conn = connection(server)
-            conn.request("POST", "/invocations", json.dumps({"inputs": "Hello, my name is",
-                                                             "parameters": {"max_new_tokens": max_new_tokens}}),
-                         {"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/invocations",
+                json.dumps({"inputs": "Hello, my name is", "parameters": {"max_new_tokens": max_new_tokens}}),
+                {"Content-Type": "application/json"},
+            )
             tokens += len(conn.getresponse().read().splitlines())
         for _ in range(2):
             conn = connection(server)
-            conn.request("POST", "/invocations", json.dumps({"inputs": "x", "parameters": {"top_k": -1}}),
-                         {"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/invocations",
+                json.dumps({"inputs": "x", "parameters": {"top_k": -1}}),
+                {"Content-Type": "application/json"},
+            )
             assert conn.getresponse().status == 400
         events = runtime_client(server.url).invoke_endpoint_with_response_stream(
-            EndpointName="local", ContentType="application/json",
-            Body=json.dumps({"inputs": "Roses are", "parameters": {"max_new_tokens": 4}}))["Body"]
+            EndpointName="local",
+            ContentType="application/json",
+            Body=json.dumps({"inputs": "Roses are", "parameters": {"max_new_tokens": 4}}),
+        )["Body"]
         tokens += sum(len(event["PayloadPart"]["Bytes"].splitlines()) for event in events)
         conn = connection(server)
         conn.request("GET", "/metrics")

@@ -4,24 +4,24 @@ the streamed answer must be in the executed notebook's outputs, and nothing may 
 
 The executed notebook is kept in build/test-artifacts/.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import nbformat
 import pytest
-from moto.sagemaker.models import FakeEndpointConfig
-from moto.server import ThreadedMotoServer
-from nbclient import NotebookClient
-
 from lmikit.client import invoke_stream
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.invoke import runtime_client
 from lmikit.server.process import free_port
 from local_endpoint import REPO, make_project, serve
+from moto.sagemaker.models import FakeEndpointConfig
+from moto.server import ThreadedMotoServer
+from nbclient import NotebookClient
 
 NOTEBOOK = REPO / "notebooks" / "deploy_and_stream.ipynb"
 EXECUTED = REPO / "build" / "test-artifacts" / "deploy_and_stream.ipynb"
@@ -52,10 +52,17 @@ def local_aws(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"):
         monkeypatch.delenv(name, raising=False)
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        "AWS_ENDPOINT_URL": moto_url, "SAGEMAKER_USER_CONFIG_OVERRIDE": str(tmp_path / "sagemaker-config.yaml"),
-        "LMI_ENDPOINT_NAME": ENDPOINT, "LMI_BUCKET": BUCKET, "SAGEMAKER_ROLE_ARN": ROLE, "LMI_POLL_SECONDS": "0.1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_ENDPOINT_URL": moto_url,
+        "SAGEMAKER_USER_CONFIG_OVERRIDE": str(tmp_path / "sagemaker-config.yaml"),
+        "LMI_ENDPOINT_NAME": ENDPOINT,
+        "LMI_BUCKET": BUCKET,
+        "SAGEMAKER_ROLE_ARN": ROLE,
+        "LMI_POLL_SECONDS": "0.1",
     }.items():
         monkeypatch.setenv(name, value)
     session = boto3.session.Session()
@@ -67,8 +74,9 @@ def _stdout(cell: nbformat.NotebookNode) -> str:
     return "".join(output.get("text", "") for output in cell.get("outputs", []) if output.get("name") == "stdout")
 
 
-def test_the_notebook_deploys_streams_and_cleans_up(local_aws: boto3.session.Session, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_notebook_deploys_streams_and_cleans_up(
+    local_aws: boto3.session.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = make_project(tmp_path / "project", (REPO / "serving.properties").read_text())
     monkeypatch.setenv("LMI_PROJECT_DIR", str(project))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -76,8 +84,9 @@ def test_the_notebook_deploys_streams_and_cleans_up(local_aws: boto3.session.Ses
     with serve(project, "--model-id", str(ensure_tiny_model()), "--endpoint-name", ENDPOINT) as local:
         monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", local.url)
         try:
-            NotebookClient(notebook, timeout=300, kernel_name="python3",
-                           resources={"metadata": {"path": str(tmp_path)}}).execute()
+            NotebookClient(
+                notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+            ).execute()
         finally:
             EXECUTED.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, EXECUTED)

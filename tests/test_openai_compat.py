@@ -2,18 +2,19 @@
 `huggingface_hub`'s InferenceClient on TGI's SSE, the blog's TGI pattern through the SageMaker runtime route, and
 all of them in one batch at once, each getting exactly transformers' greedy tokens in its own format. Under both DJL
 generations, with the real portable engine and the tiny model."""
+
 from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import huggingface_hub.constants
 import openai
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import BadRequestError, TextGenerationError, ValidationError
-
 from inprocess_endpoint import post, served
 from lmikit.embedded_model import ensure_tiny_model
 from local_endpoint import REPO, make_project, serve
@@ -56,10 +57,19 @@ def test_the_openai_client_streams_and_completes_exactly_the_reference(version: 
         api = client(endpoint)
         assert [model.id for model in api.models.list()] == ["tiny"]
         whole = api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=12, temperature=0)
-        chunks = list(api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=12, temperature=0,
-                                                  stream=True, stream_options={"include_usage": True}))
-        with_logprobs = api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=3, temperature=0,
-                                                    logprobs=True)
+        chunks = list(
+            api.chat.completions.create(
+                model="tiny",
+                messages=QUESTION,
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        with_logprobs = api.chat.completions.create(
+            model="tiny", messages=QUESTION, max_tokens=3, temperature=0, logprobs=True
+        )
     finish = "stop" if expected.finish_reason == "eos_token" else "length"
     assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
     assert whole.choices[0].message.content == expected.text and whole.choices[0].finish_reason == finish
@@ -74,15 +84,15 @@ def test_the_openai_client_streams_and_completes_exactly_the_reference(version: 
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_chat_bodies_work_on_invocations_and_through_the_runtime_route(version: str,
-                                                                       reference: ReferenceModel) -> None:
+def test_chat_bodies_work_on_invocations_and_through_the_runtime_route(version: str, reference: ReferenceModel) -> None:
     expected = chat_reference(reference, QUESTION, 10)
     body = {"messages": QUESTION, "max_tokens": 10, "temperature": 0, "stream": True}
     with served(version) as (endpoint, _):  # output_formatter=jsonlines pinned: chat keeps its own format
         direct = post(endpoint, body)
         direct_type, direct_body = direct.getheader("Content-Type"), direct.read()
         runtime = client_for(endpoint.url).invoke_endpoint_with_response_stream(
-            EndpointName="local", ContentType="application/json", Body=json.dumps(body))
+            EndpointName="local", ContentType="application/json", Body=json.dumps(body)
+        )
         runtime_type = runtime["ContentType"]
         runtime_body = b"".join(event["PayloadPart"]["Bytes"] for event in runtime["Body"])
     # DJL 0.23 labels every rolling-batch response with the pinned formatter's one content type
@@ -124,8 +134,9 @@ def test_errors_come_back_in_each_apis_own_shape(version: str) -> None:
 def test_a_failure_mid_stream_reaches_the_openai_client_in_band(version: str) -> None:
     with served(version, **UNPINNED) as (endpoint, tools):
         api = client(endpoint)
-        stream = api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=1500, temperature=0,
-                                             stream=True)
+        stream = api.chat.completions.create(
+            model="tiny", messages=QUESTION, max_tokens=1500, temperature=0, stream=True
+        )
         first = next(iter(stream))
         tools.fault = RuntimeError("injected engine fault")
         with pytest.raises(openai.APIError) as caught:
@@ -149,22 +160,27 @@ def test_huggingface_hub_text_generation_streams_tgi_sse_unmodified(version: str
     last = detailed[-1]
     assert last.generated_text == expected.text
     assert (last.details.finish_reason, last.details.generated_tokens, last.details.seed) == (
-        expected.finish_reason, len(expected.token_ids), 7)
+        expected.finish_reason,
+        len(expected.token_ids),
+        7,
+    )
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_the_blogs_tgi_pattern_gets_every_token_through_the_runtime_route(version: str,
-                                                                          reference: ReferenceModel) -> None:
+def test_the_blogs_tgi_pattern_gets_every_token_through_the_runtime_route(
+    version: str, reference: ReferenceModel
+) -> None:
     expected = reference(PROMPT, 20)
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 20, "return_full_text": False}, "stream": True}
     with served(version, **UNPINNED) as (endpoint, _):
         response = client_for(endpoint.url).invoke_endpoint_with_response_stream(
-            EndpointName="local", ContentType="application/json", Body=json.dumps(body))
+            EndpointName="local", ContentType="application/json", Body=json.dumps(body)
+        )
         lines = b"".join(event["PayloadPart"]["Bytes"] for event in response["Body"]).split(b"\n")
     tokens = []
     for line in lines:  # the blog: parse each line from its first "{", skip the special tokens
         if line.find(b"{") >= 0:
-            token = json.loads(line[line.find(b"{"):])["token"]
+            token = json.loads(line[line.find(b"{") :])["token"]
             if not token["special"]:
                 tokens.append(token["text"])
     assert response["ContentType"] == ("application/json" if version == "0.23" else "text/event-stream")
@@ -172,8 +188,9 @@ def test_the_blogs_tgi_pattern_gets_every_token_through_the_runtime_route(versio
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_chat_lmi_and_tgi_requests_share_one_batch_and_each_gets_its_own_tokens(version: str,
-                                                                                reference: ReferenceModel) -> None:
+def test_chat_lmi_and_tgi_requests_share_one_batch_and_each_gets_its_own_tokens(
+    version: str, reference: ReferenceModel
+) -> None:
     chat_expected = chat_reference(reference, QUESTION, 40)
     lmi_expected, tgi_expected = reference("Roses are", 40), reference(PROMPT, 40)
     requests: dict[str, tuple[dict, Callable[[bytes], str]]] = {
@@ -201,8 +218,13 @@ def test_smollm2_answers_a_factual_question_through_its_chat_template(tmp_path: 
     with serve(project) as endpoint:  # `lmi serve` as a user runs it: the embedded SmolLM2-135M-Instruct
         api = openai.OpenAI(base_url=f"http://127.0.0.1:{endpoint.port}/v1", api_key="unused", max_retries=0)
         whole = api.chat.completions.create(model="smollm2", messages=question, max_tokens=24, temperature=0)
-        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in api.chat.completions.create(
-            model="smollm2", messages=question, max_tokens=24, temperature=0, stream=True) if chunk.choices)
+        streamed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in api.chat.completions.create(
+                model="smollm2", messages=question, max_tokens=24, temperature=0, stream=True
+            )
+            if chunk.choices
+        )
     assert "Paris" in whole.choices[0].message.content and streamed == whole.choices[0].message.content
 
 
@@ -225,5 +247,8 @@ def _lmi_text(version: str) -> Callable[[bytes], str]:
     """0.23's rolling batch streams one json object in pieces; the newest streams jsonlines."""
     if version == "0.23":
         return lambda raw: json.loads(raw)["generated_text"]
-    return lambda raw: "".join(json.loads(line)["token"]["text"] for line in raw.splitlines()
-                               if not json.loads(line)["token"].get("special_token"))
+    return lambda raw: "".join(
+        json.loads(line)["token"]["text"]
+        for line in raw.splitlines()
+        if not json.loads(line)["token"].get("special_token")
+    )

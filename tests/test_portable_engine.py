@@ -1,13 +1,13 @@
 """PortableEngine with the tiny trained model on whichever stack runs the tests (transformers 5.24 here, 4.30.2 in
 the LMI 0.23 tier): requests joining at different steps, the batch bound, per-request seeds and repetition penalty,
 cancellation. Every greedy continuation must equal that stack's own `generate`, token for token."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from engine_support import Collector
 from lmikit.embedded_model import ensure_tiny_model
 from lmistream.config import HandlerConfig

@@ -1,4 +1,5 @@
 """serving.properties read like Java's Properties, with OPTION_* env filling only what the file leaves out."""
+
 from lmikit.properties import init_properties, parse_properties, read_serving_properties
 
 TEXT = """# comment
@@ -33,5 +34,10 @@ def test_option_env_fills_gaps_but_the_file_wins(tmp_path):
 
 def test_init_properties_strip_option_and_add_djl_keys(tmp_path):
     props = init_properties({"engine": "Python", "option.rolling_batch": "auto"}, tmp_path)
-    assert props == {"engine": "Python", "rolling_batch": "auto", "handler": "handle", "device_id": "-1",
-                     "model_dir": str(tmp_path.resolve())}
+    assert props == {
+        "engine": "Python",
+        "rolling_batch": "auto",
+        "handler": "handle",
+        "device_id": "-1",
+        "model_dir": str(tmp_path.resolve()),
+    }

@@ -1,8 +1,8 @@
 """Rank discovery and the degree check (pure), and the sharding path a stack without transformers' tp_plan takes."""
+
 from __future__ import annotations
 
 import pytest
-
 from lmistream.errors import ConfigError
 from lmistream.ranks import RankInfo, check_degree
 
@@ -20,7 +20,9 @@ def test_the_degree_must_match_the_ranks_djl_started() -> None:
     assert check_degree(1, RankInfo()) == 1
     assert check_degree(None, RankInfo(0, 4, 0)) == 4  # `max`: every rank
     assert check_degree(2, RankInfo(1, 2, 1)) == 2
-    with pytest.raises(ConfigError, match="tensor_parallel_degree=2 but this handler runs as a single process.*engine=MPI"):
+    with pytest.raises(
+        ConfigError, match="tensor_parallel_degree=2 but this handler runs as a single process.*engine=MPI"
+    ):
         check_degree(2, RankInfo())
     with pytest.raises(ConfigError, match="tensor_parallel_degree=4 but DJL started 2 ranks"):
         check_degree(4, RankInfo(0, 2, 0))
@@ -28,7 +30,6 @@ def test_the_degree_must_match_the_ranks_djl_started() -> None:
 
 def test_without_a_tp_plan_sharding_goes_through_deepspeed_which_needs_cuda(tmp_path) -> None:
     import torch
-
     from lmikit.embedded_model import ensure_tiny_model
     from lmistream.config import HandlerConfig
     from lmistream.engines.distributed import TensorParallel, _deepspeed

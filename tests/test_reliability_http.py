@@ -1,6 +1,7 @@
 """Reliability through `lmi serve` (a subprocess, the tiny trained model, the portable engine, DJL 0.23 rolling batch
 of 32): hostile and careless requests, a load of 1,000 requests at concurrency 128, a client that reads one byte at a
 time, and what the logs keep. A streaming canary runs while the bad requests arrive and must come out exact."""
+
 from __future__ import annotations
 
 import http.client
@@ -9,16 +10,14 @@ import math
 import os
 import socket
 import threading
-import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.process import RunningEndpoint, running_endpoint
 from local_endpoint import START_TIMEOUT, make_project
@@ -32,8 +31,16 @@ option.max_rolling_batch_size=32
 option.dtype=fp32
 """
 CASES_PER_ROUTE = 5000
-PROMPTS = ["Hello, my name is", "The quick brown fox", "1, 2, 3,", "Once upon a time, there was a little",
-           "Why?", "def fibonacci(n):", "Roses are", "Monday, Tuesday,"]
+PROMPTS = [
+    "Hello, my name is",
+    "The quick brown fox",
+    "1, 2, 3,",
+    "Once upon a time, there was a little",
+    "Why?",
+    "def fibonacci(n):",
+    "Roses are",
+    "Monday, Tuesday,",
+]
 NEW_TOKENS = 8
 CANARY = ("Hello, my name is", 14)
 LOAD_REQUESTS, LOAD_CONCURRENCY, LOAD_ROUNDS = 1000, 128, 3
@@ -83,8 +90,13 @@ def _body(payload: object) -> bytes:
     return json.dumps(payload, allow_nan=True).encode()
 
 
-WRONG = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.lists(st.integers(), max_size=2),
-                  st.dictionaries(st.text(max_size=3), st.integers(), max_size=1))
+WRONG = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+)
 CONTENT_TYPES = st.sampled_from(["application/json", "application/xml", "", "application/octet-stream"])
 
 
@@ -115,34 +127,45 @@ def _case(kind_and_value: tuple) -> tuple[bytes, str]:
     return _body({"inputs": "x", "parameters": {field: bad}}), f"parameters.{field}"
 
 
-NUMBERS = {"max_new_tokens": st.one_of(st.integers(max_value=0), st.integers(min_value=1_000_001),
-                                       st.floats(allow_nan=False).filter(lambda f: not f.is_integer()),
-                                       st.booleans()),
-           "temperature": st.one_of(st.just(math.nan), st.just(math.inf), st.floats(max_value=0.0), st.booleans()),
-           "top_p": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0001), st.just(math.nan)),
-           "top_k": st.one_of(st.integers(max_value=-1), st.floats(min_value=0.1, max_value=9.9).filter(
-               lambda f: not f.is_integer())),
-           "repetition_penalty": st.one_of(st.floats(max_value=0.0), st.floats(min_value=100.001)),
-           "seed": st.one_of(st.integers(max_value=-1), st.text(min_size=1, max_size=3))}
-TYPED = {"do_sample": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
-         "details": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
-         "return_full_text": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
-         "stop_sequences": st.one_of(st.integers(), st.lists(st.integers(), min_size=1, max_size=2),
-                                     st.just([""])),
-         "stream": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
-         "parameters": st.one_of(st.lists(st.integers(), max_size=2), st.text(max_size=4), st.integers(),
-                                 st.booleans())}
+NUMBERS = {
+    "max_new_tokens": st.one_of(
+        st.integers(max_value=0),
+        st.integers(min_value=1_000_001),
+        st.floats(allow_nan=False).filter(lambda f: not f.is_integer()),
+        st.booleans(),
+    ),
+    "temperature": st.one_of(st.just(math.nan), st.just(math.inf), st.floats(max_value=0.0), st.booleans()),
+    "top_p": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0001), st.just(math.nan)),
+    "top_k": st.one_of(
+        st.integers(max_value=-1), st.floats(min_value=0.1, max_value=9.9).filter(lambda f: not f.is_integer())
+    ),
+    "repetition_penalty": st.one_of(st.floats(max_value=0.0), st.floats(min_value=100.001)),
+    "seed": st.one_of(st.integers(max_value=-1), st.text(min_size=1, max_size=3)),
+}
+TYPED = {
+    "do_sample": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
+    "details": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
+    "return_full_text": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
+    "stop_sequences": st.one_of(st.integers(), st.lists(st.integers(), min_size=1, max_size=2), st.just([""])),
+    "stream": WRONG.filter(lambda v: not isinstance(v, bool) and v is not None),
+    "parameters": st.one_of(st.lists(st.integers(), max_size=2), st.text(max_size=4), st.integers(), st.booleans()),
+}
 BAD_REQUESTS = st.one_of(
     st.tuples(st.just("not json"), st.binary(min_size=1, max_size=40).filter(lambda b: not _parses(b))),
     st.tuples(st.just("empty"), st.just(b"")),
     st.tuples(st.just("nested"), st.integers(min_value=2000, max_value=20000)),
-    st.tuples(st.just("not an object"), st.one_of(st.integers(), st.text(max_size=5), st.lists(st.none()),
-                                                   st.booleans())),
-    st.tuples(st.just("inputs"), st.one_of(st.just(""), st.integers(), st.lists(st.text(), min_size=2, max_size=3),
-                                           st.none(), st.booleans())),
+    st.tuples(
+        st.just("not an object"), st.one_of(st.integers(), st.text(max_size=5), st.lists(st.none()), st.booleans())
+    ),
+    st.tuples(
+        st.just("inputs"),
+        st.one_of(st.just(""), st.integers(), st.lists(st.text(), min_size=2, max_size=3), st.none(), st.booleans()),
+    ),
     st.tuples(st.just("surrogate"), st.sampled_from(["800", "bff", "c00", "fff"])),
     st.tuples(st.just("too long"), st.integers(min_value=2100, max_value=4000)),
-    st.tuples(st.just("unknown"), st.text(min_size=1, max_size=8).filter(lambda k: k not in NUMBERS and k not in TYPED)),
+    st.tuples(
+        st.just("unknown"), st.text(min_size=1, max_size=8).filter(lambda k: k not in NUMBERS and k not in TYPED)
+    ),
     st.tuples(st.just("field"), st.one_of(*[st.tuples(st.just(k), v) for k, v in {**NUMBERS, **TYPED}.items()])),
 )
 
@@ -165,7 +188,7 @@ class Canary:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Canary":
+    def __enter__(self) -> Canary:
         self._thread.start()
         return self
 
@@ -177,8 +200,9 @@ class Canary:
         body = _body({"inputs": CANARY[0], "parameters": {"max_new_tokens": CANARY[1]}})
         while not self._stop.is_set():
             try:
-                status, answer = _post(self.server.connection(), "/invocations", body,
-                                       {"Content-Type": "application/json"})
+                status, answer = _post(
+                    self.server.connection(), "/invocations", body, {"Content-Type": "application/json"}
+                )
                 if status != 200 or _text(answer) != self.expected:
                     self.failures.append((status, answer[:200]))
             except Exception as error:
@@ -195,8 +219,13 @@ def test_bad_input_gets_a_4xx_naming_the_field_while_a_canary_streams_exactly(se
     def run_cases(route: str) -> None:
         connection = [server.connection()]
 
-        @settings(max_examples=CASES_PER_ROUTE, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=CASES_PER_ROUTE,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=BAD_REQUESTS, content_type=CONTENT_TYPES)
         def check(case: tuple, content_type: str) -> None:
             body, fragment = _case(case)
@@ -227,10 +256,13 @@ def test_bad_input_gets_a_4xx_naming_the_field_while_a_canary_streams_exactly(se
     assert tally["5xx"] == tally["dropped"] == 0
     assert tally["cases"] >= 2 * CASES_PER_ROUTE
     assert _ping(server) == 200
-    record("fuzz", f"{tally['cases']:,} generated bad requests (hypothesis, {CASES_PER_ROUTE:,} through each of the "
-                   "container and the SageMaker runtime route) each got a 4xx whose JSON error names the field; 0 "
-                   f"answers 5xx, 0 dropped connections, 0 worker crashes; a streaming canary ran {canary.runs} "
-                   "times meanwhile, exact every time")
+    record(
+        "fuzz",
+        f"{tally['cases']:,} generated bad requests (hypothesis, {CASES_PER_ROUTE:,} through each of the "
+        "container and the SageMaker runtime route) each got a 4xx whose JSON error names the field; 0 "
+        f"answers 5xx, 0 dropped connections, 0 worker crashes; a streaming canary ran {canary.runs} "
+        "times meanwhile, exact every time",
+    )
 
 
 def _ping(server: Server) -> int:
@@ -271,10 +303,13 @@ def test_a_thousand_requests_at_concurrency_128_all_complete_exactly_and_memory_
     assert growth < 0.05, f"RSS grew {growth:.1%} over the rounds: {rss} KiB"
     assert _all_slots_free(server), "a slot stayed taken after the load"
     served = LOAD_ROUNDS * LOAD_REQUESTS - refused
-    record("load", f"{LOAD_ROUNDS} rounds of {LOAD_REQUESTS:,} requests at concurrency {LOAD_CONCURRENCY} with "
-                   f"max_rolling_batch_size=32: {served:,} complete and exact, {refused} refused cleanly, none "
-                   f"truncated or lost; every slot free afterwards; RSS {rss[0] // 1024}-{rss[-1] // 1024} MiB "
-                   f"({growth:+.1%} from the first round to the last)")
+    record(
+        "load",
+        f"{LOAD_ROUNDS} rounds of {LOAD_REQUESTS:,} requests at concurrency {LOAD_CONCURRENCY} with "
+        f"max_rolling_batch_size=32: {served:,} complete and exact, {refused} refused cleanly, none "
+        f"truncated or lost; every slot free afterwards; RSS {rss[0] // 1024}-{rss[-1] // 1024} MiB "
+        f"({growth:+.1%} from the first round to the last)",
+    )
 
 
 def _all_slots_free(server: Server) -> bool:
@@ -297,8 +332,12 @@ def test_a_client_reading_one_byte_at_a_time_does_not_hold_up_the_others(server:
     body = _body({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 300}})
     slow = socket.create_connection(("127.0.0.1", server.endpoint.port))
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    slow.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    slow.sendall(
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     read = slow.recv(1)
     expected = {prompt: server.reference(prompt, NEW_TOKENS).text for prompt in PROMPTS}
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
@@ -309,15 +348,21 @@ def test_a_client_reading_one_byte_at_a_time_does_not_hold_up_the_others(server:
     assert read.startswith(b"HTTP/1.1 200")
     for prompt, status, answer in results:
         assert status == 200 and _text(answer) == expected[prompt], prompt
-    record("slow client", f"a client reading one byte at a time held its stream open while {len(results)} other "
-                          "streams completed exactly; its pending output is bounded by its own max_new_tokens")
+    record(
+        "slow client",
+        f"a client reading one byte at a time held its stream open while {len(results)} other "
+        "streams completed exactly; its pending output is bounded by its own max_new_tokens",
+    )
 
 
 # -- 6. logs -------------------------------------------------------------------------------------------------------
 def test_logs_carry_neither_credentials_nor_request_bodies(server: Server) -> None:
     body = _body({"inputs": SECRET_BODY, "parameters": {"max_new_tokens": 3}})
-    headers = {"Content-Type": "application/json", "Authorization": f"AWS4-HMAC-SHA256 Credential={SECRET_KEY}/x",
-               "X-Amz-Security-Token": SECRET_KEY}
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={SECRET_KEY}/x",
+        "X-Amz-Security-Token": SECRET_KEY,
+    }
     for path in ROUTES.values():
         status, _ = _post(server.connection(), path, body, headers)
         assert status == 200
@@ -326,5 +371,8 @@ def test_logs_carry_neither_credentials_nor_request_bodies(server: Server) -> No
         assert status in (400, 424)
     log = server.log.read_text()
     assert SECRET_KEY not in log and "zebra-canary-7731" not in log
-    record("logs", f"after requests carrying a credential and a marked prompt through both routes, the server log "
-                   f"({len(log.splitlines())} lines) holds neither")
+    record(
+        "logs",
+        f"after requests carrying a credential and a marked prompt through both routes, the server log "
+        f"({len(log.splitlines())} lines) holds neither",
+    )

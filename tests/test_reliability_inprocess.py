@@ -3,6 +3,7 @@ can be counted and faults injected into them: clients that drop mid-stream stop 
 their slots serve others; a failing step ends the streams it ran with an in-band error in each format (a broken
 stream through the SageMaker runtime route), answers a non-streaming request with DJL's 424 (507 when out of memory),
 and the server serves the next request."""
+
 from __future__ import annotations
 
 import http.client
@@ -11,12 +12,11 @@ import socket
 import threading
 from typing import Any
 
+import lmikit.djl.response as response_module
 import pytest
 import torch
-
-import lmikit.djl.response as response_module
-from lmikit.embedded_model import ensure_tiny_model
 from inprocess_endpoint import Instruments, port_of, post, served, wait_until  # noqa: F401
+from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.endpoint import LocalEndpoint
 from reference import ReferenceModel
 from reliability_figures import record
@@ -35,8 +35,9 @@ def reference() -> ReferenceModel:
     return ReferenceModel(ensure_tiny_model())
 
 
-def test_dropped_clients_stop_costing_the_engine_within_two_steps(reference: ReferenceModel,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dropped_clients_stop_costing_the_engine_within_two_steps(
+    reference: ReferenceModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cancelled_at: dict[str, int] = {}
     with served() as (endpoint, tools):
         original_cancel = response_module.Response.cancel
@@ -50,8 +51,10 @@ def test_dropped_clients_stop_costing_the_engine_within_two_steps(reference: Ref
         for index in range(DROPS):
             sock = socket.create_connection(("127.0.0.1", port_of(endpoint)))
             body = json.dumps({"inputs": f"Story {index}: 1, 2, 3,", "parameters": {"max_new_tokens": 1500}})
-            sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            sock.sendall(
+                f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
             dropped.append(sock)
         kept = [post(endpoint, {"inputs": p, "parameters": {"max_new_tokens": 14}}) for p in PROMPTS]
@@ -64,16 +67,22 @@ def test_dropped_clients_stop_costing_the_engine_within_two_steps(reference: Ref
         engine = tools.engine
         assert wait_until(lambda: engine._scheduler.running == 0 and engine._batch is None), "every slot is free again"
     engine_ids = {prompt: rid for rid, prompt in tools.prompts.items() if prompt.startswith("Story ")}
-    cancel_steps = {tools.response_prompts[rid]: step for rid, step in cancelled_at.items()
-                    if tools.response_prompts.get(rid, "").startswith("Story ")}
+    cancel_steps = {
+        tools.response_prompts[rid]: step
+        for rid, step in cancelled_at.items()
+        if tools.response_prompts.get(rid, "").startswith("Story ")
+    }
     assert len(engine_ids) == len(cancel_steps) == DROPS
     per_request = [tools.last_update[engine_ids[prompt]] - step for prompt, step in cancel_steps.items()]
     assert max(per_request) <= 2, per_request
     assert kept_texts == [reference(p, 14).text for p in PROMPTS]
     assert reused_texts == [(200, reference(p, 8).text) for p in PROMPTS * 5]
-    record("disconnects", f"{DROPS} clients dropped mid-stream: the engine ran at most {max(per_request)} more step(s) "
-                          f"for each, {len(reused_texts)} later requests reused their slots, and the {KEPT} streams "
-                          "beside them came out exact")
+    record(
+        "disconnects",
+        f"{DROPS} clients dropped mid-stream: the engine ran at most {max(per_request)} more step(s) "
+        f"for each, {len(reused_texts)} later requests reused their slots, and the {KEPT} streams "
+        "beside them came out exact",
+    )
 
 
 def _first_line(response: http.client.HTTPResponse) -> bytes:
@@ -81,15 +90,24 @@ def _first_line(response: http.client.HTTPResponse) -> bytes:
 
 
 FORMATS = {
-    "jsonlines": (lambda tail: json.loads(tail.splitlines()[-1]),
-                  lambda error: (error["code"], error.get("error", error.get("error_msg")))),  # 0.23 / newest
-    "sse": (lambda tail: json.loads(tail.strip().splitlines()[-1][len("data:"):]),
-            lambda error: (error["error_type"], error["error"])),  # TGI's error events carry a type, not a status
+    "jsonlines": (
+        lambda tail: json.loads(tail.splitlines()[-1]),
+        lambda error: (error["code"], error.get("error", error.get("error_msg"))),
+    ),  # 0.23 / newest
+    "sse": (
+        lambda tail: json.loads(tail.strip().splitlines()[-1][len("data:") :]),
+        lambda error: (error["error_type"], error["error"]),
+    ),  # TGI's error events carry a type, not a status
 }
 
 
-@pytest.mark.parametrize("fault,code", [(RuntimeError("injected engine fault"), 424),
-                                        (getattr(torch, "OutOfMemoryError", MemoryError)("injected out of memory"), 507)])
+@pytest.mark.parametrize(
+    "fault,code",
+    [
+        (RuntimeError("injected engine fault"), 424),
+        (getattr(torch, "OutOfMemoryError", MemoryError)("injected out of memory"), 507),
+    ],
+)
 @pytest.mark.parametrize("formatter", sorted(FORMATS))
 @pytest.mark.parametrize("version", ["0.23", "newest"])
 def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
@@ -102,14 +120,25 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
     with served(version, output_formatter=formatter) as (endpoint, tools):
         streams = [post(endpoint, LONG) for _ in range(2)]
         firsts = [response.read1(65536) for response in streams]
-        runtime = boto3.client("sagemaker-runtime", endpoint_url=endpoint.url, region_name="us-east-1",
-                               aws_access_key_id="x", aws_secret_access_key="x",
-                               config=Config(retries={"max_attempts": 1}))
+        runtime = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=endpoint.url,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            config=Config(retries={"max_attempts": 1}),
+        )
         events = runtime.invoke_endpoint_with_response_stream(
-            EndpointName="local", ContentType="application/json", Body=json.dumps(LONG))["Body"]
+            EndpointName="local", ContentType="application/json", Body=json.dumps(LONG)
+        )["Body"]
         runtime_parts = [next(iter(events))["PayloadPart"]["Bytes"]]
         whole = _post_later(endpoint, {**LONG, "stream": False})
-        assert wait_until(lambda: len(tools.engine._rows) == 4), (len(tools.engine._rows), tools.prompts, tools.last_update, tools.steps)
+        assert wait_until(lambda: len(tools.engine._rows) == 4), (
+            len(tools.engine._rows),
+            tools.prompts,
+            tools.last_update,
+            tools.steps,
+        )
         tools.fault = fault
         tails = [response.read() for response in streams]
         runtime_parts += [event["PayloadPart"]["Bytes"] for event in events]
@@ -125,11 +154,14 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
     # say so in its body; the newest protocol holds a non-streaming response back until it ends
     assert whole_status == (200 if version == "0.23" else code) and json.loads(whole_body)["code"] == code
     assert after_status == 200 and after_text
-    record("faults", "an exception injected into an engine step, and an out-of-memory error, each ended the streams "
-                     "of that step with an in-band error in their own format (jsonlines line, SSE event, the last "
-                     "PayloadPart through the runtime route), answered a non-streaming request with 424 and 507 (newest "
-                     "protocol; 0.23 sends the status with the first step, so the body says it), and the next request "
-                     "was served")
+    record(
+        "faults",
+        "an exception injected into an engine step, and an out-of-memory error, each ended the streams "
+        "of that step with an in-band error in their own format (jsonlines line, SSE event, the last "
+        "PayloadPart through the runtime route), answered a non-streaming request with 424 and 507 (newest "
+        "protocol; 0.23 sends the status with the first step, so the body says it), and the next request "
+        "was served",
+    )
 
 
 def test_a_failing_prefill_fails_the_joining_request_alone(reference: ReferenceModel) -> None:

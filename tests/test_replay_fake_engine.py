@@ -3,13 +3,13 @@
 The scripted engine answers each prompt with the prompt reversed, one byte-token per step, so every
 request's exact bytes are known while several requests join and leave the batch together.
 """
+
 import json
 import sys
 import time
 
-import pytest
-
 import lmistream.service
+import pytest
 from fakes import ScriptedEngine, serve_engines
 from replay import MODEL_DIR, collect, frontend, post, post_all
 
@@ -32,12 +32,15 @@ def jsonlines_newest(chunks):
     return lines[-1]["generated_text"]
 
 
-@pytest.mark.parametrize("version,options,decode", [
-    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_023),
-    ("newest", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_newest),
-    ("newest", {"async_mode": "true", "enable_streaming": "true"}, jsonlines_newest),
-    ("0.23", {"enable_streaming": "true"}, jsonlines_023),
-])
+@pytest.mark.parametrize(
+    "version,options,decode",
+    [
+        ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_023),
+        ("newest", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_newest),
+        ("newest", {"async_mode": "true", "enable_streaming": "true"}, jsonlines_newest),
+        ("0.23", {"enable_streaming": "true"}, jsonlines_023),
+    ],
+)
 def test_concurrent_requests_each_get_exactly_their_own_tokens(version, options, decode):
     with frontend(version, **options) as front:
         results = post_all(front, [{"inputs": p, "parameters": {"max_new_tokens": 50}} for p in PROMPTS])
@@ -61,12 +64,15 @@ def test_newest_non_streaming_request_gets_one_json_body():
     assert body["details"] == {"finish_reason": "eos_token", "generated_tokens": 4, "inputs": "abc"}
 
 
-@pytest.mark.parametrize("version,options", [
-    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
-    ("newest", {"rolling_batch": "custom"}),
-    ("newest", {"async_mode": "true"}),
-    ("0.23", {"enable_streaming": "true"}),
-])
+@pytest.mark.parametrize(
+    "version,options",
+    [
+        ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
+        ("newest", {"rolling_batch": "custom"}),
+        ("newest", {"async_mode": "true"}),
+        ("0.23", {"enable_streaming": "true"}),
+    ],
+)
 def test_bad_request_fails_alone_with_a_clear_400(version, options):
     with frontend(version, **options) as front:
         good = [post(front, {"inputs": p}) for p in PROMPTS[:2]]
@@ -81,21 +87,27 @@ def test_bad_request_fails_alone_with_a_clear_400(version, options):
 
 def test_max_new_tokens_and_stop_sequences_per_request(scripted_engine):
     with frontend("newest", rolling_batch="custom", output_formatter="jsonlines") as front:
-        results = post_all(front, [
-            {"inputs": "abcdef", "parameters": {"max_new_tokens": 2}},
-            {"inputs": "abcdef", "parameters": {"stop_sequences": ["c"]}},
-            {"inputs": "abcdef"},
-        ])
+        results = post_all(
+            front,
+            [
+                {"inputs": "abcdef", "parameters": {"max_new_tokens": 2}},
+                {"inputs": "abcdef", "parameters": {"stop_sequences": ["c"]}},
+                {"inputs": "abcdef"},
+            ],
+        )
     assert [jsonlines_newest(chunks) for _, chunks in results] == ["fe", "fed", "fedcba"]
     assert set(scripted_engine[0].cancelled) == {"req-1"}, "a stop sequence cancels the request in the engine"
 
 
-@pytest.mark.parametrize("version,options", [
-    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
-    ("newest", {"rolling_batch": "custom", "enable_streaming": "true"}),
-    ("newest", {"async_mode": "true", "enable_streaming": "true"}),
-    ("0.23", {"enable_streaming": "true"}),
-])
+@pytest.mark.parametrize(
+    "version,options",
+    [
+        ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}),
+        ("newest", {"rolling_batch": "custom", "enable_streaming": "true"}),
+        ("newest", {"async_mode": "true", "enable_streaming": "true"}),
+        ("0.23", {"enable_streaming": "true"}),
+    ],
+)
 def test_client_disconnect_cancels_the_request_in_the_engine(version, options, scripted_engine):
     with frontend(version, **options) as front:
         response = post(front, {"inputs": "x" * 2000, "parameters": {"max_new_tokens": 2000}})
@@ -122,12 +134,15 @@ def test_plain_non_streaming_model_answers_one_body():
 @pytest.fixture
 def model_dir_with_formatter(tmp_path):
     """A user's model dir: the project's model.py plus their own formatter function in it."""
-    (tmp_path / "model.py").write_text((MODEL_DIR / "model.py").read_text() + '''
+    (tmp_path / "model.py").write_text(
+        (MODEL_DIR / "model.py").read_text()
+        + '''
 
 def shouting(event):
     """A user's formatter: upper-case text, and a marker on the last event."""
     return event.text.upper() + (f"|{event.finish_reason.value}\\n" if event.last else "")
-''')
+'''
+    )
     (tmp_path / "lmistream").symlink_to(MODEL_DIR / "lmistream", target_is_directory=True)
     return tmp_path
 
@@ -149,9 +164,13 @@ def test_unknown_formatter_fails_the_model_load():
 def test_a_forced_engine_that_cannot_import_fails_the_load_with_the_reason(monkeypatch):
     monkeypatch.setattr(lmistream.service, "create_engine", REAL_FACTORY)
     monkeypatch.setitem(sys.modules, "lmistream.engines.continuous", None)  # as in an image with an older transformers
-    with pytest.raises(Exception, match="option.generation_engine=continuous cannot load here .* needs transformers 5.24"):
-        with frontend("0.23", rolling_batch="custom", generation_engine="continuous"):
-            pass
+    with (
+        pytest.raises(
+            Exception, match="option.generation_engine=continuous cannot load here .* needs transformers 5.24"
+        ),
+        frontend("0.23", rolling_batch="custom", generation_engine="continuous"),
+    ):
+        pass
 
 
 def test_auto_picks_the_portable_engine_where_continuous_batching_cannot_import(monkeypatch):

@@ -6,16 +6,16 @@ prompt and max_new_tokens, while the four requests share the batch. The prompts 
 token wins by a comfortable logit margin (checked by the reference fixture), so float noise from batching cannot flip
 a greedy choice. The slow test does the same with the real SmolLM2 and a chat-templated question.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
-
-import pytest
 
 import lmistream.service
+import pytest
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 from reference import Reference, ReferenceModel
 from replay import TIMEOUT, collect, frontend, post, post_all
@@ -112,12 +112,18 @@ def _check_newest_lines(chunks: list[bytes], prompt: str, expected: Reference) -
 
 
 MATRIX = [
-    pytest.param("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_023,
-                 id="0.23-rolling-jsonlines"),
-    pytest.param("newest", {"rolling_batch": "custom", "enable_streaming": "true", "output_formatter": "jsonlines"},
-                 jsonlines_newest, id="newest-rolling-jsonlines"),
-    pytest.param("newest", {"async_mode": "true", "enable_streaming": "true"}, jsonlines_newest,
-                 id="newest-async-streaming"),
+    pytest.param(
+        "0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_023, id="0.23-rolling-jsonlines"
+    ),
+    pytest.param(
+        "newest",
+        {"rolling_batch": "custom", "enable_streaming": "true", "output_formatter": "jsonlines"},
+        jsonlines_newest,
+        id="newest-rolling-jsonlines",
+    ),
+    pytest.param(
+        "newest", {"async_mode": "true", "enable_streaming": "true"}, jsonlines_newest, id="newest-async-streaming"
+    ),
     pytest.param("0.23", {"enable_streaming": "true"}, jsonlines_023, id="0.23-streaming"),
 ]
 
@@ -216,7 +222,9 @@ def test_smollm2_chat_answer_streams_exactly_generate_and_knows_paris(engine: st
 #: a conversation and the prompt SmolLM2's ChatML template makes of it (written out, so the check does not rely on the
 #: renderer under test, which on transformers 4.30 is the handler's own)
 CONVERSATION = [{"role": "system", "content": "Count."}, {"role": "user", "content": "1, 2, 3,"}]
-CONVERSATION_PROMPT = "<|im_start|>system\nCount.<|im_end|>\n<|im_start|>user\n1, 2, 3,<|im_end|>\n<|im_start|>assistant\n"
+CONVERSATION_PROMPT = (
+    "<|im_start|>system\nCount.<|im_end|>\n<|im_start|>user\n1, 2, 3,<|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 @pytest.mark.parametrize("version,options,decode", MATRIX)

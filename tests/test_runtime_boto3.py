@@ -1,4 +1,5 @@
 """The runtime API as an unmodified boto3 client and the SageMaker SDK v2 see it, over real HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import EventStreamError
 from client_support import per_test_timeout  # noqa: F401
+from lmikit.client import invoke_stream
 from runtime_support import (  # noqa: F401
     ENDPOINT,
     REGION,
@@ -19,8 +21,6 @@ from runtime_support import (  # noqa: F401
     client_for,
     runtime_server,
 )
-
-from lmikit.client import invoke_stream
 
 LINES = [b'{"outputs": [" one"]}\n', b'{"outputs": [" two"]}\n', b'{"outputs": [" three"]}\n']
 
@@ -49,13 +49,20 @@ def test_payload_parts_arrive_as_the_container_produces_them(runtime_server: Run
 
 def test_request_headers_reach_the_container(runtime_server: RuntimeServer) -> None:
     runtime_server.container.response.headers["X-Amzn-SageMaker-Custom-Attributes"] = "seen=1"
-    response = stream(client_for(runtime_server.url), ContentType="application/json", Accept="application/jsonlines",
-                      CustomAttributes="temperature=0.5")
+    response = stream(
+        client_for(runtime_server.url),
+        ContentType="application/json",
+        Accept="application/jsonlines",
+        CustomAttributes="temperature=0.5",
+    )
     assert parts(response) == [b'{"outputs": ["Hi"]}\n']
     assert response["CustomAttributes"] == "seen=1"
     headers, body = runtime_server.container.requests[0]
-    assert headers == {"Content-Type": "application/json", "Accept": "application/jsonlines",
-                       "X-Amzn-SageMaker-Custom-Attributes": "temperature=0.5"}
+    assert headers == {
+        "Content-Type": "application/json",
+        "Accept": "application/jsonlines",
+        "X-Amzn-SageMaker-Custom-Attributes": "temperature=0.5",
+    }
     assert body == b"{}"
 
 
@@ -132,7 +139,9 @@ def test_invoke_endpoint_returns_the_container_body(runtime_server: RuntimeServe
 
 
 def test_endpoint_url_from_the_environment(
-    runtime_server: RuntimeServer, aws_env: None, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    runtime_server: RuntimeServer,
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", runtime_server.url)
     assert parts(stream(client_for())) == [b'{"outputs": ["Hi"]}\n']
@@ -153,8 +162,9 @@ def test_sagemaker_sdk_v2_predict_stream(runtime_server: RuntimeServer, monkeypa
 
     runtime_server.container.response = FakeResponse([(0.0, LINES[0]), (0.05, LINES[1])])
     boto_session = boto3.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name=REGION)
-    runtime = boto_session.client("sagemaker-runtime", endpoint_url=runtime_server.url,
-                                  config=Config(retries={"max_attempts": 1}))
+    runtime = boto_session.client(
+        "sagemaker-runtime", endpoint_url=runtime_server.url, config=Config(retries={"max_attempts": 1})
+    )
     session = Session(boto_session=boto_session, sagemaker_runtime_client=runtime, default_bucket="unused")
     predictor = Predictor(ENDPOINT, sagemaker_session=session)
     lines = list(predictor.predict_stream(b'{"inputs": "Hi"}', iterator=LineIterator))

@@ -1,4 +1,5 @@
 """`lmi invoke` against the runtime API test server, through the real boto3 client."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner, Result
 from client_support import per_test_timeout  # noqa: F401
-from runtime_support import REGION, FakeResponse, RuntimeServer, aws_env, runtime_server  # noqa: F401
-
 from lmikit.cli import main
 from lmikit.server.process import free_port
+from runtime_support import REGION, FakeResponse, RuntimeServer, aws_env, runtime_server  # noqa: F401
 
 LINES = [b'{"outputs": [" one"]}\n', b'{"outputs": [" two"]}\n', b'{"outputs": [" three"]}\n']
 
@@ -30,8 +30,11 @@ def test_streams_tokens_and_prints_a_summary(server: RuntimeServer) -> None:
     assert result.stdout == " one two three\n"
     assert result.stderr.startswith("TTFT ") and ", 3 tokens, " in result.stderr
     headers, body = server.container.requests[0]
-    assert json.loads(body) == {"inputs": "Hello", "parameters": {"max_new_tokens": 3, "temperature": 0.5},
-                                "stream": True}
+    assert json.loads(body) == {
+        "inputs": "Hello",
+        "parameters": {"max_new_tokens": 3, "temperature": 0.5},
+        "stream": True,
+    }
     assert headers["Content-Type"] == "application/json"
 
 
@@ -42,8 +45,9 @@ def test_forced_format(server: RuntimeServer) -> None:
 
 
 def test_no_stream_prints_the_generated_text(server: RuntimeServer) -> None:
-    server.container.response = FakeResponse([(0.0, b'{"generated_text": " whole answer"}')],
-                                             headers={"Content-Type": "application/json"})
+    server.container.response = FakeResponse(
+        [(0.0, b'{"generated_text": " whole answer"}')], headers={"Content-Type": "application/json"}
+    )
     result = invoke("Hello", "--endpoint-url", server.url, "--no-stream")
     assert result.exit_code == 0, result.output
     assert result.stdout == " whole answer\n"
@@ -89,34 +93,55 @@ def test_standard_aws_chain_with_endpoint_env(server: RuntimeServer, monkeypatch
     assert (result.exit_code, result.stdout) == (0, "Hi\n")
 
 
-CHUNKS = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
-          b'data: {"choices":[{"index":0,"delta":{"content":" Paris"},"finish_reason":null}]}\n\n',
-          b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n']
+CHUNKS = [
+    b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":" Paris"},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+]
 
 
 def test_chat_sends_an_openai_chat_body_and_prints_its_deltas(server: RuntimeServer) -> None:
-    server.container.response = FakeResponse([(0.0, chunk) for chunk in CHUNKS],
-                                             headers={"Content-Type": "text/event-stream"})
-    result = invoke("Capital of France?", "--endpoint-url", server.url, "--chat", "--system", "Be brief.",
-                    "--max-new-tokens", "8", "--temperature", "0")
+    server.container.response = FakeResponse(
+        [(0.0, chunk) for chunk in CHUNKS], headers={"Content-Type": "text/event-stream"}
+    )
+    result = invoke(
+        "Capital of France?",
+        "--endpoint-url",
+        server.url,
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == " Paris\n" and ", 1 tokens, " in result.stderr
     _, body = server.container.requests[0]
-    assert json.loads(body) == {"messages": [{"role": "system", "content": "Be brief."},
-                                             {"role": "user", "content": "Capital of France?"}],
-                                "max_tokens": 8, "temperature": 0.0, "stream": True}
+    assert json.loads(body) == {
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+        "max_tokens": 8,
+        "temperature": 0.0,
+        "stream": True,
+    }
 
 
 def test_chat_without_streaming_prints_the_completions_message(server: RuntimeServer) -> None:
-    completion = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
-                                                            "message": {"role": "assistant", "content": "Paris."}}]}
-    server.container.response = FakeResponse([(0.0, json.dumps(completion).encode())],
-                                             headers={"Content-Type": "application/json"})
+    completion = {
+        "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Paris."}}],
+    }
+    server.container.response = FakeResponse(
+        [(0.0, json.dumps(completion).encode())], headers={"Content-Type": "application/json"}
+    )
     result = invoke("Capital of France?", "--endpoint-url", server.url, "--chat", "--no-stream")
     assert result.exit_code == 0, result.output
     assert result.stdout == "Paris.\n"
     assert json.loads(server.container.requests[0][1]) == {
-        "messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 256}
+        "messages": [{"role": "user", "content": "Capital of France?"}],
+        "max_tokens": 256,
+    }
 
 
 def test_system_needs_chat(server: RuntimeServer) -> None:

@@ -1,17 +1,17 @@
 """runtime.py without HTTP: paths, validation, header mapping, frames, time limits and error answers."""
+
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections.abc import Callable
 from itertools import count
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from botocore.eventstream import EventStreamBuffer
 from client_support import per_test_timeout  # noqa: F401
-from runtime_support import FakeResponse
-
 from lmikit.server import runtime
 from lmikit.server.runtime import (
     INVOKE,
@@ -26,6 +26,7 @@ from lmikit.server.runtime import (
     stream_headers,
     validate,
 )
+from runtime_support import FakeResponse
 
 CONFIG = RuntimeConfig(endpoint_name="ep", region="eu-west-1", stream_time_limit=2.0, invoke_time_limit=2.0)
 
@@ -105,8 +106,9 @@ def test_validate_reports_every_violation_without_echoing_sensitive_values() -> 
     assert fault is not None
     message = fault.body["message"]
     assert message.startswith("3 validation errors detected: Value 'bad_name!' at 'endpointName'")
-    assert "Value at 'body' failed to satisfy constraint: Member must have length less than or equal to 6291456" \
-        in message
+    assert (
+        "Value at 'body' failed to satisfy constraint: Member must have length less than or equal to 6291456" in message
+    )
     assert "Value at 'customAttributes'" in message and "sss" not in message
 
 
@@ -124,8 +126,13 @@ def test_every_modeled_pattern_translates() -> None:
 
 
 def test_container_headers_per_operation() -> None:
-    headers = {"content-type": "application/json", "x-amzn-sagemaker-accept": "application/jsonlines",
-               "Accept": "*/*", "X-Amzn-SageMaker-Custom-Attributes": "k=v", "Authorization": "AWS4 ..."}
+    headers = {
+        "content-type": "application/json",
+        "x-amzn-sagemaker-accept": "application/jsonlines",
+        "Accept": "*/*",
+        "X-Amzn-SageMaker-Custom-Attributes": "k=v",
+        "Authorization": "AWS4 ...",
+    }
     assert container_headers(headers, STREAM) == {
         "Content-Type": "application/json",
         "Accept": "application/jsonlines",
@@ -138,8 +145,11 @@ def test_stream_frames_one_payload_part_per_chunk() -> None:
     response = FakeResponse([(0.0, b"a"), (0.0, b""), (0.0, b"bc")])
     messages = decode(list(stream_frames(response, 2.0)))
     assert [payload for _, payload in messages] == [b"a", b"bc"]
-    assert messages[0][0] == {":event-type": "PayloadPart", ":content-type": "application/octet-stream",
-                              ":message-type": "event"}
+    assert messages[0][0] == {
+        ":event-type": "PayloadPart",
+        ":content-type": "application/octet-stream",
+        ":message-type": "event",
+    }
     assert not response.cancelled.is_set()
 
 
@@ -207,14 +217,19 @@ def test_model_error_body() -> None:
 def test_fault_response_headers() -> None:
     status, headers, body = fault_response(model_error(500, "x", CONFIG), "rid")
     assert status == 424
-    assert headers == {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError",
-                       "x-amzn-RequestId": "rid", "Content-Length": str(len(body))}
+    assert headers == {
+        "Content-Type": "application/json",
+        "x-amzn-ErrorType": "ModelError",
+        "x-amzn-RequestId": "rid",
+        "Content-Length": str(len(body)),
+    }
 
 
 def test_handle_streams_a_good_response() -> None:
     response = FakeResponse([(0.0, b"a"), (0.0, b"b")])
-    answer = handle_runtime_request("POST", "/endpoints/ep/invocations-response-stream", {}, b"{}",
-                                    submitting(response), CONFIG)
+    answer = handle_runtime_request(
+        "POST", "/endpoints/ep/invocations-response-stream", {}, b"{}", submitting(response), CONFIG
+    )
     assert (answer.status, answer.streamed) == (200, True)
     assert "Content-Length" not in answer.headers
     assert [payload for _, payload in decode(list(answer.body_iter))] == [b"a", b"b"]
@@ -223,8 +238,9 @@ def test_handle_streams_a_good_response() -> None:
 def test_handle_silent_container_before_first_chunk_is_a_model_error() -> None:
     response = FakeResponse([(30.0, b"late")])
     config = RuntimeConfig(endpoint_name="ep", stream_time_limit=0.2)
-    answer = handle_runtime_request("POST", "/endpoints/ep/invocations-response-stream", {}, b"",
-                                    submitting(response), config)
+    answer = handle_runtime_request(
+        "POST", "/endpoints/ep/invocations-response-stream", {}, b"", submitting(response), config
+    )
     assert answer.status == 424 and answer.headers["x-amzn-ErrorType"] == "ModelError"
     assert answer_json(answer)["OriginalStatusCode"] == 0
     assert response.cancelled.is_set()
@@ -259,8 +275,9 @@ def test_handle_unknown_operation() -> None:
 
 def test_answer_close_cancels_the_container() -> None:
     response = FakeResponse([(0.0, b"a"), (30.0, b"b")])
-    answer = handle_runtime_request("POST", "/endpoints/ep/invocations-response-stream", {}, b"",
-                                    submitting(response), CONFIG)
+    answer = handle_runtime_request(
+        "POST", "/endpoints/ep/invocations-response-stream", {}, b"", submitting(response), CONFIG
+    )
     next(iter(answer.body_iter))
     answer.close()
     assert response.cancelled.is_set()

@@ -1,4 +1,5 @@
 """The portable engine's scheduler: FCFS admission within the slots and the prefill budget, cancellation, stop."""
+
 from __future__ import annotations
 
 from lmistream.engines.scheduler import Admission, Scheduler

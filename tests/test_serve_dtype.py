@@ -1,4 +1,5 @@
 """`lmi serve --model-id`: the deploy target's half dtype gives way to what fits the device, unless asked for."""
+
 from __future__ import annotations
 
 import sys
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.serve import ServeSettings, serving_properties
 

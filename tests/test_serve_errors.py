@@ -1,4 +1,5 @@
 """`lmi serve` fails with one clear line, and exits, when it cannot serve."""
+
 import socket
 import subprocess
 import sys
@@ -8,8 +9,7 @@ from local_endpoint import make_project
 
 
 def lmi_serve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmikit", "serve", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "lmikit", "serve", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_a_port_in_use_is_named(tmp_path):

@@ -1,8 +1,8 @@
 """The serving benchmark's plumbing: one tiny run through every path, and its statistics. No timing assertions."""
+
 from __future__ import annotations
 
 import pytest
-
 from lmikit.benchmarks import serving_bench
 from lmikit.embedded_model import ensure_tiny_model
 
@@ -23,7 +23,9 @@ def test_summarize_counts_tokens_and_gaps() -> None:
 
 def test_tiny_run_reports_every_path_and_ratio() -> None:
     report = serving_bench.run_benchmark(ensure_tiny_model(), [1], max_new_tokens=4)
-    assert {"loadavg", "model", "handler", "threads", "max_new_tokens", "prompt_tokens", "rows", "ratios"} <= set(report)
+    assert {"loadavg", "model", "handler", "threads", "max_new_tokens", "prompt_tokens", "rows", "ratios"} <= set(
+        report
+    )
     rows = {row["path"]: row for row in report["rows"]}
     assert set(rows) == {"generate", "engine", "endpoint"}
     for row in rows.values():

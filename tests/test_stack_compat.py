@@ -1,5 +1,6 @@
 """The handler package runs unchanged on every stack: each module compiles on this interpreter (Python 3.9 in the LMI
 0.23 tier), and only the engine modules import torch."""
+
 from __future__ import annotations
 
 import ast
@@ -10,8 +11,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "model" / "lmistream"
 MODULES = sorted(PACKAGE.rglob("*.py"))
-TORCH_MODULES = {"continuous.py", "cb_processors.py", "loading.py", "batch.py", "sampling.py", "portable.py",
-                 "distributed.py", "ranked.py", "vllm_engine.py"}
+TORCH_MODULES = {
+    "continuous.py",
+    "cb_processors.py",
+    "loading.py",
+    "batch.py",
+    "sampling.py",
+    "portable.py",
+    "distributed.py",
+    "ranked.py",
+    "vllm_engine.py",
+}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))

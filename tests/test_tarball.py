@@ -1,4 +1,5 @@
 """build_tarball: flat layout, byte-identical rebuilds, fixed metadata, and nothing secret or cached inside."""
+
 from __future__ import annotations
 
 import os
@@ -75,11 +76,22 @@ def test_source_date_epoch_sets_member_mtimes(project: Path, tmp_path: Path, mon
 def test_secrets_caches_and_build_outputs_stay_out(project: Path, tmp_path: Path) -> None:
     package = project / "model" / "lmistream"
     junk = [
-        package / "__pycache__" / "engine.cpython-311.pyc", package / "stale.pyc", package / ".env",
-        package / ".env.local", package / "server.pem", package / "private.key", package / ".aws" / "credentials",
-        package / "aws_credentials.json", package / ".pytest_cache" / "v", package / ".mypy_cache" / "x",
-        package / "dist" / "old.tar.gz", project / ".git" / "HEAD", project / ".env", project / "dist" / "x",
-        project / ".venv" / "lib" / "__init__.py", project / "model" / ".venv" / "__init__.py",
+        package / "__pycache__" / "engine.cpython-311.pyc",
+        package / "stale.pyc",
+        package / ".env",
+        package / ".env.local",
+        package / "server.pem",
+        package / "private.key",
+        package / ".aws" / "credentials",
+        package / "aws_credentials.json",
+        package / ".pytest_cache" / "v",
+        package / ".mypy_cache" / "x",
+        package / "dist" / "old.tar.gz",
+        project / ".git" / "HEAD",
+        project / ".env",
+        project / "dist" / "x",
+        project / ".venv" / "lib" / "__init__.py",
+        project / "model" / ".venv" / "__init__.py",
     ]
     for path in junk:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +132,9 @@ def test_requirements_text_ships_instead_of_the_project_file(project: Path, tmp_
     assert report.entries == EXPECTED
     with tarfile.open(report.path) as tar:
         assert tar.extractfile("requirements.txt").read() == text.encode()
-    assert build_tarball(project, tmp_path / "b.tar.gz", requirements=text).path.read_bytes() == \
-        report.path.read_bytes()
+    assert (
+        build_tarball(project, tmp_path / "b.tar.gz", requirements=text).path.read_bytes() == report.path.read_bytes()
+    )
 
 
 def test_requirements_text_ships_even_without_a_project_file(project: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 hold the tiny model between them (transformers' tp_plan over gloo on this CPU), on both engines and under both DJL
 generations. Each rank holds about half the parameters, 8 concurrent greedy requests get exactly the single-device
 texts, and a rank killed mid-stream ends the open request with an error and turns /ping unhealthy."""
+
 from __future__ import annotations
 
 import http.client
@@ -17,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 from lmikit.server.process import ping, running_endpoint
 from lmistream.engines import available
@@ -34,8 +34,16 @@ option.enable_streaming=true
 option.dtype=fp32
 option.generation_engine={engine}
 """
-PROMPTS = ["Hello, my name is", "The quick brown fox", "1, 2, 3,", "Once upon a time, there was a little",
-           "Why?", "def fibonacci(n):", "Roses are", "The capital of France is"]
+PROMPTS = [
+    "Hello, my name is",
+    "The quick brown fox",
+    "1, 2, 3,",
+    "Once upon a time, there was a little",
+    "Why?",
+    "def fibonacci(n):",
+    "Roses are",
+    "The capital of France is",
+]
 MAX_NEW_TOKENS = 12
 RANK_LINE = re.compile(r"rank (\d) of 2, sharded by ([^,]+), (\d+) parameter bytes")
 
@@ -126,9 +134,22 @@ def test_a_killed_rank_ends_the_open_stream_with_an_error_and_ping_turns_unhealt
 def test_smollm2_with_two_ranks_is_refused_naming_its_nine_heads(tmp_path: Path) -> None:
     model = ensure_smollm2()
     project = make_project(tmp_path / "project", PROPERTIES.format(engine="auto"))
-    command = [sys.executable, "-m", "lmikit", "serve", "--project-dir", str(project), "--model-id", str(model),
-               "--port", "0"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "lmikit",
+        "serve",
+        "--project-dir",
+        str(project),
+        "--model-id",
+        str(model),
+        "--port",
+        "0",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=START_TIMEOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     assert done.returncode == 1
-    assert "option.tensor_parallel_degree=2 does not divide the model's num_attention_heads=9" in done.stdout + done.stderr
+    assert (
+        "option.tensor_parallel_degree=2 does not divide the model's num_attention_heads=9" in done.stdout + done.stderr
+    )

@@ -1,7 +1,8 @@
 """Incremental detokenization: never half a character, never part of a stop sequence."""
-from hypothesis import given, strategies as st
 
 from fakes import EOS, ByteTokenizer
+from hypothesis import given
+from hypothesis import strategies as st
 from lmistream.params import GenerationParams
 from lmistream.textstream import FinishReason, TextStream
 
@@ -43,7 +44,10 @@ def test_special_tokens_release_no_text_but_count():
     assert stream.generated_text == "ok" and stream.count == 3
 
 
-@given(st.text(alphabet="abcé日", min_size=1, max_size=40), st.lists(st.text(alphabet="abcé日", min_size=1, max_size=4), max_size=3))
+@given(
+    st.text(alphabet="abcé日", min_size=1, max_size=40),
+    st.lists(st.text(alphabet="abcé日", min_size=1, max_size=4), max_size=3),
+)
 def test_output_is_the_text_up_to_the_first_stop(text, stops):
     deltas, stream = run(text, stops=stops)
     # generation stops as soon as a stop sequence is complete: the earliest end wins, then the longest

@@ -1,4 +1,5 @@
 """validate_project: a good project passes; each bad serving.properties gives exactly one finding naming the key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,11 @@ def test_good_project_has_no_findings(project: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "key", "fragment"),
     [
-        ({"option__max_rolling_batchsize": 32}, "option.max_rolling_batchsize",
-         "did you mean option.max_rolling_batch_size"),
+        (
+            {"option__max_rolling_batchsize": 32},
+            "option.max_rolling_batchsize",
+            "did you mean option.max_rolling_batch_size",
+        ),
         ({"option__entrypoint": "model.py"}, "option.entrypoint", "did you mean option.entryPoint"),
         ({"maxworkers": 2}, "maxworkers", "did you mean maxWorkers"),
         ({"option__dtype": "fp8"}, "option.dtype", "not one of"),
@@ -46,12 +50,21 @@ def test_good_project_has_no_findings(project: Path) -> None:
         ({"option__max_rolling_batch_size": "lots"}, "option.max_rolling_batch_size", "must be an integer"),
         ({"option__enable_streaming": "yes"}, "option.enable_streaming", "not one of"),
         ({"option__trust_remote_code": "maybe"}, "option.trust_remote_code", "true or false"),
-        ({"engine": "MPI", "option__tensor_parallel_degree": 3}, "option.tensor_parallel_degree",
-         "num_attention_heads=32"),
-        ({"engine": "MPI", "option__tensor_parallel_degree": 16}, "option.tensor_parallel_degree",
-         "num_key_value_heads=8"),
-        ({"option__tensor_parallel_degree": 2}, "option.tensor_parallel_degree",
-         "2 with engine=Python: DJL then runs one Python process that sees 2 GPUs and starts no ranks"),
+        (
+            {"engine": "MPI", "option__tensor_parallel_degree": 3},
+            "option.tensor_parallel_degree",
+            "num_attention_heads=32",
+        ),
+        (
+            {"engine": "MPI", "option__tensor_parallel_degree": 16},
+            "option.tensor_parallel_degree",
+            "num_key_value_heads=8",
+        ),
+        (
+            {"option__tensor_parallel_degree": 2},
+            "option.tensor_parallel_degree",
+            "2 with engine=Python: DJL then runs one Python process that sees 2 GPUs and starts no ranks",
+        ),
         ({"option__tensor_parallel_degree": 0}, "option.tensor_parallel_degree", "out of range"),
         ({"engine": REMOVE}, "engine", "MPI/DeepSpeed"),
         ({"engine": "Pyton"}, "engine", "not one of"),
@@ -89,21 +102,26 @@ def test_missing_serving_properties_is_one_error(project: Path) -> None:
 
 @pytest.mark.parametrize(
     ("changes", "key"),
-    [({"option__trust_remote_code": "true"}, "option.trust_remote_code"),
-     ({"option__paged_attention": "false"}, "option.paged_attention")],
+    [
+        ({"option__trust_remote_code": "true"}, "option.trust_remote_code"),
+        ({"option__paged_attention": "false"}, "option.paged_attention"),
+    ],
 )
 def test_warnings_do_not_block(project: Path, changes: dict, key: str) -> None:
     assert [(f.level, f.key) for f in _with(project, **changes)] == [("warning", key)]
 
 
 def test_tensor_parallel_skipped_when_model_config_is_not_local(project: Path) -> None:
-    assert _with(project, engine="MPI", option__model_id="HuggingFaceTB/SmolLM2-135M",
-                 option__tensor_parallel_degree=3) == []
+    assert (
+        _with(project, engine="MPI", option__model_id="HuggingFaceTB/SmolLM2-135M", option__tensor_parallel_degree=3)
+        == []
+    )
 
 
 def test_smollm2_heads_refuse_two_ranks_naming_nine_and_two(project: Path) -> None:
     (project.parent / "weights" / "config.json").write_text(
-        '{"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 3}')
+        '{"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 3}'
+    )
     [finding] = _with(project, engine="MPI", option__tensor_parallel_degree=2)
     assert finding.key == "option.tensor_parallel_degree"
     assert "2 does not divide the model's num_attention_heads=9 and num_key_value_heads=3" in finding.message
@@ -119,8 +137,9 @@ def test_build_command_fails_on_errors_and_prints_them(project: Path, tmp_path: 
 
 def test_build_command_prints_warnings_and_builds(project: Path, tmp_path: Path) -> None:
     _with(project, option__trust_remote_code="true")
-    result = CliRunner().invoke(main, ["build", str(project), "--out", str(tmp_path / "m.tar.gz"),
-                                       "--image", "djl-lmi:0.36.0"])
+    result = CliRunner().invoke(
+        main, ["build", str(project), "--out", str(tmp_path / "m.tar.gz"), "--image", "djl-lmi:0.36.0"]
+    )
     assert result.exit_code == 0, result.output
     assert "warning: option.trust_remote_code" in result.stderr
     assert result.stdout.strip() == str(tmp_path / "m.tar.gz")

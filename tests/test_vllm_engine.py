@@ -7,32 +7,34 @@ penalty) is vLLM's, a cancelled or stopped request is aborted in vLLM, a bad req
 `openai` client works through `lmi serve`'s HTTP server. The synchronous paths share one loaded `LLMEngine`; the async
 path has one `AsyncLLM` frontend for the module (that engine belongs to the frontend's event loop).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import openai
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import lmistream.service  # noqa: E402
-from inprocess_endpoint import http_endpoint, wait_until  # noqa: E402
-from inprocess_endpoint import post as http_post  # noqa: E402
-from lmikit.embedded_model import ensure_smollm2  # noqa: E402
-from lmistream.config import HandlerConfig  # noqa: E402
-from lmistream.engines import available, choose, create_engine  # noqa: E402
-from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments  # noqa: E402
-from lmistream.errors import ConfigError  # noqa: E402
-from lmistream.formatters import StreamEvent  # noqa: E402
-from local_endpoint import connection, make_project, serve  # noqa: E402
-from replay import collect, frontend, post, post_all  # noqa: E402
-from sse_decode import chat_text  # noqa: E402
-from vllm_reference import LOAD, Offline, offline_generate  # noqa: E402
+import lmistream.service
+from inprocess_endpoint import http_endpoint, wait_until
+from inprocess_endpoint import post as http_post
+from lmikit.embedded_model import ensure_smollm2
+from lmistream.config import HandlerConfig
+from lmistream.engines import available, choose, create_engine
+from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments
+from lmistream.errors import ConfigError
+from lmistream.formatters import StreamEvent
+from local_endpoint import connection, make_project, serve
+from replay import collect, frontend, post, post_all
+from sse_decode import chat_text
+from vllm_reference import LOAD, Offline, offline_generate
 
 #: the handler's options matching the reference's `LOAD`
 OPTIONS = {"dtype": "fp32", "enforce_eager": "true"}
@@ -62,16 +64,27 @@ def offline(model_dir: Path) -> dict[str, Offline]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     chat = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
     fox = tokenizer.encode("The quick brown fox")
-    specs = {prompt: {"prompt_token_ids": tokenizer.encode(prompt), "max_tokens": n, "temperature": 0}
-             for prompt, n in GREEDY}
-    specs.update({
-        "chat": {"prompt_token_ids": tokenizer.encode(chat, add_special_tokens=False), "max_tokens": 12,
-                 "temperature": 0},
-        "seed 1": {"prompt_token_ids": fox, "seed": 1, **SAMPLED},
-        "seed 2": {"prompt_token_ids": fox, "seed": 2, **SAMPLED},
-        "penalty": {"prompt_token_ids": tokenizer.encode("1, 2, 3,"), "max_tokens": 24, "temperature": 0,
-                    "repetition_penalty": 1.5},
-    })
+    specs = {
+        prompt: {"prompt_token_ids": tokenizer.encode(prompt), "max_tokens": n, "temperature": 0}
+        for prompt, n in GREEDY
+    }
+    specs.update(
+        {
+            "chat": {
+                "prompt_token_ids": tokenizer.encode(chat, add_special_tokens=False),
+                "max_tokens": 12,
+                "temperature": 0,
+            },
+            "seed 1": {"prompt_token_ids": fox, "seed": 1, **SAMPLED},
+            "seed 2": {"prompt_token_ids": fox, "seed": 2, **SAMPLED},
+            "penalty": {
+                "prompt_token_ids": tokenizer.encode("1, 2, 3,"),
+                "max_tokens": 24,
+                "temperature": 0,
+                "repetition_penalty": 1.5,
+            },
+        }
+    )
     answers = dict(zip(specs, offline_generate(model_dir, list(specs.values()))))
     for name, answer in answers.items():
         assert answer.margin is None or answer.margin > MIN_MARGIN, (name, answer)
@@ -141,8 +154,12 @@ def text_newest(chunks: list[bytes]) -> str:
 
 SYNC_PATHS = [
     pytest.param("0.23", {"rolling_batch": "vllm", "output_formatter": "jsonlines"}, lines_023, id="0.23-rolling"),
-    pytest.param("newest", {"rolling_batch": "vllm", "enable_streaming": "true", "output_formatter": "jsonlines"},
-                 text_newest, id="newest-rolling"),
+    pytest.param(
+        "newest",
+        {"rolling_batch": "vllm", "enable_streaming": "true", "output_formatter": "jsonlines"},
+        text_newest,
+        id="newest-rolling",
+    ),
     pytest.param("0.23", {"enable_streaming": "true"}, lines_023, id="0.23-streaming"),
     pytest.param("newest", {"enable_streaming": "true"}, text_newest, id="newest-streaming"),
 ]
@@ -156,8 +173,9 @@ def _check_greedy(results: list[tuple[int, list[bytes]]], decode: Callable, offl
 
 
 @pytest.mark.parametrize("version,options,decode", SYNC_PATHS)
-def test_concurrent_greedy_streams_equal_vllms_offline_generate(shared: SharedEngine, version: str, options: dict,
-                                                                decode: Callable, offline: dict[str, Offline]) -> None:
+def test_concurrent_greedy_streams_equal_vllms_offline_generate(
+    shared: SharedEngine, version: str, options: dict, decode: Callable, offline: dict[str, Offline]
+) -> None:
     with sync_frontend(shared, version, **options) as front:
         results = post_all(front, [_payload(prompt, n, details=True) for prompt, n in GREEDY])
     _check_greedy(results, decode, offline)
@@ -175,8 +193,9 @@ def test_async_mode_streams_equal_vllms_offline_generate(async_front: Any, offli
         assert tuple(line["token"]["id"] for line in lines_newest(chunks)) == offline[prompt].token_ids
 
 
-def test_sampling_is_per_request_seed_and_repetition_penalty_included(shared: SharedEngine,
-                                                                      offline: dict[str, Offline]) -> None:
+def test_sampling_is_per_request_seed_and_repetition_penalty_included(
+    shared: SharedEngine, offline: dict[str, Offline]
+) -> None:
     """Seeded samples, a penalised greedy request and a plain greedy one in one batch, each as vLLM samples it alone."""
     sampled = {"do_sample": True, "temperature": 1.0, "top_p": 1.0}
     payloads = {
@@ -196,8 +215,9 @@ def test_sampling_is_per_request_seed_and_repetition_penalty_included(shared: Sh
 
 
 @pytest.mark.parametrize("version", ["0.23", "newest"])
-def test_a_bad_request_in_a_running_batch_fails_alone(shared: SharedEngine, version: str,
-                                                      offline: dict[str, Offline]) -> None:
+def test_a_bad_request_in_a_running_batch_fails_alone(
+    shared: SharedEngine, version: str, offline: dict[str, Offline]
+) -> None:
     decode = lines_023 if version == "0.23" else text_newest
     with sync_frontend(shared, version, rolling_batch="vllm", output_formatter="jsonlines") as front:
         first = post(front, _payload(*GREEDY[3]))
@@ -222,7 +242,7 @@ def test_stop_sequences_formats_and_custom_formatters(shared: SharedEngine, offl
         assert wait_until(lambda: shared.unfinished() == 0, timeout=10)
     assert json.loads(b"".join(whole[1])) == {"generated_text": expected}
     body = json.loads(b"".join(stopped[1]))
-    assert body["generated_text"] == expected[:expected.index(stop)]
+    assert body["generated_text"] == expected[: expected.index(stop)]
     assert body["details"]["finish_reason"] == "stop_sequence"
     with sync_frontend(shared, "newest", rolling_batch="vllm", output_formatter="sse") as front:
         _, sse = collect(post(front, _payload(prompt, n)))
@@ -239,9 +259,9 @@ def shout(event: StreamEvent) -> str:
 
 
 @pytest.mark.parametrize("path", ["rolling", "async"])
-def test_a_cancelled_stream_is_aborted_in_vllm_and_the_engine_goes_on(shared: SharedEngine, async_front: Any,
-                                                                      path: str,
-                                                                      offline: dict[str, Offline]) -> None:
+def test_a_cancelled_stream_is_aborted_in_vllm_and_the_engine_goes_on(
+    shared: SharedEngine, async_front: Any, path: str, offline: dict[str, Offline]
+) -> None:
     engine = shared.engine._engine if path == "rolling" else async_front._entry.module._service.engine._engine
 
     def cancel_then_ask(front: Any) -> tuple[int, list[bytes]]:
@@ -260,15 +280,19 @@ def test_a_cancelled_stream_is_aborted_in_vllm_and_the_engine_goes_on(shared: Sh
 
 
 @pytest.mark.parametrize("version", ["0.23", "newest"])
-def test_the_openai_client_through_lmi_serves_http_server(shared: SharedEngine, version: str,
-                                                          offline: dict[str, Offline]) -> None:
+def test_the_openai_client_through_lmi_serves_http_server(
+    shared: SharedEngine, version: str, offline: dict[str, Offline]
+) -> None:
     expected = offline["chat"]
     with sync_frontend(shared, version, rolling_batch="vllm", enable_streaming="true") as front:
         with http_endpoint(front, "smollm2") as endpoint:
             api = openai.OpenAI(base_url=endpoint.url + "/v1", api_key="unused", max_retries=0, timeout=120)
             whole = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=12, temperature=0)
-            chunks = list(api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=12,
-                                                      temperature=0, stream=True))
+            chunks = list(
+                api.chat.completions.create(
+                    model="smollm2", messages=QUESTION, max_tokens=12, temperature=0, stream=True
+                )
+            )
             raw = http_post(endpoint, {"messages": QUESTION, "max_tokens": 12, "temperature": 0, "stream": True}).read()
     assert whole.choices[0].message.content == expected.text
     assert whole.usage.completion_tokens == len(expected.token_ids)
@@ -292,8 +316,15 @@ def test_vllm_is_chosen_by_djls_rolling_batch_name_and_by_auto_where_it_imports(
 
 
 def test_djls_options_pass_through_to_vllm() -> None:
-    args = engine_arguments(_config(max_rolling_batch_size="8", max_rolling_batch_prefill_tokens="1024",
-                                    max_model_len="2048", tensor_parallel_degree="2", dtype="bf16"))
+    args = engine_arguments(
+        _config(
+            max_rolling_batch_size="8",
+            max_rolling_batch_prefill_tokens="1024",
+            max_model_len="2048",
+            tensor_parallel_degree="2",
+            dtype="bf16",
+        )
+    )
     assert (args["max_num_seqs"], args["max_num_batched_tokens"], args["max_model_len"]) == (8, 1024, 2048)
     assert (args["tensor_parallel_size"], args["dtype"]) == (2, "bfloat16")
     assert args["kv_cache_memory_bytes"] == LOAD["kv_cache_memory_bytes"]  # the CPU default
@@ -308,14 +339,17 @@ def test_a_tensor_parallel_degree_under_mpi_ranks_is_refused(monkeypatch) -> Non
         create_engine(_config(rolling_batch="vllm", tensor_parallel_degree="2"))
 
 
-def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(model_dir: Path, tmp_path: Path,
-                                                                          offline: dict[str, Offline]) -> None:
+def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(
+    model_dir: Path, tmp_path: Path, offline: dict[str, Offline]
+) -> None:
     """`lmi serve` as a process of its own (DJL 0.23 rolling batch, option.rolling_batch=vllm): the answer is vLLM's,
     and SIGTERM ends vLLM's engine core and workers with it."""
     import psutil
 
-    project = make_project(tmp_path / "project", "engine=Python\noption.rolling_batch=vllm\n"
-                                                 "option.output_formatter=jsonlines\noption.enforce_eager=true\n")
+    project = make_project(
+        tmp_path / "project",
+        "engine=Python\noption.rolling_batch=vllm\noption.output_formatter=jsonlines\noption.enforce_eager=true\n",
+    )
     prompt, n = GREEDY[0]
     with serve(project, "--model-id", str(model_dir), "--option", "dtype=fp32") as endpoint:
         children = psutil.Process(endpoint.process.pid).children(recursive=True)
@@ -333,8 +367,14 @@ def test_tensor_parallelism_is_vllms_own(model_dir: Path, offline: dict[str, Off
     process (engine=Python), three vLLM workers, the same greedy answers. vLLM's CPU build binds each worker to a NUMA
     node of its own unless told which CPUs each takes; this 2-core box has one node, so the test tells it."""
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1|0")
-    with frontend("0.23", model_id=str(model_dir), rolling_batch="vllm", output_formatter="jsonlines",
-                  tensor_parallel_degree="3", **OPTIONS) as front:
+    with frontend(
+        "0.23",
+        model_id=str(model_dir),
+        rolling_batch="vllm",
+        output_formatter="jsonlines",
+        tensor_parallel_degree="3",
+        **OPTIONS,
+    ) as front:
         engine = front._entry.module._service.engine
         try:
             results = post_all(front, [_payload(prompt, n) for prompt, n in GREEDY])

@@ -4,6 +4,7 @@
 vLLM starts for it) is gone before the tests load the handler's engine: requests in as JSON on stdin, one result per
 request out as JSON in a file (vLLM logs to stdout).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ def offline_generate(model_dir: Path, requests: list[dict]) -> list[Offline]:
     """Each request ({"prompt_token_ids", "max_tokens", and SamplingParams' own names}) through `LLM.generate`."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "answers.json"
-        done = subprocess.run([sys.executable, __file__, str(model_dir), str(out)], input=json.dumps(requests),
-                              text=True, capture_output=True, timeout=TIMEOUT_S)
+        done = subprocess.run(
+            [sys.executable, __file__, str(model_dir), str(out)],
+            input=json.dumps(requests),
+            text=True,
+            capture_output=True,
+            timeout=TIMEOUT_S,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"vLLM's offline generation failed:\n{done.stderr[-4000:]}")
         answers = json.loads(out.read_text())
@@ -55,14 +61,21 @@ def _main(model_dir: str, out: str) -> None:
     requests = json.load(sys.stdin)
     llm = LLM(model=model_dir, **LOAD)
     prompts = [{"prompt_token_ids": request.pop("prompt_token_ids")} for request in requests]
-    params = [SamplingParams(**request, logprobs=2 if request.get("temperature") == 0 else None)
-              for request in requests]
+    params = [
+        SamplingParams(**request, logprobs=2 if request.get("temperature") == 0 else None) for request in requests
+    ]
     results = []
     for output in llm.generate(prompts, params, use_tqdm=False):
         completion = output.outputs[0]
         margin = _margin(completion.logprobs) if completion.logprobs else None
-        results.append({"token_ids": list(completion.token_ids), "text": completion.text,
-                        "finish_reason": completion.finish_reason, "margin": margin})
+        results.append(
+            {
+                "token_ids": list(completion.token_ids),
+                "text": completion.text,
+                "finish_reason": completion.finish_reason,
+                "margin": margin,
+            }
+        )
     Path(out).write_text(json.dumps(results))
 
 

@@ -4,6 +4,7 @@ It validates and tokenizes a request Input, picks its formatter (the API it spea
 it to the engine and opens its mailbox in the update hub; it releases it (cancelling it in the engine if needed) and
 shapes whole-response errors. The adapters in `protocols` get one through their constructor.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,8 +12,9 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .chat import chat_request, is_chat
 from .chat_output import ChatCompletion, ChatCompletionChunks
@@ -30,8 +32,9 @@ log = logging.getLogger(__name__)
 class Admissions:
     """Admission and release of requests for one engine; `output_cls` is DJL's Output class."""
 
-    def __init__(self, config: HandlerConfig, engine: Engine, hub: UpdateHub, output_cls: Any,
-                 namespace: Mapping[str, Any]) -> None:
+    def __init__(
+        self, config: HandlerConfig, engine: Engine, hub: UpdateHub, output_cls: Any, namespace: Mapping[str, Any]
+    ) -> None:
         self.config = config
         self.engine = engine
         self.hub = hub
@@ -70,10 +73,14 @@ class Admissions:
         prompt_ids = self.engine.tokenizer.encode(request.inputs, add_special_tokens=request.api != "chat")
         self._check_length(len(prompt_ids), request)
         request_id = f"req-{next(self._ids)}"
-        generation = Generation(request_id, request, self.engine.tokenizer,
-                                self._formatter(request, rolling, request_id, len(prompt_ids)),
-                                buffered=request.stream is False,  # asked for one body, not a stream
-                                prompt_tokens=len(prompt_ids))
+        generation = Generation(
+            request_id,
+            request,
+            self.engine.tokenizer,
+            self._formatter(request, rolling, request_id, len(prompt_ids)),
+            buffered=request.stream is False,  # asked for one body, not a stream
+            prompt_tokens=len(prompt_ids),
+        )
         self.hub.open(request_id)
         self.engine.submit(request_id, prompt_ids, request.params)
         return generation
@@ -106,7 +113,8 @@ class Admissions:
         if characters > limit:
             raise InvalidRequest(
                 f"{field} is {characters} characters; the model holds {self.engine.max_sequence_length} tokens of at "
-                f"most {self.engine.tokenizer.max_token_chars} characters, so at most {limit} characters", param=field
+                f"most {self.engine.tokenizer.max_token_chars} characters, so at most {limit} characters",
+                param=field,
             )
 
     def _check_length(self, prompt_tokens: int, request: GenerationRequest) -> None:
@@ -118,14 +126,16 @@ class Admissions:
             name = "max_tokens" if request.api == "chat" else "parameters.max_new_tokens"
             raise InvalidRequest(
                 f"{name}={request.params.max_new_tokens} does not fit: the prompt is {prompt_tokens} tokens and the "
-                f"model holds {limit}, so at most {room}", param=name
+                f"model holds {limit}, so at most {room}",
+                param=name,
             )
 
     def _formatter(self, request: GenerationRequest, rolling: bool, request_id: str, prompt_tokens: int) -> Formatter:
         if request.chat is not None:
             shape = ChatCompletionChunks if request.stream else ChatCompletion
-            return shape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self._model_name, prompt_tokens,
-                         request.chat)
+            return shape(
+                f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self._model_name, prompt_tokens, request.chat
+            )
         if self._custom_formatter is not None:
             return Custom(self._custom_formatter)
         return REGISTRY[(self._formatter_name(request.stream, rolling), self.dialect)]()
@@ -146,8 +156,10 @@ class Admissions:
         if is_chat(payload):
             return "chat"
         stream = payload.get("stream")
-        if self._custom_formatter is None and self._formatter_name(stream if isinstance(stream, bool) else None,
-                                                                   rolling) == "sse":
+        if (
+            self._custom_formatter is None
+            and self._formatter_name(stream if isinstance(stream, bool) else None, rolling) == "sse"
+        ):
             return "tgi"
         return "lmi"
 

@@ -5,10 +5,12 @@ choices, top log-probabilities, penalties, tools) is refused with an error namin
 sampling defaults are OpenAI's: temperature 1 samples, temperature 0 is greedy. The conversation is rendered into
 the prompt later, by the model's chat template (`Tokenizer.render_chat`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InvalidRequest
 from .params import GenerationParams, GenerationRequest, Reader, check_text
@@ -16,8 +18,24 @@ from .params import GenerationParams, GenerationRequest, Reader, check_text
 ROLES = ("system", "developer", "user", "assistant", "tool")
 #: OpenAI's own limit on stop sequences
 MAX_STOP = 4
-_FIELDS = ("messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
-           "stream_options", "seed", "n", "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty", "user")
+_FIELDS = (
+    "messages",
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "stream",
+    "stream_options",
+    "seed",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "frequency_penalty",
+    "presence_penalty",
+    "user",
+)
 _MESSAGE_FIELDS = ("role", "content", "name")
 
 
@@ -54,11 +72,13 @@ def chat_request(payload: Mapping[str, Any], default_max_new_tokens: int) -> Gen
         stop_sequences=r.stop_sequences("stop", MAX_STOP),
         logprobs=r.boolean("logprobs", False),
     )
-    options = ChatOptions(model=_text(payload, "model"), include_usage=_include_usage(payload, stream),
-                          logprobs=params.logprobs)
+    options = ChatOptions(
+        model=_text(payload, "model"), include_usage=_include_usage(payload, stream), logprobs=params.logprobs
+    )
     _text(payload, "user")
-    return GenerationRequest(inputs="", params=params, stream=stream, api="chat",
-                             messages=_messages(payload.get("messages")), chat=options)
+    return GenerationRequest(
+        inputs="", params=params, stream=stream, api="chat", messages=_messages(payload.get("messages")), chat=options
+    )
 
 
 def _max_tokens(r: Reader, default: int) -> int:
@@ -98,8 +118,10 @@ def _message(index: int, message: Any) -> dict[str, str]:
         raise InvalidRequest(f'{field} must be an object like {{"role": "user", "content": "..."}}', param=field)
     unknown = sorted(set(message) - set(_MESSAGE_FIELDS))
     if unknown:
-        raise InvalidRequest(f"{field}.{unknown[0]} is not supported; a message has {', '.join(_MESSAGE_FIELDS)}",
-                             param=f"{field}.{unknown[0]}")
+        raise InvalidRequest(
+            f"{field}.{unknown[0]} is not supported; a message has {', '.join(_MESSAGE_FIELDS)}",
+            param=f"{field}.{unknown[0]}",
+        )
     role = message.get("role")
     if role not in ROLES:
         raise InvalidRequest(f"{field}.role must be one of {', '.join(ROLES)}, got {role!r}", param=f"{field}.role")
@@ -113,8 +135,12 @@ def _content(field: str, content: Any) -> str:
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, list) else None
-    if parts is None or not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                for p in parts):
-        raise InvalidRequest(f'{field}.content must be a string or a list of {{"type": "text", "text": "..."}} parts '
-                             "(this model reads text only)", param=f"{field}.content")
+    if parts is None or not all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts
+    ):
+        raise InvalidRequest(
+            f'{field}.content must be a string or a list of {{"type": "text", "text": "..."}} parts '
+            "(this model reads text only)",
+            param=f"{field}.content",
+        )
     return "".join(part["text"] for part in parts)

@@ -6,6 +6,7 @@ asked for with `stream_options.include_usage`) a usage chunk, and ends with `dat
 an `{"error": {...}}` event, as OpenAI-compatible servers send it, which the `openai` client raises as an APIError.
 Log-probabilities list each non-special token with the text it released.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from .chat import ChatOptions
 from .errors import error_body
 from .formatters import Formatter, StreamEvent
 from .textstream import FinishReason, Token
+
 
 class ChatFormatter(Formatter):
     """What both chat shapes share: identity, usage, log-probabilities and the OpenAI error object."""
@@ -36,14 +38,23 @@ class ChatFormatter(Formatter):
         return {"id": self._id, "object": kind, "created": self._created, "model": self._model}
 
     def _usage(self, completion_tokens: int) -> dict[str, int]:
-        return {"prompt_tokens": self._prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": self._prompt_tokens + completion_tokens}
+        return {
+            "prompt_tokens": self._prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self._prompt_tokens + completion_tokens,
+        }
 
     def _logprob(self, token: Token | None) -> list[dict[str, Any]]:
         if not self._options.logprobs or token is None or token.special:
             return []
-        return [{"token": token.text, "logprob": token.log_prob, "bytes": list(token.text.encode("utf-8")),
-                 "top_logprobs": []}]
+        return [
+            {
+                "token": token.text,
+                "logprob": token.log_prob,
+                "bytes": list(token.text.encode("utf-8")),
+                "top_logprobs": [],
+            }
+        ]
 
 
 class ChatCompletionChunks(ChatFormatter):
@@ -60,18 +71,30 @@ class ChatCompletionChunks(ChatFormatter):
         if event.last:
             out.append(self._chunk({}, finish_reason=_finish_reason(event)))
             if self._options.include_usage:
-                out.append(_sse({**self._envelope("chat.completion.chunk"), "choices": [],
-                                 "usage": self._usage(event.generated_tokens)}))
+                out.append(
+                    _sse(
+                        {
+                            **self._envelope("chat.completion.chunk"),
+                            "choices": [],
+                            "usage": self._usage(event.generated_tokens),
+                        }
+                    )
+                )
             out.append("data: [DONE]\n\n")
         return "".join(out)
 
     def error(self, event: StreamEvent) -> str:
         return "data: " + super().error(event) + "\n\ndata: [DONE]\n\n"
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None,
-               logprobs: list[dict[str, Any]] | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None,
-                  "finish_reason": finish_reason}
+    def _chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: list[dict[str, Any]] | None = None
+    ) -> str:
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": {"content": logprobs} if logprobs else None,
+            "finish_reason": finish_reason,
+        }
         chunk = {**self._envelope("chat.completion.chunk"), "choices": [choice]}
         if self._options.include_usage:
             chunk["usage"] = None
@@ -91,11 +114,16 @@ class ChatCompletion(ChatFormatter):
         self._logprobs.extend(self._logprob(event.token))
         if not event.last:
             return ""
-        choice = {"index": 0, "message": {"role": "assistant", "content": event.generated_text},
-                  "logprobs": {"content": self._logprobs} if self._options.logprobs else None,
-                  "finish_reason": _finish_reason(event)}
-        return json.dumps({**self._envelope("chat.completion"), "choices": [choice],
-                           "usage": self._usage(event.generated_tokens)}, ensure_ascii=False)
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": event.generated_text},
+            "logprobs": {"content": self._logprobs} if self._options.logprobs else None,
+            "finish_reason": _finish_reason(event),
+        }
+        return json.dumps(
+            {**self._envelope("chat.completion"), "choices": [choice], "usage": self._usage(event.generated_tokens)},
+            ensure_ascii=False,
+        )
 
 
 def _finish_reason(event: StreamEvent) -> str:

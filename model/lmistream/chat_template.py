@@ -5,10 +5,12 @@ transformers render it, in a sandboxed jinja2 environment with `trim_blocks` and
 special tokens as variables, `raise_exception` for templates that validate the conversation and `strftime_now` for
 ones that print the date. jinja2 ships with torch, so every image has it. Pure: no torch, no I/O.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment

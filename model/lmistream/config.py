@@ -4,10 +4,12 @@ DJL strips the `option.` prefix and adds its own keys (handler, model_dir, devic
 as a string (MPI mode passes tensor_parallel_degree as an int). No torch here: this module also validates
 serving.properties on the host before a deploy.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -22,9 +24,9 @@ HANDLER_OPTIONS = {
     "trust_remote_code": "allow model code from the model repository (default false)",
     "tensor_parallel_degree": "number of devices one model copy spans (int, or max from LMI 0.24)",
     "rolling_batch": "any value turns on DJL's rolling-batch loop (newest: 'disable' turns it off); vllm also picks "
-                     "the vLLM engine, as in DJL",
+    "the vLLM engine, as in DJL",
     "generation_engine": "auto|continuous|portable|vllm: transformers' continuous batching, the portable batcher or "
-                         "vLLM",
+    "vLLM",
     "max_rolling_batch_size": "most requests generating at once (default 32)",
     "max_rolling_batch_prefill_tokens": "most prompt tokens admitted in one step",
     "enable_streaming": "stream without rolling batch: true|false|huggingface",
@@ -67,7 +69,7 @@ class HandlerConfig:
     djl_dialect: str = "newest"
 
     @classmethod
-    def from_properties(cls, props: Mapping[str, Any]) -> "HandlerConfig":
+    def from_properties(cls, props: Mapping[str, Any]) -> HandlerConfig:
         """Parse DJL's init properties (`option.` already stripped); raise ConfigError naming the option."""
         p = _Props(props)
         model_id = p.text("model_id") or p.text("model_dir")

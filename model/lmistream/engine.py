@@ -5,11 +5,13 @@ their parameters and receives `EngineUpdate`s through the callback given to `sta
 thread. `lmistream.engines` holds the implementations (transformers' continuous batching, and the portable
 iteration-level batcher for older stacks) and chooses one; tests use a scripted one.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 from .params import GenerationParams
 

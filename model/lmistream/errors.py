@@ -3,6 +3,7 @@
 Every error carries the HTTP status DJL should answer with, the API whose shape its body takes (`lmi`, `tgi` or
 `chat`, set once the request's API is known) and, where one field is at fault, that field (`param`).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,6 +64,7 @@ def error_body(api: str, message: str, status: int, param: str | None = None) ->
         return json.dumps({"error": error, "code": status}, ensure_ascii=False)
     if api == "tgi":
         kind = "validation" if status == 400 else "generation"
-        return json.dumps({"error": message, "error_type": kind, "code": status}, ensure_ascii=False,
-                          separators=(",", ":"))
+        return json.dumps(
+            {"error": message, "error_type": kind, "code": status}, ensure_ascii=False, separators=(",", ":")
+        )
     return json.dumps({"code": status, "error": message})

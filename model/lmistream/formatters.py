@@ -5,6 +5,7 @@ registry maps (name, dialect) to a formatter class and its content type; `dialec
 because the same option name (`jsonlines`, `json`) means different bytes in the two LMI generations.
 A user formatter is a plain function `fn(event: StreamEvent) -> str` named by `option.output_formatter`.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,11 +4,13 @@ injected).
 It owns the request's TextStream and Formatter and knows when the request is over: on the engine's
 finish (EOS or length), on a stop sequence (then the engine must cancel it: see `needs_cancel`) or on error.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Callable, Iterable
+from typing import Callable
 
 from .engine import EngineUpdate, Tokenizer
 from .errors import HandlerError
@@ -20,8 +22,16 @@ from .textstream import FinishReason, TextStream, Token
 class Generation:
     """State of one admitted request."""
 
-    def __init__(self, request_id: str, request: GenerationRequest, tokenizer: Tokenizer, formatter: Formatter,
-                 buffered: bool = False, prompt_tokens: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        request: GenerationRequest,
+        tokenizer: Tokenizer,
+        formatter: Formatter,
+        buffered: bool = False,
+        prompt_tokens: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.request_id = request_id
         self.request = request
         self.formatter = formatter
@@ -84,17 +94,26 @@ class Generation:
         if self.buffered:
             self._held = []  # what it held is dropped: the answer is the error alone
             return self.formatter.error_body(message, code)
-        event = StreamEvent(self._next_index(), None, last=True, error=message, code=code,
-                            finish_reason=FinishReason.ERROR, generated_tokens=self._stream.count)
+        event = StreamEvent(
+            self._next_index(),
+            None,
+            last=True,
+            error=message,
+            code=code,
+            finish_reason=FinishReason.ERROR,
+            generated_tokens=self._stream.count,
+        )
         return self.formatter.error(event)
 
     def summary(self) -> str:
         """One log line's worth of what happened to the request (never its text)."""
         ttft = "-" if self.first_token_at is None else f"{1000 * (self.first_token_at - self.started):.0f}"
         reason = self.finish_reason.value if self.finish_reason is not None else "abandoned"
-        return (f"{self.request_id} {reason}: prompt_tokens={self.prompt_tokens} "
-                f"generated_tokens={self._stream.count} ttft_ms={ttft} "
-                f"total_ms={1000 * (self._clock() - self.started):.0f}")
+        return (
+            f"{self.request_id} {reason}: prompt_tokens={self.prompt_tokens} "
+            f"generated_tokens={self._stream.count} ttft_ms={ttft} "
+            f"total_ms={1000 * (self._clock() - self.started):.0f}"
+        )
 
     def _tokens(self, update: EngineUpdate) -> list[str]:
         if self.first_token_at is None and update.token_ids:
@@ -140,4 +159,3 @@ class Generation:
     def _next_index(self) -> int:
         self._events += 1
         return self._events - 1
-

@@ -4,12 +4,13 @@ Threads wait on a condition; asyncio code registers an event that the engine set
 the engine publishes from that loop itself (vLLM's AsyncLLM: no self-pipe write per token). A wait's timeout is a
 timer on the loop, not a task per wait. Updates for request ids that are not (or no longer) open are dropped.
 """
+
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections import deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from .engine import EngineUpdate
 

@@ -5,12 +5,14 @@ request reaches the engine. TGI's parameter names are read too (`stop`), and the
 not implement are accepted at their neutral value only, so `huggingface_hub`'s client works unmodified. OpenAI chat
 bodies are read by `chat`, into the same `GenerationRequest`.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequest
 
@@ -33,8 +35,15 @@ _PARAMETERS = (
     "stop",
 )
 #: TGI parameters accepted only at the value that changes nothing
-_NEUTRAL = {"watermark": False, "decoder_input_details": False, "best_of": 1, "top_n_tokens": 0,
-            "frequency_penalty": 0, "typical_p": 1, "truncate": None}
+_NEUTRAL = {
+    "watermark": False,
+    "decoder_input_details": False,
+    "best_of": 1,
+    "top_n_tokens": 0,
+    "frequency_penalty": 0,
+    "typical_p": 1,
+    "truncate": None,
+}
 
 
 @dataclass(frozen=True)
@@ -118,8 +127,9 @@ def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> Gen
     cannot honour: `Engine.validate`)."""
     unknown = sorted(set(raw) - set(_PARAMETERS) - set(_NEUTRAL))
     if unknown:
-        raise InvalidRequest(f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}",
-                             param=f"parameters.{unknown[0]}")
+        raise InvalidRequest(
+            f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}", param=f"parameters.{unknown[0]}"
+        )
     r = Reader(raw, "parameters.")
     for name, neutral in _NEUTRAL.items():
         r.neutral(name, neutral)
@@ -146,8 +156,9 @@ def check_text(field: str, text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidRequest(f"{field} holds a lone surrogate at character {exc.start}; send valid Unicode text",
-                             param=field) from None
+        raise InvalidRequest(
+            f"{field} holds a lone surrogate at character {exc.start}; send valid Unicode text", param=field
+        ) from None
 
 
 def _is_neutral(value: Any, neutral: Any) -> bool:

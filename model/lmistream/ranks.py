@@ -5,11 +5,12 @@ DJL starts N ranks only with `engine=MPI` (0.23 also `DeepSpeed`): one `mpirun -
 `MASTER_ADDR` / `MASTER_PORT` set. `engine=Python` with a degree above 1 runs one process that sees N GPUs: there
 are no ranks to shard over, and the handler says so.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import ConfigError
 
@@ -28,7 +29,7 @@ class RankInfo:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "RankInfo":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RankInfo:
         env = os.environ if environ is None else environ
 
         def read(name: str, openmpi: str, default: int) -> int:

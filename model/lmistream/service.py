@@ -4,11 +4,13 @@ Which DJL protocol is in use is detected at run time: the LMI generation from `O
 (newest only), async mode and rolling batch from the init properties. The adapters in `protocols` speak the
 protocols; `admission` does what they share (validate, tokenize, submit, release).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .admission import Admissions
 from .config import HandlerConfig

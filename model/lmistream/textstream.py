@@ -4,6 +4,7 @@ Text is decoded with prefix/read offsets so a multi-byte character split over to
 (a trailing U+FFFD is held back), and the last `max(len(stop)) - 1` characters are held back until the
 request ends, so a stop sequence is never partly streamed. The stop sequence itself is not emitted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

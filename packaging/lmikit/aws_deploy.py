@@ -3,16 +3,18 @@
 Clients and sessions are injected, so regions, credentials and endpoints come only from the standard AWS chain
 (AWS_ENDPOINT_URL included). SageMaker SDK v2 is used for what it adds: image URIs, names and the default bucket.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -26,12 +28,30 @@ DEFAULT_NAME_BASE = "lmi-model"
 IMAGE_FRAMEWORKS = ("djl-deepspeed", "djl-lmi")
 #: GPUs per instance type, for the tensor-parallel check before a deploy (types not listed are not checked)
 INSTANCE_GPUS = {
-    "ml.g4dn.xlarge": 1, "ml.g4dn.2xlarge": 1, "ml.g4dn.4xlarge": 1, "ml.g4dn.8xlarge": 1, "ml.g4dn.12xlarge": 4,
-    "ml.g5.xlarge": 1, "ml.g5.2xlarge": 1, "ml.g5.4xlarge": 1, "ml.g5.8xlarge": 1, "ml.g5.16xlarge": 1,
-    "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
-    "ml.g6.xlarge": 1, "ml.g6.2xlarge": 1, "ml.g6.4xlarge": 1, "ml.g6.8xlarge": 1, "ml.g6.16xlarge": 1,
-    "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8,
-    "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8,
+    "ml.g4dn.xlarge": 1,
+    "ml.g4dn.2xlarge": 1,
+    "ml.g4dn.4xlarge": 1,
+    "ml.g4dn.8xlarge": 1,
+    "ml.g4dn.12xlarge": 4,
+    "ml.g5.xlarge": 1,
+    "ml.g5.2xlarge": 1,
+    "ml.g5.4xlarge": 1,
+    "ml.g5.8xlarge": 1,
+    "ml.g5.16xlarge": 1,
+    "ml.g5.12xlarge": 4,
+    "ml.g5.24xlarge": 4,
+    "ml.g5.48xlarge": 8,
+    "ml.g6.xlarge": 1,
+    "ml.g6.2xlarge": 1,
+    "ml.g6.4xlarge": 1,
+    "ml.g6.8xlarge": 1,
+    "ml.g6.16xlarge": 1,
+    "ml.g6.12xlarge": 4,
+    "ml.g6.24xlarge": 4,
+    "ml.g6.48xlarge": 8,
+    "ml.p4d.24xlarge": 8,
+    "ml.p4de.24xlarge": 8,
+    "ml.p5.48xlarge": 8,
 }
 
 
@@ -72,8 +92,9 @@ def resolve_image(image: str, region: str) -> str:
         return image
     framework, _, version = image.partition(":")
     if framework not in IMAGE_FRAMEWORKS or not version:
-        raise DeployError(f"--image {image!r}: use {' or '.join(f + ':<version>' for f in IMAGE_FRAMEWORKS)}"
-                          " or a full image URI")
+        raise DeployError(
+            f"--image {image!r}: use {' or '.join(f + ':<version>' for f in IMAGE_FRAMEWORKS)} or a full image URI"
+        )
     with _sdk_v2():
         from sagemaker import image_uris
 
@@ -88,8 +109,10 @@ def check_gpus(instance_type: str, tensor_parallel_degree: str | None) -> None:
     gpus = INSTANCE_GPUS.get(instance_type)
     degree = (tensor_parallel_degree or "1").strip()
     if gpus is not None and degree.isdigit() and int(degree) > gpus:
-        raise DeployError(f"option.tensor_parallel_degree={degree} needs {degree} GPUs; {instance_type} has {gpus}: "
-                          "pick a larger --instance-type or a smaller degree")
+        raise DeployError(
+            f"option.tensor_parallel_degree={degree} needs {degree} GPUs; {instance_type} has {gpus}: "
+            "pick a larger --instance-type or a smaller degree"
+        )
 
 
 def endpoint_name_from_base(base: str = DEFAULT_NAME_BASE) -> str:
@@ -120,13 +143,15 @@ def deploy(
     )
     sm_client.create_endpoint_config(
         EndpointConfigName=deployment.endpoint_config_name,
-        ProductionVariants=[{
-            "VariantName": "AllTraffic",
-            "ModelName": deployment.model_name,
-            "InitialInstanceCount": instance_count,
-            "InstanceType": instance_type,
-            "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
-        }],
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": deployment.model_name,
+                "InitialInstanceCount": instance_count,
+                "InstanceType": instance_type,
+                "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
+            }
+        ],
     )
     sm_client.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=deployment.endpoint_config_name)
     return deployment
@@ -163,12 +188,16 @@ def delete(sm_client: Any, s3_client: Any, endpoint_name: str, artifacts: bool =
     Idempotent: resources already gone are skipped. Returns what was deleted, as `kind name` strings.
     """
     config_name = _describe(sm_client.describe_endpoint, EndpointName=endpoint_name).get(
-        "EndpointConfigName", endpoint_name)
+        "EndpointConfigName", endpoint_name
+    )
     variants = _describe(sm_client.describe_endpoint_config, EndpointConfigName=config_name).get(
-        "ProductionVariants", [{"ModelName": endpoint_name}])
+        "ProductionVariants", [{"ModelName": endpoint_name}]
+    )
     model_names = sorted({variant["ModelName"] for variant in variants})
-    data_urls = [_describe(sm_client.describe_model, ModelName=name).get("PrimaryContainer", {}).get("ModelDataUrl")
-                 for name in model_names]
+    data_urls = [
+        _describe(sm_client.describe_model, ModelName=name).get("PrimaryContainer", {}).get("ModelDataUrl")
+        for name in model_names
+    ]
     deleted = [
         *_delete(sm_client.delete_endpoint, "endpoint", EndpointName=endpoint_name),
         *_delete(sm_client.delete_endpoint_config, "endpoint-config", EndpointConfigName=config_name),
@@ -189,25 +218,44 @@ def next_version(endpoint_name: str, config_name: str) -> str:
     return f"{endpoint_name}-v{version}"
 
 
-def update(sm_client: Any, *, endpoint_name: str, model_data_url: str, image_uri: str, role: str,
-           version_name: str, health_check_timeout: int = DEFAULT_HEALTH_CHECK_TIMEOUT) -> tuple[str, list[str]]:
+def update(
+    sm_client: Any,
+    *,
+    endpoint_name: str,
+    model_data_url: str,
+    image_uri: str,
+    role: str,
+    version_name: str,
+    health_check_timeout: int = DEFAULT_HEALTH_CHECK_TIMEOUT,
+) -> tuple[str, list[str]]:
     """Create `version_name`'s model and endpoint config (the live variant's instances) and start SageMaker's
     blue/green UpdateEndpoint; returns (the config that was live, its model names)."""
     live_config = sm_client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
     variant = sm_client.describe_endpoint_config(EndpointConfigName=live_config)["ProductionVariants"][0]
-    sm_client.create_model(ModelName=version_name, ExecutionRoleArn=role,
-                           PrimaryContainer={"Image": image_uri, "ModelDataUrl": model_data_url})
-    sm_client.create_endpoint_config(EndpointConfigName=version_name, ProductionVariants=[{
-        "VariantName": variant["VariantName"], "ModelName": version_name,
-        "InitialInstanceCount": variant.get("InitialInstanceCount", 1), "InstanceType": variant["InstanceType"],
-        "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
-    }])
+    sm_client.create_model(
+        ModelName=version_name,
+        ExecutionRoleArn=role,
+        PrimaryContainer={"Image": image_uri, "ModelDataUrl": model_data_url},
+    )
+    sm_client.create_endpoint_config(
+        EndpointConfigName=version_name,
+        ProductionVariants=[
+            {
+                "VariantName": variant["VariantName"],
+                "ModelName": version_name,
+                "InitialInstanceCount": variant.get("InitialInstanceCount", 1),
+                "InstanceType": variant["InstanceType"],
+                "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
+            }
+        ],
+    )
     sm_client.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=version_name)
     return live_config, [variant["ModelName"]]
 
 
-def wait_for_update(sm_client: Any, endpoint_name: str, version_name: str, *, delay: float = 15.0,
-                    timeout: float = 3600.0) -> None:
+def wait_for_update(
+    sm_client: Any, endpoint_name: str, version_name: str, *, delay: float = 15.0, timeout: float = 3600.0
+) -> None:
     """Until the endpoint serves `version_name`; DeployError with SageMaker's FailureReason when the update ends
     with the old config still live (SageMaker rolls back) or the endpoint Failed."""
     deadline = time.monotonic() + timeout
@@ -218,8 +266,10 @@ def wait_for_update(sm_client: Any, endpoint_name: str, version_name: str, *, de
             return
         if status in ("InService", "Failed"):
             reason = description.get("FailureReason", "no FailureReason given")
-            raise DeployError(f"update of {endpoint_name} to {version_name} failed ({status}, "
-                              f"{description['EndpointConfigName']} serving): {reason}")
+            raise DeployError(
+                f"update of {endpoint_name} to {version_name} failed ({status}, "
+                f"{description['EndpointConfigName']} serving): {reason}"
+            )
         if time.monotonic() + delay > deadline:
             raise DeployError(f"endpoint {endpoint_name} still {status} after {timeout:g}s")
         time.sleep(delay)
@@ -227,8 +277,10 @@ def wait_for_update(sm_client: Any, endpoint_name: str, version_name: str, *, de
 
 def retire(sm_client: Any, config_name: str, model_names: list[str]) -> list[str]:
     """Delete an endpoint config and its models that no longer serve (missing ones are skipped)."""
-    return [*_delete(sm_client.delete_endpoint_config, "endpoint-config", EndpointConfigName=config_name),
-            *(item for name in model_names for item in _delete(sm_client.delete_model, "model", ModelName=name))]
+    return [
+        *_delete(sm_client.delete_endpoint_config, "endpoint-config", EndpointConfigName=config_name),
+        *(item for name in model_names for item in _delete(sm_client.delete_model, "model", ModelName=name)),
+    ]
 
 
 @dataclass(frozen=True)
@@ -262,10 +314,13 @@ def _status(sm_client: Any, name: str) -> EndpointStatus:
     container = _describe(sm_client.describe_model, ModelName=variant.get("ModelName", "")).get("PrimaryContainer", {})
     running = (endpoint.get("ProductionVariants") or [{}])[0]
     return EndpointStatus(
-        name=name, status=endpoint["EndpointStatus"], created=str(endpoint.get("CreationTime", "-")),
+        name=name,
+        status=endpoint["EndpointStatus"],
+        created=str(endpoint.get("CreationTime", "-")),
         instance_type=variant.get("InstanceType", "-"),
         instance_count=running.get("CurrentInstanceCount", variant.get("InitialInstanceCount", 0)),
-        image=container.get("Image", "-"), model_data_url=container.get("ModelDataUrl", "-"),
+        image=container.get("Image", "-"),
+        model_data_url=container.get("ModelDataUrl", "-"),
         failure_reason=endpoint.get("FailureReason"),
     )
 

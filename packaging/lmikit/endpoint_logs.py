@@ -1,10 +1,12 @@
 """An endpoint's container logs in CloudWatch (`/aws/sagemaker/Endpoints/<name>`): `lmi logs`, and the last lines a
 failed deploy prints beside SageMaker's FailureReason."""
+
 from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from botocore.exceptions import ClientError
 

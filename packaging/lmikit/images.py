@@ -6,6 +6,7 @@ where the image has no vLLM it runs on, a model or tokenizer newer than the imag
 it ships never names torch or vLLM: the image's own builds stay. An image not in `STACKS` is built unchecked, with one
 warning.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,8 +32,16 @@ VLLM_ENGINE_VLLM = Version("0.10")
 PINNED_BY_IMAGE = ("torch", "torchvision", "deepspeed", "vllm")
 #: model types and the first transformers release that has them.
 MODEL_TYPES = {
-    "falcon": "4.33", "mistral": "4.34", "mixtral": "4.36", "qwen2": "4.37", "phi": "4.37", "gemma": "4.38",
-    "starcoder2": "4.39", "phi3": "4.40", "gemma2": "4.42", "qwen3": "4.51",
+    "falcon": "4.33",
+    "mistral": "4.34",
+    "mixtral": "4.36",
+    "qwen2": "4.37",
+    "phi": "4.37",
+    "gemma": "4.38",
+    "starcoder2": "4.39",
+    "phi3": "4.40",
+    "gemma2": "4.42",
+    "qwen3": "4.51",
 }
 #: llama with grouped-query attention (num_key_value_heads != num_attention_heads) needs this transformers.
 LLAMA_GQA = Version("4.31")
@@ -74,17 +83,27 @@ class ImageStack:
     def runs_vllm(self, transformers: Version) -> bool:
         """Whether the image's vLLM runs the vllm engine, with this transformers beside it."""
         vllm = self.packages.get("vllm")
-        return (vllm is not None and Version(vllm) >= VLLM_ENGINE_VLLM
-                and SpecifierSet(self.vllm_transformers).contains(transformers, prereleases=True))
+        return (
+            vllm is not None
+            and Version(vllm) >= VLLM_ENGINE_VLLM
+            and SpecifierSet(self.vllm_transformers).contains(transformers, prereleases=True)
+        )
 
 
 STACKS = {
     stack.image: stack
     for stack in (
-        ImageStack("djl-deepspeed", "0.23.0", (3, 9), "2.0.1", "4.30.2",
-                   {"accelerate": "0.20.3", "deepspeed": "0.9.5"}),
-        ImageStack("djl-deepspeed", "0.27.0", (3, 10), "2.1.2", "4.39.0",
-                   {"accelerate": "0.28.0", "deepspeed": "0.12.6", "vllm": "0.3.3"}),
+        ImageStack(
+            "djl-deepspeed", "0.23.0", (3, 9), "2.0.1", "4.30.2", {"accelerate": "0.20.3", "deepspeed": "0.9.5"}
+        ),
+        ImageStack(
+            "djl-deepspeed",
+            "0.27.0",
+            (3, 10),
+            "2.1.2",
+            "4.39.0",
+            {"accelerate": "0.28.0", "deepspeed": "0.12.6", "vllm": "0.3.3"},
+        ),
         ImageStack("djl-lmi", "0.36.0", (3, 12), "2.10.0", "4.57", {"vllm": "0.17"}, vllm_transformers="<5"),
     )
 }
@@ -100,8 +119,14 @@ def check_image(project: Project, image: str) -> list[Finding]:
     """All findings for building `project` for `image`; an unknown image gives one warning and no checks."""
     stack = stack_for(image)
     if stack is None:
-        return [Finding("warning", "--image", f"{image}: unknown image (known: {', '.join(STACKS)}), so "
-                        "requirements.txt, the engine and the model are not checked against its Python stack")]
+        return [
+            Finding(
+                "warning",
+                "--image",
+                f"{image}: unknown image (known: {', '.join(STACKS)}), so "
+                "requirements.txt, the engine and the model are not checked against its Python stack",
+            )
+        ]
     props = project.properties() if project.serving_properties.is_file() else {}
     own, engine = requirements_text(project), generation_engine(props)
     shipped = parse_requirements(shipped_requirements(stack, own, engine))[0]
@@ -134,8 +159,10 @@ def shipped_requirements(stack: ImageStack | None, own: str, engine: str) -> str
     if "transformers" in names or Version(stack.transformers) == CONTINUOUS_TRANSFORMERS:
         return own
     separator = "\n" if own and not own.endswith("\n") else ""
-    return (f"{own}{separator}# added by `lmi build --image {stack.image}` for option.generation_engine=continuous\n"
-            f"transformers=={CONTINUOUS_TRANSFORMERS}\n")
+    return (
+        f"{own}{separator}# added by `lmi build --image {stack.image}` for option.generation_engine=continuous\n"
+        f"transformers=={CONTINUOUS_TRANSFORMERS}\n"
+    )
 
 
 def engine_note(stack: ImageStack | None, engine: str, requirements: str) -> str:
@@ -174,8 +201,14 @@ def check_requirements(stack: ImageStack, text: str) -> list[Finding]:
         name = canonicalize_name(req.name)
         version = versions.get(name)
         if name == "transformers" and _needs_newer_runtime(stack, req):
-            findings.append(Finding("error", "requirements.txt", f"{req}: transformers 5 needs Python >= 3.10, "
-                                    f"and 5.24 needs Python >= 3.11 and torch >= 2.6; {stack.python_and_torch}"))
+            findings.append(
+                Finding(
+                    "error",
+                    "requirements.txt",
+                    f"{req}: transformers 5 needs Python >= 3.10, "
+                    f"and 5.24 needs Python >= 3.11 and torch >= 2.6; {stack.python_and_torch}",
+                )
+            )
         elif version is not None and not req.specifier.contains(version, prereleases=True):
             findings.append(_replacement(stack, req, name, version))
     return findings
@@ -192,8 +225,13 @@ def check_engine(stack: ImageStack, engine: str, shipped: list[Requirement]) -> 
         reason = f"needs transformers 5.24, Python >= 3.11 and torch >= 2.6; {stack.python_and_torch}"
     else:
         reason = f"needs transformers 5.24, and requirements.txt gives transformers {_transformers(stack, shipped)}"
-    return [Finding("error", "option.generation_engine", f"continuous {reason}: use auto or portable "
-                    f"(auto picks the portable engine on {stack.image})")]
+    return [
+        Finding(
+            "error",
+            "option.generation_engine",
+            f"continuous {reason}: use auto or portable (auto picks the portable engine on {stack.image})",
+        )
+    ]
 
 
 def _check_vllm(stack: ImageStack, shipped: list[Requirement]) -> list[Finding]:
@@ -206,11 +244,19 @@ def _check_vllm(stack: ImageStack, shipped: list[Requirement]) -> list[Finding]:
     elif Version(vllm) < VLLM_ENGINE_VLLM:
         reason = f"it needs vLLM >= {VLLM_ENGINE_VLLM}, and {stack.image} ships vLLM {vllm}"
     else:
-        reason = (f"requirements.txt gives transformers {transformers}, and the image's vLLM {vllm} takes transformers "
-                  f"{stack.vllm_transformers}: drop that pin")
-    return [Finding("error", "option.generation_engine", f"the vllm engine (option.rolling_batch=vllm or "
-                    f"option.generation_engine=vllm) cannot run: {reason}; auto picks an engine that runs on "
-                    f"{stack.image}")]
+        reason = (
+            f"requirements.txt gives transformers {transformers}, and the image's vLLM {vllm} takes transformers "
+            f"{stack.vllm_transformers}: drop that pin"
+        )
+    return [
+        Finding(
+            "error",
+            "option.generation_engine",
+            f"the vllm engine (option.rolling_batch=vllm or "
+            f"option.generation_engine=vllm) cannot run: {reason}; auto picks an engine that runs on "
+            f"{stack.image}",
+        )
+    ]
 
 
 def check_model(project: Project, stack: ImageStack, model_id: str, shipped: list[Requirement]) -> list[Finding]:
@@ -222,9 +268,15 @@ def check_model(project: Project, stack: ImageStack, model_id: str, shipped: lis
     findings = _model_type(read_json(directory / "config.json") or {}, stack, have)
     tokenizer = read_json(directory / "tokenizer_config.json") or {}
     if tokenizer.get("tokenizer_class") == "TokenizersBackend" and have.major < 5:
-        findings.append(Finding("error", "option.model_id", f"tokenizer_config.json's TokenizersBackend was written "
-                                f"by transformers 5; {stack.image} runs transformers {have}: re-save the tokenizer "
-                                "with a class that version knows, e.g. PreTrainedTokenizerFast"))
+        findings.append(
+            Finding(
+                "error",
+                "option.model_id",
+                f"tokenizer_config.json's TokenizersBackend was written "
+                f"by transformers 5; {stack.image} runs transformers {have}: re-save the tokenizer "
+                "with a class that version knows, e.g. PreTrainedTokenizerFast",
+            )
+        )
     return findings
 
 
@@ -233,8 +285,14 @@ def check_tensor_parallel(stack: ImageStack, props: dict[str, str]) -> list[Find
     degree = props.get("option.tensor_parallel_degree", "").strip().lower()
     if degree != "max" or Version(stack.version) >= TP_MAX_SINCE:
         return []
-    return [Finding("error", "option.tensor_parallel_degree", f"max exists from LMI {TP_MAX_SINCE}; {stack.image} "
-                    "fails to parse it (NumberFormatException): give the number of GPUs")]
+    return [
+        Finding(
+            "error",
+            "option.tensor_parallel_degree",
+            f"max exists from LMI {TP_MAX_SINCE}; {stack.image} "
+            "fails to parse it (NumberFormatException): give the number of GPUs",
+        )
+    ]
 
 
 def _applying(stack: ImageStack, requirements: list[Requirement]) -> list[Requirement]:
@@ -246,15 +304,20 @@ def _applying(stack: ImageStack, requirements: list[Requirement]) -> list[Requir
 
 def _replacement(stack: ImageStack, req: Requirement, name: str, version: str) -> Finding:
     if name in PINNED_BY_IMAGE:
-        return Finding("error", "requirements.txt", f"{req} would replace the image's {name} {version} "
-                       f"({stack.image}), which its CUDA build and other packages rely on: drop the line")
+        return Finding(
+            "error",
+            "requirements.txt",
+            f"{req} would replace the image's {name} {version} "
+            f"({stack.image}), which its CUDA build and other packages rely on: drop the line",
+        )
     return Finding("warning", "requirements.txt", f"{req} replaces the image's {name} {version} ({stack.image})")
 
 
 def _lowest_allowed(req: Requirement) -> Version | None:
     """The lowest version the requirement's specifier admits, where a clause bounds it from below."""
-    bounds = [Version(spec.version.removesuffix(".*")) for spec in req.specifier
-              if spec.operator in ("==", "~=", ">=", ">")]
+    bounds = [
+        Version(spec.version.removesuffix(".*")) for spec in req.specifier if spec.operator in ("==", "~=", ">=", ">")
+    ]
     return max(bounds, default=None)
 
 
@@ -290,5 +353,11 @@ def _model_type(config: dict, stack: ImageStack, have: Version) -> list[Finding]
         return []
     if have >= need:
         return []
-    return [Finding("error", "option.model_id", f"{what} needs transformers >= {need}; {stack.image} runs "
-                    f"transformers {have}: use a newer image, e.g. --image {NEWEST_IMAGE}")]
+    return [
+        Finding(
+            "error",
+            "option.model_id",
+            f"{what} needs transformers >= {need}; {stack.image} runs "
+            f"transformers {have}: use a newer image, e.g. --image {NEWEST_IMAGE}",
+        )
+    ]

@@ -9,11 +9,13 @@ otherwise the standard AWS chain picks the endpoint (AWS_ENDPOINT_URL_SAGEMAKER_
 none are configured. Tokens go to stdout; the summary (TTFT, tokens, tok/s) and errors go to stderr, and
 any failure exits 1 with a one-line message.
 """
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import boto3
 import botocore.session
@@ -35,16 +37,37 @@ _METADATA_PROVIDERS = ("container-role", "iam-role")
 @click.option("--region", help="AWS region (default: the AWS configuration; us-east-1 with --endpoint-url).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature (default: the model's).")
-@click.option("--stream/--no-stream", default=True, show_default=True,
-              help="InvokeEndpointWithResponseStream, or InvokeEndpoint and print the whole answer.")
-@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", *FORMATS]),
-              help="The model's output format (auto: from the content type and the first bytes).")
-@click.option("--chat", is_flag=True,
-              help="Send PROMPT as a user message in an OpenAI chat body: the endpoint applies the chat template.")
+@click.option(
+    "--stream/--no-stream",
+    default=True,
+    show_default=True,
+    help="InvokeEndpointWithResponseStream, or InvokeEndpoint and print the whole answer.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", *FORMATS]),
+    help="The model's output format (auto: from the content type and the first bytes).",
+)
+@click.option(
+    "--chat",
+    is_flag=True,
+    help="Send PROMPT as a user message in an OpenAI chat body: the endpoint applies the chat template.",
+)
 @click.option("--system", help="With --chat: a system message before PROMPT.")
 def invoke_command(
-    prompt: str, endpoint_name: str, endpoint_url: str | None, region: str | None, max_new_tokens: int,
-    temperature: float | None, stream: bool, fmt: str, chat: bool, system: str | None,
+    prompt: str,
+    endpoint_name: str,
+    endpoint_url: str | None,
+    region: str | None,
+    max_new_tokens: int,
+    temperature: float | None,
+    stream: bool,
+    fmt: str,
+    chat: bool,
+    system: str | None,
 ) -> None:
     """Send PROMPT to an endpoint; print the generated text, streamed token by token by default."""
     if system is not None and not chat:
@@ -61,8 +84,9 @@ def invoke_command(
         raise click.ClickException(_one_line(error)) from error
 
 
-def request_body(prompt: str, max_new_tokens: int, temperature: float | None, chat: bool,
-                 system: str | None = None) -> dict[str, Any]:
+def request_body(
+    prompt: str, max_new_tokens: int, temperature: float | None, chat: bool, system: str | None = None
+) -> dict[str, Any]:
     """The LMI body `{"inputs", "parameters"}`, or with `chat` an OpenAI chat body `{"messages", "max_tokens"}`."""
     settings: dict[str, Any] = {"max_tokens" if chat else "max_new_tokens": max_new_tokens}
     if temperature is not None:
@@ -112,8 +136,9 @@ def print_stream(stream: Stream) -> None:
 
 def _print_whole(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None) -> None:
     started = time.perf_counter()
-    response = client.invoke_endpoint(EndpointName=endpoint_name, ContentType="application/json",
-                                      Body=json.dumps(body).encode())
+    response = client.invoke_endpoint(
+        EndpointName=endpoint_name, ContentType="application/json", Body=json.dumps(body).encode()
+    )
     content = response["Body"].read()
     click.echo(Stream([content], fmt=fmt, content_type=response.get("ContentType")).text())
     click.echo(f"latency {time.perf_counter() - started:.3f} s", err=True)

@@ -3,6 +3,7 @@
 Two layouts are accepted: the repository layout (serving.properties at the root, the handler in `model/`) and a
 flat one (everything in one directory). Both become the same flat model.tar.gz.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ class Project:
     model_dir: Path
 
     @classmethod
-    def at(cls, project_dir: Path | str) -> "Project":
+    def at(cls, project_dir: Path | str) -> Project:
         root = Path(project_dir).resolve()
         model_dir = root / "model"
         return cls(root=root, model_dir=model_dir if model_dir.is_dir() else root)

@@ -3,12 +3,13 @@
 Java `Properties` syntax: `key=value`, `key: value` or `key value`; `#`/`!` comments; a trailing backslash
 continues the line. `OPTION_<NAME>` environment variables are overlaid with putIfAbsent, so the file wins.
 """
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 _SEPARATOR = re.compile(r"(?<!\\)[=:\s]")
 _ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
@@ -64,7 +65,7 @@ def init_properties(serving: Mapping[str, str], model_dir: Path, device_id: int 
     """The properties of DJL's init Input: option.* stripped of the prefix, the other keys as they are."""
     props: dict[str, str] = {}
     for key, value in serving.items():
-        props[key[len("option.") :] if key.startswith("option.") else key] = value
+        props[key.removeprefix("option.")] = value
     props.setdefault("handler", "handle")
     props["device_id"] = str(device_id)
     props["model_dir"] = str(Path(model_dir).resolve())

@@ -6,6 +6,7 @@ djl_python when installed, else the stand-in) and answers `/ping`, `/invocations
 runtime routes until interrupted. With `engine=MPI` and `option.tensor_parallel_degree=N` it starts N rank
 processes as DJL does (`djl.ranks`).
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -61,8 +62,10 @@ def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str
     else:
         props["option.model_id"] = str(ensure_smollm2(log=say))
         props["option.dtype"] = "fp32"
-        say(f"Serving {EMBEDDED_NAME} instead of {target}, the deploy target in serving.properties; "
-            "pass --model-id DIR for another local model.")
+        say(
+            f"Serving {EMBEDDED_NAME} instead of {target}, the deploy target in serving.properties; "
+            "pass --model-id DIR for another local model."
+        )
     for key, value in settings.overrides:
         props["option." + key] = value
     if props.get("option.trust_remote_code", "false").strip().lower() == "true":
@@ -78,8 +81,10 @@ def _dtype_for_this_device(props: dict[str, str], overrides: tuple[tuple[str, st
     pinned = props.get("option.dtype", props.get("option.data_type", "")).strip().lower()
     if pinned in HALF_DTYPES:
         props["option.dtype"] = "auto"
-        say(f"option.dtype={pinned} in serving.properties is for the deploy target; serving with dtype auto (fp32 on a "
-            f"CPU, the weights' own on a GPU). Pass --option dtype={pinned} to keep it.")
+        say(
+            f"option.dtype={pinned} in serving.properties is for the deploy target; serving with dtype auto (fp32 on a "
+            f"CPU, the weights' own on a GPU). Pass --option dtype={pinned} to keep it."
+        )
 
 
 def served_model(props: dict[str, str]) -> str:
@@ -93,8 +98,9 @@ def tensor_parallel_ranks(props: dict[str, str]) -> int:
         return 1
     degree = props.get("option.tensor_parallel_degree", "1").strip()
     if degree.lower() == "max":
-        raise click.ClickException("option.tensor_parallel_degree=max means every GPU; lmi serve runs ranks on the "
-                                   "CPU here: give a number")
+        raise click.ClickException(
+            "option.tensor_parallel_degree=max means every GPU; lmi serve runs ranks on the CPU here: give a number"
+        )
     return int(degree) if degree.isdigit() and int(degree) > 0 else 1
 
 
@@ -108,10 +114,13 @@ def start_frontend(settings: ServeSettings, props: dict[str, str]) -> tuple[Fron
     group = None
     if degree > 1:
         if derive_mode(settings.djl_version, init) != "rolling_batch":
-            raise click.ClickException("lmi serve runs tensor-parallel ranks with rolling batch only (a streamed "
-                                       "Output cannot leave its rank process): set option.rolling_batch")
-        group = RankGroup(degree, project.model_dir, settings.djl_version, handler, entry_name,
-                          launcher=settings.launcher)
+            raise click.ClickException(
+                "lmi serve runs tensor-parallel ranks with rolling batch only (a streamed "
+                "Output cannot leave its rank process): set option.rolling_batch"
+            )
+        group = RankGroup(
+            degree, project.model_dir, settings.djl_version, handler, entry_name, launcher=settings.launcher
+        )
         group.start()
         entry = group.entry
     else:
@@ -134,11 +143,14 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     try:
         endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(props))
     except OSError as error:
-        raise click.ClickException(f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); "
-                                   "pass another --port") from error
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); pass another --port"
+        ) from error
     if settings.host not in LOOPBACK:
-        say(f"Warning: listening on {settings.host}: anyone who can reach this machine can use the model, with no "
-            "authentication (the default --host 127.0.0.1 keeps it local)")
+        say(
+            f"Warning: listening on {settings.host}: anyone who can reach this machine can use the model, with no "
+            "authentication (the default --host 127.0.0.1 keeps it local)"
+        )
     threading.Thread(target=endpoint.serve_forever, name="lmi-http", daemon=True).start()
     say(f"Loading model.py (DJL {settings.djl_version}); {endpoint.url}/ping answers 503 until ready...")
     try:
@@ -149,8 +161,10 @@ def run(settings: ServeSettings, say=click.echo) -> None:
     endpoint.set_frontend(frontend)
     ranks = "" if group is None else f", {group.degree} ranks by {group.launcher}, pids {group.pids}"
     say(f"Ready: {endpoint.url}  ({frontend.describe()}{ranks})")
-    say(f"SageMaker runtime API: endpoint '{settings.endpoint_name}' at {endpoint.url} "
-        f"(boto3 endpoint_url, or AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME)")
+    say(
+        f"SageMaker runtime API: endpoint '{settings.endpoint_name}' at {endpoint.url} "
+        f"(boto3 endpoint_url, or AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME)"
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -185,29 +199,53 @@ def _end_children() -> None:
 
 
 @click.command("serve")
-@click.option("--project-dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Project with serving.properties and model/model.py.")
-@click.option("--model-id", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A local model directory (default: the embedded SmolLM2).")
+@click.option(
+    "--project-dir",
+    default=".",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Project with serving.properties and model/model.py.",
+)
+@click.option(
+    "--model-id",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A local model directory (default: the embedded SmolLM2).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--djl-version", type=click.Choice(["0.23", "newest"]), default="0.23", show_default=True,
-              help="Which DJL Serving protocol to replay (0.23 matches the default deploy image).")
+@click.option(
+    "--djl-version",
+    type=click.Choice(["0.23", "newest"]),
+    default="0.23",
+    show_default=True,
+    help="Which DJL Serving protocol to replay (0.23 matches the default deploy image).",
+)
 @click.option("--endpoint-name", default="local", show_default=True, help="Name for the SageMaker runtime routes.")
 @click.option("--option", "overrides", multiple=True, metavar="KEY=VALUE", help="Override option.KEY.")
-@click.option("--stream-time-limit", default=RuntimeConfig.stream_time_limit, show_default=True, type=float,
-              help="Seconds a runtime-API stream may last before ModelInvocationTimeExceeded.")
-@click.option("--launcher", type=click.Choice(["auto", "mpirun", "processes"]), default="auto", show_default=True,
-              help="How tensor-parallel ranks start (engine=MPI): mpirun as DJL does, or plain processes with the same "
-                   "environment; auto takes mpirun when it is on PATH.")
-def serve_command(project_dir, model_id, host, port, djl_version, endpoint_name, overrides,
-                  stream_time_limit, launcher) -> None:
+@click.option(
+    "--stream-time-limit",
+    default=RuntimeConfig.stream_time_limit,
+    show_default=True,
+    type=float,
+    help="Seconds a runtime-API stream may last before ModelInvocationTimeExceeded.",
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(["auto", "mpirun", "processes"]),
+    default="auto",
+    show_default=True,
+    help="How tensor-parallel ranks start (engine=MPI): mpirun as DJL does, or plain processes with the same "
+    "environment; auto takes mpirun when it is on PATH.",
+)
+def serve_command(
+    project_dir, model_id, host, port, djl_version, endpoint_name, overrides, stream_time_limit, launcher
+) -> None:
     """Run the project's model.py as a local streaming endpoint."""
     pairs = tuple(tuple(item.split("=", 1)) for item in overrides)
     if any(len(pair) != 2 for pair in pairs):
         raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
-    settings = ServeSettings(project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit,
-                             launcher)
+    settings = ServeSettings(
+        project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit, launcher
+    )
     try:
         run(settings)
     except EmbeddedModelError as error:

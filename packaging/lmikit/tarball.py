@@ -7,6 +7,7 @@ The archive is flat (SageMaker extracts it into /opt/ml/model). Entries are sort
 set to SOURCE_DATE_EPOCH (default 0) and the gzip header carries no name or time, so the same tree always gives
 the same bytes. Secrets, caches, virtualenvs and build outputs never go in.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -20,8 +21,23 @@ from pathlib import Path
 from .project import Project
 
 EXCLUDED_NAMES = (
-    ".git", ".env", ".env.*", ".aws", "*.pem", "*.key", "*credentials*", "__pycache__", "*.pyc", "*.pyo",
-    ".pytest_cache", ".mypy_cache", ".hypothesis", ".venv", "venv", "dist", ".DS_Store",
+    ".git",
+    ".env",
+    ".env.*",
+    ".aws",
+    "*.pem",
+    "*.key",
+    "*credentials*",
+    "__pycache__",
+    "*.pyc",
+    "*.pyo",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".hypothesis",
+    ".venv",
+    "venv",
+    "dist",
+    ".DS_Store",
 )
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -96,10 +112,12 @@ def _mtime() -> int:
 
 def _archive(sources: dict[str, Path | bytes], mtime: int) -> bytes:
     buffer = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for name in sorted(sources):
-                _add(tar, name, sources[name], mtime)
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        for name in sorted(sources):
+            _add(tar, name, sources[name], mtime)
     return buffer.getvalue()
 
 

@@ -3,6 +3,7 @@
 Option types and ranges come from the handler's own `HandlerConfig.from_properties`, so the host check and the
 container agree. Each finding names the key it is about.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -10,28 +11,47 @@ import importlib
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from .project import Project
 from .properties import init_properties
 
 #: serving.properties keys without the `option.` prefix that DJL reads (djl-serving-contract §6).
 SERVER_KEYS = (
-    "engine", "batch_size", "max_batch_delay", "job_queue_size", "minWorkers", "maxWorkers",
-    "gpu.minWorkers", "gpu.maxWorkers", "cpu.minWorkers", "cpu.maxWorkers", "load_on_devices",
-    "max_idle_time", "chunked_read_timeout",
+    "engine",
+    "batch_size",
+    "max_batch_delay",
+    "job_queue_size",
+    "minWorkers",
+    "maxWorkers",
+    "gpu.minWorkers",
+    "gpu.maxWorkers",
+    "cpu.minWorkers",
+    "cpu.maxWorkers",
+    "load_on_devices",
+    "max_idle_time",
+    "chunked_read_timeout",
 )
 #: option.* keys read by DJL's Python engine itself rather than by the handler.
 DJL_OPTIONS = ("pythonExecutable", "env", "enable_venv", "parallel_loading", "mpi_mode")
 ENGINES = ("Python", "MPI", "DeepSpeed", "FasterTransformer")
 #: integer server keys and their smallest allowed value.
 INTEGER_KEYS = {
-    "batch_size": 1, "max_batch_delay": 0, "job_queue_size": 1, "minWorkers": 0, "maxWorkers": 0,
-    "gpu.minWorkers": 0, "gpu.maxWorkers": 0, "cpu.minWorkers": 0, "cpu.maxWorkers": 0,
-    "max_idle_time": 0, "chunked_read_timeout": 0,
+    "batch_size": 1,
+    "max_batch_delay": 0,
+    "job_queue_size": 1,
+    "minWorkers": 0,
+    "maxWorkers": 0,
+    "gpu.minWorkers": 0,
+    "gpu.maxWorkers": 0,
+    "cpu.minWorkers": 0,
+    "cpu.maxWorkers": 0,
+    "max_idle_time": 0,
+    "chunked_read_timeout": 0,
 }
 HEAD_KEYS = ("num_attention_heads", "n_head")
 KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "n_head_kv")
@@ -126,8 +146,14 @@ def _entry_point(project: Project, props: dict[str, str]) -> list[Finding]:
     if path is not None and not path.is_file():
         return [Finding("error", key, f"entry point {name} not found in {project.model_dir}")]
     if path is not None and "engine" not in props:
-        return [Finding("error", "engine", f"missing while a custom {name} is present: set engine=Python "
-                        "(LMI 0.23 may silently pick MPI/DeepSpeed and run the handler under mpirun)")]
+        return [
+            Finding(
+                "error",
+                "engine",
+                f"missing while a custom {name} is present: set engine=Python "
+                "(LMI 0.23 may silently pick MPI/DeepSpeed and run the handler under mpirun)",
+            )
+        ]
     return []
 
 
@@ -139,8 +165,13 @@ def _handler_options(project: Project, props: dict[str, str], config_module: Mod
         return [Finding("error", f"option.{match.group(1)}" if match else "serving.properties", exc.message)]
     findings = _tensor_parallel(project, config) + _python_engine_ranks(props, config)
     if config.trust_remote_code:
-        findings.append(Finding("warning", "option.trust_remote_code",
-                                "true runs Python code from the model repository inside the container"))
+        findings.append(
+            Finding(
+                "warning",
+                "option.trust_remote_code",
+                "true runs Python code from the model repository inside the container",
+            )
+        )
     return findings
 
 
@@ -153,8 +184,7 @@ def _tensor_parallel(project: Project, config: Any) -> list[Finding]:
     bad = [f"{key}={count}" for key, count in heads.items() if count % tp]
     if not bad:
         return []
-    return [Finding("error", "option.tensor_parallel_degree",
-                    f"{tp} does not divide the model's {' and '.join(bad)}")]
+    return [Finding("error", "option.tensor_parallel_degree", f"{tp} does not divide the model's {' and '.join(bad)}")]
 
 
 def _python_engine_ranks(props: dict[str, str], config: Any) -> list[Finding]:
@@ -163,16 +193,22 @@ def _python_engine_ranks(props: dict[str, str], config: Any) -> list[Finding]:
     if props.get("engine") != "Python" or (degree is not None and degree <= 1):
         return []
     shown = "max" if degree is None else degree
-    return [Finding("error", "option.tensor_parallel_degree",
-                    f"{shown} with engine=Python: DJL then runs one Python process that sees {shown} GPUs and starts "
-                    "no ranks, so nothing is sharded (the handler refuses it at load); set engine=MPI for tensor "
-                    "parallelism")]
+    return [
+        Finding(
+            "error",
+            "option.tensor_parallel_degree",
+            f"{shown} with engine=Python: DJL then runs one Python process that sees {shown} GPUs and starts "
+            "no ranks, so nothing is sharded (the handler refuses it at load); set engine=MPI for tensor "
+            "parallelism",
+        )
+    ]
 
 
 def local_model_dir(project: Project, model_id: str) -> Path | None:
     """The local directory of `model_id` holding a config.json (absolute, or relative to the project or model dir)."""
-    candidates = [Path(model_id)] if Path(model_id).is_absolute() else [project.root / model_id,
-                                                                         project.model_dir / model_id]
+    candidates = (
+        [Path(model_id)] if Path(model_id).is_absolute() else [project.root / model_id, project.model_dir / model_id]
+    )
     return next((directory for directory in candidates if (directory / "config.json").is_file()), None)
 
 

@@ -12,6 +12,7 @@ vLLM wherever it imports, else the continuous engine on a GPU where it can impor
 on CPU the portable engine measured 1.1x to 2x the continuous one's tokens/s
 (`python -m lmikit.benchmarks.engine_bench`). It logs which it took and why.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -47,8 +48,10 @@ def _portable(config: HandlerConfig, tp: Any = None) -> Engine:
 def _vllm(config: HandlerConfig) -> Engine:
     missing = vllm_unavailable()
     if missing:
-        raise ConfigError(f"the vLLM engine (option.rolling_batch=vllm or option.generation_engine=vllm) cannot load "
-                          f"here ({missing}): use an image that ships vLLM, or option.generation_engine=auto")
+        raise ConfigError(
+            f"the vLLM engine (option.rolling_batch=vllm or option.generation_engine=vllm) cannot load "
+            f"here ({missing}): use an image that ships vLLM, or option.generation_engine=auto"
+        )
     from .vllm_engine import AsyncVllmEngine, VllmEngine
 
     return AsyncVllmEngine(config) if config.async_mode else VllmEngine(config)
@@ -88,8 +91,10 @@ def choose(config: HandlerConfig) -> tuple[str, str]:
     """The engine name for this config and the reason."""
     if (config.rolling_batch or "").lower() == "vllm":
         if config.generation_engine not in ("auto", "vllm"):
-            raise ConfigError(f"option.rolling_batch=vllm picks the vLLM engine, but option.generation_engine="
-                              f"{config.generation_engine} picks another: drop one of them")
+            raise ConfigError(
+                f"option.rolling_batch=vllm picks the vLLM engine, but option.generation_engine="
+                f"{config.generation_engine} picks another: drop one of them"
+            )
         return "vllm", "option.rolling_batch=vllm"
     if config.generation_engine != "auto":
         return config.generation_engine, "option.generation_engine"
@@ -115,8 +120,9 @@ def create_engine(config: HandlerConfig) -> Engine:
     degree = check_degree(config.tensor_parallel_degree, ranks)
     if degree == 1:
         engine = FACTORIES[name](config)
-        log.info("lmistream engine: %s (%s), %s, %d parameter bytes", name, reason, engine.load_path,
-                 engine.parameter_bytes)
+        log.info(
+            "lmistream engine: %s (%s), %s, %d parameter bytes", name, reason, engine.load_path, engine.parameter_bytes
+        )
         return engine
     from .distributed import join
     from .ranked import RankedEngine
@@ -124,16 +130,25 @@ def create_engine(config: HandlerConfig) -> Engine:
     tp = join(config, ranks, degree)
     inner = FACTORIES[name](config, tp)
     relay = tp.channel() if config.djl_dialect == "0.23" else None  # 0.23 answers with the last rank's output
-    log.info("lmistream engine: %s (%s), rank %d of %d, sharded by %s, %d parameter bytes on this rank", name, reason,
-             ranks.rank, degree, inner.load_path, inner.parameter_bytes)
+    log.info(
+        "lmistream engine: %s (%s), rank %d of %d, sharded by %s, %d parameter bytes on this rank",
+        name,
+        reason,
+        ranks.rank,
+        degree,
+        inner.load_path,
+        inner.parameter_bytes,
+    )
     return RankedEngine(inner, tp, relay)
 
 
 def _vllm_engine(config: HandlerConfig, ranks: RankInfo, reason: str) -> Engine:
     """vLLM in this one process, which starts vLLM's own workers (tensor parallelism included)."""
     if ranks.world_size > 1:
-        raise ConfigError(f"the vLLM engine runs as one process that starts its own tensor-parallel workers, but DJL "
-                          f"started {ranks.world_size} ranks: use engine=Python with option.tensor_parallel_degree")
+        raise ConfigError(
+            f"the vLLM engine runs as one process that starts its own tensor-parallel workers, but DJL "
+            f"started {ranks.world_size} ranks: use engine=Python with option.tensor_parallel_degree"
+        )
     engine = _vllm(config)
     log.info("lmistream engine: vllm (%s), %s", reason, engine.load_path)
     return engine

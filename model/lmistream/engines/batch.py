@@ -9,6 +9,7 @@ installed: a tuple of `(keys, values)` per layer before transformers 4.36's cach
 layers hold `keys` / `values`. Both keep `(batch, heads, sequence, head_dim)` tensors; a model whose cache has any
 other layout is refused at load (`check_layout`).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -33,11 +34,16 @@ class ModelCaller:
 
     def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         """Logits of the last position of every row, and the updated cache."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, self._cache_arg: cache,
-                                  "use_cache": True, "return_dict": True}
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            self._cache_arg: cache,
+            "use_cache": True,
+            "return_dict": True,
+        }
         if self._positions:
             positions = mask.long().cumsum(-1) - 1
-            kwargs["position_ids"] = positions.clamp(min=0)[:, -input_ids.size(1):]
+            kwargs["position_ids"] = positions.clamp(min=0)[:, -input_ids.size(1) :]
         if self._keep is not None:
             kwargs[self._keep] = 1
         output = self.model(**kwargs)
@@ -62,13 +68,17 @@ def check_layout(cache: Any, batch: int, length: int) -> None:
     """Refuse a cache this module cannot pad and slice (sliding-window, quantized, fused or transposed layouts)."""
     kinds = {type(layer).__name__ for layer in getattr(cache, "layers", ())}
     if kinds - {"DynamicLayer"}:
-        raise ConfigError(f"the portable engine needs a plain dynamic KV cache; this model uses {sorted(kinds)}: use "
-                          "option.generation_engine=continuous")
+        raise ConfigError(
+            f"the portable engine needs a plain dynamic KV cache; this model uses {sorted(kinds)}: use "
+            "option.generation_engine=continuous"
+        )
     for keys, values in layers(cache):
         for tensor in (keys, values):
             if tensor.dim() != 4 or tensor.size(0) != batch or tensor.size(2) != length:
-                raise ConfigError(f"the portable engine needs KV tensors shaped (batch, heads, sequence, head_dim); "
-                                  f"this model's are {tuple(tensor.shape)}: use option.generation_engine=continuous")
+                raise ConfigError(
+                    f"the portable engine needs KV tensors shaped (batch, heads, sequence, head_dim); "
+                    f"this model's are {tuple(tensor.shape)}: use option.generation_engine=continuous"
+                )
 
 
 class DecodeBatch:
@@ -83,15 +93,16 @@ class DecodeBatch:
         return self.mask.size(0)
 
     @classmethod
-    def prefill(cls, call: ModelCaller, prompts: list[list[int]], pad_id: int,
-                device: torch.device) -> tuple["DecodeBatch", torch.Tensor]:
+    def prefill(
+        cls, call: ModelCaller, prompts: list[list[int]], pad_id: int, device: torch.device
+    ) -> tuple[DecodeBatch, torch.Tensor]:
         """Run the prompts (left-padded) through the model; the batch and each row's next-token logits."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
         mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long, device=device)
-            mask[row, width - len(prompt):] = 1
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long, device=device)
+            mask[row, width - len(prompt) :] = 1
         logits, cache = call(ids, mask, None)
         return cls(mask, cache, ids[:, -1:]), logits
 
@@ -113,19 +124,29 @@ class DecodeBatch:
         start = int(used[0]) if len(rows) and used.numel() else self.mask.size(1)
         self.mask = self.mask.index_select(0, index)[:, start:]
         self.next_tokens = self.next_tokens.index_select(0, index)
-        self.cache = with_layers(self.cache, [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
-                                              for k, v in layers(self.cache)])
+        self.cache = with_layers(
+            self.cache,
+            [
+                (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+                for k, v in layers(self.cache)
+            ],
+        )
 
-    def extend(self, other: "DecodeBatch") -> None:
+    def extend(self, other: DecodeBatch) -> None:
         """Append `other`'s rows after this batch's; the shorter history is padded on the left."""
         width = max(self.mask.size(1), other.mask.size(1))
         self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)], dim=0)
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens], dim=0)
-        self.cache = with_layers(self.cache, [
-            (torch.cat([_pad_left(k, width, 2), _pad_left(ok, width, 2)]),
-             torch.cat([_pad_left(v, width, 2), _pad_left(ov, width, 2)]))
-            for (k, v), (ok, ov) in zip(layers(self.cache), layers(other.cache))
-        ])
+        self.cache = with_layers(
+            self.cache,
+            [
+                (
+                    torch.cat([_pad_left(k, width, 2), _pad_left(ok, width, 2)]),
+                    torch.cat([_pad_left(v, width, 2), _pad_left(ov, width, 2)]),
+                )
+                for (k, v), (ok, ov) in zip(layers(self.cache), layers(other.cache))
+            ],
+        )
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ every request, greedy ones included) at each step: with SmolLM2's 49k vocabulary
 row on one core, more than the tiny model's whole decode step. `_RowwiseTopK` / `_RowwiseTopP` replace them with
 exact equivalents that skip the rows where the setting is neutral and find the top-k threshold with `torch.topk`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,5 +54,3 @@ def use_rowwise_processors(processors: list) -> None:
             replacement = cheaper.__new__(cheaper)
             replacement.__dict__.update(vars(processor))
             processors[index] = replacement
-
-

@@ -18,6 +18,7 @@ itself: rank 0's manager takes the requests and broadcasts them, the other ranks
 Loading the model and starting the manager run in a short-lived thread (`in_setup_thread`), so that the caller's
 thread (DJL's long-lived handler thread) never owns an OpenMP thread pool: see that function for why this matters.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,7 +110,8 @@ class ContinuousBatchingEngine:
             raise InvalidRequest(
                 "logprobs with greedy decoding (temperature 0) is not supported by the continuous-batching engine: "
                 "it reports no log-probabilities for greedy tokens (option.generation_engine=portable does)",
-                param="logprobs")
+                param="logprobs",
+            )
         if params.seed is not None and params.do_sample:
             raise InvalidRequest(
                 "parameters.seed is not supported with do_sample=true by the continuous-batching engine: it samples "

@@ -8,6 +8,7 @@ their own workspace, which the portable engine's batch surgery (filter / concate
 a gloo group of its own, so that each thread that talks to the other ranks (the engine loop, the update relay) has
 its own ordered stream of collectives beside the model's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,11 +68,14 @@ def join(config: HandlerConfig, ranks: RankInfo, degree: int) -> TensorParallel:
     """Initialise torch.distributed for `degree` ranks: NCCL on GPUs, gloo on CPU."""
     cuda = config.device_id >= 0 and torch.cuda.is_available()
     if cuda and torch.cuda.device_count() < degree:
-        raise ConfigError(f"option.tensor_parallel_degree={degree} needs {degree} GPUs; "
-                          f"{torch.cuda.device_count()} are visible")
+        raise ConfigError(
+            f"option.tensor_parallel_degree={degree} needs {degree} GPUs; {torch.cuda.device_count()} are visible"
+        )
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
-        raise ConfigError(f"tensor parallelism needs {' and '.join(missing)} in the environment (DJL's mpirun sets them)")
+        raise ConfigError(
+            f"tensor parallelism needs {' and '.join(missing)} in the environment (DJL's mpirun sets them)"
+        )
     if cuda:
         torch.cuda.set_device(ranks.local_rank)
     if not dist.is_initialized():
@@ -82,8 +86,9 @@ def join(config: HandlerConfig, ranks: RankInfo, degree: int) -> TensorParallel:
 
 def check_heads(config: HandlerConfig, degree: int) -> None:
     """Every head count of the model must divide by the degree; the error names both numbers."""
-    model_config = AutoConfig.from_pretrained(config.model_id, trust_remote_code=config.trust_remote_code,
-                                              local_files_only=os.path.isdir(config.model_id))
+    model_config = AutoConfig.from_pretrained(
+        config.model_id, trust_remote_code=config.trust_remote_code, local_files_only=os.path.isdir(config.model_id)
+    )
     for key in HEAD_KEYS:
         count = getattr(model_config, key, None)
         if isinstance(count, int) and count % degree:
@@ -93,8 +98,13 @@ def check_heads(config: HandlerConfig, degree: int) -> None:
 def load_sharded(config: HandlerConfig, device: torch.device, tp: TensorParallel) -> tuple[Any, Any, str]:
     """Tokenizer, this rank's shard of the model, and which path sharded it."""
     check_heads(config, tp.degree)
-    plan = getattr(AutoConfig.from_pretrained(config.model_id, local_files_only=os.path.isdir(config.model_id),
-                                              trust_remote_code=config.trust_remote_code), "base_model_tp_plan", None)
+    plan = getattr(
+        AutoConfig.from_pretrained(
+            config.model_id, local_files_only=os.path.isdir(config.model_id), trust_remote_code=config.trust_remote_code
+        ),
+        "base_model_tp_plan",
+        None,
+    )
     if plan:
         tokenizer, model = load(config, device, tp_plan="auto")
         return tokenizer, model, "transformers tp_plan"
@@ -111,8 +121,9 @@ def _deepspeed(config: HandlerConfig, device: torch.device, tp: TensorParallel) 
 
     tokenizer, model = load(config, torch.device("cpu"))
     with oom_as_handler_error("sharding the model with DeepSpeed"):
-        engine = deepspeed.init_inference(model, tensor_parallel={"tp_size": tp.degree}, dtype=model.dtype,
-                                          replace_with_kernel_inject=False)
+        engine = deepspeed.init_inference(
+            model, tensor_parallel={"tp_size": tp.degree}, dtype=model.dtype, replace_with_kernel_inject=False
+        )
     return tokenizer, engine.module.eval(), "DeepSpeed AutoTP"
 
 

@@ -5,14 +5,16 @@ differences met here are feature-detected, never assumed from one version: the d
 (`torch_dtype` before 4.56, `dtype` after), `get_text_config` (newer configs only), the out-of-memory exception class
 the tokenizer's table of added tokens and whether it can apply a chat template.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import transformers
@@ -28,8 +30,10 @@ T = TypeVar("T")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: torch >= 2.5 has torch.OutOfMemoryError; older ones only the CUDA one
-OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
-                                                  MemoryError)
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+    MemoryError,
+)
 
 
 class HFTokenizer:
@@ -41,7 +45,8 @@ class HFTokenizer:
         self.special_token_ids = frozenset(tokenizer.all_special_ids) | _added_special_ids(tokenizer)
         self.max_token_chars: int = max(map(len, tokenizer.get_vocab()), default=1)
         self.pad_token_id: int = next(
-            (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), min(eos_token_ids, default=0)
+            (i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
+            min(eos_token_ids, default=0),
         )
         self.chat_template = _chat_template(tokenizer)
 
@@ -52,15 +57,20 @@ class HFTokenizer:
         """The prompt for a conversation through the model's chat template (transformers' own renderer where the
         tokenizer has one, else `render_chat_template`); InvalidRequest naming `messages` when it cannot."""
         if self.chat_template is None:
-            raise InvalidRequest("this model has no chat template, so it cannot take messages; send "
-                                 '{"inputs": "<prompt>"} instead', param="messages")
+            raise InvalidRequest(
+                'this model has no chat template, so it cannot take messages; send {"inputs": "<prompt>"} instead',
+                param="messages",
+            )
         try:
             if getattr(self._tokenizer, "apply_chat_template", None) is not None:
-                return self._tokenizer.apply_chat_template(list(messages), chat_template=self.chat_template,
-                                                           tokenize=False, add_generation_prompt=True)
+                return self._tokenizer.apply_chat_template(
+                    list(messages), chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+                )
             return render_chat_template(self.chat_template, messages, self._tokenizer.special_tokens_map)
         except TemplateError as error:
-            raise InvalidRequest(f"the model's chat template refused these messages: {error}", param="messages") from None
+            raise InvalidRequest(
+                f"the model's chat template refused these messages: {error}", param="messages"
+            ) from None
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(token_ids), skip_special_tokens=False)
@@ -136,8 +146,10 @@ def load(config: HandlerConfig, device: torch.device, **placement: Any) -> tuple
     tokenizer = load_tokenizer(config)
     with oom_as_handler_error("loading the model"):
         model = AutoModelForCausalLM.from_pretrained(
-            config.model_id, **(placement or {"device_map": device}),
-            **{_dtype_keyword(): _dtype(config.dtype, device)}, **_pretrained_kwargs(config)
+            config.model_id,
+            **(placement or {"device_map": device}),
+            **{_dtype_keyword(): _dtype(config.dtype, device)},
+            **_pretrained_kwargs(config),
         )
     return tokenizer, model.eval()
 

@@ -13,6 +13,7 @@ tokens, which every rank computes alike. So one rank plans and every rank execut
 loop sends each plan over a broadcast channel before executing it, and the other ranks' loops execute the plans they
 receive (their own scheduler stays empty).
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,8 +67,11 @@ class PortableEngine:
 
     def _check_cache_layout(self) -> None:
         with torch.inference_mode():
-            _, cache = self._call(torch.zeros((1, 2), dtype=torch.long, device=self._device),
-                                  torch.ones((1, 2), dtype=torch.long, device=self._device), None)
+            _, cache = self._call(
+                torch.zeros((1, 2), dtype=torch.long, device=self._device),
+                torch.ones((1, 2), dtype=torch.long, device=self._device),
+                None,
+            )
         check_layout(cache, batch=1, length=2)
 
     # -- the Engine protocol -------------------------------------------------------------------------------------
@@ -145,12 +149,19 @@ class PortableEngine:
     def _join(self, admissions: tuple[Admission, ...]) -> None:
         """Prefill the admitted requests together and pick their first tokens; a failure there fails them alone, and
         the running rows go on."""
-        rows = [_Row(a.request_id, RequestSampler(a.params, a.seed, list(a.prompt_ids), self._device),
-                     a.params.max_new_tokens) for a in admissions]
+        rows = [
+            _Row(
+                a.request_id,
+                RequestSampler(a.params, a.seed, list(a.prompt_ids), self._device),
+                a.params.max_new_tokens,
+            )
+            for a in admissions
+        ]
         try:
             with oom_as_handler_error("prefilling"):
-                batch, logits = DecodeBatch.prefill(self._call, [list(a.prompt_ids) for a in admissions],
-                                                    self.tokenizer.pad_token_id, self._device)
+                batch, logits = DecodeBatch.prefill(
+                    self._call, [list(a.prompt_ids) for a in admissions], self.tokenizer.pad_token_id, self._device
+                )
                 self._advance(batch, rows, logits)
         except HandlerError as error:
             self._fail(rows, error.message, error.status)

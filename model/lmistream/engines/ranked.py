@@ -10,6 +10,7 @@ other ranks' handlers see depends on DJL:
   that request (DJL gives every rank the same requests in the same order, so the request ids agree). Updates that
   arrive first wait in an inbox; updates of a request its handler has dropped are discarded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,7 @@ class RankedEngine:
         self.load_path = inner.load_path
         self.parameter_bytes = inner.parameter_bytes
         self._relay = relay
-        self._outbox: "queue.Queue[Any]" = queue.Queue()
+        self._outbox: queue.Queue[Any] = queue.Queue()
         self._on_update: UpdateCallback | None = None
         self._lock = threading.Lock()
         self._admitted: set[str] = set()

@@ -7,6 +7,7 @@ The order and the arithmetic are transformers' `generate`: repetition penalty ov
 its batch, and gives every tensor-parallel rank the same draw. Written here because transformers' processors take one
 setting for the whole batch.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ the running requests cancelled since the last plan. Everything else a step does 
 a copy of the loop that executes the same plans takes the same steps: that is how tensor-parallel ranks stay in
 lockstep (rank 0 plans, every rank executes). Each admission carries its sampling seed for the same reason.
 """
+
 from __future__ import annotations
 
 import threading
@@ -49,7 +50,7 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
         self._cond = threading.Condition()
-        self._waiting: "OrderedDict[str, Admission]" = OrderedDict()
+        self._waiting: OrderedDict[str, Admission] = OrderedDict()
         self._running: set[str] = set()
         self._cancelled: list[str] = []
         self._stopping = False
@@ -84,8 +85,9 @@ class Scheduler:
     def plan(self, timeout: float | None = None) -> StepPlan:
         """The next step's plan; blocks (up to `timeout`) while nothing runs and nothing waits."""
         with self._cond:
-            self._cond.wait_for(lambda: self._stopping or self._running or self._waiting or self._cancelled,
-                                timeout=timeout)
+            self._cond.wait_for(
+                lambda: self._stopping or self._running or self._waiting or self._cancelled, timeout=timeout
+            )
             if self._stopping:
                 return StepPlan(cancel=tuple(self._running), stop=True)
             cancel = tuple(dict.fromkeys(self._cancelled))

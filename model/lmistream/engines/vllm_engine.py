@@ -27,6 +27,7 @@ cache gets `CPU_KV_CACHE_BYTES` unless option.gpu_memory_utilization is given: v
 host's RAM and refuses to start when less is free. The weights live in vLLM's processes, so `parameter_bytes` (what
 this process holds) is 0.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -269,8 +270,9 @@ class AsyncVllmEngine(_VllmBase):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            raise EngineError("the async vLLM engine takes requests from an event loop (option.async_mode=true)") \
-                from None
+            raise EngineError(
+                "the async vLLM engine takes requests from an event loop (option.async_mode=true)"
+            ) from None
         self._tasks[request_id] = loop.create_task(self._generate(request_id, prompt_ids, sampling_params(params)))
 
     def cancel(self, request_id: str) -> None:

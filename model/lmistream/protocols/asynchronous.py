@@ -3,9 +3,11 @@
 Every Output carries `Output.binary_encode({"data", "last"[, "code", "error"]})`, as DJL's async engine
 expects. Closing the generator (client gone) cancels the request in the engine.
 """
+
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from ..admission import Admissions
 from ..errors import HandlerError

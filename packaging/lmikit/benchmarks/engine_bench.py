@@ -13,6 +13,7 @@ default model is random, SmolLM2-135M-shaped with multi-head attention so that e
 transformers 4.30 lacks grouped-query attention); random weights almost never emit eos, so every request runs to its
 length. Runs on Python 3.9 too (the LMI 0.23 tier): only torch, transformers and lmistream are imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,23 +24,39 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL_ROOT = REPO / "model"
 #: SmolLM2-135M's shape, but with as many KV heads as query heads
-BENCH_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-               "num_key_value_heads": 9, "max_position_embeddings": 2048}
-SUBJECTS = ("a clockmaker", "the river", "an old map", "a quiet village", "the lighthouse keeper", "a red kite",
-            "the winter market", "a lost letter")
+BENCH_SHAPE = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 9,
+    "max_position_embeddings": 2048,
+}
+SUBJECTS = (
+    "a clockmaker",
+    "the river",
+    "an old map",
+    "a quiet village",
+    "the lighthouse keeper",
+    "a red kite",
+    "the winter market",
+    "a lost letter",
+)
 REQUEST_TIMEOUT_S = 900.0
 
 
 def prompts(count: int) -> list[str]:
     """`count` different prompts of a few different lengths."""
-    return [f"Story {i}: once upon a time {SUBJECTS[i % len(SUBJECTS)]}" + " far away" * (i % 4) + " and then"
-            for i in range(count)]
+    return [
+        f"Story {i}: once upon a time {SUBJECTS[i % len(SUBJECTS)]}" + " far away" * (i % 4) + " and then"
+        for i in range(count)
+    ]
 
 
 def build_bench_model(out: Path) -> Path:
@@ -51,9 +68,14 @@ def build_bench_model(out: Path) -> Path:
 
     tiny = ensure_tiny_model()
     settings = json.loads((tiny / "config.json").read_text())
-    config = LlamaConfig(vocab_size=settings["vocab_size"], bos_token_id=settings["bos_token_id"],
-                         eos_token_id=settings["eos_token_id"], pad_token_id=settings.get("pad_token_id"),
-                         tie_word_embeddings=True, **BENCH_SHAPE)
+    config = LlamaConfig(
+        vocab_size=settings["vocab_size"],
+        bos_token_id=settings["bos_token_id"],
+        eos_token_id=settings["eos_token_id"],
+        pad_token_id=settings.get("pad_token_id"),
+        tie_word_embeddings=True,
+        **BENCH_SHAPE,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(str(out))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
@@ -72,8 +94,14 @@ def measure_generate(model, tokenizer, texts: list[str], max_new_tokens: int) ->
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     start = time.perf_counter()
     with torch.inference_mode():
-        model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                       min_new_tokens=max_new_tokens, pad_token_id=pad)
+        model.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+        )
     return len(texts) * max_new_tokens / (time.perf_counter() - start)
 
 
@@ -84,8 +112,12 @@ class EngineDriver:
         from lmistream.config import HandlerConfig
         from lmistream.engines import FACTORIES
 
-        props = {"model_id": str(model_dir), "dtype": "fp32", "max_rolling_batch_size": str(batch),
-                 "generation_engine": name}
+        props = {
+            "model_id": str(model_dir),
+            "dtype": "fp32",
+            "max_rolling_batch_size": str(batch),
+            "generation_engine": name,
+        }
         self.engine = FACTORIES[name](HandlerConfig.from_properties(props))
         self._cond = threading.Condition()
         self._tokens = 0
@@ -123,8 +155,9 @@ def available_engines() -> list[str]:
     return sorted(available(), reverse=True)  # portable first
 
 
-def run_benchmark(model_dir: Path, concurrencies: Sequence[int], max_new_tokens: int, threads: int,
-                  repeats: int) -> dict:
+def run_benchmark(
+    model_dir: Path, concurrencies: Sequence[int], max_new_tokens: int, threads: int, repeats: int
+) -> dict:
     """tok/s of every path at every concurrency (best of the repeats), and the ratios with their ranges."""
     import torch
     import transformers
@@ -140,9 +173,10 @@ def run_benchmark(model_dir: Path, concurrencies: Sequence[int], max_new_tokens:
             for c in concurrencies:
                 texts = prompts(c)
                 measures: dict[str, Callable[[], float]] = {
-                    "generate": lambda: measure_generate(model, tokenizer, texts, max_new_tokens)}
+                    "generate": lambda texts=texts: measure_generate(model, tokenizer, texts, max_new_tokens)
+                }
                 for name, driver in engines.items():
-                    measures[name] = lambda d=driver: d.measure(texts, max_new_tokens, run)
+                    measures[name] = lambda d=driver, texts=texts, run=run: d.measure(texts, max_new_tokens, run)
                 for path, measure in measures.items():
                     tok_s = measure()
                     if run:
@@ -150,34 +184,58 @@ def run_benchmark(model_dir: Path, concurrencies: Sequence[int], max_new_tokens:
     finally:
         for driver in engines.values():
             driver.stop()
-    return report(samples, {"python": sys.version.split()[0], "torch": torch.__version__,
-                            "transformers": transformers.__version__, "threads": threads,
-                            "max_new_tokens": max_new_tokens, "repeats": repeats, "model": str(model_dir)})
+    return report(
+        samples,
+        {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": threads,
+            "max_new_tokens": max_new_tokens,
+            "repeats": repeats,
+            "model": str(model_dir),
+        },
+    )
 
 
 def report(samples: dict, stack: dict) -> dict:
-    rows = [{"path": path, "concurrency": c, "tok_s": max(values), "runs": values}
-            for (path, c), values in sorted(samples.items(), key=lambda item: (item[0][1], item[0][0]))]
+    rows = [
+        {"path": path, "concurrency": c, "tok_s": max(values), "runs": values}
+        for (path, c), values in sorted(samples.items(), key=lambda item: (item[0][1], item[0][0]))
+    ]
     ratios = []
     for c in sorted({c for _, c in samples}):
         for top, bottom in (("portable", "generate"), ("continuous", "generate"), ("portable", "continuous")):
             if (top, c) in samples and (bottom, c) in samples:
                 per_run = [a / b for a, b in zip(samples[(top, c)], samples[(bottom, c)])]
-                ratios.append({"concurrency": c, "ratio": f"{top}/{bottom}",
-                               "best": max(samples[(top, c)]) / max(samples[(bottom, c)]),
-                               "low": min(per_run), "high": max(per_run)})
+                ratios.append(
+                    {
+                        "concurrency": c,
+                        "ratio": f"{top}/{bottom}",
+                        "best": max(samples[(top, c)]) / max(samples[(bottom, c)]),
+                        "low": min(per_run),
+                        "high": max(per_run),
+                    }
+                )
     return {"stack": stack, "rows": rows, "ratios": ratios}
 
 
 def format_report(result: dict) -> str:
     stack = result["stack"]
-    lines = [f"Python {stack['python']}, torch {stack['torch']}, transformers {stack['transformers']}, "
-             f"{stack['threads']} threads, {stack['max_new_tokens']} new tokens, best of {stack['repeats']}",
-             "", f"{'path':11} {'c':>3} {'tok/s':>8}"]
+    lines = [
+        (
+            f"Python {stack['python']}, torch {stack['torch']}, transformers {stack['transformers']}, "
+            f"{stack['threads']} threads, {stack['max_new_tokens']} new tokens, best of {stack['repeats']}"
+        ),
+        "",
+        f"{'path':11} {'c':>3} {'tok/s':>8}",
+    ]
     lines += [f"{row['path']:11} {row['concurrency']:>3} {row['tok_s']:>8.1f}" for row in result["rows"]]
     lines += ["", "ratios (best / best, and the range of run-by-run ratios):"]
-    lines += [f"  c={r['concurrency']:<3} {r['ratio']:22} {r['best']:.2f}  [{r['low']:.2f}-{r['high']:.2f}]"
-              for r in result["ratios"]]
+    lines += [
+        f"  c={r['concurrency']:<3} {r['ratio']:22} {r['best']:.2f}  [{r['low']:.2f}-{r['high']:.2f}]"
+        for r in result["ratios"]
+    ]
     return "\n".join(lines)
 
 
@@ -195,8 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.path.insert(0, str(MODEL_ROOT))
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         model_dir = args.model or build_bench_model(Path(tmp))
-        result = run_benchmark(model_dir, [int(c) for c in args.concurrency.split(",")], args.max_new_tokens,
-                               args.threads, args.repeats)
+        result = run_benchmark(
+            model_dir, [int(c) for c in args.concurrency.split(",")], args.max_new_tokens, args.threads, args.repeats
+        )
     print(format_report(result))
     if args.json:
         print(json.dumps(result))

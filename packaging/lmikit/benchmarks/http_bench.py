@@ -5,6 +5,7 @@ more client probes `/ping` every 50 ms. It prints how many streams completed, th
 /ping latency p50 / max during the burst. Point it at any `lmi serve`, e.g. one started from an older checkout, to
 compare HTTP servers side by side; this is how uvicorn + starlette replaced the standard library's `http.server`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,8 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 from urllib.parse import urlparse
 
 PROMPT = "The quick brown fox"
@@ -64,9 +65,15 @@ def run(url: str, clients: int, max_new_tokens: int) -> dict:
     stop.set()
     prober.join()
     ordered = sorted(latencies) or [float("nan")]
-    return {"clients": clients, "completed": outcomes.pop("ok", 0), "stream_errors": dict(outcomes),
-            "ping_errors": dict(errors), "ping_p50_ms": 1000 * ordered[len(ordered) // 2],
-            "ping_max_ms": 1000 * ordered[-1], "seconds": elapsed}
+    return {
+        "clients": clients,
+        "completed": outcomes.pop("ok", 0),
+        "stream_errors": dict(outcomes),
+        "ping_errors": dict(errors),
+        "ping_p50_ms": 1000 * ordered[len(ordered) // 2],
+        "ping_max_ms": 1000 * ordered[-1],
+        "seconds": elapsed,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

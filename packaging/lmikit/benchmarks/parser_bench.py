@@ -5,12 +5,13 @@ multi-byte characters, cuts it into PayloadPart-sized pieces (16-256 bytes, cutt
 and times `Stream(parts).text()`, format detection included. The same is timed on a body a tenth the size;
 a parser that is linear in the input shows a time ratio near 10.
 """
+
 from __future__ import annotations
 
 import argparse
 import random
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from lmikit.benchmarks import recordings
 from lmikit.client import Stream

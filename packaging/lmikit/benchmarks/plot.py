@@ -1,13 +1,18 @@
 """`lmi bench`'s PNG: tokens/s, TTFT, ITL and end-to-end latency against concurrency, one line per system."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .stats import LevelResult
 
-PANELS = (("tok_s", "aggregate tokens/s"), ("ttft_p50_ms", "TTFT p50 (ms)"), ("itl_p50_ms", "ITL p50 (ms)"),
-          ("e2e_p50_ms", "end-to-end p50 (ms)"))
+PANELS = (
+    ("tok_s", "aggregate tokens/s"),
+    ("ttft_p50_ms", "TTFT p50 (ms)"),
+    ("itl_p50_ms", "ITL p50 (ms)"),
+    ("e2e_p50_ms", "end-to-end p50 (ms)"),
+)
 
 
 def write_plot(results: Sequence[LevelResult], path: Path, title: str) -> None:

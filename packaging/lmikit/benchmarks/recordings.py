@@ -4,10 +4,14 @@ Shared by the client tests and `parser_bench`. The bytes follow the servers' own
 LMI 0.23 `json.dumps` (ensure_ascii, ", " / ": "), newest LMI (ensure_ascii=False), TGI and OpenAI
 servers (compact separators, raw UTF-8).
 """
+
 from __future__ import annotations
 
+import itertools
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
+
 
 def lmi023_jsonlines(tokens: Sequence[str]) -> bytes:
     """LMI 0.23 `jsonlines`: `{"outputs": [" a"]}\\n` per step, no final line."""
@@ -54,7 +58,7 @@ def openai_sse(tokens: Sequence[str]) -> bytes:
 def split(body: bytes, offsets: Sequence[int]) -> list[bytes]:
     """Cut `body` at the given offsets (any order, repeats allowed): the parts a network might deliver."""
     cuts = [0, *sorted(offsets), len(body)]
-    return [body[start:end] for start, end in zip(cuts, cuts[1:])]
+    return [body[start:end] for start, end in itertools.pairwise(cuts)]
 
 
 def _lmi_lines(tokens: Sequence[str], prompt: str) -> list[dict[str, Any]]:

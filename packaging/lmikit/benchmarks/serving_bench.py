@@ -14,6 +14,7 @@ For each path and concurrency it reports TTFT p50, inter-chunk gap (ITL) p50 / p
 with a static batch of the same size. CPU timings move with other load: `/proc/loadavg` is printed first, and
 `--threads` (default 1, like the model process of a perf test) is applied to every path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from lmikit.server.process import running_endpoint
 
@@ -121,8 +122,11 @@ def measure_generate(model, prompt_ids: list[int], batch: int, max_new_tokens: i
     import torch
 
     input_ids = torch.tensor([prompt_ids] * batch)
-    settings = {"do_sample": False, "pad_token_id": model.generation_config.eos_token_id,
-                "attention_mask": torch.ones_like(input_ids)}
+    settings = {
+        "do_sample": False,
+        "pad_token_id": model.generation_config.eos_token_id,
+        "attention_mask": torch.ones_like(input_ids),
+    }
 
     def timed(new_tokens: int) -> float:
         start = time.perf_counter()
@@ -132,8 +136,9 @@ def measure_generate(model, prompt_ids: list[int], batch: int, max_new_tokens: i
 
     ttft, total = timed(1), timed(max_new_tokens)
     step = (total - ttft) / max(1, max_new_tokens - 1)
-    return Row("generate", batch, batch * max_new_tokens, batch * max_new_tokens / total, 1000 * ttft,
-               1000 * step, 1000 * step)
+    return Row(
+        "generate", batch, batch * max_new_tokens, batch * max_new_tokens / total, 1000 * ttft, 1000 * step, 1000 * step
+    )
 
 
 # ---- engine: driven directly -----------------------------------------------------------------------------
@@ -147,8 +152,12 @@ def start_engine(model_dir: Path, batch: int, model_root: Path = MODEL_ROOT, eng
     from lmistream.config import HandlerConfig
     from lmistream.engines import create_engine
 
-    props = {"model_id": str(model_dir), "dtype": "fp32", "max_rolling_batch_size": str(batch),
-             "generation_engine": engine_name}
+    props = {
+        "model_id": str(model_dir),
+        "dtype": "fp32",
+        "max_rolling_batch_size": str(batch),
+        "generation_engine": engine_name,
+    }
     engine = create_engine(HandlerConfig.from_properties(props))
     routes: dict[str, Callable] = {}
     engine.start(lambda update: routes[update.request_id](update))
@@ -244,14 +253,20 @@ def best(measure: Callable[[], Row], repeats: int) -> Row:
     return max((measure() for _ in range(repeats)), key=lambda row: row.tok_s)
 
 
-def measure_reference(model_dir: Path, concurrencies: Sequence[int], max_new_tokens: int, repeats: int,
-                      paths: Sequence[str], rows: list[Row]) -> list[int]:
+def measure_reference(
+    model_dir: Path,
+    concurrencies: Sequence[int],
+    max_new_tokens: int,
+    repeats: int,
+    paths: Sequence[str],
+    rows: list[Row],
+) -> list[int]:
     """Append the `generate` rows (single stream and every batch size); return the prompt's token ids."""
     tokenizer, model = load_reference(model_dir)
     prompt_ids = list(tokenizer.encode(PROMPT))
     if "generate" in paths:
         for batch in sorted({1, *concurrencies}):
-            rows.append(best(lambda: measure_generate(model, prompt_ids, batch, max_new_tokens), repeats))
+            rows.append(best(lambda batch=batch: measure_generate(model, prompt_ids, batch, max_new_tokens), repeats))
     return prompt_ids
 
 
@@ -261,15 +276,28 @@ def in_thread(work: Callable[[], object]):
         return pool.submit(work).result()
 
 
-def run_benchmark(model_dir: Path, concurrencies: Sequence[int], max_new_tokens: int, threads: int = 1,
-                  repeats: int = 1, djl_version: str = "newest", paths: Sequence[str] = ("generate", "engine",
-                  "endpoint"), model_root: Path = MODEL_ROOT) -> dict:
+def run_benchmark(
+    model_dir: Path,
+    concurrencies: Sequence[int],
+    max_new_tokens: int,
+    threads: int = 1,
+    repeats: int = 1,
+    djl_version: str = "newest",
+    paths: Sequence[str] = ("generate", "engine", "endpoint"),
+    model_root: Path = MODEL_ROOT,
+) -> dict:
     """Measure every path at every concurrency; the report holds the rows and the tokens/s ratios."""
     import torch
 
     torch.set_num_threads(threads)
-    report = {"loadavg": _loadavg(), "model": str(model_dir), "handler": str(model_root), "threads": threads, "max_new_tokens": max_new_tokens,
-              "rows": []}
+    report = {
+        "loadavg": _loadavg(),
+        "model": str(model_dir),
+        "handler": str(model_root),
+        "threads": threads,
+        "max_new_tokens": max_new_tokens,
+        "rows": [],
+    }
     rows: list[Row] = []
     # in a thread that ends with it: a live thread that ran torch ops keeps an OpenMP pool that slows the
     # engine's generation thread (see lmistream.engines.loading.in_setup_thread)
@@ -280,13 +308,13 @@ def run_benchmark(model_dir: Path, concurrencies: Sequence[int], max_new_tokens:
         engine = start_engine(model_dir, batch, model_root)
         try:
             for c in concurrencies:
-                rows.append(best(lambda: measure_engine(engine, prompt_ids, c, max_new_tokens), repeats))
+                rows.append(best(lambda c=c: measure_engine(engine, prompt_ids, c, max_new_tokens), repeats))
         finally:
             engine.stop()
     if "endpoint" in paths:
         with serve(model_dir, batch, threads, djl_version, model_root) as port:
             for c in concurrencies:
-                rows.append(best(lambda: measure_endpoint(port, PROMPT, c, max_new_tokens), repeats))
+                rows.append(best(lambda c=c: measure_endpoint(port, PROMPT, c, max_new_tokens), repeats))
     report["rows"] = [asdict(row) for row in rows]
     report["ratios"] = ratios(rows)
     return report
@@ -312,14 +340,15 @@ def format_report(report: dict) -> str:
     lines = [
         f"loadavg at start: {report['loadavg']}",
         f"model: {report['model']}  handler: {report['handler']}",
-        f"threads: {report['threads']}  prompt: {report['prompt_tokens']} tokens  "
-        f"max_new_tokens: {report['max_new_tokens']}",
+        f"threads: {report['threads']}  prompt: {report['prompt_tokens']} tokens  max_new_tokens: {report['max_new_tokens']}",
         "",
         f"{'path':9} {'c':>3} {'tokens':>7} {'tok/s':>8} {'TTFT p50':>9} {'ITL p50':>8} {'ITL p99':>8}  (ms)",
     ]
     for row in report["rows"]:
-        lines.append(f"{row['path']:9} {row['concurrency']:>3} {row['tokens']:>7} {row['tok_s']:>8.1f} "
-                     f"{row['ttft_p50_ms']:>9.1f} {row['itl_p50_ms']:>8.1f} {row['itl_p99_ms']:>8.1f}")
+        lines.append(
+            f"{row['path']:9} {row['concurrency']:>3} {row['tokens']:>7} {row['tok_s']:>8.1f} "
+            f"{row['ttft_p50_ms']:>9.1f} {row['itl_p50_ms']:>8.1f} {row['itl_p99_ms']:>8.1f}"
+        )
     lines += ["", "tokens/s ratios (generate = static batch of the same size):"]
     for entry in report["ratios"]:
         parts = [f"{key} {value:.2f}" for key, value in entry.items() if key != "concurrency"]
@@ -341,17 +370,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every path (default 1)")
     parser.add_argument("--repeats", type=int, default=1, help="measured runs after a warm-up; the best is kept")
-    parser.add_argument("--djl-version", choices=["0.23", "newest"], default="newest",
-                        help="replayed DJL protocol (newest streams one line per token, so counts are exact)")
+    parser.add_argument(
+        "--djl-version",
+        choices=["0.23", "newest"],
+        default="newest",
+        help="replayed DJL protocol (newest streams one line per token, so counts are exact)",
+    )
     parser.add_argument("--paths", default="generate,engine,endpoint", help="which paths to run")
-    parser.add_argument("--model-root", type=Path, default=MODEL_ROOT,
-                        help="directory with model.py and lmistream (default: the repo's model/)")
+    parser.add_argument(
+        "--model-root",
+        type=Path,
+        default=MODEL_ROOT,
+        help="directory with model.py and lmistream (default: the repo's model/)",
+    )
     parser.add_argument("--json", action="store_true", help="also print the report as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    report = run_benchmark(model_dir_for(args.model), concurrencies, args.max_new_tokens, args.threads,
-                           args.repeats, args.djl_version, args.paths.split(","), args.model_root.resolve())
+    report = run_benchmark(
+        model_dir_for(args.model),
+        concurrencies,
+        args.max_new_tokens,
+        args.threads,
+        args.repeats,
+        args.djl_version,
+        args.paths.split(","),
+        args.model_root.resolve(),
+    )
     print(format_report(report))
     if args.json:
         print(json.dumps(report))

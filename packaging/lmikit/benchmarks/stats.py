@@ -7,11 +7,12 @@ over first send to last token) and the error count. Ratios between systems are t
 machine drift between repeats cancels, and reported as the ratio of the best runs with the range of the per-repeat
 ratios. No torch, no matplotlib, no I/O.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 
 @dataclass
@@ -77,11 +78,21 @@ def summarize(system: str, concurrency: int, records: Sequence[RequestRecord], r
     latencies = [r.latency for r in done]
     ms = lambda values, q: 1000 * percentile(values, q)
     return LevelResult(
-        system=system, concurrency=concurrency, requests=len(records),
-        errors=sum(r.error is not None for r in records), tokens=tokens, duration_s=end - start,
+        system=system,
+        concurrency=concurrency,
+        requests=len(records),
+        errors=sum(r.error is not None for r in records),
+        tokens=tokens,
+        duration_s=end - start,
         tok_s=tokens / (end - start) if end > start else 0.0,
-        ttft_p50_ms=ms(ttfts, 50), ttft_p95_ms=ms(ttfts, 95), itl_p50_ms=ms(gaps, 50), itl_p95_ms=ms(gaps, 95),
-        e2e_p50_ms=ms(latencies, 50), e2e_p95_ms=ms(latencies, 95), repeat=repeat)
+        ttft_p50_ms=ms(ttfts, 50),
+        ttft_p95_ms=ms(ttfts, 95),
+        itl_p50_ms=ms(gaps, 50),
+        itl_p95_ms=ms(gaps, 95),
+        e2e_p50_ms=ms(latencies, 50),
+        e2e_p95_ms=ms(latencies, 95),
+        repeat=repeat,
+    )
 
 
 def best_runs(results: Iterable[LevelResult]) -> list[LevelResult]:
@@ -108,6 +119,7 @@ class Ratio:
 
 def ratio(results: Sequence[LevelResult], top: str, bottom: str, concurrency: int) -> Ratio | None:
     """The ratio of two systems' tokens/s at `concurrency`, repeat by repeat; None unless both ran."""
+
     def by_repeat(system: str) -> Mapping[int, float]:
         return {r.repeat: r.tok_s for r in results if r.system == system and r.concurrency == concurrency}
 
@@ -127,15 +139,27 @@ def overhead_ms(results: Sequence[LevelResult], system: str, reference: str, con
     return best[(system, concurrency)].itl_p50_ms - best[(reference, concurrency)].itl_p50_ms
 
 
-COLUMNS = (("system", "system"), ("c", "concurrency"), ("tok/s", "tok_s"), ("TTFT p50", "ttft_p50_ms"),
-           ("TTFT p95", "ttft_p95_ms"), ("ITL p50", "itl_p50_ms"), ("ITL p95", "itl_p95_ms"),
-           ("E2E p50", "e2e_p50_ms"), ("E2E p95", "e2e_p95_ms"), ("tokens", "tokens"), ("errors", "errors"))
+COLUMNS = (
+    ("system", "system"),
+    ("c", "concurrency"),
+    ("tok/s", "tok_s"),
+    ("TTFT p50", "ttft_p50_ms"),
+    ("TTFT p95", "ttft_p95_ms"),
+    ("ITL p50", "itl_p50_ms"),
+    ("ITL p95", "itl_p95_ms"),
+    ("E2E p50", "e2e_p50_ms"),
+    ("E2E p95", "e2e_p95_ms"),
+    ("tokens", "tokens"),
+    ("errors", "errors"),
+)
 
 
 def markdown_table(results: Sequence[LevelResult]) -> str:
     """One row per system and concurrency (latencies in ms), ordered by concurrency then system."""
-    lines = ["| " + " | ".join(title for title, _ in COLUMNS) + " |",
-             "|" + "|".join(" --- " if key == "system" else " ---: " for _, key in COLUMNS) + "|"]
+    lines = [
+        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
+        "|" + "|".join(" --- " if key == "system" else " ---: " for _, key in COLUMNS) + "|",
+    ]
     for result in sorted(results, key=lambda r: (r.concurrency, r.system)):
         lines.append("| " + " | ".join(_cell(getattr(result, key)) for _, key in COLUMNS) + " |")
     return "\n".join(lines)

@@ -6,13 +6,15 @@ through boto3 (a local `lmi serve` by URL, or a real endpoint by name), and an O
 `lmikit.client.Stream`; a token counts when its event is parsed. `closed_loop` runs `c` clients that each send
 their share of a level's requests one after another.
 """
+
 from __future__ import annotations
 
 import http.client
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -43,8 +45,14 @@ def record(sent: float, stream: Iterator[Any]) -> RequestRecord:
 class HttpTarget:
     """A streamed POST to one path of an HTTP server; the body is made per prompt by `body`."""
 
-    def __init__(self, url: str, path: str, body: Callable[[str, int], dict[str, Any]], fmt: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        body: Callable[[str, int], dict[str, Any]],
+        fmt: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         parts = urlsplit(url)
         self._connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         self._netloc = parts.netloc
@@ -61,8 +69,9 @@ class HttpTarget:
             if response.status != 200:
                 return RequestRecord(sent, error=f"HTTP {response.status}: {response.read()[:200]!r}")
             parts = iter(lambda: response.read1(65536), b"")
-            return record(sent, iter(Stream(parts, fmt=self._fmt, content_type=response.getheader("Content-Type"),
-                                            start=sent)))
+            return record(
+                sent, iter(Stream(parts, fmt=self._fmt, content_type=response.getheader("Content-Type"), start=sent))
+            )
         except OSError as error:
             return RequestRecord(sent, error=f"{type(error).__name__}: {error}")
         finally:
@@ -81,10 +90,13 @@ def container_target(url: str) -> HttpTarget:
 
 def openai_target(url: str, model: str, api: str = "chat", api_key: str | None = None) -> HttpTarget:
     """An OpenAI-compatible server (`url` without `/v1`): chat messages or a raw completions prompt, greedy."""
+
     def body(prompt: str, max_new_tokens: int) -> dict[str, Any]:
         base = {"model": model, "max_tokens": max_new_tokens, "temperature": 0, "stream": True}
-        return {**base, "messages": [{"role": "user", "content": prompt}]} if api == "chat" else {**base,
-                                                                                                    "prompt": prompt}
+        return (
+            {**base, "messages": [{"role": "user", "content": prompt}]} if api == "chat" else {**base, "prompt": prompt}
+        )
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     return HttpTarget(url, f"/v1/{'chat/completions' if api == 'chat' else 'completions'}", body, "sse", headers)
 
@@ -104,9 +116,16 @@ class RuntimeTarget:
         return record(sent, iter(stream))
 
 
-def closed_loop(target: Target, prompts: Sequence[str], concurrency: int, rounds: int, max_new_tokens: int,
-                on_done: Callable[[RequestRecord], None] = lambda _: None) -> list[RequestRecord]:
+def closed_loop(
+    target: Target,
+    prompts: Sequence[str],
+    concurrency: int,
+    rounds: int,
+    max_new_tokens: int,
+    on_done: Callable[[RequestRecord], None] = lambda _: None,
+) -> list[RequestRecord]:
     """`concurrency` clients, each sending `rounds` requests back to back (prompts taken in turn)."""
+
     def client(index: int) -> list[RequestRecord]:
         records = []
         for turn in range(rounds):
@@ -124,6 +143,12 @@ class ClosedLoop:
     def __init__(self, target: Target) -> None:
         self._target = target
 
-    def run_level(self, prompts: Sequence[str], concurrency: int, rounds: int, max_new_tokens: int,
-                  on_done: Callable[[RequestRecord], None]) -> list[RequestRecord]:
+    def run_level(
+        self,
+        prompts: Sequence[str],
+        concurrency: int,
+        rounds: int,
+        max_new_tokens: int,
+        on_done: Callable[[RequestRecord], None],
+    ) -> list[RequestRecord]:
         return closed_loop(self._target, prompts, concurrency, rounds, max_new_tokens, on_done)

@@ -13,13 +13,15 @@ own CPU time per generated token (vLLM's engine-core processes left out): the fr
 overhead shows. The best run of each level, and the lmi/vLLM ratios (best over best, range over repeats), go to
 `--out`/vllm_bench.md.
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
 
 import click
 import psutil
@@ -45,29 +47,60 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def vllm_openai(settings: Settings) -> ContextManager[RunningEndpoint]:
-    command = lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
-                            str(settings.model_dir), "--served-model-name", "model", "--host", "127.0.0.1",
-                            "--port", str(port), "--dtype", "float32", "--enforce-eager",
-                            "--max-num-seqs", str(settings.max_batch), "--kv-cache-memory-bytes", str(KV_CACHE_BYTES)]
+def vllm_openai(settings: Settings) -> AbstractContextManager[RunningEndpoint]:
+    command = lambda port: [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(settings.model_dir),
+        "--served-model-name",
+        "model",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-num-seqs",
+        str(settings.max_batch),
+        "--kv-cache-memory-bytes",
+        str(KV_CACHE_BYTES),
+    ]
     return running_server(command, _env(), ready_timeout=START_TIMEOUT_S, ready_path="/health")
 
 
-def lmi_serve(settings: Settings, *options: str) -> ContextManager[RunningEndpoint]:
+def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[RunningEndpoint]:
     """`lmi serve` of the repository's own project (model/model.py) on the vLLM engine."""
-    args = ["--project-dir", str(Path(__file__).resolve().parents[3]), "--model-id", str(settings.model_dir),
-            "--djl-version", "newest"]
-    for option in ("generation_engine=vllm", "dtype=fp32", "enforce_eager=true",
-                   f"max_rolling_batch_size={settings.max_batch}", *options):
+    args = [
+        "--project-dir",
+        str(Path(__file__).resolve().parents[3]),
+        "--model-id",
+        str(settings.model_dir),
+        "--djl-version",
+        "newest",
+    ]
+    for option in (
+        "generation_engine=vllm",
+        "dtype=fp32",
+        "enforce_eager=true",
+        f"max_rolling_batch_size={settings.max_batch}",
+        *options,
+    ):
         args += ["--option", option]
     return running_endpoint(args, _env(), ready_timeout=START_TIMEOUT_S)
 
 
-STARTERS: dict[str, tuple[Callable[[Settings], ContextManager[RunningEndpoint]], Callable[[str], object]]] = {
+STARTERS: dict[str, tuple[Callable[[Settings], AbstractContextManager[RunningEndpoint]], Callable[[str], object]]] = {
     "vllm-openai": (vllm_openai, lambda url: openai_target(url, "model", api="completions")),
     "lmi-rolling": (lambda s: lmi_serve(s, "rolling_batch=vllm", "output_formatter=jsonlines"), container_target),
-    "lmi-async": (lambda s: lmi_serve(s, "rolling_batch=disable", "async_mode=true", "enable_streaming=true",
-                                      "output_formatter=jsonlines"), container_target),
+    "lmi-async": (
+        lambda s: lmi_serve(
+            s, "rolling_batch=disable", "async_mode=true", "enable_streaming=true", "output_formatter=jsonlines"
+        ),
+        container_target,
+    ),
 }
 
 
@@ -77,8 +110,15 @@ class Level:
     frontend_ms_per_token: float
 
 
-def run_system(name: str, settings: Settings, prompts: Sequence[str], levels: Sequence[int], rounds: int,
-               max_new_tokens: int, repeat: int) -> list[Level]:
+def run_system(
+    name: str,
+    settings: Settings,
+    prompts: Sequence[str],
+    levels: Sequence[int],
+    rounds: int,
+    max_new_tokens: int,
+    repeat: int,
+) -> list[Level]:
     """Start one system, warm it with one request, run every level, stop it."""
     start, target_for = STARTERS[name]
     with start(settings) as endpoint:
@@ -87,17 +127,27 @@ def run_system(name: str, settings: Settings, prompts: Sequence[str], levels: Se
         return [_level(name, target, endpoint, prompts, c, rounds, max_new_tokens, repeat) for c in levels]
 
 
-def _level(name: str, target: object, endpoint: RunningEndpoint, prompts: Sequence[str], concurrency: int,
-           rounds: int, max_new_tokens: int, repeat: int) -> Level:
+def _level(
+    name: str,
+    target: object,
+    endpoint: RunningEndpoint,
+    prompts: Sequence[str],
+    concurrency: int,
+    rounds: int,
+    max_new_tokens: int,
+    repeat: int,
+) -> Level:
     process = psutil.Process(endpoint.process.pid)
     before = sum(process.cpu_times()[:2])
     records = closed_loop(target, prompts, concurrency, rounds, max_new_tokens)
     result = summarize(name, concurrency, records, repeat)
     cpu_s = sum(process.cpu_times()[:2]) - before
     level = Level(result, 1000 * cpu_s / max(result.tokens, 1))
-    click.echo(f"{name:>12} c={concurrency:<3} repeat {repeat + 1}: {result.tok_s:6.1f} tok/s  TTFT p50 "
-               f"{result.ttft_p50_ms:6.0f} ms  ITL p50 {result.itl_p50_ms:5.1f} ms  frontend "
-               f"{level.frontend_ms_per_token:.3f} CPU ms/token  errors {result.errors}")
+    click.echo(
+        f"{name:>12} c={concurrency:<3} repeat {repeat + 1}: {result.tok_s:6.1f} tok/s  TTFT p50 "
+        f"{result.ttft_p50_ms:6.0f} ms  ITL p50 {result.itl_p50_ms:5.1f} ms  frontend "
+        f"{level.frontend_ms_per_token:.3f} CPU ms/token  errors {result.errors}"
+    )
     return level
 
 
@@ -110,20 +160,29 @@ def report(levels: Sequence[Level], systems: Sequence[str], concurrencies: Seque
         if key not in best or level.result.tok_s > best[key].result.tok_s:
             best[key] = level
     results = [level.result for level in levels]
-    ratios = [found for system in systems if system != "vllm-openai" for c in concurrencies
-              if (found := ratio(results, system, "vllm-openai", c)) is not None]
+    ratios = [
+        found
+        for system in systems
+        if system != "vllm-openai"
+        for c in concurrencies
+        if (found := ratio(results, system, "vllm-openai", c)) is not None
+    ]
     lines = ["| system | c | frontend CPU ms/token | TTFT p50 / vllm-openai's |", "| --- | ---: | ---: | ---: |"]
     for (system, c), level in sorted(best.items(), key=lambda item: (item[0][1], item[0][0])):
         reference = best.get(("vllm-openai", c))
         ttft = level.result.ttft_p50_ms / reference.result.ttft_p50_ms if reference else float("nan")
         lines.append(f"| {system} | {c} | {level.frontend_ms_per_token:.3f} | {ttft:.2f} |")
-    return "\n\n".join([markdown_table([level.result for level in best.values()]), ratio_table(ratios),
-                        "\n".join(lines)])
+    return "\n\n".join(
+        [markdown_table([level.result for level in best.values()]), ratio_table(ratios), "\n".join(lines)]
+    )
 
 
 @click.command()
-@click.option("--model-id", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A local model directory (default: the embedded SmolLM2).")
+@click.option(
+    "--model-id",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A local model directory (default: the embedded SmolLM2).",
+)
 @click.option("--systems", default=",".join(SYSTEMS), show_default=True)
 @click.option("--concurrency", default="1,8,32", show_default=True)
 @click.option("--prompt-tokens", default=32, show_default=True)
@@ -131,16 +190,28 @@ def report(levels: Sequence[Level], systems: Sequence[str], concurrencies: Seque
 @click.option("--rounds", default=2, show_default=True, help="Requests each stream sends per level.")
 @click.option("--repeats", default=2, show_default=True, help="Turns of every system, alternated.")
 @click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-def main(model_id: Path | None, systems: str, concurrency: str, prompt_tokens: int, max_new_tokens: int, rounds: int,
-         repeats: int, out: Path) -> None:
+def main(
+    model_id: Path | None,
+    systems: str,
+    concurrency: str,
+    prompt_tokens: int,
+    max_new_tokens: int,
+    rounds: int,
+    repeats: int,
+    out: Path,
+) -> None:
     """lmi serve's vLLM engine against vLLM's own OpenAI server (run with a python that has vLLM)."""
     from transformers import AutoTokenizer
 
     settings = Settings(model_id or ensure_smollm2(), max_batch=32)
     names, levels = systems.split(","), [int(c) for c in concurrency.split(",")]
     prompts = make_prompts(max(levels) * rounds, prompt_tokens, AutoTokenizer.from_pretrained(settings.model_dir))
-    results = [level for repeat in range(repeats) for name in names
-               for level in run_system(name, settings, prompts, levels, rounds, max_new_tokens, repeat)]
+    results = [
+        level
+        for repeat in range(repeats)
+        for name in names
+        for level in run_system(name, settings, prompts, levels, rounds, max_new_tokens, repeat)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     text = report(results, names, levels)
     (out / "vllm_bench.md").write_text(text + "\n", encoding="utf-8")

@@ -4,10 +4,12 @@ No Streamlit here: the page hands `Answer.pieces()` to `st.write_stream`, then s
 an answer can fail (the endpoint missing, unreachable, refusing the request, timing out, or breaking the stream)
 ends the pieces early and leaves a readable `error`, so the page never shows a traceback.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import urllib3.exceptions
 from botocore.exceptions import (

@@ -5,6 +5,7 @@ endpoint from `target` (the environment `lmi chat` sets, or `endpoint_name` as i
 The request format is `auto` by default: chat messages (the model's chat template) first; an endpoint that refuses
 them before answering gets the prompt transcript instead, for the rest of the session.
 """
+
 from __future__ import annotations
 
 import os

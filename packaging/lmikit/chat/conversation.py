@@ -10,10 +10,12 @@ An answer that failed, and the question it answered, are left out of later reque
 ones LMI and TGI both read: temperature 0 means greedy (no `do_sample`, no `temperature`, which TGI requires to be
 positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1). Chat mode sends OpenAI's names.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 USER = "user"
 ASSISTANT = "assistant"

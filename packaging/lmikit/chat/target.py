@@ -4,10 +4,12 @@
 the environment: `endpoint_name` (the variable the blog's chatbot reads) and `LMI_ENDPOINT_URL`. With neither a
 name nor a URL, the page talks to the local endpoint `lmi serve` starts by default.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..invoke import DEFAULT_ENDPOINT, runtime_client
 
@@ -24,8 +26,7 @@ class ChatTarget:
     endpoint_url: str | None
 
     @classmethod
-    def resolve(cls, endpoint_name: str | None, endpoint_url: str | None,
-                environ: Mapping[str, str]) -> ChatTarget:
+    def resolve(cls, endpoint_name: str | None, endpoint_url: str | None, environ: Mapping[str, str]) -> ChatTarget:
         """Flags first, then the environment; a URL without a name gets `lmi serve`'s default name."""
         name = endpoint_name or environ.get(ENDPOINT_NAME_VARIABLE) or None
         url = endpoint_url or environ.get(ENDPOINT_URL_VARIABLE) or None

@@ -1,4 +1,5 @@
 """Client side of LMI response streaming: lines, typed events and `Stream` over boto3's event stream or raw bytes."""
+
 from __future__ import annotations
 
 from .errors import InternalStreamFailure, ModelError, ModelStreamError, ParseError, StreamError

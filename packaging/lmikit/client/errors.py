@@ -1,11 +1,12 @@
 """Errors a response stream can end with; every one derives from `StreamError`.
 
-    StreamError
-    ├── ModelStreamError      SageMaker ended the stream: model timed out or broke it (exception frame)
-    ├── InternalStreamFailure SageMaker itself failed mid-stream (exception frame)
-    ├── ModelError            the model reported an error in-band, as a line of its output format
-    └── ParseError            the bytes are not in the expected output format
+StreamError
+├── ModelStreamError      SageMaker ended the stream: model timed out or broke it (exception frame)
+├── InternalStreamFailure SageMaker itself failed mid-stream (exception frame)
+├── ModelError            the model reported an error in-band, as a line of its output format
+└── ParseError            the bytes are not in the expected output format
 """
+
 from __future__ import annotations
 
 

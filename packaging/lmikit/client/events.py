@@ -9,13 +9,15 @@ Whatever the framing, every JSON payload is read by one function, `event_from_pa
 SSE comments are skipped; each SSE `data:` line carries one whole JSON payload, as all these servers send.
 Invariant: the events do not depend on where the bytes are split into parts (for `json`, their text).
 """
+
 from __future__ import annotations
 
 import codecs
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .errors import ParseError
 from .lines import LineDecoder

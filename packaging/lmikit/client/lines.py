@@ -5,6 +5,7 @@ a trailing "\\r" is dropped (CRLF). Each byte is scanned once: a chunk without a
 appended to the pending list, so many small parts of one long line cost linear time. A final line
 without a newline comes out of `flush()` (the SageMaker SDK's LineIterator hangs on it instead).
 """
+
 from __future__ import annotations
 
 

@@ -5,11 +5,13 @@ botocore raises `EventStreamError` for in-stream exception frames; they become t
 `ModelStreamError` / `InternalStreamFailure`, and in-band error events become `ModelError`.
 Timings use one clock (`time.perf_counter` unless injected); a token counts when it is parsed.
 """
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from botocore.exceptions import EventStreamError
 
@@ -125,8 +127,13 @@ def invoke_chat_stream(
     return invoke_body_stream(client, endpoint_name, body, "sse", custom_attributes)
 
 
-def invoke_body_stream(client: Any, endpoint_name: str, body: Mapping[str, Any], fmt: str | None = None,
-                       custom_attributes: str | None = None) -> Stream:
+def invoke_body_stream(
+    client: Any,
+    endpoint_name: str,
+    body: Mapping[str, Any],
+    fmt: str | None = None,
+    custom_attributes: str | None = None,
+) -> Stream:
     """Send any JSON request body with `"stream": true` added; the two functions above build the usual ones."""
     request: dict[str, Any] = {
         "EndpointName": endpoint_name,

@@ -1,4 +1,5 @@
 """`lmi build`: validate the project for an image, then write a deterministic model.tar.gz."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +13,17 @@ from .common import DEFAULT_TARBALL, validated_build
 
 @click.command("build")
 @click.argument("project_dir", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Archive to write (default: PROJECT_DIR/dist/model.tar.gz).")
-@click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
-              help="The image to build for: its Python stack decides requirements.txt and what is checked.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Archive to write (default: PROJECT_DIR/dist/model.tar.gz).",
+)
+@click.option(
+    "--image",
+    default=aws_deploy.DEFAULT_IMAGE,
+    show_default=True,
+    help="The image to build for: its Python stack decides requirements.txt and what is checked.",
+)
 def build_command(project_dir: Path, out: Path | None, image: str) -> None:
     """Validate the project for the image, then write a deterministic model.tar.gz."""
     report = validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, image, Console(stderr=True))

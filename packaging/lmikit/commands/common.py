@@ -1,9 +1,10 @@
 """What the lifecycle commands share: the validated build and one-line AWS errors."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
@@ -22,8 +23,7 @@ def validated_build(project_dir: Path, out: Path, image: str, console: Console) 
     project = Project.at(project_dir)
     findings = validate_project(project_dir) + images.check_image(project, image)
     for finding in findings:
-        console.print(str(finding), style="red" if finding.level == "error" else "yellow",
-                      markup=False, soft_wrap=True)
+        console.print(str(finding), style="red" if finding.level == "error" else "yellow", markup=False, soft_wrap=True)
     if errors(findings):
         raise click.ClickException(f"{len(errors(findings))} error(s) in {project_dir}; nothing built")
     stack, engine = images.stack_for(image), images.generation_engine(project.properties())
@@ -31,8 +31,12 @@ def validated_build(project_dir: Path, out: Path, image: str, console: Console) 
     report = build_tarball(project_dir, out, requirements)
     for entry in report.entries:
         console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries) for {image}; "
-                  f"{images.engine_note(stack, engine, requirements)}", markup=False, soft_wrap=True)
+    console.print(
+        f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries) for {image}; "
+        f"{images.engine_note(stack, engine, requirements)}",
+        markup=False,
+        soft_wrap=True,
+    )
     return report
 
 

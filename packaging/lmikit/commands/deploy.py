@@ -1,8 +1,10 @@
 """`lmi deploy` and `lmi update`: upload model.tar.gz, then create an endpoint or roll a new version out to one."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import click
@@ -23,16 +25,27 @@ from .common import DEFAULT_TARBALL, aws_errors, validated_build
 def artifact_options(command: Callable) -> Callable:
     """What deploy and update share: the project or tarball, the role, where the artifact goes, the image."""
     options = [
-        click.option("--project-dir", default=".", show_default=True,
-                     type=click.Path(exists=True, file_okay=False, path_type=Path),
-                     help="Project to build when no --tarball is given."),
-        click.option("--tarball", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="A built model.tar.gz (default: build the project first)."),
+        click.option(
+            "--project-dir",
+            default=".",
+            show_default=True,
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Project to build when no --tarball is given.",
+        ),
+        click.option(
+            "--tarball",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="A built model.tar.gz (default: build the project first).",
+        ),
         click.option("--role", required=True, help="IAM execution role ARN for the model (never guessed)."),
         click.option("--bucket", help="S3 bucket for the artifact (default: the SageMaker SDK's default bucket)."),
         click.option("--prefix", default="lmi", show_default=True, help="S3 key prefix."),
-        click.option("--image", default=aws_deploy.DEFAULT_IMAGE, show_default=True,
-                     help="djl-deepspeed:<version>, djl-lmi:<version> or a full image URI."),
+        click.option(
+            "--image",
+            default=aws_deploy.DEFAULT_IMAGE,
+            show_default=True,
+            help="djl-deepspeed:<version>, djl-lmi:<version> or a full image URI.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -44,20 +57,52 @@ def artifact_options(command: Callable) -> Callable:
 @click.option("--instance-type", default=aws_deploy.DEFAULT_INSTANCE_TYPE, show_default=True)
 @click.option("--instance-count", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--autoscale", metavar="MIN:MAX", help="Scale the instance count between MIN and MAX (needs --wait).")
-@click.option("--target-invocations", default=autoscaling.DEFAULT_TARGET_INVOCATIONS, show_default=True,
-              type=click.FloatRange(min=0.1), help="Invocations per instance per minute that --autoscale holds.")
-@click.option("--health-check-timeout", default=aws_deploy.DEFAULT_HEALTH_CHECK_TIMEOUT, show_default=True,
-              type=click.IntRange(60, 3600), help="ContainerStartupHealthCheckTimeoutInSeconds.")
+@click.option(
+    "--target-invocations",
+    default=autoscaling.DEFAULT_TARGET_INVOCATIONS,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Invocations per instance per minute that --autoscale holds.",
+)
+@click.option(
+    "--health-check-timeout",
+    default=aws_deploy.DEFAULT_HEALTH_CHECK_TIMEOUT,
+    show_default=True,
+    type=click.IntRange(60, 3600),
+    help="ContainerStartupHealthCheckTimeoutInSeconds.",
+)
 @click.option("--endpoint-name", help="Endpoint name (default: a unique name from 'lmi-model').")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the endpoint is InService.")
-@click.option("--poll-delay", default=15.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="Seconds between DescribeEndpoint polls.")
-@click.option("--wait-timeout", default=3600.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds to wait for InService before giving up.")
+@click.option(
+    "--poll-delay",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between DescribeEndpoint polls.",
+)
+@click.option(
+    "--wait-timeout",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for InService before giving up.",
+)
 def deploy_command(
-    project_dir: Path, tarball: Path | None, role: str, bucket: str | None, prefix: str, image: str,
-    instance_type: str, instance_count: int, autoscale: str | None, target_invocations: float,
-    health_check_timeout: int, endpoint_name: str | None, wait: bool, poll_delay: float, wait_timeout: float,
+    project_dir: Path,
+    tarball: Path | None,
+    role: str,
+    bucket: str | None,
+    prefix: str,
+    image: str,
+    instance_type: str,
+    instance_count: int,
+    autoscale: str | None,
+    target_invocations: float,
+    health_check_timeout: int,
+    endpoint_name: str | None,
+    wait: bool,
+    poll_delay: float,
+    wait_timeout: float,
 ) -> None:
     """Upload model.tar.gz and create a SageMaker endpoint for it; prints the endpoint name."""
     console = Console(stderr=True)
@@ -76,16 +121,25 @@ def deploy_command(
         key = "/".join(part for part in (prefix.strip("/"), name, "model.tar.gz") if part)
         model_data_url = _upload(session.client("s3"), tarball, bucket, key, console)
         sm_client = session.client("sagemaker")
-        aws_deploy.deploy(sm_client, endpoint_name=name, image_uri=image_uri, model_data_url=model_data_url,
-                          role=role, instance_type=instance_type, health_check_timeout=health_check_timeout,
-                          instance_count=instance_count)
+        aws_deploy.deploy(
+            sm_client,
+            endpoint_name=name,
+            image_uri=image_uri,
+            model_data_url=model_data_url,
+            role=role,
+            instance_type=instance_type,
+            health_check_timeout=health_check_timeout,
+            instance_count=instance_count,
+        )
         console.print(f"Creating endpoint [bold]{name}[/] ({instance_count} x {instance_type}, {image_uri})")
         if wait:
             _wait(sm_client, session.client("logs"), name, poll_delay, wait_timeout, console)
         if scale is not None:
             autoscaling.enable(session.client("application-autoscaling"), name, *scale, target_invocations)
-            console.print(f"Autoscaling {name} between {scale[0]} and {scale[1]} instances at "
-                          f"{target_invocations:g} invocations per instance per minute")
+            console.print(
+                f"Autoscaling {name} between {scale[0]} and {scale[1]} instances at "
+                f"{target_invocations:g} invocations per instance per minute"
+            )
     click.echo(name)
 
 
@@ -94,8 +148,17 @@ def deploy_command(
 @artifact_options
 @click.option("--poll-delay", default=15.0, show_default=True, type=click.FloatRange(min=0.01))
 @click.option("--wait-timeout", default=3600.0, show_default=True, type=click.FloatRange(min=0))
-def update_command(endpoint_name: str, project_dir: Path, tarball: Path | None, role: str, bucket: str | None,
-                   prefix: str, image: str, poll_delay: float, wait_timeout: float) -> None:
+def update_command(
+    endpoint_name: str,
+    project_dir: Path,
+    tarball: Path | None,
+    role: str,
+    bucket: str | None,
+    prefix: str,
+    image: str,
+    poll_delay: float,
+    wait_timeout: float,
+) -> None:
     """Roll a new version out to a live endpoint with no downtime (SageMaker's blue/green UpdateEndpoint).
 
     The new model and endpoint config are named <endpoint>-v<N>. After success the old ones are deleted; after a
@@ -113,8 +176,14 @@ def update_command(endpoint_name: str, project_dir: Path, tarball: Path | None, 
         bucket = bucket or aws_deploy.default_bucket(session)
         key = "/".join(part for part in (prefix.strip("/"), endpoint_name, version, "model.tar.gz") if part)
         url = _upload(session.client("s3"), tarball, bucket, key, console)
-        old_config, old_models = aws_deploy.update(sm_client, endpoint_name=endpoint_name, model_data_url=url,
-                                                   image_uri=image_uri, role=role, version_name=version)
+        old_config, old_models = aws_deploy.update(
+            sm_client,
+            endpoint_name=endpoint_name,
+            model_data_url=url,
+            image_uri=image_uri,
+            role=role,
+            version_name=version,
+        )
         console.print(f"Updating [bold]{endpoint_name}[/] from {old_config} to {version}")
         try:
             with console.status(f"{endpoint_name}: updating to {version}"):
@@ -148,8 +217,7 @@ def _upload(s3_client: Any, tarball: Path, bucket: str, key: str, console: Conso
     columns = (TextColumn("Uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("upload", total=tarball.stat().st_size)
-        url = aws_deploy.upload_artifact(s3_client, tarball, bucket, key,
-                                         lambda sent: progress.advance(task, sent))
+        url = aws_deploy.upload_artifact(s3_client, tarball, bucket, key, lambda sent: progress.advance(task, sent))
     console.print(f"Uploaded {url}")
     return url
 
@@ -158,8 +226,9 @@ def _wait(sm_client: Any, logs_client: Any, name: str, delay: float, timeout: fl
     """Wait for InService; on failure print the container's last log lines before the FailureReason."""
     try:
         with console.status(f"{name}: waiting") as status:
-            aws_deploy.wait_for_endpoint(sm_client, name, delay=delay, timeout=timeout,
-                                         on_status=lambda state: status.update(f"{name}: {state}"))
+            aws_deploy.wait_for_endpoint(
+                sm_client, name, delay=delay, timeout=timeout, on_status=lambda state: status.update(f"{name}: {state}")
+            )
     except aws_deploy.DeployError:
         lines = endpoint_logs.last_lines(logs_client, name)
         console.print(f"Last container log lines of {name}:" if lines else f"No container logs for {name}.")

@@ -1,4 +1,5 @@
 """`lmi status`, `lmi logs` and `lmi delete`: look at and remove deployed endpoints."""
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,14 @@ def status_command(endpoint_name: str | None) -> None:
     table = Table("endpoint", "status", "instances", "image", "created", "model data")
     for item in statuses:
         status = item.status if item.failure_reason is None else f"{item.status}: {item.failure_reason}"
-        table.add_row(item.name, status, f"{item.instance_count} x {item.instance_type}", item.image, item.created,
-                      item.model_data_url)
+        table.add_row(
+            item.name,
+            status,
+            f"{item.instance_count} x {item.instance_type}",
+            item.image,
+            item.created,
+            item.model_data_url,
+        )
     Console(width=200).print(table)
 
 
@@ -31,8 +38,13 @@ def status_command(endpoint_name: str | None) -> None:
 @click.option("--endpoint", "endpoint_name", required=True, help="The endpoint whose container logs to print.")
 @click.option("--since", default="10m", show_default=True, help="How far back: 30s, 10m, 2h, 1d.")
 @click.option("--follow", is_flag=True, help="Keep printing new lines until interrupted.")
-@click.option("--poll", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds between reads with --follow.")
+@click.option(
+    "--poll",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between reads with --follow.",
+)
 def logs_command(endpoint_name: str, since: str, follow: bool, poll: float) -> None:
     """Print the endpoint's CloudWatch log stream (/aws/sagemaker/Endpoints/<name>)."""
     try:

@@ -22,6 +22,7 @@ The response a request gets is `response.Response`; what Java does to values (Gs
 handler calls, finalization and fatal-error state step by step, and splitting them would only move that state behind
 an interface with one user.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,9 @@ import threading
 import types
 import uuid
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from lmikit.djl import standin
 from lmikit.djl.java import (
@@ -85,7 +87,7 @@ class _JavaRequest:
         self.props = job.props
         self.response = job.response
         self.data = input_data(job.content)
-        self.seed = str(random.randint(-(2 ** 31), 2 ** 31 - 1))
+        self.seed = str(random.randint(-(2**31), 2**31 - 1))
         self.next_token: str | None = None
         self.last = False
 
@@ -127,7 +129,7 @@ class _JavaRequest:
 class _RollingBatch:
     """Java's `RollingBatch`: an ordered active list, one handler call per decoding step, items by position."""
 
-    def __init__(self, frontend: "Frontend") -> None:
+    def __init__(self, frontend: Frontend) -> None:
         self._frontend = frontend
         self._version = frontend.version
         self._content_type = frontend._rolling_content_type() if frontend.version == "0.23" else None
@@ -253,8 +255,10 @@ def derive_mode(version: str, init_props: Mapping[str, str]) -> str:
     rolling_on = rolling is not None and rolling != "disable"
     async_on = str(init_props.get("async_mode", "")).lower() == "true"
     if rolling_on and async_on:
-        raise ValueError("rolling_batch and async_mode=true together are not a working DJL setup; "
-                         "set rolling_batch=disable for async mode")
+        raise ValueError(
+            "rolling_batch and async_mode=true together are not a working DJL setup; "
+            "set rolling_batch=disable for async mode"
+        )
     if async_on:
         return "async"
     return "rolling_batch" if rolling_on else "plain"
@@ -269,8 +273,15 @@ class Frontend:
     the end. Handler calls run with this process's cwd and sys.path (see `loader.model_environment`).
     """
 
-    def __init__(self, entry: EntryPoint, version: str, init_props: Mapping[str, str], *,
-                 predict_timeout: float | None = None, model_name: str = "model") -> None:
+    def __init__(
+        self,
+        entry: EntryPoint,
+        version: str,
+        init_props: Mapping[str, str],
+        *,
+        predict_timeout: float | None = None,
+        model_name: str = "model",
+    ) -> None:
         self._djl = standin.install(version)
         self.version = version
         self.mode = derive_mode(version, init_props)
@@ -294,8 +305,12 @@ class Frontend:
 
     def describe(self) -> str:
         """One line for logs: flavour, mode and the limits in force."""
-        parts = [f"DJL {self.version}", f"mode={self.mode}", f"job_queue_size={self.job_queue_size}",
-                 f"predict_timeout={seconds(self.predict_timeout)}s"]
+        parts = [
+            f"DJL {self.version}",
+            f"mode={self.mode}",
+            f"job_queue_size={self.job_queue_size}",
+            f"predict_timeout={seconds(self.predict_timeout)}s",
+        ]
         if self.mode == "rolling_batch":
             parts.append(f"max_rolling_batch_size={self.max_rolling_batch_size}")
             if self.version == "0.23":
@@ -322,8 +337,13 @@ class Frontend:
         self._spawn("djl-worker", self._worker_loop)
         self._started = True
 
-    def submit(self, headers: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes,
-               query: Iterable[tuple[str, str]] = (), request_id: str | None = None) -> Response:
+    def submit(
+        self,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        query: Iterable[tuple[str, str]] = (),
+        request_id: str | None = None,
+    ) -> Response:
         """Queue one HTTP request (headers as sent, raw body, query parameters) and return its Response."""
         if not self._started or self._stopped:
             raise RuntimeError("frontend is not running")
@@ -382,8 +402,9 @@ class Frontend:
         with self._jobs_ready:
             remaining = self.job_queue_size - len(self._jobs)
             if remaining <= 0 or (remaining == 1 and self._busy):
-                job.response.fail(503, "WlmCapacityException",
-                                   f"Worker queue capacity exceeded for model: {self._model_name} (READY)")
+                job.response.fail(
+                    503, "WlmCapacityException", f"Worker queue capacity exceeded for model: {self._model_name} (READY)"
+                )
                 return
             self._jobs.append(job)
             self._jobs_ready.notify()
@@ -536,7 +557,8 @@ class Frontend:
         if not isinstance(output, (Output, types.AsyncGeneratorType)):
             return Output().error(
                 f"Invalid type returned from {self._entry.module}.{name}. Received type {type(output)}, "
-                "does not match expected type djl_python.outputs.Output or types.AsyncGenerator")
+                "does not match expected type djl_python.outputs.Output or types.AsyncGenerator"
+            )
         return output
 
     async def _init_async(self, init: Any) -> Any:

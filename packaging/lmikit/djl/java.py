@@ -1,16 +1,27 @@
 """What DJL's Java side does to values, as pure functions: Gson's JSON reading and writing (HTML-safe escapes,
 lenient types), Java's int parsing, property maps with case-insensitive keys, the binary item codec's checks, and
 the SageMaker custom-attributes header split into properties."""
+
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from lmikit.djl import standin
 
-HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "=": "\\u003d", "'": "\\u0027",
-                              "\u2028": "\\u2028", "\u2029": "\\u2029"})
+HTML_ESCAPES = str.maketrans(
+    {
+        "<": "\\u003c",
+        ">": "\\u003e",
+        "&": "\\u0026",
+        "=": "\\u003d",
+        "'": "\\u0027",
+        "\u2028": "\\u2028",
+        "\u2029": "\\u2029",
+    }
+)
 JAVA_INT = re.compile(r"[+-]?\d+")
 
 
@@ -89,8 +100,9 @@ def java_int(text: str) -> int | None:
 
 def gson(value: Any, pretty: bool = False) -> str:
     """JSON as DJL's Gson writes it: compact (or 2-space pretty) with HTML-safe escapes."""
-    text = json.dumps(value, ensure_ascii=False, indent=2 if pretty else None,
-                      separators=(",", ": ") if pretty else (",", ":"))
+    text = json.dumps(
+        value, ensure_ascii=False, indent=2 if pretty else None, separators=(",", ": ") if pretty else (",", ":")
+    )
     return text.translate(HTML_ESCAPES)
 
 
@@ -113,7 +125,7 @@ def batch_headers(props: Mapping[str, Any]) -> dict[int, dict[str, str]]:
             index = java_int(key[6:pos])
             if index is None:
                 raise Malformed(f"batch property {key!r} has no integer index")
-            result.setdefault(index, {})[key[pos + 1:]] = str(value)
+            result.setdefault(index, {})[key[pos + 1 :]] = str(value)
     return result
 
 

@@ -8,6 +8,7 @@ three times and the decorated functions come from other module instances than th
 DJL also runs the worker with cwd = model dir; `model_environment` (scoped, for tests) and
 `enter_model_environment` (process-wide, for a server process) provide that.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +16,11 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator
 
 from lmikit.djl import standin
 
@@ -41,7 +42,7 @@ class EntryPoint:
         """The function named by the `handler` property; AttributeError naming the module if it is missing."""
         function = getattr(self.module, self.handler_name, None)
         if not callable(function):
-            raise AttributeError(f"entry point {self.module.__file__} has no handler function {self.handler_name!r}")
+            raise AttributeError(f"entry point {self.module.__file__} has no handler function {self.handler_name!r}")  # noqa: TRY004
         return function
 
 
@@ -65,8 +66,9 @@ def model_environment(model_dir: str | os.PathLike) -> Iterator[None]:
         os.chdir(saved_cwd)
 
 
-def load_entry_point(model_dir: str | os.PathLike, version: str, handler: str = "handle",
-                     entry_point: str = "model.py") -> EntryPoint:
+def load_entry_point(
+    model_dir: str | os.PathLike, version: str, handler: str = "handle", entry_point: str = "model.py"
+) -> EntryPoint:
     """Install the `version` djl_python stand-in (unless a real one exists) and load the entry point.
 
     `entry_point` is a file name relative to the model dir, an absolute path, or a module path. The caller
@@ -102,7 +104,7 @@ def _load_023(model_dir: str, entry_point: str) -> ModuleType:
     path = _entry_file(model_dir, entry_point)
     if path is not None and os.path.isabs(entry_point):
         return _exec_file("model", path)
-    name = entry_point[:-3] if entry_point.endswith(".py") else entry_point
+    name = entry_point.removesuffix(".py")
     sys.modules.pop(name, None)
     importlib.invalidate_caches()
     return importlib.import_module(name)

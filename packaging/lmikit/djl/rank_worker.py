@@ -5,6 +5,7 @@ Started `mpirun -N <tp>`-style by `ranks.RankGroup` (by mpirun itself where Open
 connects to the launcher's socket for its rank (`<socket>.<rank>`), loads the entry point with the model dir as cwd
 and on sys.path, and serves calls until the launcher hangs up. Inputs and Outputs cross as plain data (`wire`).
 """
+
 from __future__ import annotations
 
 import argparse

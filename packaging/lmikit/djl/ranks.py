@@ -10,6 +10,7 @@ every call to every rank, and the last rank's Output answers. Newest LMI: the in
 rank 0 only ("passive workers"), and rank 0's Output answers. A rank that exits makes the group unhealthy at once:
 the call in flight and every later call fail, and `/ping` answers 503.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,10 +22,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lmikit.djl import standin, wire
 from lmikit.djl.rank_worker import AUTHKEY_ENV
@@ -66,8 +68,9 @@ class RankGroup:
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Launch the ranks and wait until each has connected (they load model.py on the init call)."""
-        listeners = [Listener(f"{self._dir}/rank.{r}", family="AF_UNIX", authkey=self._authkey)
-                     for r in range(self.degree)]
+        listeners = [
+            Listener(f"{self._dir}/rank.{r}", family="AF_UNIX", authkey=self._authkey) for r in range(self.degree)
+        ]
         self._processes = self._launch()
         try:
             self._connections = [self._accept(listener, r) for r, listener in enumerate(listeners)]
@@ -117,20 +120,46 @@ class RankGroup:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _launch(self) -> list[subprocess.Popen]:
-        env = {**self.env, AUTHKEY_ENV: self._authkey.hex(), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(free_port()), "PYTHONPATH": _pythonpath(self.env)}
+        env = {
+            **self.env,
+            AUTHKEY_ENV: self._authkey.hex(),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "PYTHONPATH": _pythonpath(self.env),
+        }
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.degree)))
-        command = [sys.executable, "-m", "lmikit.djl.rank_worker", "--socket", f"{self._dir}/rank",
-                   "--model-dir", str(self.model_dir), "--entry-point", self.entry_point,
-                   "--handler", self.handler, "--djl-version", self.djl_version]
+        command = [
+            sys.executable,
+            "-m",
+            "lmikit.djl.rank_worker",
+            "--socket",
+            f"{self._dir}/rank",
+            "--model-dir",
+            str(self.model_dir),
+            "--entry-point",
+            self.entry_point,
+            "--handler",
+            self.handler,
+            "--djl-version",
+            self.djl_version,
+        ]
         if self.launcher == "mpirun":
-            exported = [arg for key in (AUTHKEY_ENV, "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH", "OMP_NUM_THREADS")
-                        for arg in ("-x", key)]
-            return [subprocess.Popen(["mpirun", "-N", str(self.degree), "--allow-run-as-root", "--oversubscribe",
-                                      *exported, *command], env=env)]
+            exported = [
+                arg
+                for key in (AUTHKEY_ENV, "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH", "OMP_NUM_THREADS")
+                for arg in ("-x", key)
+            ]
+            return [
+                subprocess.Popen(
+                    ["mpirun", "-N", str(self.degree), "--allow-run-as-root", "--oversubscribe", *exported, *command],
+                    env=env,
+                )
+            ]
         ranks = {"WORLD_SIZE": str(self.degree)}
-        return [subprocess.Popen(command, env={**env, **ranks, "RANK": str(r), "LOCAL_RANK": str(r)})
-                for r in range(self.degree)]
+        return [
+            subprocess.Popen(command, env={**env, **ranks, "RANK": str(r), "LOCAL_RANK": str(r)})
+            for r in range(self.degree)
+        ]
 
     def _accept(self, listener: Listener, rank: int) -> Connection:
         accepted: list[Connection] = []
@@ -149,8 +178,11 @@ class RankGroup:
     def _exited(self) -> str | None:
         """Which launched process ended (mpirun ends its job when one of its ranks dies)."""
         names = ["mpirun"] if self.launcher == "mpirun" else [f"rank {r}" for r in range(self.degree)]
-        dead = [f"{name} exited with code {process.poll()}" for name, process in zip(names, self._processes)
-                if process.poll() is not None]
+        dead = [
+            f"{name} exited with code {process.poll()}"
+            for name, process in zip(names, self._processes)
+            if process.poll() is not None
+        ]
         return ", ".join(dead) or None
 
     def _watch(self) -> None:

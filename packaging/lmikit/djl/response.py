@@ -1,13 +1,15 @@
 """One request's HTTP response as DJL's frontend builds it: the writer side (status, headers, chunks, the end or a
 failure), filled by the frontend's threads, and the reader side (`head`, `chunks`) the HTTP server relays."""
+
 from __future__ import annotations
 
 import http
 import json
 import threading
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from lmikit.djl.java import gson, gson_int, gson_str, java_props, put_case_insensitive
 

@@ -7,6 +7,7 @@
 `install(version)` registers the flavour as `djl_python` (plus `djl_python.inputs`, `.outputs`, `.pair_list`)
 unless a real djl_python is importable, in which case the real package is returned untouched.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,8 +19,9 @@ import logging
 import re
 import struct
 import sys
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 VERSIONS = ("0.23", "newest")
 _MARK = "__lmikit_standin__"
@@ -29,15 +31,20 @@ _BATCH_KEY_023 = re.compile(r"batch_(\d+)\.(.*)")
 class PairList:
     """Ordered key/value list; `add` silently ignores a None value, like djl_python."""
 
-    def __init__(self, keys: list | None = None, values: list | None = None, pair_list: list | None = None,
-                 pair_map: dict | None = None) -> None:
+    def __init__(
+        self,
+        keys: list | None = None,
+        values: list | None = None,
+        pair_list: list | None = None,
+        pair_map: dict | None = None,
+    ) -> None:
         self.keys: list = []
         self.values: list = []
         if keys and values:
             if len(keys) != len(values):
                 raise ValueError("key value size mismatch.")
             self.keys, self.values = keys, values
-        for key, value in (pair_list or []):
+        for key, value in pair_list or []:
             self.add(key, value)
         for key, value in (pair_map or {}).items():
             self.add(key, value)
@@ -53,7 +60,7 @@ class PairList:
             self.keys.append(key)
             self.values.append(value)
 
-    def add_all(self, other: "PairList | None") -> None:
+    def add_all(self, other: PairList | None) -> None:
         if other:
             self.keys.extend(other.keys)
             self.values.extend(other.values)
@@ -178,7 +185,7 @@ class _Input023(_InputBase):
             prefix = f"batch_{i}."
             for key, value in self.properties.items():
                 if key.startswith(prefix):
-                    item.properties[key[len(prefix):]] = value
+                    item.properties[key[len(prefix) :]] = value
         for key, value in zip(self.content.keys, self.content.values):
             match = _BATCH_KEY_023.match(key)
             if match is None:
@@ -240,30 +247,31 @@ class _OutputBase:
 
     def __str__(self) -> str:
         content = {k: "type: " + str(type(v)) for k, v in zip(self.content.keys, self.content.values)}
-        return json.dumps({"code": self.code, "message": self.message, "properties": self.properties,
-                           "content": content}, indent=2)
+        return json.dumps(
+            {"code": self.code, "message": self.message, "properties": self.properties, "content": content}, indent=2
+        )
 
-    def set_code(self, code: int) -> "_OutputBase":
+    def set_code(self, code: int) -> _OutputBase:
         self.code = code
         return self
 
-    def set_message(self, message: str) -> "_OutputBase":
+    def set_message(self, message: str) -> _OutputBase:
         self.message = message
         return self
 
-    def _error(self, error: str, code: int, message: str) -> "_OutputBase":
+    def _error(self, error: str, code: int, message: str) -> _OutputBase:
         self.code = code
         self.message = message
         self.add_property("content-type", "application/json")
         return self.add_as_json({"code": self.code, "message": self.message, "error": error})
 
-    def add_property(self, key: str, val: Any) -> "_OutputBase":
+    def add_property(self, key: str, val: Any) -> _OutputBase:
         self.properties[key] = val
         return self
 
-    def add(self, value: Any, key: Any = None, batch_index: int | None = None) -> "_OutputBase":
+    def add(self, value: Any, key: Any = None, batch_index: int | None = None) -> _OutputBase:
         if key is not None and type(key) is not str:
-            logging.warning(f"Output key should be str type, got {type(key)}")
+            logging.warning(f"Output key should be str type, got {type(key)}")  # noqa: LOG015 (as djl_python does)
             key = str(key)
         if batch_index is not None:
             key = f"batch_{batch_index}.{'' if key is None else key}"
@@ -277,31 +285,35 @@ class _OutputBase:
             self.content.add(key=key, value=self._encode_json(value))
         return self
 
-    def add_as_numpy(self, np_list: list, key: Any = None, batch_index: int | None = None) -> "_OutputBase":
+    def add_as_numpy(self, np_list: list, key: Any = None, batch_index: int | None = None) -> _OutputBase:
         raise NotImplementedError("the tensor/ndlist codec is not emulated by the djl_python stand-in")
 
-    def add_as_npz(self, np_list: list, key: Any = None, batch_index: int | None = None) -> "_OutputBase":
+    def add_as_npz(self, np_list: list, key: Any = None, batch_index: int | None = None) -> _OutputBase:
         import numpy as np
 
         memory_file = io.BytesIO()
         np.savez(memory_file, *np_list)
         return self.add(memory_file.getvalue(), key=key, batch_index=batch_index)
 
-    def add_as_json(self, val: Any, key: Any = None, batch_index: int | None = None) -> "_OutputBase":
+    def add_as_json(self, val: Any, key: Any = None, batch_index: int | None = None) -> _OutputBase:
         return self.add(self._encode_json(val), key=key, batch_index=batch_index)
 
-    def add_stream_content(self, stream_content: Iterator,
-                           output_formatter: Callable | None = _default_stream_output_formatter) -> "_OutputBase":
+    def add_stream_content(
+        self, stream_content: Iterator, output_formatter: Callable | None = _default_stream_output_formatter
+    ) -> _OutputBase:
         self.stream_content = stream_content
         self.stream_output_formatter = output_formatter
         return self
 
     @staticmethod
     def _encode_json(val: Any) -> bytearray:
-        return bytearray(json.dumps(val, ensure_ascii=False, allow_nan=False, indent=2, cls=_JSONEncoder,
-                                    separators=(",", ":")).encode("utf-8"))
+        return bytearray(
+            json.dumps(
+                val, ensure_ascii=False, allow_nan=False, indent=2, cls=_JSONEncoder, separators=(",", ":")
+            ).encode("utf-8")
+        )
 
-    def finalize(self, finalize_function: Callable, *args: Any) -> "_OutputBase":
+    def finalize(self, finalize_function: Callable, *args: Any) -> _OutputBase:
         self.finalize_function = finalize_function
         self.finalize_args = args
         return self
@@ -315,14 +327,14 @@ class _OutputBase:
 class _Output023(_OutputBase):
     """0.23.0-dlc Output: no binary_encode, no get_properties."""
 
-    def error(self, error: str, code: int = 424, message: str = "prediction failure") -> "_Output023":
+    def error(self, error: str, code: int = 424, message: str = "prediction failure") -> _Output023:
         return self._error(error, code, message)
 
 
 class _OutputNewest(_OutputBase):
     """Newest Output: adds get_properties/get_property and the static binary_encode used by rolling batch."""
 
-    def error(self, error: str, code: int = 424, message: str = "invoke handler failure") -> "_OutputNewest":
+    def error(self, error: str, code: int = 424, message: str = "invoke handler failure") -> _OutputNewest:
         return self._error(error, code, message)
 
     def get_properties(self) -> dict:
@@ -371,7 +383,7 @@ def _read_utf8(view: memoryview, offset: int) -> tuple[str | None, int]:
         return None, offset
     if offset + length > len(view):
         raise ValueError("truncated binary-encoded item: string runs past the end")
-    return bytes(view[offset:offset + length]).decode("utf-8"), offset + length
+    return bytes(view[offset : offset + length]).decode("utf-8"), offset + length
 
 
 _FLAVOURS = {"0.23": (_Input023, _Output023), "newest": (_InputNewest, _OutputNewest)}

@@ -1,5 +1,6 @@
 """Inputs and Outputs as plain data, to cross between `lmi serve` and its rank processes (pickled by
 `multiprocessing.connection`). Streams and coroutines cannot cross: ranks serve the rolling-batch and plain modes."""
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -7,9 +8,11 @@ from typing import Any
 
 
 def from_input(inputs: Any) -> dict:
-    return {"function": inputs.function_name, "properties": {k: v for k, v in inputs.properties.items()
-                                                               if not callable(v)},
-            "content": [(key, bytes(value)) for key, value in zip(inputs.content.keys, inputs.content.values)]}
+    return {
+        "function": inputs.function_name,
+        "properties": {k: v for k, v in inputs.properties.items() if not callable(v)},
+        "content": [(key, bytes(value)) for key, value in zip(inputs.content.keys, inputs.content.values)],
+    }
 
 
 def to_input(djl: ModuleType, data: dict) -> Any:
@@ -24,9 +27,15 @@ def to_input(djl: ModuleType, data: dict) -> Any:
 def from_output(output: Any) -> dict:
     if getattr(output, "stream_content", None) is not None:
         raise TypeError("a streamed Output cannot leave its rank: use rolling batch with tensor parallelism")
-    return {"code": output.code, "message": output.message, "properties": dict(output.properties),
-            "content": [(key, bytes(value) if isinstance(value, (bytes, bytearray)) else value)
-                        for key, value in zip(output.content.keys, output.content.values)]}
+    return {
+        "code": output.code,
+        "message": output.message,
+        "properties": dict(output.properties),
+        "content": [
+            (key, bytes(value) if isinstance(value, (bytes, bytearray)) else value)
+            for key, value in zip(output.content.keys, output.content.values)
+        ],
+    }
 
 
 def to_output(djl: ModuleType, data: dict) -> Any:

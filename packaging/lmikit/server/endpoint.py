@@ -14,19 +14,22 @@ over `MAX_BODY_BYTES` gets 413, an oversized header block 431/400 from uvicorn, 
 frontend's responses are blocking iterators: each wait runs in a worker thread of a limiter sized for every stream
 the frontend can hold, so waiting streams never starve the event loop or each other.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import socket
 import time
-from typing import Any, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response as HTTPResponse, StreamingResponse
+from starlette.responses import Response as HTTPResponse
+from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from lmikit.djl.driver import Frontend
@@ -53,8 +56,13 @@ class LocalEndpoint:
     """One model's HTTP server; `frontend` is set once the model has loaded. Binds in the constructor, so a busy
     port fails at once (OSError)."""
 
-    def __init__(self, address: tuple[str, int], runtime: RuntimeConfig | None = None,
-                 model_name: str = "model", served_model: str = "model") -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        runtime: RuntimeConfig | None = None,
+        model_name: str = "model",
+        served_model: str = "model",
+    ) -> None:
         self.runtime = runtime or RuntimeConfig()
         self.model_name = model_name
         self.served_model = served_model  # the id /v1/models lists
@@ -66,14 +74,22 @@ class LocalEndpoint:
         self._socket.listen(BACKLOG)  # connections queue from now on, before the server thread takes them
         self._limiter: anyio.CapacityLimiter | None = None
         self.metrics = ServeMetrics(lambda: self.frontend.active_requests() if self.frontend is not None else 0)
-        routes = [Route("/ping", self._ping, methods=["GET"]),
-                  Route("/metrics", self._metrics, methods=["GET"]),
-                  Route("/invocations", self._invocations, methods=["POST"]),
-                  Route("/endpoints/{path:path}", self._runtime, methods=["POST"]),
-                  Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
-                  Route("/v1/models", self._models, methods=["GET"])]
-        config = uvicorn.Config(Starlette(routes=routes), log_level="warning", access_log=False, backlog=BACKLOG,
-                                h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=75)
+        routes = [
+            Route("/ping", self._ping, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+            Route("/invocations", self._invocations, methods=["POST"]),
+            Route("/endpoints/{path:path}", self._runtime, methods=["POST"]),
+            Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+            Route("/v1/models", self._models, methods=["GET"]),
+        ]
+        config = uvicorn.Config(
+            Starlette(routes=routes),
+            log_level="warning",
+            access_log=False,
+            backlog=BACKLOG,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_keep_alive=75,
+        )
         self._server = uvicorn.Server(config)
 
     def set_frontend(self, frontend: Frontend) -> None:
@@ -124,9 +140,14 @@ class LocalEndpoint:
     async def _models(self, request: Request) -> HTTPResponse:
         return _json(200, models_list(self.served_model, self._created))
 
-    async def _forward(self, headers: list[tuple[str, str]], body: bytes, track: RequestTrack,
-                       shape_error: Callable[[int, bytes], bytes] | None = None,
-                       content_type: str | None = None) -> HTTPResponse:
+    async def _forward(
+        self,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        track: RequestTrack,
+        shape_error: Callable[[int, bytes], bytes] | None = None,
+        content_type: str | None = None,
+    ) -> HTTPResponse:
         """Send one request through the frontend and relay its answer; `shape_error` rewrites an error body,
         `content_type` labels a successful one."""
         response = self.frontend.submit(headers, body)
@@ -150,8 +171,11 @@ class LocalEndpoint:
                 content = shape_error(head.status, content)
                 headers_out = {"content-type": "application/json", "x-request-id": response.request_id}
             return HTTPResponse(content, status_code=head.status, headers=headers_out)
-        return StreamingResponse(self._relay(chunks, response.cancel, lambda: track.end(head.status)),
-                                 status_code=head.status, headers=headers_out)
+        return StreamingResponse(
+            self._relay(chunks, response.cancel, lambda: track.end(head.status)),
+            status_code=head.status,
+            headers=headers_out,
+        )
 
     async def _runtime(self, request: Request) -> HTTPResponse:
         track = self.metrics.start("runtime")
@@ -160,27 +184,42 @@ class LocalEndpoint:
             track.end(refusal.status_code)
             return refusal
         answer: RuntimeAnswer = await self._wait(
-            handle_runtime_request, "POST", request.url.path, dict(request.headers), body,
+            handle_runtime_request,
+            "POST",
+            request.url.path,
+            dict(request.headers),
+            body,
             lambda headers, data: ContainerView(self.frontend.submit(list(headers.items()), data), track),
-            self.runtime)
+            self.runtime,
+        )
         if not answer.streamed:
             content = b"".join(await self._wait(list, answer.body_iter))
             track.end(answer.status)
             return HTTPResponse(content, status_code=answer.status, headers=answer.headers)
-        return StreamingResponse(self._relay(iter(answer.body_iter), answer.close, lambda: track.end(answer.status)),
-                                 status_code=answer.status, headers=answer.headers)
+        return StreamingResponse(
+            self._relay(iter(answer.body_iter), answer.close, lambda: track.end(answer.status)),
+            status_code=answer.status,
+            headers=answer.headers,
+        )
 
     # -- helpers -------------------------------------------------------------------------------------------------
     async def _admit(self, request: Request) -> tuple[HTTPResponse | None, bytes]:
         """The request body, or the answer that refuses the request (model loading, body too large)."""
         if self.frontend is None:
-            return _json(503, {"code": 503, "type": "ServiceUnavailableException",
-                               "message": "Model is not ready yet"}), b""
+            return _json(
+                503, {"code": 503, "type": "ServiceUnavailableException", "message": "Model is not ready yet"}
+            ), b""
         try:
             return None, await _read_body(request)
         except BodyTooLarge:
-            return _json(413, {"code": 413, "type": "RequestEntityTooLarge",
-                               "message": f"request body is larger than {MAX_BODY_BYTES} bytes"}), b""
+            return _json(
+                413,
+                {
+                    "code": 413,
+                    "type": "RequestEntityTooLarge",
+                    "message": f"request body is larger than {MAX_BODY_BYTES} bytes",
+                },
+            ), b""
         except ClientDisconnect:
             return HTTPResponse(status_code=400), b""
 
@@ -190,8 +229,9 @@ class LocalEndpoint:
             self._limiter = anyio.CapacityLimiter(WAITING_THREADS)
         return await anyio.to_thread.run_sync(lambda: function(*args), limiter=self._limiter)
 
-    async def _relay(self, chunks: Iterator[bytes], on_disconnect: Callable[[], None],
-                     on_end: Callable[[], None]) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, chunks: Iterator[bytes], on_disconnect: Callable[[], None], on_end: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
         """Chunks as they come; if the client goes away (or the stream breaks) the request is cancelled."""
         finished = False
         try:

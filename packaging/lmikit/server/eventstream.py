@@ -4,12 +4,13 @@ Message layout (big-endian): total length u32, headers length u32, prelude CRC32
 headers, payload, message CRC32 (of everything before it). Headers are written as type 7 (string).
 Invariant: every message produced here decodes with botocore's own `EventStreamBuffer`.
 """
+
 from __future__ import annotations
 
 import json
 import struct
 import zlib
-from typing import Mapping
+from collections.abc import Mapping
 
 _PRELUDE = struct.Struct(">II")
 _CRC = struct.Struct(">I")

@@ -5,10 +5,11 @@ Tokens are counted on the container's response stream with the client library's 
 (LMI 0.23 and newest jsonlines, json, TGI sse) counts alike; the SageMaker runtime route counts the container stream
 beneath its event-stream frames.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -25,21 +26,30 @@ class ServeMetrics:
 
     def __init__(self, occupancy: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("lmi_requests", "Answered requests by route and HTTP status", ["route", "status"],
-                                registry=self.registry)
+        self.requests = Counter(
+            "lmi_requests", "Answered requests by route and HTTP status", ["route", "status"], registry=self.registry
+        )
         self.in_flight = Gauge("lmi_requests_in_flight", "Requests being answered now", registry=self.registry)
         self.batch = Gauge("lmi_batch_occupancy", "Requests in the rolling batch now", registry=self.registry)
         self.batch.set_function(occupancy)
-        self.ttft = Histogram("lmi_time_to_first_token_seconds", "From request arrival to its first token",
-                              buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.itl = Histogram("lmi_inter_token_latency_seconds", "Between consecutive tokens of a response",
-                             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.ttft = Histogram(
+            "lmi_time_to_first_token_seconds",
+            "From request arrival to its first token",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "lmi_inter_token_latency_seconds",
+            "Between consecutive tokens of a response",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.tokens = Counter("lmi_tokens_out", "Tokens sent to clients", registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def start(self, route: str) -> "RequestTrack":
+    def start(self, route: str) -> RequestTrack:
         return RequestTrack(self, route)
 
 
@@ -59,7 +69,7 @@ class RequestTrack:
         cannot read (an error page, a custom format) is passed on uncounted."""
         self._parser = EventParser(content_type=content_type)
         for chunk in chunks:
-            self._feed(lambda: self._parser.feed(chunk))
+            self._feed(lambda chunk=chunk: self._parser.feed(chunk))
             yield chunk
         self._feed(lambda: self._parser.close())
 

@@ -6,13 +6,18 @@ rolling batch rewrites an error item's body to `{"error", "code"}`, a failed req
 `{"code", "type", "message"}`). Those are rewritten into OpenAI's error object, so the `openai` client raises the
 right exception class with the right message.
 """
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
-_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
-          503: "service_unavailable"}
+_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    503: "service_unavailable",
+}
 
 
 def read_chat_body(body: bytes) -> tuple[str | None, str]:
@@ -24,8 +29,10 @@ def read_chat_body(body: bytes) -> tuple[str | None, str]:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "request body is not valid JSON", "application/json"
     if not isinstance(payload, dict) or "messages" not in payload:
-        return 'request body must be a JSON object with "messages", as OpenAI\'s chat completions API takes', \
-            "application/json"
+        return (
+            'request body must be a JSON object with "messages", as OpenAI\'s chat completions API takes',
+            "application/json",
+        )
     return None, "text/event-stream" if payload.get("stream") is True else "application/json"
 
 

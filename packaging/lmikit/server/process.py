@@ -5,6 +5,7 @@ the tests.
 of the ready path (/ping) answers 200 while recording what it answered, and on exit stop it with SIGTERM (SIGKILL
 after 30 s).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -13,9 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterator, Mapping, Sequence
+from typing import IO
 
 
 @dataclass
@@ -47,8 +49,12 @@ def ping(port: int, path: str = "/ping") -> int | None:
 
 
 @contextmanager
-def running_endpoint(serve_args: Sequence[str], env: Mapping[str, str] | None = None,
-                     output: IO | int = subprocess.DEVNULL, ready_timeout: float = 300.0) -> Iterator[RunningEndpoint]:
+def running_endpoint(
+    serve_args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    output: IO | int = subprocess.DEVNULL,
+    ready_timeout: float = 300.0,
+) -> Iterator[RunningEndpoint]:
     """`lmi serve --port <free> *serve_args`, ready; RuntimeError if it exits or times out first."""
     command = lambda port: [sys.executable, "-m", "lmikit", "serve", "--port", str(port), *serve_args]
     with running_server(command, env, output, ready_timeout) as endpoint:
@@ -56,9 +62,13 @@ def running_endpoint(serve_args: Sequence[str], env: Mapping[str, str] | None = 
 
 
 @contextmanager
-def running_server(command: Callable[[int], Sequence[str]], env: Mapping[str, str] | None = None,
-                   output: IO | int = subprocess.DEVNULL, ready_timeout: float = 300.0,
-                   ready_path: str = "/ping") -> Iterator[RunningEndpoint]:
+def running_server(
+    command: Callable[[int], Sequence[str]],
+    env: Mapping[str, str] | None = None,
+    output: IO | int = subprocess.DEVNULL,
+    ready_timeout: float = 300.0,
+    ready_path: str = "/ping",
+) -> Iterator[RunningEndpoint]:
     """`command(port)` on a free port, ready once GET `ready_path` answers 200; stopped on exit."""
     port = free_port()
     process = subprocess.Popen(list(command(port)), env=env, stdout=output, stderr=subprocess.STDOUT)

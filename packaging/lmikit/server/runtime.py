@@ -13,6 +13,7 @@ queue and every wait has a deadline; the time limit therefore fires while the co
 time limit, a failure, or a consumer that stops early (`RuntimeAnswer.close`), `cancel()` is called; the
 reader thread ends when the container's iterator returns after that.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,9 +23,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Union
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import botocore.session
@@ -47,7 +49,7 @@ _PATH = re.compile(r"/endpoints/([^/]+)/([^/]+)")
 _JAVA_REGEX = {r"[\p{Print}]": r"[\x20-\x7e]", r"\p{ASCII}": r"[\x00-\x7f]", r"\z": r"\Z"}
 _CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
-Headers = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class ContainerResponse(Protocol):
