@@ -492,3 +492,10 @@ def test_loader_imports_like_djl(tmp_path, version, loads, reply):
     assert callable(entry.handler)
     with pytest.raises(AttributeError, match="no handler function 'nope'"):
         dataclasses.replace(entry, handler_name="nope").handler
+
+
+def test_the_disconnect_property_means_the_same_on_both_sides_of_the_wire():
+    from lmikit.djl import driver
+    from lmistream.protocols import rolling_batch
+
+    assert driver.DISCONNECTED_PROPERTY == rolling_batch.DISCONNECTED_PROPERTY

@@ -16,7 +16,8 @@ from ..errors import HandlerError
 from ..generation import Generation
 
 STEP_WAIT_SECONDS = 5.0  # an empty step is harmless: DJL writes nothing for empty non-last data
-# Set by `lmi serve` on a request whose client went away (real DJL sends no such signal): free it at once.
+# Set by `lmi serve` on a request whose client went away (real DJL sends no such signal): free it at once. The name is
+# on the wire between lmikit's DJL replay and this handler, which never import each other.
 DISCONNECTED_PROPERTY = "lmi_client_disconnected"
 
 

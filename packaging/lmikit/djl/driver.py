@@ -64,7 +64,10 @@ _CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 _OOM_NAMES = ("OutOfMemoryError", "MemoryError")
 _OOM_TEXTS = ("No available memory for the cache blocks", "CUDA error: out of memory")
 _DEFAULT_PREDICT_TIMEOUT = 120
-DISCONNECTED_PROPERTY = "lmi_client_disconnected"  # the local-endpoint extension above; lmistream reads it
+# The local-endpoint extension above, a name on the wire between this replay and the handler: the two sides never
+# import each other (the container has no lmikit; the replay runs any model.py), so each names it and
+# tests/test_djl_driver.py holds them equal.
+DISCONNECTED_PROPERTY = "lmi_client_disconnected"
 
 
 class InitError(RuntimeError):
