@@ -1,37 +1,18 @@
-"""Test support for the streaming client: a per-test timeout, botocore event streams over raw bytes,
-and a tiny chunked HTTP server that speaks InvokeEndpointWithResponseStream to an unmodified boto3."""
+"""Test support for the streaming client: botocore event streams over raw bytes, and a tiny chunked HTTP server
+that speaks InvokeEndpointWithResponseStream to an unmodified boto3 (conftest.py's frame_server and runtime_client
+fixtures serve it)."""
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
-import boto3
 import botocore.parsers
 import botocore.session
-import pytest
-from botocore.config import Config
 from botocore.eventstream import EventStream
 
-TIMEOUT_S = 30.0
 OPERATION = "InvokeEndpointWithResponseStream"
-
-
-@pytest.fixture(autouse=True)
-def per_test_timeout() -> Iterator[None]:
-    """Fail a test that runs longer than TIMEOUT_S (SIGALRM interrupts a hung loop or socket read)."""
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"test exceeded {TIMEOUT_S} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, TIMEOUT_S)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def botocore_stream(chunks: Iterable[bytes]) -> EventStream:
@@ -76,26 +57,3 @@ class _FrameHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-@pytest.fixture
-def frame_server() -> Iterator[FrameServer]:
-    server = FrameServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def runtime_client(frame_server: FrameServer) -> object:
-    """An unmodified boto3 sagemaker-runtime client pointed at the frame server, without retries."""
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=frame_server.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(retries={"max_attempts": 1}),
-    )

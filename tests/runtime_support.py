@@ -1,5 +1,6 @@
 """Test support for the runtime API: a scripted fake container and a tiny HTTP server that answers with
-`handle_runtime_request`, written out the way the local endpoint does (chunked when streamed)."""
+`handle_runtime_request`, written out the way the local endpoint does (chunked when streamed). conftest.py's runtime_server fixture serves
+it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
-import pytest
 from botocore.config import Config
 from lmikit.server.runtime import RuntimeConfig, handle_runtime_request
 
@@ -97,36 +97,6 @@ class _RuntimeHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-@pytest.fixture
-def runtime_server() -> Iterator[RuntimeServer]:
-    server = RuntimeServer(RuntimeConfig(endpoint_name=ENDPOINT, region=REGION, stream_time_limit=2.0))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.container.response.cancel()
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    """No AWS configuration from the machine: no credentials, profiles, region or endpoint variables."""
-    for name in (
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", f"{tmp_path}/config")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", f"{tmp_path}/credentials")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def client_for(url: str | None = None) -> object:

@@ -12,13 +12,12 @@ from functools import partial
 import boto3
 import pytest
 from botocore.config import Config
-from client_support import frame_server  # noqa: F401 (fixture)
 from lmikit.chat.answer import Answer, readable_error
 from lmikit.chat.conversation import ASSISTANT, PROMPT, USER, Message, Settings, build_request
 from lmikit.invoke import runtime_client
 from lmikit.server.eventstream import exception_frame, payload_part
 from lmikit.server.process import free_port
-from runtime_support import FakeResponse, aws_env, client_for, runtime_server  # noqa: F401 (fixtures)
+from runtime_support import FakeResponse, client_for
 
 QUESTION = [Message(USER, "What is the capital of France?")]
 REQUEST = build_request(QUESTION, Settings(temperature=0), PROMPT)
@@ -40,7 +39,7 @@ def _read(answer: Answer) -> list[str]:
     return list(answer.pieces())
 
 
-def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_server) -> None:  # noqa: F811
+def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_server) -> None:
     runtime_server.container.response = FakeResponse(
         [(0.0, b'{"outputs": [" Paris"]}\n'), (0.05, b'{"outputs": ["."]}\n')]
     )
@@ -52,7 +51,7 @@ def test_a_jsonlines_answer_streams_its_pieces_and_records_its_timings(runtime_s
     assert json.loads(body) == {"inputs": REQUEST.prompt, "parameters": REQUEST.parameters, "stream": True}
 
 
-def test_a_chat_answer_sends_messages_and_streams_the_deltas(runtime_server) -> None:  # noqa: F811
+def test_a_chat_answer_sends_messages_and_streams_the_deltas(runtime_server) -> None:
     runtime_server.container.response = FakeResponse(
         [(0.0, chunk) for chunk in CHAT_CHUNKS], headers={"Content-Type": "text/event-stream"}
     )
@@ -70,7 +69,7 @@ def test_a_chat_answer_sends_messages_and_streams_the_deltas(runtime_server) -> 
     }
 
 
-def test_an_endpoint_that_refuses_chat_bodies_is_told_apart(runtime_server) -> None:  # noqa: F811
+def test_an_endpoint_that_refuses_chat_bodies_is_told_apart(runtime_server) -> None:
     refusal = b'{"code": 400, "error": "unknown top-level field \'messages\'; allowed: inputs, parameters, stream"}'
     runtime_server.container.response = FakeResponse(
         [(0.0, refusal)], status=400, headers={"Content-Type": "application/json"}
@@ -84,7 +83,7 @@ def test_an_endpoint_that_refuses_chat_bodies_is_told_apart(runtime_server) -> N
     assert _read(failed) == [] and failed.error and not failed.refused, "a 424 is a failure, not a refusal"
 
 
-def test_a_tgi_sse_answer_is_read_from_its_content_type(runtime_server) -> None:  # noqa: F811
+def test_a_tgi_sse_answer_is_read_from_its_content_type(runtime_server) -> None:
     runtime_server.container.response = FakeResponse(
         [(0.0, event) for event in TGI_EVENTS], headers={"Content-Type": "text/event-stream"}
     )
@@ -93,7 +92,7 @@ def test_a_tgi_sse_answer_is_read_from_its_content_type(runtime_server) -> None:
     assert answer.error is None and answer.message().content == "Paris."
 
 
-def test_an_unknown_endpoint_is_a_readable_error(runtime_server) -> None:  # noqa: F811
+def test_an_unknown_endpoint_is_a_readable_error(runtime_server) -> None:
     answer = Answer(partial(client_for, runtime_server.url), "no-such-endpoint", REQUEST)
     assert _read(answer) == []
     assert answer.error.startswith("The endpoint refused the request (ValidationError): ")
@@ -101,7 +100,7 @@ def test_an_unknown_endpoint_is_a_readable_error(runtime_server) -> None:  # noq
     assert answer.message() == Message(ASSISTANT, "", answer.error)
 
 
-def test_a_request_the_model_refuses_shows_its_status_and_message(runtime_server) -> None:  # noqa: F811
+def test_a_request_the_model_refuses_shows_its_status_and_message(runtime_server) -> None:
     refusal = b'{"code": 400, "error": "parameters.top_p must be in (0, 1], got 7"}'
     runtime_server.container.response = FakeResponse(
         [(0.0, refusal)], status=400, headers={"Content-Type": "application/json"}
@@ -112,7 +111,7 @@ def test_a_request_the_model_refuses_shows_its_status_and_message(runtime_server
     assert "parameters.top_p must be in (0, 1], got 7" in answer.error
 
 
-def test_an_in_band_error_keeps_the_text_before_it(runtime_server) -> None:  # noqa: F811
+def test_an_in_band_error_keeps_the_text_before_it(runtime_server) -> None:
     runtime_server.container.response = FakeResponse(
         [(0.0, b'{"outputs": [" Par"]}\n'), (0.0, b'{"code": 424, "error": "CUDA out of memory"}\n')]
     )
@@ -121,7 +120,7 @@ def test_an_in_band_error_keeps_the_text_before_it(runtime_server) -> None:  # n
     assert answer.message() == Message(ASSISTANT, "Par", "The model failed while answering: CUDA out of memory")
 
 
-def test_a_stream_the_endpoint_cuts_short_names_the_reason(frame_server) -> None:  # noqa: F811
+def test_a_stream_the_endpoint_cuts_short_names_the_reason(frame_server) -> None:
     frame_server.chunks = [
         payload_part(b'{"outputs": [" Paris"]}\n'),
         exception_frame(
@@ -168,7 +167,7 @@ def test_an_endpoint_that_does_not_answer_in_time_is_a_readable_error(silent_por
     assert answer.error == "The endpoint did not answer in time (read timeout); try again or ask for fewer tokens."
 
 
-def test_a_client_that_cannot_be_made_is_a_readable_error(aws_env) -> None:  # noqa: F811
+def test_a_client_that_cannot_be_made_is_a_readable_error(aws_env) -> None:
     answer = Answer(runtime_client, "my-endpoint", REQUEST)  # SageMaker, with no AWS region configured
     assert _read(answer) == []
     assert answer.error == "You must specify a region."

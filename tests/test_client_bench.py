@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from client_support import per_test_timeout  # noqa: F401
 from lmikit.benchmarks import parser_bench
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 
 def test_parser_bench_prints_throughput_and_ratio(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
-from client_support import per_test_timeout  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lmikit.benchmarks import recordings
 from lmikit.benchmarks.recordings import split
 from lmikit.client import ErrorEvent, EventParser, ParseError, TokenEvent, sniff_format
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 LINE_FORMATS: dict[str, tuple[Callable[[Sequence[str]], bytes], str]] = {
     "lmi023_jsonlines": (recordings.lmi023_jsonlines, "jsonlines"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
-from client_support import per_test_timeout  # noqa: F401
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lmikit.benchmarks.recordings import split
 from lmikit.client import LineDecoder
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 
 def decode_all(chunks: list[bytes]) -> list[str]:

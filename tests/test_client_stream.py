@@ -7,7 +7,7 @@ from itertools import count
 from typing import Any
 
 import pytest
-from client_support import botocore_stream, frame_server, per_test_timeout, runtime_client  # noqa: F401
+from client_support import botocore_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lmikit.benchmarks import recordings
@@ -22,6 +22,8 @@ from lmikit.client import (
     invoke_stream,
 )
 from lmikit.server.eventstream import encode_message, exception_frame, payload_part
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 RENDERERS = [
     recordings.lmi023_jsonlines,
@@ -144,7 +146,7 @@ def test_invoke_stream_builds_the_lmi_request() -> None:
     assert request == {"EndpointName": "my-ep", "ContentType": "application/json", "CustomAttributes": "trace=1"}
 
 
-def test_invoke_stream_with_real_boto3_over_http(frame_server, runtime_client) -> None:  # noqa: F811
+def test_invoke_stream_with_real_boto3_over_http(frame_server, runtime_client) -> None:
     wire = b"".join(payload_part(part) for part in split(recordings.tgi_sse([" é", " 日本"]), [9, 10, 11]))
     frame_server.chunks = split(wire, [5, 100]) + [exception_frame("ModelStreamError", "stopped", "StreamBroken")]
     frame_server.content_type = "text/event-stream"

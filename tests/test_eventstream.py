@@ -7,11 +7,13 @@ import json
 import pytest
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 from botocore.exceptions import EventStreamError
-from client_support import botocore_stream, frame_server, per_test_timeout, runtime_client  # noqa: F401
+from client_support import botocore_stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lmikit.benchmarks.recordings import split
 from lmikit.server.eventstream import encode_message, exception_frame, payload_part
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 
 def decode(*chunks: bytes) -> list:
@@ -85,7 +87,7 @@ def test_botocore_event_stream_yields_parts_then_raises_model_stream_error() -> 
     assert caught.value.response["Error"] == {"Code": "ModelStreamError", "Message": "broken"}
 
 
-def test_real_boto3_client_receives_parts_and_exception(frame_server, runtime_client) -> None:  # noqa: F811
+def test_real_boto3_client_receives_parts_and_exception(frame_server, runtime_client) -> None:
     frame = payload_part(b'{"outputs": [" a"]}\n')
     frame_server.chunks = [frame[:7], frame[7:], payload_part(b"x"), exception_frame("InternalStreamFailure", "down")]
     response = runtime_client.invoke_endpoint_with_response_stream(EndpointName="ep", Body=b"{}")

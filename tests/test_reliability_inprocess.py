@@ -15,7 +15,7 @@ from typing import Any
 import lmikit.djl.response as response_module
 import pytest
 import torch
-from inprocess_endpoint import Instruments, port_of, post, served, wait_until  # noqa: F401
+from inprocess_endpoint import port_of, post, served, wait_until
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.endpoint import LocalEndpoint
 from reference import ReferenceModel

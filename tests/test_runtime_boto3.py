@@ -10,17 +10,10 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import EventStreamError
-from client_support import per_test_timeout  # noqa: F401
 from lmikit.client import invoke_stream
-from runtime_support import (  # noqa: F401
-    ENDPOINT,
-    REGION,
-    FakeResponse,
-    RuntimeServer,
-    aws_env,
-    client_for,
-    runtime_server,
-)
+from runtime_support import ENDPOINT, REGION, FakeResponse, RuntimeServer, client_for
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 LINES = [b'{"outputs": [" one"]}\n', b'{"outputs": [" two"]}\n', b'{"outputs": [" three"]}\n']
 

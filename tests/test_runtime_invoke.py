@@ -6,16 +6,17 @@ import json
 
 import pytest
 from click.testing import CliRunner, Result
-from client_support import per_test_timeout  # noqa: F401
 from lmikit.cli import main
 from lmikit.server.process import free_port
-from runtime_support import REGION, FakeResponse, RuntimeServer, aws_env, runtime_server  # noqa: F401
+from runtime_support import REGION, FakeResponse, RuntimeServer
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 LINES = [b'{"outputs": [" one"]}\n', b'{"outputs": [" two"]}\n', b'{"outputs": [" three"]}\n']
 
 
 @pytest.fixture
-def server(runtime_server: RuntimeServer, aws_env: None) -> RuntimeServer:  # noqa: F811
+def server(runtime_server: RuntimeServer, aws_env: None) -> RuntimeServer:
     return runtime_server
 
 
@@ -77,7 +78,7 @@ def test_broken_stream_keeps_the_tokens_and_fails(server: RuntimeServer) -> None
     assert "ModelStreamError: " in result.stderr
 
 
-def test_unreachable_endpoint(aws_env: None) -> None:  # noqa: F811
+def test_unreachable_endpoint(aws_env: None) -> None:
     result = invoke("Hello", "--endpoint-url", f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == 1
     assert "Could not connect to the endpoint URL" in result.stderr

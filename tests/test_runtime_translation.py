@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from botocore.eventstream import EventStreamBuffer
-from client_support import per_test_timeout  # noqa: F401
 from lmikit.server import runtime
 from lmikit.server.runtime import (
     INVOKE,
@@ -27,6 +26,8 @@ from lmikit.server.runtime import (
     validate,
 )
 from runtime_support import FakeResponse
+
+pytestmark = pytest.mark.usefixtures("per_test_timeout")
 
 CONFIG = RuntimeConfig(endpoint_name="ep", region="eu-west-1", stream_time_limit=2.0, invoke_time_limit=2.0)
 
