@@ -18,7 +18,8 @@ TOKENS = [72, 0xC3, 0xA9, EOS]  # "H", "é" in two bytes, then EOS
 ENVELOPE = '"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"tiny"'
 
 
-def run(shape, options=ChatOptions(), tokens=TOKENS, max_new_tokens=10, fail_at=None, stream=True):
+def run(shape, options=None, tokens=TOKENS, max_new_tokens=10, fail_at=None, stream=True):
+    options = ChatOptions() if options is None else options
     params = GenerationParams(max_new_tokens=max_new_tokens, logprobs=options.logprobs)
     request = GenerationRequest("prompt", params, stream=stream, api="chat", chat=options)
     generation = Generation("r", request, TOK, shape("chatcmpl-1", 1700000000, "tiny", 5, options), buffered=not stream)
@@ -35,15 +36,21 @@ def run(shape, options=ChatOptions(), tokens=TOKENS, max_new_tokens=10, fail_at=
 def test_chunks_send_the_role_then_content_deltas_then_the_finish_reason_then_done() -> None:
     outs = run(ChatCompletionChunks)
     assert outs == [
-        f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,'
-        '"finish_reason":null}]}\n\n'
-        f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{"content":"H"}},"logprobs":null,"finish_reason":null}}]}}'
-        "\n\n",
+        (
+            f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,'
+            '"finish_reason":null}]}\n\n'
+            f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{"content":"H"}},"logprobs":null,"finish_reason":null}}]}}'
+            "\n\n"
+        ),
         "",  # half a character is held back
-        f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{"content":"é"}},"logprobs":null,"finish_reason":null}}]}}'
-        "\n\n",
-        f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}]}}\n\n'
-        "data: [DONE]\n\n",
+        (
+            f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{"content":"é"}},"logprobs":null,"finish_reason":null}}]}}'
+            "\n\n"
+        ),
+        (
+            f'data: {{{ENVELOPE},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}]}}\n\n'
+            "data: [DONE]\n\n"
+        ),
     ]
 
 
@@ -113,8 +120,10 @@ def test_a_failed_completion_is_the_error_object_alone() -> None:
         ("tgi", '{"error":"temperature must be in [0, 2], got 5","error_type":"validation","code":400}'),
         (
             "chat",
-            '{"error": {"message": "temperature must be in [0, 2], got 5", "type": "invalid_request_error", '
-            '"param": "temperature", "code": 400}, "code": 400}',
+            (
+                '{"error": {"message": "temperature must be in [0, 2], got 5", "type": "invalid_request_error", '
+                '"param": "temperature", "code": 400}, "code": 400}'
+            ),
         ),
     ],
 )

@@ -104,8 +104,10 @@ def test_truncated_json_body_is_a_parse_error() -> None:
         (b'{"code": 424, "error": "Input Parsing failed"}\n', ErrorEvent("Input Parsing failed", 424)),
         (b'data:{"error":"CUDA OOM","error_type":"generation"}\n\n', ErrorEvent("CUDA OOM", "generation")),
         (
-            b'{"token": {"id": -1, "text": "", "log_prob": -1.0, "error_msg": "engine died"},'
-            b' "generated_text": "", "details": {"finish_reason": "error"}}\n',
+            (
+                b'{"token": {"id": -1, "text": "", "log_prob": -1.0, "error_msg": "engine died"},'
+                b' "generated_text": "", "details": {"finish_reason": "error"}}\n'
+            ),
             ErrorEvent("engine died", None),
         ),
         (b'{"generated_text": null, "error": "bad", "code": 400}', ErrorEvent("bad", 400)),

@@ -491,7 +491,7 @@ def test_loader_imports_like_djl(tmp_path, version, loads, reply):
         assert entry.formatters["output_formatter"] is not entry.module.fmt
     assert callable(entry.handler)
     with pytest.raises(AttributeError, match="no handler function 'nope'"):
-        dataclasses.replace(entry, handler_name="nope").handler
+        _ = dataclasses.replace(entry, handler_name="nope").handler
 
 
 def test_the_disconnect_property_means_the_same_on_both_sides_of_the_wire():

@@ -39,8 +39,10 @@ def test_newest_jsonlines_with_details():
         '{"token": {"id": 195, "text": "", "log_prob": -0.5}}\n',
         '{"token": {"id": 169, "text": "é", "log_prob": -0.5}}\n',
         '{"token": {"id": 33, "text": "!", "log_prob": -0.5}}\n',
-        '{"token": {"id": 256, "text": "", "log_prob": -0.5, "special_token": true}, "generated_text": " é!", '
-        '"details": {"finish_reason": "eos_token", "generated_tokens": 5, "inputs": "Hi"}}\n',
+        (
+            '{"token": {"id": 256, "text": "", "log_prob": -0.5, "special_token": true}, "generated_text": " é!", '
+            '"details": {"finish_reason": "eos_token", "generated_tokens": 5, "inputs": "Hi"}}\n'
+        ),
     ]
 
 

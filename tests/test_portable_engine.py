@@ -59,7 +59,8 @@ def test_requests_joining_at_different_steps_each_equal_generate(started, refere
     for index, (prompt, max_new_tokens) in enumerate(PROMPTS[:4]):
         _submit(engine, f"r{index}", prompt, max_new_tokens=max_new_tokens)
         # the next one joins while this one is mid-generation, at a later step
-        assert collector.wait_for(lambda: len(collector.tokens(f"r{index}")) >= 2 or collector.finished(f"r{index}"))
+        name = f"r{index}"
+        assert collector.wait_for(lambda name=name: len(collector.tokens(name)) >= 2 or collector.finished(name))
     collector.wait_finished(*(f"r{i}" for i in range(4)))
     for index, (prompt, max_new_tokens) in enumerate(PROMPTS[:4]):
         assert tuple(collector.tokens(f"r{index}")) == reference(prompt, max_new_tokens).token_ids, prompt

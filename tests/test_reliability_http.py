@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import final
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -178,6 +179,7 @@ def _parses(raw: bytes) -> bool:
     return True
 
 
+@final
 class Canary:
     """Streams the same greedy request again and again while other tests hammer the server; every run must be
     exact."""

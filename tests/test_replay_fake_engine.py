@@ -156,9 +156,9 @@ def test_custom_formatter_defined_in_model_py(version, model_dir_with_formatter)
 
 
 def test_unknown_formatter_fails_the_model_load():
-    with pytest.raises(Exception, match="option.output_formatter='nope' is neither a built-in"):
-        with frontend("0.23", rolling_batch="custom", output_formatter="nope"):
-            pass
+    refused = "option.output_formatter='nope' is neither a built-in"
+    with pytest.raises(Exception, match=refused), frontend("0.23", rolling_batch="custom", output_formatter="nope"):
+        pass
 
 
 def test_a_forced_engine_that_cannot_import_fails_the_load_with_the_reason(monkeypatch):
@@ -206,9 +206,9 @@ def test_a_request_that_asks_for_no_stream_gets_one_body(version):
 
 def test_each_finished_request_logs_one_line_of_numbers_and_never_its_prompt(caplog):
     prompt = "private words"
-    with caplog.at_level("INFO", logger="lmistream.admission"):
-        with frontend("0.23", rolling_batch="custom", output_formatter="jsonlines") as front:
-            status, _ = collect(post(front, {"inputs": prompt, "parameters": {"max_new_tokens": 5}}))
+    options = {"rolling_batch": "custom", "output_formatter": "jsonlines"}
+    with caplog.at_level("INFO", logger="lmistream.admission"), frontend("0.23", **options) as front:
+        status, _ = collect(post(front, {"inputs": prompt, "parameters": {"max_new_tokens": 5}}))
     assert status == 200
     [line] = [r.getMessage() for r in caplog.records if "prompt_tokens=" in r.getMessage()]
     assert " length: prompt_tokens=13 generated_tokens=5 ttft_ms=" in line and "total_ms=" in line

@@ -102,27 +102,29 @@ def test_two_ranks_shard_the_model_and_answer_exactly_as_one_device(
 def test_a_killed_rank_ends_the_open_stream_with_an_error_and_ping_turns_unhealthy(
     launcher: str, tiny_dir: Path, tmp_path: Path
 ) -> None:
-    with tempfile.TemporaryFile("w+") as log:
-        with _serve(tmp_path, "portable", "0.23", tiny_dir, log, launcher) as endpoint:
-            connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=60)
-            body = json.dumps({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1900}})
-            connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            first = response.read1(65536)
-            log.seek(0)
-            ready = log.read()
-            assert f"2 ranks by {launcher}" in ready
-            pids = [int(p) for p in re.search(r"pids \[([\d, ]+)\]", ready).group(1).split(",")]
-            os.kill(pids[1], signal.SIGKILL)
-            killed = time.monotonic()
-            rest = b""
-            while True:
-                data = response.read1(65536)
-                if not data:
-                    break
-                rest += data
-            ended = time.monotonic() - killed
-            health = ping(endpoint.port)  # the group is marked failed before the stream's error is written
+    with (
+        tempfile.TemporaryFile("w+") as log,
+        _serve(tmp_path, "portable", "0.23", tiny_dir, log, launcher) as endpoint,
+    ):
+        connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=60)
+        body = json.dumps({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1900}})
+        connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        first = response.read1(65536)
+        log.seek(0)
+        ready = log.read()
+        assert f"2 ranks by {launcher}" in ready
+        pids = [int(p) for p in re.search(r"pids \[([\d, ]+)\]", ready).group(1).split(",")]
+        os.kill(pids[1], signal.SIGKILL)
+        killed = time.monotonic()
+        rest = b""
+        while True:
+            data = response.read1(65536)
+            if not data:
+                break
+            rest += data
+        ended = time.monotonic() - killed
+        health = ping(endpoint.port)  # the group is marked failed before the stream's error is written
     assert first and json.loads(first.splitlines()[0])["outputs"]
     last = json.loads(rest.splitlines()[-1])
     assert last.get("code") == 424 and "failed" in last.get("message", "").lower(), rest[-500:]

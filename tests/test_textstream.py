@@ -49,7 +49,7 @@ def test_special_tokens_release_no_text_but_count():
     st.lists(st.text(alphabet="abcé日", min_size=1, max_size=4), max_size=3),
 )
 def test_output_is_the_text_up_to_the_first_stop(text, stops):
-    deltas, stream = run(text, stops=stops)
+    deltas, _ = run(text, stops=stops)
     # generation stops as soon as a stop sequence is complete: the earliest end wins, then the longest
     hits = [(text.find(s) + len(s), text.find(s)) for s in stops if s in text]
     expected = text[: min(hits)[1]] if hits else text

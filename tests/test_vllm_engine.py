@@ -284,16 +284,16 @@ def test_the_openai_client_through_lmi_serves_http_server(
     shared: SharedEngine, version: str, offline: dict[str, Offline]
 ) -> None:
     expected = offline["chat"]
-    with sync_frontend(shared, version, rolling_batch="vllm", enable_streaming="true") as front:
-        with http_endpoint(front, "smollm2") as endpoint:
-            api = openai.OpenAI(base_url=endpoint.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-            whole = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=12, temperature=0)
-            chunks = list(
-                api.chat.completions.create(
-                    model="smollm2", messages=QUESTION, max_tokens=12, temperature=0, stream=True
-                )
-            )
-            raw = http_post(endpoint, {"messages": QUESTION, "max_tokens": 12, "temperature": 0, "stream": True}).read()
+    with (
+        sync_frontend(shared, version, rolling_batch="vllm", enable_streaming="true") as front,
+        http_endpoint(front, "smollm2") as endpoint,
+    ):
+        api = openai.OpenAI(base_url=endpoint.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        whole = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=12, temperature=0)
+        chunks = list(
+            api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=12, temperature=0, stream=True)
+        )
+        raw = http_post(endpoint, {"messages": QUESTION, "max_tokens": 12, "temperature": 0, "stream": True}).read()
     assert whole.choices[0].message.content == expected.text
     assert whole.usage.completion_tokens == len(expected.token_ids)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == expected.text
