@@ -6,6 +6,7 @@ This file is also loaded by the LMI 0.23 tier (Python 3.9, no boto3): fixtures i
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from client_support import FrameServer
     from runtime_support import RuntimeServer
 
+#: The vLLM tier's tests import vllm, which only .venv-vllm has; elsewhere they are not collected.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["test_vllm_engine.py"]
+
 #: per_test_timeout's limit
 TIMEOUT_S = 30.0
 
@@ -28,6 +32,14 @@ def pytest_configure(config) -> None:
     """Tests never reach a model hub: every model they load is built locally (before any test module imports
     transformers, which reads this once)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every slow test is an integration test too (before `-m` selects), so `-m "not integration"` leaves it out."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -58,7 +70,7 @@ def frame_server() -> Iterator[FrameServer]:
     from client_support import FrameServer
 
     server = FrameServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # shutdown() waits a poll
     thread.start()
     yield server
     server.shutdown()

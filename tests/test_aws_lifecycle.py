@@ -92,6 +92,7 @@ def _gone(call, **kwargs: str) -> bool:
     return False
 
 
+@pytest.mark.integration
 def test_build_deploy_delete_lifecycle(
     aws: boto3.session.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,8 @@ import pytest
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.process import running_endpoint
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--concurrency", "1,2", "--max-new-tokens", "4", "--prompt-tokens", "6"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from lmistream.engines.cb_processors import _RowwiseTopK, _RowwiseTopP, use_rowwise_processors
 from transformers import TopKLogitsWarper, TopPLogitsWarper
@@ -62,6 +63,7 @@ def test_all_neutral_rows_are_returned_untouched() -> None:
     assert top_p(scores, torch.ones(3).view(torch.int32)) is scores
 
 
+@pytest.mark.integration
 def test_a_cpu_engine_runs_with_the_row_skipping_processors() -> None:
     from lmikit.embedded_model import ensure_tiny_model
     from lmistream.config import HandlerConfig

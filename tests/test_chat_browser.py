@@ -56,7 +56,7 @@ RECORD_RENDERS = """() => {
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 class Started:

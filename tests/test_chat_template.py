@@ -14,6 +14,8 @@ from lmistream.engines.loading import HFTokenizer
 from lmistream.errors import InvalidRequest
 from transformers import AutoTokenizer
 
+pytestmark = pytest.mark.integration
+
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Hi"},

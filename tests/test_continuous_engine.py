@@ -21,6 +21,8 @@ from lmistream.errors import EngineError
 from lmistream.params import GenerationParams
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+pytestmark = pytest.mark.integration
+
 #: reference tokens whose top-1 / top-2 logit gap is below this are near-ties: comparison stops before them
 NEAR_TIE = 1e-4
 

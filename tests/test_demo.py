@@ -6,6 +6,8 @@ import sys
 import pytest
 from local_endpoint import REPO
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.slow
 def test_demo_streams_a_real_answer_about_paris():

@@ -23,6 +23,7 @@ def _assert_hf_directory(directory: Path) -> None:
     assert json.loads((directory / "generation_config.json").read_text())["eos_token_id"] == 2  # <|im_end|>
 
 
+@pytest.mark.integration
 def test_tiny_model_is_cached() -> None:
     first = ensure_tiny_model()
     started = time.monotonic()

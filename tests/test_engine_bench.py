@@ -3,10 +3,12 @@ timing assertions (CPU timings here are noise; the benchmark prints ratios inste
 
 from __future__ import annotations
 
+import pytest
 from lmikit.benchmarks import engine_bench
 from lmikit.embedded_model import ensure_tiny_model
 
 
+@pytest.mark.integration
 def test_tiny_run_reports_every_engine_against_generate() -> None:
     result = engine_bench.run_benchmark(ensure_tiny_model(), [2], max_new_tokens=3, threads=1, repeats=1)
     engines = engine_bench.available_engines()

@@ -16,6 +16,8 @@ from lmikit.server.endpoint import MAX_BODY_BYTES
 from lmikit.server.process import RunningEndpoint
 from local_endpoint import connection, make_project, serve
 
+pytestmark = pytest.mark.integration
+
 PROPERTIES = """engine=Python
 option.rolling_batch=custom
 option.output_formatter=jsonlines

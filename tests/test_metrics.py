@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.invoke import runtime_client
 from local_endpoint import connection, make_project, serve
 from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.integration
 
 PROPERTIES = """engine=Python
 option.rolling_batch=custom

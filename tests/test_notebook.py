@@ -23,6 +23,8 @@ from moto.sagemaker.models import FakeEndpointConfig
 from moto.server import ThreadedMotoServer
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.integration
+
 NOTEBOOK = REPO / "notebooks" / "deploy_and_stream.ipynb"
 EXECUTED = REPO / "build" / "test-artifacts" / "deploy_and_stream.ipynb"
 ENDPOINT = "lmi-notebook-test"

@@ -22,6 +22,8 @@ from reference import ReferenceModel
 from runtime_support import client_for
 from sse_decode import chat_text, tgi_text
 
+pytestmark = pytest.mark.integration
+
 VERSIONS = ["0.23", "newest"]
 QUESTION = [{"role": "user", "content": "Once upon a time"}]
 PROMPT = "The quick brown fox"

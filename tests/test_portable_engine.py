@@ -15,6 +15,8 @@ from lmistream.engines.portable import PortableEngine
 from lmistream.params import GenerationParams
 from reference import ReferenceModel
 
+pytestmark = pytest.mark.integration
+
 PROMPTS = [
     ("Hello, my name is", 14),
     ("The quick brown fox", 9),

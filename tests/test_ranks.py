@@ -28,6 +28,7 @@ def test_the_degree_must_match_the_ranks_djl_started() -> None:
         check_degree(4, RankInfo(0, 2, 0))
 
 
+@pytest.mark.integration
 def test_without_a_tp_plan_sharding_goes_through_deepspeed_which_needs_cuda(tmp_path) -> None:
     import torch
     from lmikit.embedded_model import ensure_tiny_model
@@ -39,6 +40,7 @@ def test_without_a_tp_plan_sharding_goes_through_deepspeed_which_needs_cuda(tmp_
         _deepspeed(config, torch.device("cpu"), TensorParallel(RankInfo(0, 2, 0), 2))
 
 
+@pytest.mark.integration
 def test_a_degree_that_does_not_divide_the_heads_is_refused_before_loading() -> None:
     from lmikit.embedded_model import ensure_tiny_model
     from lmistream.config import HandlerConfig
@@ -50,6 +52,7 @@ def test_a_degree_that_does_not_divide_the_heads_is_refused_before_loading() -> 
         check_heads(config, 3)
 
 
+@pytest.mark.integration
 def test_a_single_process_asked_for_two_ranks_fails_the_load_naming_engine_mpi(monkeypatch) -> None:
     from lmikit.embedded_model import ensure_tiny_model
     from lmistream.config import HandlerConfig

@@ -25,6 +25,8 @@ from local_endpoint import START_TIMEOUT, make_project
 from reference import ReferenceModel
 from reliability_figures import record
 
+pytestmark = pytest.mark.integration
+
 PROPERTIES = """engine=Python
 option.rolling_batch=custom
 option.output_formatter=jsonlines

@@ -21,6 +21,8 @@ from lmikit.server.endpoint import LocalEndpoint
 from reference import ReferenceModel
 from reliability_figures import record
 
+pytestmark = pytest.mark.integration
+
 DROPS, KEPT = 20, 4
 PROMPTS = ["Hello, my name is", "The quick brown fox", "Why?", "Roses are"]
 LONG = {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1500}}

@@ -20,6 +20,8 @@ from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 from reference import Reference, ReferenceModel
 from replay import TIMEOUT, collect, frontend, post, post_all
 
+pytestmark = pytest.mark.integration
+
 #: (prompt, max_new_tokens): different prompts and lengths, so a token routed to the wrong request shows. Their greedy
 #: continuations hold only plain text tokens (see the special-token test below) and end on complete characters.
 REQUESTS = [

@@ -10,6 +10,8 @@ import torch
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.serve import ServeSettings, serving_properties
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 
 

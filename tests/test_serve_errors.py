@@ -4,8 +4,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from lmikit.embedded_model import ensure_tiny_model
 from local_endpoint import make_project
+
+pytestmark = pytest.mark.integration
 
 
 def lmi_serve(*args: str) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ def test_summarize_counts_tokens_and_gaps() -> None:
     assert row.itl_p50_ms == pytest.approx(200.0) and row.itl_p99_ms == pytest.approx(700.0)
 
 
+@pytest.mark.integration
 def test_tiny_run_reports_every_path_and_ratio() -> None:
     report = serving_bench.run_benchmark(ensure_tiny_model(), [1], max_new_tokens=4)
     assert {"loadavg", "model", "handler", "threads", "max_new_tokens", "prompt_tokens", "rows", "ratios"} <= set(

@@ -24,6 +24,8 @@ from lmistream.engines import available
 from local_endpoint import START_TIMEOUT, make_project, stream
 from reference import DTYPE_KEYWORD, ReferenceModel
 
+pytestmark = pytest.mark.integration
+
 PROPERTIES = """engine=MPI
 option.entryPoint=model.py
 option.tensor_parallel_degree=2

@@ -36,6 +36,8 @@ from replay import collect, frontend, post, post_all
 from sse_decode import chat_text
 from vllm_reference import LOAD, Offline, offline_generate
 
+pytestmark = pytest.mark.integration
+
 #: the handler's options matching the reference's `LOAD`
 OPTIONS = {"dtype": "fp32", "enforce_eager": "true"}
 #: (prompt, max_new_tokens): different lengths, so a token routed to the wrong request shows
