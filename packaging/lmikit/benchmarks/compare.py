@@ -6,7 +6,8 @@ Every system serves the same model directory with the same prompts, greedy, with
   max_new_tokens`), in this process: no HTTP, no handler, no scheduler. The engine limit.
 * `lmi-<protocol>-<engine>`: `lmi serve` of the project (DJL 0.23 and newest protocols, each engine asked for by
   `option.generation_engine`), driven over the container route `POST /invocations`.
-* `transformers-serve`: `transformers serve` of the same directory, `/v1/completions`.
+* `transformers-serve`: `transformers serve --continuous-batching` of the same directory, `/v1/completions` (without
+  that flag it answers one request after another, no peer for a batching server).
 * `vllm`: vLLM's OpenAI server, where a venv with `vllm` is named (`--vllm-python`), `/v1/completions`.
 * `naive`: a handler that serves one request at a time, streamed with `generate`, in this process.
 
@@ -17,6 +18,7 @@ OMP_NUM_THREADS/MKL_NUM_THREADS set; each system's threads are reported.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -82,7 +84,7 @@ class LocalModel:
         torch.set_num_threads(threads)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
-        return tokenizer, model.eval()
+        return tokenizer, model.eval()  # type: ignore[no-untyped-call]  # torch's Module.eval is unannotated
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, exact: bool) -> tuple[float, list[float]]:
         """One left-padded static batch; the time it started and each step's time (every row shares them)."""
@@ -207,6 +209,7 @@ def transformers_serve(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
         "cpu",
         "--dtype",
         "float32",
+        "--continuous-batching",
     ]
     return running_server(command, thread_env(plan.threads), ready_timeout=START_TIMEOUT_S, ready_path="/health")
 
@@ -249,7 +252,7 @@ def started_systems(plan: Plan, say: Callable[[str], None]) -> Iterator[tuple[li
         in_process = f"{plan.threads} (torch.set_num_threads, in this process)"
         systems = [System("generate", GenerateLimit(local), in_process)]
         servers: list[tuple[str, Callable[[], AbstractContextManager[RunningEndpoint]], Callable[[str], Target]]] = [
-            (f"lmi-{protocol}-{engine}", lambda p=protocol, e=engine: lmi_stack(plan, p, e), container_target)
+            (f"lmi-{protocol}-{engine}", functools.partial(lmi_stack, plan, protocol, engine), container_target)
             for engine in plan.engines
             for protocol in plan.protocols
         ]

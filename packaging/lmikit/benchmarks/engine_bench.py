@@ -25,12 +25,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL_ROOT = REPO / "model"
 #: SmolLM2-135M's shape, but with as many KV heads as query heads
-BENCH_SHAPE = {
+BENCH_SHAPE: dict[str, Any] = {
     "hidden_size": 576,
     "intermediate_size": 1536,
     "num_hidden_layers": 30,
@@ -38,6 +40,7 @@ BENCH_SHAPE = {
     "num_key_value_heads": 9,
     "max_position_embeddings": 2048,
 }
+Samples = dict[tuple[str, int], list[float]]  # (path, concurrency) -> tok/s of each kept run
 SUBJECTS = (
     "a clockmaker",
     "the river",
@@ -83,7 +86,7 @@ def build_bench_model(out: Path) -> Path:
     return out
 
 
-def measure_generate(model, tokenizer, texts: list[str], max_new_tokens: int) -> float:
+def measure_generate(model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int) -> float:
     """Tokens/s of one static batch of `texts`, left-padded."""
     import torch
 
@@ -124,7 +127,7 @@ class EngineDriver:
         self._finished = 0
         self.engine.start(self._on_update)
 
-    def _on_update(self, update) -> None:
+    def _on_update(self, update: Any) -> None:
         with self._cond:
             self._tokens += len(update.token_ids)
             self._finished += update.finished
@@ -157,7 +160,7 @@ def available_engines() -> list[str]:
 
 def run_benchmark(
     model_dir: Path, concurrencies: Sequence[int], max_new_tokens: int, threads: int, repeats: int
-) -> dict:
+) -> dict[str, Any]:
     """tok/s of every path at every concurrency (best of the repeats), and the ratios with their ranges."""
     import torch
     import transformers
@@ -165,18 +168,19 @@ def run_benchmark(
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).float().eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = model.float().eval()
     engines = {name: EngineDriver(name, model_dir, max(concurrencies)) for name in available_engines()}
-    samples: dict = {}
+    samples: Samples = {}
     try:
         for run in range(repeats + 1):  # run 0 warms every path up and is not kept
             for c in concurrencies:
                 texts = prompts(c)
                 measures: dict[str, Callable[[], float]] = {
-                    "generate": lambda texts=texts: measure_generate(model, tokenizer, texts, max_new_tokens)
+                    "generate": partial(measure_generate, model, tokenizer, texts, max_new_tokens)
                 }
                 for name, driver in engines.items():
-                    measures[name] = lambda d=driver, texts=texts, run=run: d.measure(texts, max_new_tokens, run)
+                    measures[name] = partial(driver.measure, texts, max_new_tokens, run)
                 for path, measure in measures.items():
                     tok_s = measure()
                     if run:
@@ -198,7 +202,7 @@ def run_benchmark(
     )
 
 
-def report(samples: dict, stack: dict) -> dict:
+def report(samples: Samples, stack: dict[str, Any]) -> dict[str, Any]:
     rows = [
         {"path": path, "concurrency": c, "tok_s": max(values), "runs": values}
         for (path, c), values in sorted(samples.items(), key=lambda item: (item[0][1], item[0][0]))
@@ -220,7 +224,7 @@ def report(samples: dict, stack: dict) -> dict:
     return {"stack": stack, "rows": rows, "ratios": ratios}
 
 
-def format_report(result: dict) -> str:
+def format_report(result: dict[str, Any]) -> str:
     stack = result["stack"]
     lines = [
         (

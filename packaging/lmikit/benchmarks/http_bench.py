@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlparse
 
 PROMPT = "The quick brown fox"
@@ -36,7 +37,7 @@ def one_stream(host: str, port: int, max_new_tokens: int, start: threading.Barri
         return type(error).__name__
 
 
-def probe_ping(host: str, port: int, stop: threading.Event, latencies: list[float], errors: Counter) -> None:
+def probe_ping(host: str, port: int, stop: threading.Event, latencies: list[float], errors: Counter[str]) -> None:
     while not stop.is_set():
         started = time.perf_counter()
         try:
@@ -50,12 +51,12 @@ def probe_ping(host: str, port: int, stop: threading.Event, latencies: list[floa
         stop.wait(0.05)
 
 
-def run(url: str, clients: int, max_new_tokens: int) -> dict:
+def run(url: str, clients: int, max_new_tokens: int) -> dict[str, Any]:
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     start, stop = threading.Barrier(clients), threading.Event()
     latencies: list[float] = []
-    errors: Counter = Counter()
+    errors: Counter[str] = Counter()
     prober = threading.Thread(target=probe_ping, args=(host, port, stop, latencies, errors), daemon=True)
     prober.start()
     began = time.perf_counter()

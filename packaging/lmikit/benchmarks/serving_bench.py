@@ -31,7 +31,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from lmikit.server.process import running_endpoint
 
@@ -107,17 +109,17 @@ def summarize(path: str, streams: list[Stream]) -> Row:
 # ---- reference: transformers generate -----------------------------------------------------------------------------
 
 
-def load_reference(model_dir: Path):
+def load_reference(model_dir: Path) -> tuple[Any, Any]:
     """The tokenizer and the fp32 model, as the engine loads them."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
-    return tokenizer, model.eval()
+    return tokenizer, model.eval()  # type: ignore[no-untyped-call]  # torch's Module.eval is unannotated
 
 
-def measure_generate(model, prompt_ids: list[int], batch: int, max_new_tokens: int) -> Row:
+def measure_generate(model: Any, prompt_ids: list[int], batch: int, max_new_tokens: int) -> Row:
     """Greedy static batch: TTFT is a 1-token generate, ITL the per-step time of the rest, all lengths equal."""
     import torch
 
@@ -144,9 +146,16 @@ def measure_generate(model, prompt_ids: list[int], batch: int, max_new_tokens: i
 # ---- engine: driven directly -----------------------------------------------------------------------------
 
 
-def start_engine(model_dir: Path, batch: int, model_root: Path = MODEL_ROOT, engine_name: str = "auto"):
-    """A started engine (lmistream imported from `model_root`) whose updates are routed to per-request callbacks
-    (`engine.routes`)."""
+@dataclass
+class RoutedEngine:
+    """A started engine and the per-request callbacks its updates are routed to."""
+
+    engine: Any
+    routes: dict[str, Callable[[Any], None]]
+
+
+def start_engine(model_dir: Path, batch: int, model_root: Path = MODEL_ROOT, engine_name: str = "auto") -> RoutedEngine:
+    """A started engine (lmistream imported from `model_root`) whose updates go to per-request callbacks."""
     if str(model_root) not in sys.path:
         sys.path.insert(0, str(model_root))
     from lmistream.config import HandlerConfig
@@ -159,20 +168,19 @@ def start_engine(model_dir: Path, batch: int, model_root: Path = MODEL_ROOT, eng
         "generation_engine": engine_name,
     }
     engine = create_engine(HandlerConfig.from_properties(props))
-    routes: dict[str, Callable] = {}
+    routes: dict[str, Callable[[Any], None]] = {}
     engine.start(lambda update: routes[update.request_id](update))
-    engine.routes = routes
-    return engine
+    return RoutedEngine(engine, routes)
 
 
-def measure_engine(engine, prompt_ids: list[int], concurrency: int, max_new_tokens: int) -> Row:
+def measure_engine(routed: RoutedEngine, prompt_ids: list[int], concurrency: int, max_new_tokens: int) -> Row:
     """Submit `concurrency` greedy requests at once; time every update as it reaches the callback."""
     from lmistream.params import GenerationParams
 
     done = threading.Semaphore(0)
     streams: dict[str, Stream] = {}
 
-    def on_update(update) -> None:
+    def on_update(update: Any) -> None:
         streams[update.request_id].chunks.append((time.perf_counter(), len(update.token_ids)))
         if update.finished:
             done.release()
@@ -182,8 +190,8 @@ def measure_engine(engine, prompt_ids: list[int], concurrency: int, max_new_toke
     for index in range(concurrency):
         request_id = f"bench-{stamp}-{index}"
         streams[request_id] = Stream(time.perf_counter(), [])
-        engine.routes[request_id] = on_update
-        engine.submit(request_id, list(prompt_ids), params)
+        routed.routes[request_id] = on_update
+        routed.engine.submit(request_id, list(prompt_ids), params)
     for _ in range(concurrency):
         if not done.acquire(timeout=REQUEST_TIMEOUT_S):
             raise TimeoutError("the engine did not finish the requests in time")
@@ -266,11 +274,14 @@ def measure_reference(
     prompt_ids = list(tokenizer.encode(PROMPT))
     if "generate" in paths:
         for batch in sorted({1, *concurrencies}):
-            rows.append(best(lambda batch=batch: measure_generate(model, prompt_ids, batch, max_new_tokens), repeats))
+            rows.append(best(partial(measure_generate, model, prompt_ids, batch, max_new_tokens), repeats))
     return prompt_ids
 
 
-def in_thread(work: Callable[[], object]):
+T = TypeVar("T")
+
+
+def in_thread(work: Callable[[], T]) -> T:
     """`work()` run in a new thread that ends with it (its result, or its exception raised here)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(work).result()
@@ -285,12 +296,12 @@ def run_benchmark(
     djl_version: str = "newest",
     paths: Sequence[str] = ("generate", "engine", "endpoint"),
     model_root: Path = MODEL_ROOT,
-) -> dict:
+) -> dict[str, Any]:
     """Measure every path at every concurrency; the report holds the rows and the tokens/s ratios."""
     import torch
 
     torch.set_num_threads(threads)
-    report = {
+    report: dict[str, Any] = {
         "loadavg": _loadavg(),
         "model": str(model_dir),
         "handler": str(model_root),
@@ -305,28 +316,28 @@ def run_benchmark(
     report["prompt_tokens"] = len(prompt_ids)
     batch = max(concurrencies)
     if "engine" in paths:
-        engine = start_engine(model_dir, batch, model_root)
+        routed = start_engine(model_dir, batch, model_root)
         try:
             for c in concurrencies:
-                rows.append(best(lambda c=c: measure_engine(engine, prompt_ids, c, max_new_tokens), repeats))
+                rows.append(best(partial(measure_engine, routed, prompt_ids, c, max_new_tokens), repeats))
         finally:
-            engine.stop()
+            routed.engine.stop()
     if "endpoint" in paths:
         with serve(model_dir, batch, threads, djl_version, model_root) as port:
             for c in concurrencies:
-                rows.append(best(lambda c=c: measure_endpoint(port, PROMPT, c, max_new_tokens), repeats))
+                rows.append(best(partial(measure_endpoint, port, PROMPT, c, max_new_tokens), repeats))
     report["rows"] = [asdict(row) for row in rows]
     report["ratios"] = ratios(rows)
     return report
 
 
-def ratios(rows: Sequence[Row]) -> list[dict]:
+def ratios(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """Per concurrency: engine and endpoint tokens/s over `generate` with a static batch of that size."""
     reference = {row.concurrency: row.tok_s for row in rows if row.path == "generate"}
     by_path = {(row.path, row.concurrency): row.tok_s for row in rows}
     out = []
     for c in sorted({row.concurrency for row in rows if row.path != "generate"}):
-        entry: dict = {"concurrency": c}
+        entry: dict[str, Any] = {"concurrency": c}
         for path in ("engine", "endpoint"):
             if (path, c) in by_path and reference.get(c):
                 entry[f"{path}/generate"] = by_path[(path, c)] / reference[c]
@@ -336,7 +347,7 @@ def ratios(rows: Sequence[Row]) -> list[dict]:
     return out
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"loadavg at start: {report['loadavg']}",
         f"model: {report['model']}  handler: {report['handler']}",

@@ -73,10 +73,13 @@ def summarize(system: str, concurrency: int, records: Sequence[RequestRecord], r
     start = min((r.sent for r in records), default=0.0)
     end = max((r.token_times[-1] for r in done), default=start)
     tokens = sum(len(r.token_times) for r in records)
-    ttfts = [r.ttft for r in done]
+    ttfts = [t for t in (r.ttft for r in done) if t is not None]
     gaps = [gap for r in done for gap in r.gaps]
-    latencies = [r.latency for r in done]
-    ms = lambda values, q: 1000 * percentile(values, q)
+    latencies = [t for t in (r.latency for r in done) if t is not None]
+
+    def ms(values: Sequence[float], q: float) -> float:
+        return 1000 * percentile(values, q)
+
     return LevelResult(
         system=system,
         concurrency=concurrency,

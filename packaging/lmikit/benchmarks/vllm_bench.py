@@ -30,7 +30,7 @@ from ..embedded_model import ensure_smollm2
 from ..server.process import RunningEndpoint, running_endpoint, running_server
 from .bench import make_prompts
 from .stats import LevelResult, markdown_table, ratio, ratio_table, summarize
-from .targets import closed_loop, container_target, openai_target
+from .targets import Target, closed_loop, container_target, openai_target
 
 START_TIMEOUT_S = 600.0
 KV_CACHE_BYTES = 1 << 30
@@ -92,7 +92,7 @@ def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[Runni
     return running_endpoint(args, _env(), ready_timeout=START_TIMEOUT_S)
 
 
-STARTERS: dict[str, tuple[Callable[[Settings], AbstractContextManager[RunningEndpoint]], Callable[[str], object]]] = {
+STARTERS: dict[str, tuple[Callable[[Settings], AbstractContextManager[RunningEndpoint]], Callable[[str], Target]]] = {
     "vllm-openai": (vllm_openai, lambda url: openai_target(url, "model", api="completions")),
     "lmi-rolling": (lambda s: lmi_serve(s, "rolling_batch=vllm", "output_formatter=jsonlines"), container_target),
     "lmi-async": (
@@ -129,7 +129,7 @@ def run_system(
 
 def _level(
     name: str,
-    target: object,
+    target: Target,
     endpoint: RunningEndpoint,
     prompts: Sequence[str],
     concurrency: int,
