@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,14 +58,19 @@ class Streamed:
         return [json.loads(line) for line in self.body.decode().splitlines()]
 
 
-def stream(endpoint: RunningEndpoint, payload: dict, start: float) -> Streamed:
-    """POST /invocations and record each chunk with its arrival time (seconds since `start`)."""
+def stream(
+    endpoint: RunningEndpoint, payload: dict, start: float, first_chunk: threading.Event | None = None
+) -> Streamed:
+    """POST /invocations and record each chunk with its arrival time (seconds since `start`); `first_chunk` is set
+    once the first chunk arrived (or the response ended without one)."""
     conn = connection(endpoint)
     conn.request("POST", "/invocations", json.dumps(payload), {"Content-Type": "application/json"})
     response = conn.getresponse()
     chunks = []
     while True:
         data = response.read1(65536)
+        if first_chunk is not None:
+            first_chunk.set()
         if not data:
             break
         chunks.append((time.monotonic() - start, data))

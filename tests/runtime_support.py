@@ -19,19 +19,20 @@ REGION = "us-west-2"
 
 @dataclass
 class FakeResponse:
-    """A container response: `script` is (seconds to wait, chunk or exception to raise) steps.
+    """A container response: `script` is (wait, chunk or exception to raise) steps; a wait is seconds, or an Event
+    the test sets to release the step.
 
     A wait ends early when the request is cancelled; the response then stops producing.
     """
 
-    script: list[tuple[float, bytes | Exception]]
+    script: list[tuple[float | threading.Event, bytes | Exception]]
     status: int = 200
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/jsonlines"})
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def __iter__(self) -> Iterator[bytes]:
-        for delay, item in self.script:
-            if self.cancelled.wait(delay):
+        for wait, item in self.script:
+            if self._cancelled_during(wait):
                 return
             if isinstance(item, Exception):
                 raise item
@@ -39,6 +40,14 @@ class FakeResponse:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def _cancelled_during(self, wait: float | threading.Event) -> bool:
+        if not isinstance(wait, threading.Event):
+            return self.cancelled.wait(wait)
+        while not wait.wait(0.01):
+            if self.cancelled.is_set():
+                return True
+        return self.cancelled.is_set()
 
 
 class FakeContainer:
