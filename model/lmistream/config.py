@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from .errors import ConfigError
 
@@ -148,6 +148,28 @@ class _Props:
         if not 0 < number <= 1:
             raise ConfigError(f"option.{key}={value!r} must be a number in (0, 1]")
         return number
+
+    # With an int default (and no "max"), the reader always yields an int; without one, None means "not set".
+    @overload
+    def integer(
+        self,
+        key: str,
+        minimum: int,
+        maximum: int | None = None,
+        *,
+        default: int,
+        allow_max: Literal[False] = False,
+    ) -> int: ...
+
+    @overload
+    def integer(
+        self,
+        key: str,
+        minimum: int,
+        maximum: int | None = None,
+        default: int | None = None,
+        allow_max: bool = False,
+    ) -> int | None: ...
 
     def integer(
         self,
