@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -81,9 +81,9 @@ def upload_artifact(
 def default_bucket(boto_session: Any) -> str:
     """SDK v2's default bucket (sagemaker-<region>-<account>, created if missing; calls STS)."""
     with _sdk_v2():
-        import sagemaker
+        from sagemaker.session import Session
 
-        return sagemaker.Session(boto_session=boto_session).default_bucket()
+        return cast(str, Session(boto_session=boto_session).default_bucket())
 
 
 def resolve_image(image: str, region: str) -> str:
@@ -99,7 +99,7 @@ def resolve_image(image: str, region: str) -> str:
         from sagemaker import image_uris
 
         try:
-            return image_uris.retrieve(framework=framework, region=region, version=version)
+            return cast(str, image_uris.retrieve(framework=framework, region=region, version=version))
         except ValueError as exc:
             raise DeployError(f"--image {image!r}: {exc}") from None
 
@@ -120,7 +120,7 @@ def endpoint_name_from_base(base: str = DEFAULT_NAME_BASE) -> str:
     with _sdk_v2():
         from sagemaker.utils import name_from_base
 
-        return name_from_base(base)
+        return cast(str, name_from_base(base))
 
 
 def deploy(
@@ -164,11 +164,11 @@ def wait_for_endpoint(
     delay: float = 15.0,
     timeout: float = 3600.0,
     on_status: Callable[[str], None] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Poll DescribeEndpoint until InService (returns the description); Failed or timeout raise DeployError."""
     deadline = time.monotonic() + timeout
     while True:
-        description = sm_client.describe_endpoint(EndpointName=endpoint_name)
+        description: dict[str, Any] = sm_client.describe_endpoint(EndpointName=endpoint_name)
         status = description["EndpointStatus"]
         if on_status is not None:
             on_status(status)
@@ -325,7 +325,7 @@ def _status(sm_client: Any, name: str) -> EndpointStatus:
     )
 
 
-def _describe(call: Callable[..., dict], **kwargs: str) -> dict:
+def _describe(call: Callable[..., dict[str, Any]], **kwargs: str) -> dict[str, Any]:
     """A Describe* result, or {} when the resource does not exist."""
     try:
         return call(**kwargs)
@@ -335,7 +335,7 @@ def _describe(call: Callable[..., dict], **kwargs: str) -> dict:
         raise
 
 
-def _delete(call: Callable[..., dict], kind: str, **kwargs: str) -> list[str]:
+def _delete(call: Callable[..., dict[str, Any]], kind: str, **kwargs: str) -> list[str]:
     try:
         call(**kwargs)
     except ClientError as exc:

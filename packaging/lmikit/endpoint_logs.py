@@ -27,10 +27,10 @@ def parse_since(text: str) -> float:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-def read_events(logs_client: Any, endpoint_name: str, start_ms: int) -> list[dict]:
+def read_events(logs_client: Any, endpoint_name: str, start_ms: int) -> list[dict[str, Any]]:
     """Every event of every container since `start_ms`, oldest first."""
     group = LOG_GROUP.format(endpoint_name)
-    events: list[dict] = []
+    events: list[dict[str, Any]] = []
     try:
         for page in logs_client.get_paginator("filter_log_events").paginate(logGroupName=group, startTime=start_ms):
             events.extend(page.get("events", []))
@@ -50,7 +50,7 @@ def last_lines(logs_client: Any, endpoint_name: str, count: int = 20, window_s: 
     return [format_event(event) for event in events[-count:]]
 
 
-def follow(logs_client: Any, endpoint_name: str, start_ms: int, wait: Callable[[], bool]) -> Iterator[dict]:
+def follow(logs_client: Any, endpoint_name: str, start_ms: int, wait: Callable[[], bool]) -> Iterator[dict[str, Any]]:
     """Events as they arrive: read, yield what is new, then `wait()` (True ends it)."""
     seen: set[str] = set()
     while True:
@@ -64,6 +64,6 @@ def follow(logs_client: Any, endpoint_name: str, start_ms: int, wait: Callable[[
             return
 
 
-def format_event(event: dict) -> str:
+def format_event(event: dict[str, Any]) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["timestamp"] / 1000))
     return f"{stamp} {event.get('logStreamName', '-')} {event['message'].rstrip()}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
@@ -342,7 +343,7 @@ def _continuous_ready(stack: ImageStack, shipped: list[Requirement]) -> bool:
     return stack.runs_continuous() and _transformers(stack, shipped) >= CONTINUOUS_TRANSFORMERS
 
 
-def _model_type(config: dict, stack: ImageStack, have: Version) -> list[Finding]:
+def _model_type(config: dict[str, Any], stack: ImageStack, have: Version) -> list[Finding]:
     model_type = config.get("model_type")
     heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
     if model_type in MODEL_TYPES:

@@ -104,7 +104,7 @@ def runtime_client(endpoint_url: str | None = None, region: str | None = None) -
     if endpoint_url is None:
         return session.client("sagemaker-runtime")
     dummy = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-    credentials = {} if _configured_credentials(core) else dummy
+    credentials: dict[str, Any] = {} if _configured_credentials(core) else dummy
     return session.client(
         "sagemaker-runtime",
         endpoint_url=endpoint_url,

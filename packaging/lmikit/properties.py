@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 _SEPARATOR = re.compile(r"(?<!\\)[=:\s]")
@@ -31,7 +31,7 @@ def parse_properties(text: str) -> dict[str, str]:
     return result
 
 
-def _logical_lines(text: str):
+def _logical_lines(text: str) -> Iterator[str]:
     pending = ""
     for raw in text.splitlines():
         line = raw.lstrip(" \t\f")

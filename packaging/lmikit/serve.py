@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class ServeSettings:
     launcher: str = "auto"
 
 
-def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str]:
+def serving_properties(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> dict[str, str]:
     """The project's serving.properties with the local model choice applied, said out loud."""
     props = read_serving_properties(Project.at(settings.project_dir).serving_properties)
     target = props.get("option.model_id", "(none)")
@@ -73,7 +74,9 @@ def serving_properties(settings: ServeSettings, say=click.echo) -> dict[str, str
     return props
 
 
-def _dtype_for_this_device(props: dict[str, str], overrides: tuple[tuple[str, str], ...], say) -> None:
+def _dtype_for_this_device(
+    props: dict[str, str], overrides: tuple[tuple[str, str], ...], say: Callable[[str], object]
+) -> None:
     """A half dtype in serving.properties is the deploy target's: locally the handler's `auto` picks what fits the
     device it runs on (fp32 on a CPU, the weights' own dtype on a GPU), unless `--option dtype=` asks for one."""
     if any(key in ("dtype", "data_type") for key, _ in overrides):
@@ -136,7 +139,7 @@ def start_frontend(settings: ServeSettings, props: dict[str, str]) -> tuple[Fron
     return frontend, group
 
 
-def run(settings: ServeSettings, say=click.echo) -> None:
+def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> None:
     """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
     props = serving_properties(settings, say)
     runtime = RuntimeConfig(endpoint_name=settings.endpoint_name, stream_time_limit=settings.stream_time_limit)
@@ -237,12 +240,21 @@ def _end_children() -> None:
     "environment; auto takes mpirun when it is on PATH.",
 )
 def serve_command(
-    project_dir, model_id, host, port, djl_version, endpoint_name, overrides, stream_time_limit, launcher
+    project_dir: Path,
+    model_id: Path | None,
+    host: str,
+    port: int,
+    djl_version: str,
+    endpoint_name: str,
+    overrides: tuple[str, ...],
+    stream_time_limit: float,
+    launcher: str,
 ) -> None:
     """Run the project's model.py as a local streaming endpoint."""
-    pairs = tuple(tuple(item.split("=", 1)) for item in overrides)
-    if any(len(pair) != 2 for pair in pairs):
+    split = [item.split("=", 1) for item in overrides]
+    if any(len(pair) != 2 for pair in split):
         raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
+    pairs = tuple((pair[0], pair[1]) for pair in split)
     settings = ServeSettings(
         project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit, launcher
     )

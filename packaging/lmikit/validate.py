@@ -212,7 +212,7 @@ def local_model_dir(project: Project, model_id: str) -> Path | None:
     return next((directory for directory in candidates if (directory / "config.json").is_file()), None)
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object file, or None when it is missing or not a JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -221,6 +221,6 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _model_config(project: Project, model_id: str) -> dict | None:
+def _model_config(project: Project, model_id: str) -> dict[str, Any] | None:
     directory = local_model_dir(project, model_id)
     return None if directory is None else read_json(directory / "config.json")

@@ -44,7 +44,7 @@ def clear_conversation() -> None:
 def sidebar(target: ChatTarget) -> Settings:
     with st.sidebar:
         st.caption(f"Endpoint: {target.describe()}")
-        st.session_state.format = st.selectbox("Request format", list(FORMATS), format_func=FORMATS.get)
+        st.session_state.format = st.selectbox("Request format", list(FORMATS), format_func=FORMATS.__getitem__)
         settings = Settings(
             max_new_tokens=st.number_input("Max new tokens", min_value=1, max_value=4096, value=256, step=16),
             temperature=st.slider("Temperature (0: greedy)", 0.0, 2.0, 0.7, step=0.05),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import click
@@ -21,8 +21,10 @@ from .. import autoscaling, aws_deploy, endpoint_logs
 from ..project import Project
 from .common import DEFAULT_TARBALL, aws_errors, validated_build
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
-def artifact_options(command: Callable) -> Callable:
+
+def artifact_options(command: _Command) -> _Command:
     """What deploy and update share: the project or tarball, the role, where the artifact goes, the image."""
     options = [
         click.option(

@@ -47,7 +47,7 @@ def lower_keys(props: Mapping[str, Any]) -> set[str]:
     return {key.lower() for key in props}
 
 
-def json_object(raw: bytes) -> dict:
+def json_object(raw: bytes) -> dict[str, Any]:
     try:
         element = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -57,14 +57,17 @@ def json_object(raw: bytes) -> dict:
     return element
 
 
-def decode_item(raw: bytes) -> dict[str, str]:
+def decode_item(raw: bytes) -> dict[str | None, str]:
     try:
         fields = standin.decode_binary(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Malformed(f"undecodable binary item: {exc}") from exc
-    if any(value is None for value in fields.values()):
-        raise Malformed("binary item has a null value")
-    return fields
+    checked: dict[str | None, str] = {}
+    for key, value in fields.items():
+        if value is None:
+            raise Malformed("binary item has a null value")
+        checked[key] = value
+    return checked
 
 
 def gson_bool(value: Any) -> bool:

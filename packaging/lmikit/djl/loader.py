@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from lmikit.djl import standin
 
@@ -35,18 +36,18 @@ class EntryPoint:
     module: ModuleType
     model_dir: str
     handler_name: str = "handle"
-    formatters: dict[str, Callable] = field(default_factory=dict)
+    formatters: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
     @property
-    def handler(self) -> Callable:
+    def handler(self) -> Callable[..., Any]:
         """The function named by the `handler` property; AttributeError naming the module if it is missing."""
-        function = getattr(self.module, self.handler_name, None)
+        function: object = getattr(self.module, self.handler_name, None)
         if not callable(function):
             raise AttributeError(f"entry point {self.module.__file__} has no handler function {self.handler_name!r}")  # noqa: TRY004
         return function
 
 
-def enter_model_environment(model_dir: str | os.PathLike) -> None:
+def enter_model_environment(model_dir: str | os.PathLike[str]) -> None:
     """Process-wide: put the model dir first on sys.path and make it the cwd, as DJL's worker process has it."""
     path = str(Path(model_dir).resolve())
     if path not in sys.path:
@@ -55,7 +56,7 @@ def enter_model_environment(model_dir: str | os.PathLike) -> None:
 
 
 @contextmanager
-def model_environment(model_dir: str | os.PathLike) -> Iterator[None]:
+def model_environment(model_dir: str | os.PathLike[str]) -> Iterator[None]:
     """`enter_model_environment` for the duration of a with-block; sys.path and cwd are restored afterwards."""
     saved_path, saved_cwd = list(sys.path), os.getcwd()
     enter_model_environment(model_dir)
@@ -67,7 +68,7 @@ def model_environment(model_dir: str | os.PathLike) -> Iterator[None]:
 
 
 def load_entry_point(
-    model_dir: str | os.PathLike, version: str, handler: str = "handle", entry_point: str = "model.py"
+    model_dir: str | os.PathLike[str], version: str, handler: str = "handle", entry_point: str = "model.py"
 ) -> EntryPoint:
     """Install the `version` djl_python stand-in (unless a real one exists) and load the entry point.
 
@@ -123,21 +124,24 @@ def _hashed_name(path: str) -> str:
 
 def _exec_file(name: str, path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, f"no module loader for {path}"
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-def _decorated_function(model_dir: str, attribute: str) -> Callable | None:
+def _decorated_function(model_dir: str, attribute: str) -> Callable[..., Any] | None:
     """Newest `get_annotated_function`: re-execute model.py and return the first function flagged `attribute`."""
     try:
         path = _entry_file(model_dir, "model.py")
     except ValueError:
         return None
+    if path is None:  # never: "model.py" names a file
+        return None
     module = _exec_file(_hashed_name(path), path)
     for name in dir(module):
-        candidate = getattr(module, name)
+        candidate: object = getattr(module, name)
         if callable(candidate) and getattr(candidate, attribute, False):
             return candidate
     return None

@@ -58,7 +58,7 @@ class RankGroup:
         self._dir = tempfile.mkdtemp(prefix="lmi-ranks-")
         self._authkey = secrets.token_bytes(16)
         self._connections: list[Connection] = []
-        self._processes: list[subprocess.Popen] = []
+        self._processes: list[subprocess.Popen[bytes]] = []
         self.pids: list[int] = []
         self._lock = threading.Lock()
         self.failure: str | None = None
@@ -119,7 +119,7 @@ class RankGroup:
         return None if payload is None else wire.to_output(self._djl, payload)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
-    def _launch(self) -> list[subprocess.Popen]:
+    def _launch(self) -> list[subprocess.Popen[bytes]]:
         env = {
             **self.env,
             AUTHKEY_ENV: self._authkey.hex(),
@@ -228,7 +228,7 @@ class _GroupEntry:
         self.group = group
         self.model_dir = str(group.model_dir)
         self.handler_name = group.handler
-        self.formatters: dict[str, Callable] = {}  # each rank injects its own model.py's
+        self.formatters: dict[str, Callable[..., Any]] = {}  # each rank injects its own model.py's
         self.module = _GroupModule(group)
 
     @property

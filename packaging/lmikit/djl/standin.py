@@ -21,7 +21,10 @@ import struct
 import sys
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 VERSIONS = ("0.23", "newest")
 _MARK = "__lmikit_standin__"
@@ -33,13 +36,13 @@ class PairList:
 
     def __init__(
         self,
-        keys: list | None = None,
-        values: list | None = None,
-        pair_list: list | None = None,
-        pair_map: dict | None = None,
+        keys: list[Any] | None = None,
+        values: list[Any] | None = None,
+        pair_list: list[tuple[Any, Any]] | None = None,
+        pair_map: dict[Any, Any] | None = None,
     ) -> None:
-        self.keys: list = []
-        self.values: list = []
+        self.keys: list[Any] = []
+        self.values: list[Any] = []
         if keys and values:
             if len(keys) != len(values):
                 raise ValueError("key value size mismatch.")
@@ -49,7 +52,9 @@ class PairList:
         for key, value in (pair_map or {}).items():
             self.add(key, value)
 
-    def add(self, key: Any = None, value: Any = None, index: int | None = None, pair: tuple | None = None) -> None:
+    def add(
+        self, key: Any = None, value: Any = None, index: int | None = None, pair: tuple[Any, Any] | None = None
+    ) -> None:
         if index is not None and value is not None:
             self.keys.insert(index, key)
             self.values.insert(index, value)
@@ -82,10 +87,10 @@ class PairList:
     def value_at(self, index: int) -> Any:
         return self.values[index]
 
-    def get_keys(self) -> list:
+    def get_keys(self) -> list[Any]:
         return self.keys
 
-    def get_values(self) -> list:
+    def get_values(self) -> list[Any]:
         return self.values
 
 
@@ -94,7 +99,7 @@ class _InputBase:
 
     def __init__(self) -> None:
         self.function_name: str | None = None
-        self.properties: dict = {}
+        self.properties: dict[str, Any] = {}
         self.content = PairList()
 
     def is_batch(self) -> bool:
@@ -106,7 +111,7 @@ class _InputBase:
     def get_function_name(self) -> str | None:
         return self.function_name
 
-    def get_properties(self) -> dict:
+    def get_properties(self) -> dict[str, Any]:
         return self.properties
 
     def get_content(self) -> PairList:
@@ -149,7 +154,8 @@ class _InputBase:
         return self.content.value_at(0) if value is None else value
 
     def get_as_string(self, key: str | None = None) -> str:
-        return self.get_as_bytes(key=key).decode("utf-8")
+        text: str = self.get_as_bytes(key=key).decode("utf-8")
+        return text
 
     def get_as_json(self, key: str | None = None) -> Any:
         return json.loads(self.get_as_bytes(key=key).decode("utf-8"))
@@ -159,16 +165,16 @@ class _InputBase:
 
         return Image.open(io.BytesIO(self.get_as_bytes(key=key)))
 
-    def get_as_numpy(self, key: str | None = None) -> list:
+    def get_as_numpy(self, key: str | None = None) -> list[Any]:
         raise NotImplementedError("the tensor/ndlist codec is not emulated by the djl_python stand-in")
 
-    def get_as_npz(self, key: str | None = None) -> list:
+    def get_as_npz(self, key: str | None = None) -> list[Any]:
         import numpy
 
         npz = numpy.load(io.BytesIO(self.get_as_bytes(key=key)))
         return [npz[name] for name in npz.files]
 
-    def get_as_csv(self, key: str | None = None) -> list:
+    def get_as_csv(self, key: str | None = None) -> list[dict[str | Any, str | Any]]:
         import csv
 
         return list(csv.DictReader(io.StringIO(self.get_as_string(key=key))))
@@ -177,7 +183,7 @@ class _InputBase:
 class _Input023(_InputBase):
     """0.23.0-dlc: keys `batch_<i>.<name>` (unpadded), regex-parsed; item i gets the `batch_<i>.` properties."""
 
-    def get_batches(self) -> list:
+    def get_batches(self) -> list[_Input023]:
         if not self.is_batch():
             return [self]
         batch = [type(self)() for _ in range(self.get_batch_size())]
@@ -197,7 +203,7 @@ class _Input023(_InputBase):
 class _InputNewest(_InputBase):
     """Newest: keys `batch_%03d<sep><name>` parsed by position (index = key[6:9], name = key[10:])."""
 
-    def get_batches(self) -> list:
+    def get_batches(self) -> list[_InputNewest]:
         if not self.is_batch():
             return [self]
         batch = [type(self)() for _ in range(self.get_batch_size())]
@@ -238,12 +244,12 @@ class _OutputBase:
     def __init__(self, code: int = 200, message: str = "OK") -> None:
         self.code = code
         self.message = message
-        self.properties: dict = {}
+        self.properties: dict[str, Any] = {}
         self.content = PairList()
-        self.stream_content: Iterator | None = None
-        self.finalize_function: Callable | None = None
-        self.finalize_args: tuple | None = None
-        self.stream_output_formatter: Callable | None = None
+        self.stream_content: Iterator[Any] | None = None
+        self.finalize_function: Callable[..., Any] | None = None
+        self.finalize_args: tuple[Any, ...] | None = None
+        self.stream_output_formatter: Callable[..., Any] | None = None
 
     def __str__(self) -> str:
         content = {k: "type: " + str(type(v)) for k, v in zip(self.content.keys, self.content.values)}
@@ -251,25 +257,25 @@ class _OutputBase:
             {"code": self.code, "message": self.message, "properties": self.properties, "content": content}, indent=2
         )
 
-    def set_code(self, code: int) -> _OutputBase:
+    def set_code(self, code: int) -> Self:
         self.code = code
         return self
 
-    def set_message(self, message: str) -> _OutputBase:
+    def set_message(self, message: str) -> Self:
         self.message = message
         return self
 
-    def _error(self, error: str, code: int, message: str) -> _OutputBase:
+    def _error(self, error: str, code: int, message: str) -> Self:
         self.code = code
         self.message = message
         self.add_property("content-type", "application/json")
         return self.add_as_json({"code": self.code, "message": self.message, "error": error})
 
-    def add_property(self, key: str, val: Any) -> _OutputBase:
+    def add_property(self, key: str, val: Any) -> Self:
         self.properties[key] = val
         return self
 
-    def add(self, value: Any, key: Any = None, batch_index: int | None = None) -> _OutputBase:
+    def add(self, value: Any, key: Any = None, batch_index: int | None = None) -> Self:
         if key is not None and type(key) is not str:
             logging.warning(f"Output key should be str type, got {type(key)}")  # noqa: LOG015 (as djl_python does)
             key = str(key)
@@ -285,22 +291,24 @@ class _OutputBase:
             self.content.add(key=key, value=self._encode_json(value))
         return self
 
-    def add_as_numpy(self, np_list: list, key: Any = None, batch_index: int | None = None) -> _OutputBase:
+    def add_as_numpy(self, np_list: list[Any], key: Any = None, batch_index: int | None = None) -> Self:
         raise NotImplementedError("the tensor/ndlist codec is not emulated by the djl_python stand-in")
 
-    def add_as_npz(self, np_list: list, key: Any = None, batch_index: int | None = None) -> _OutputBase:
+    def add_as_npz(self, np_list: list[Any], key: Any = None, batch_index: int | None = None) -> Self:
         import numpy as np
 
         memory_file = io.BytesIO()
         np.savez(memory_file, *np_list)
         return self.add(memory_file.getvalue(), key=key, batch_index=batch_index)
 
-    def add_as_json(self, val: Any, key: Any = None, batch_index: int | None = None) -> _OutputBase:
+    def add_as_json(self, val: Any, key: Any = None, batch_index: int | None = None) -> Self:
         return self.add(self._encode_json(val), key=key, batch_index=batch_index)
 
     def add_stream_content(
-        self, stream_content: Iterator, output_formatter: Callable | None = _default_stream_output_formatter
-    ) -> _OutputBase:
+        self,
+        stream_content: Iterator[Any],
+        output_formatter: Callable[..., Any] | None = _default_stream_output_formatter,
+    ) -> Self:
         self.stream_content = stream_content
         self.stream_output_formatter = output_formatter
         return self
@@ -313,13 +321,14 @@ class _OutputBase:
             ).encode("utf-8")
         )
 
-    def finalize(self, finalize_function: Callable, *args: Any) -> _OutputBase:
+    def finalize(self, finalize_function: Callable[..., Any], *args: Any) -> Self:
         self.finalize_function = finalize_function
         self.finalize_args = args
         return self
 
     def execute_finalize(self) -> Any:
         if self.finalize_function:
+            assert self.finalize_args is not None  # finalize() sets both
             return self.finalize_function(*self.finalize_args)
         return None
 
@@ -337,14 +346,14 @@ class _OutputNewest(_OutputBase):
     def error(self, error: str, code: int = 424, message: str = "invoke handler failure") -> _OutputNewest:
         return self._error(error, code, message)
 
-    def get_properties(self) -> dict:
+    def get_properties(self) -> dict[str, Any]:
         return self.properties
 
     def get_property(self, key: str) -> Any:
         return self.properties.get(key)
 
     @staticmethod
-    def binary_encode(data: dict) -> bytearray:
+    def binary_encode(data: dict[str, Any]) -> bytearray:
         msg = bytearray(struct.pack(">h", len(data)))
         for key, value in data.items():
             _OutputNewest.write_utf8(msg, key)
@@ -361,12 +370,14 @@ class _OutputNewest(_OutputBase):
         msg += buf
 
 
-def decode_binary(data: bytes) -> dict[str, str | None]:
-    """Decode `Output.binary_encode` bytes like Java's `Request.addResponse`; raises ValueError when truncated."""
+def decode_binary(data: bytes) -> dict[str | None, str | None]:
+    """Decode `Output.binary_encode` bytes like Java's `Request.addResponse` (a length of -1 reads as null, for a key
+    too); raises ValueError when truncated."""
     view = memoryview(bytes(data))
+    result: dict[str | None, str | None] = {}
     try:
         (count,) = struct.unpack_from(">h", view, 0)
-        offset, result = 2, {}
+        offset = 2
         for _ in range(max(count, 0)):
             key, offset = _read_utf8(view, offset)
             value, offset = _read_utf8(view, offset)
@@ -400,15 +411,21 @@ def _build(version: str) -> ModuleType:
     package = ModuleType("djl_python", f"djl_python stand-in ({version}) from lmikit")
     package.__path__ = []
     setattr(package, _MARK, version)
-    pair_list = ModuleType("djl_python.pair_list")
-    pair_list.PairList = _named(PairList, "PairList", "djl_python.pair_list")
-    inputs = ModuleType("djl_python.inputs")
-    inputs.Input = _named(input_cls, "Input", "djl_python.inputs")
-    outputs = ModuleType("djl_python.outputs")
-    outputs.Output = _named(output_cls, "Output", "djl_python.outputs")
-    package.pair_list, package.inputs, package.outputs = pair_list, inputs, outputs
-    package.PairList, package.Input, package.Output = pair_list.PairList, inputs.Input, outputs.Output
+    pair_list_cls = _named(PairList, "PairList", "djl_python.pair_list")
+    input_public = _named(input_cls, "Input", "djl_python.inputs")
+    output_public = _named(output_cls, "Output", "djl_python.outputs")
+    pair_list = _module("djl_python.pair_list", PairList=pair_list_cls)
+    inputs = _module("djl_python.inputs", Input=input_public)
+    outputs = _module("djl_python.outputs", Output=output_public)
+    package.__dict__.update(pair_list=pair_list, inputs=inputs, outputs=outputs)
+    package.__dict__.update(PairList=pair_list_cls, Input=input_public, Output=output_public)
     return package
+
+
+def _module(name: str, **attributes: Any) -> ModuleType:
+    module = ModuleType(name)
+    module.__dict__.update(attributes)
+    return module
 
 
 def _real_djl_python() -> ModuleType | None:

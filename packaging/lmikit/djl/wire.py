@@ -7,7 +7,7 @@ from types import ModuleType
 from typing import Any
 
 
-def from_input(inputs: Any) -> dict:
+def from_input(inputs: Any) -> dict[str, Any]:
     return {
         "function": inputs.function_name,
         "properties": {k: v for k, v in inputs.properties.items() if not callable(v)},
@@ -15,7 +15,7 @@ def from_input(inputs: Any) -> dict:
     }
 
 
-def to_input(djl: ModuleType, data: dict) -> Any:
+def to_input(djl: ModuleType, data: dict[str, Any]) -> Any:
     inputs = djl.Input()
     inputs.function_name = data["function"]
     inputs.properties.update(data["properties"])
@@ -24,7 +24,7 @@ def to_input(djl: ModuleType, data: dict) -> Any:
     return inputs
 
 
-def from_output(output: Any) -> dict:
+def from_output(output: Any) -> dict[str, Any]:
     if getattr(output, "stream_content", None) is not None:
         raise TypeError("a streamed Output cannot leave its rank: use rolling batch with tensor parallelism")
     return {
@@ -38,7 +38,7 @@ def from_output(output: Any) -> dict:
     }
 
 
-def to_output(djl: ModuleType, data: dict) -> Any:
+def to_output(djl: ModuleType, data: dict[str, Any]) -> Any:
     output = djl.Output(code=data["code"], message=data["message"])
     output.properties.update(data["properties"])
     for key, value in data["content"]:
