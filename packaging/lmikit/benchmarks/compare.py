@@ -84,7 +84,7 @@ class LocalModel:
         torch.set_num_threads(threads)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
-        return tokenizer, model.eval()  # type: ignore[no-untyped-call]  # torch's Module.eval is unannotated
+        return tokenizer, model.eval()
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, exact: bool) -> tuple[float, list[float]]:
         """One left-padded static batch; the time it started and each step's time (every row shares them)."""

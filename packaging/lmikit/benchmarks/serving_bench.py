@@ -116,7 +116,7 @@ def load_reference(model_dir: Path) -> tuple[Any, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
-    return tokenizer, model.eval()  # type: ignore[no-untyped-call]  # torch's Module.eval is unannotated
+    return tokenizer, model.eval()
 
 
 def measure_generate(model: Any, prompt_ids: list[int], batch: int, max_new_tokens: int) -> Row:
