@@ -8,6 +8,8 @@ exact equivalents that skip the rows where the setting is neutral and find the t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingTopKLogitsWarper,
@@ -44,13 +46,16 @@ class _RowwiseTopP(ContinuousBatchingTopPLogitsWarper):
         return scores.index_put((rows,), super().__call__(scores[rows], tensor_arg[rows]))
 
 
-def use_rowwise_processors(processors: list) -> None:
+def use_rowwise_processors(processors: list[Any]) -> None:
     """Swap the manager's per-request top-k / top-p processors (in place) for the row-skipping versions, keeping their
     settings and their positions (each owns one row of the manager's per-request argument tensor)."""
-    replacements = {ContinuousBatchingTopKLogitsWarper: _RowwiseTopK, ContinuousBatchingTopPLogitsWarper: _RowwiseTopP}
+    replacements: dict[type[Any], type[Any]] = {
+        ContinuousBatchingTopKLogitsWarper: _RowwiseTopK,
+        ContinuousBatchingTopPLogitsWarper: _RowwiseTopP,
+    }
     for index, processor in enumerate(processors):
         cheaper = replacements.get(type(processor))
         if cheaper is not None:
-            replacement = cheaper.__new__(cheaper)
+            replacement = object.__new__(cheaper)
             replacement.__dict__.update(vars(processor))
             processors[index] = replacement

@@ -96,6 +96,7 @@ class RankedEngine:
             self._on_update(update)
 
     def _send_updates(self) -> None:
+        assert self._relay is not None  # started only with a relay
         while True:
             batch = [self._outbox.get()]
             while not self._outbox.empty():
@@ -105,6 +106,7 @@ class RankedEngine:
                 return
 
     def _receive_updates(self) -> None:
+        assert self._relay is not None  # started only with a relay
         while True:
             try:
                 batch = self._relay.receive()
