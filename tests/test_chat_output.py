@@ -6,12 +6,11 @@ import json
 
 import pytest
 from fakes import EOS, ByteTokenizer
-from lmistream.chat import ChatOptions
 from lmistream.chat_output import ChatCompletion, ChatCompletionChunks
 from lmistream.engine import EngineUpdate
 from lmistream.errors import InvalidRequest, error_body
 from lmistream.generation import Generation
-from lmistream.params import GenerationParams, GenerationRequest
+from lmistream.params import ChatOptions, GenerationParams, GenerationRequest
 
 TOK = ByteTokenizer()
 TOKENS = [72, 0xC3, 0xA9, EOS]  # "H", "é" in two bytes, then EOS

@@ -9,11 +9,10 @@ the prompt later, by the model's chat template (`Tokenizer.render_chat`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequest
-from .params import GenerationParams, GenerationRequest, Reader, check_text
+from .params import ChatOptions, GenerationParams, GenerationRequest, Reader, check_text
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 #: OpenAI's own limit on stop sequences
@@ -37,15 +36,6 @@ _FIELDS = (
     "user",
 )
 _MESSAGE_FIELDS = ("role", "content", "name")
-
-
-@dataclass(frozen=True)
-class ChatOptions:
-    """What shapes a chat answer beyond the generated tokens."""
-
-    model: str | None = None
-    include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
-    logprobs: bool = False
 
 
 def is_chat(payload: Mapping[str, Any]) -> bool:

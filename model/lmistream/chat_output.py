@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .chat import ChatOptions
 from .errors import error_body
 from .formatters import Formatter, StreamEvent
+from .params import ChatOptions
 from .textstream import FinishReason, Token
 
 

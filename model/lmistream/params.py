@@ -12,12 +12,9 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import InvalidRequest
-
-if TYPE_CHECKING:
-    from .chat import ChatOptions
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_CHARS = 256
@@ -61,6 +58,15 @@ class GenerationParams:
     details: bool = False
     return_full_text: bool = False
     logprobs: bool = False  # report every token's log-probability, greedy ones included (OpenAI's `logprobs`)
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """What shapes a chat answer beyond the generated tokens (read from the body by `chat`)."""
+
+    model: str | None = None
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
+    logprobs: bool = False
 
 
 @dataclass(frozen=True)
