@@ -6,6 +6,9 @@
 
 `install(version)` registers the flavour as `djl_python` (plus `djl_python.inputs`, `.outputs`, `.pair_list`)
 unless a real djl_python is importable, in which case the real package is returned untouched.
+
+One module of about 450 lines, because it mirrors the public surface of three djl_python modules method by method
+(a handler may call any of them); splitting it would scatter one API across files that do not match the real ones.
 """
 
 from __future__ import annotations
