@@ -80,17 +80,9 @@ def frame_server() -> Iterator[FrameServer]:
 @pytest.fixture
 def runtime_client(frame_server: FrameServer) -> object:
     """An unmodified boto3 sagemaker-runtime client pointed at the frame server, without retries."""
-    import boto3
-    from botocore.config import Config
+    from runtime_support import client_for
 
-    return boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=frame_server.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(retries={"max_attempts": 1}),
-    )
+    return client_for(frame_server.url)
 
 
 @pytest.fixture

@@ -115,21 +115,13 @@ FORMATS = {
 def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
     version: str, formatter: str, fault: BaseException, code: int, reference: ReferenceModel
 ) -> None:
-    import boto3
-    from botocore.config import Config
+    from runtime_support import client_for
 
     parse, fields = FORMATS[formatter]
     with served(version, output_formatter=formatter) as (endpoint, tools):
         streams = [post(endpoint, LONG) for _ in range(2)]
         firsts = [response.read1(65536) for response in streams]
-        runtime = boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=endpoint.url,
-            region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-            config=Config(retries={"max_attempts": 1}),
-        )
+        runtime = client_for(endpoint.url)
         events = runtime.invoke_endpoint_with_response_stream(
             EndpointName="local", ContentType="application/json", Body=json.dumps(LONG)
         )["Body"]
