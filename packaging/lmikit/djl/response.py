@@ -1,5 +1,7 @@
 """One request's HTTP response as DJL's frontend builds it: the writer side (status, headers, chunks, the end or a
-failure), filled by the frontend's threads, and the reader side (`head`, `chunks`) the HTTP server relays."""
+failure), filled by the frontend's threads, and the reader side the HTTP server relays: blocking (`head`, `chunks`),
+or without blocking (`poll_head`, `poll_chunk`, and `listen` to be called back from the producing thread when
+something arrives), which lets an event loop wait for many responses without a thread per response."""
 
 from __future__ import annotations
 
@@ -7,13 +9,21 @@ import http
 import json
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from lmikit.djl.java import gson, gson_int, gson_str, java_props, put_case_insensitive
 
 END = object()
+
+
+class _Pending:
+    """The type of PENDING."""
+
+
+#: what the non-blocking reads return while nothing has arrived yet
+PENDING: Final = _Pending()
 
 
 class BackendError(RuntimeError):
@@ -33,16 +43,34 @@ class Head:
 
 
 class _ChunkQueue:
-    """A minimal blocking FIFO whose `get` raises TimeoutError("Read chunk timeout") like Java's supplier."""
+    """A minimal blocking FIFO whose `get` raises TimeoutError("Read chunk timeout") like Java's supplier; a reader
+    that does not block polls it and has a one-shot listener called when an item arrives."""
 
     def __init__(self) -> None:
-        self._items: deque = deque()
+        self._items: deque[Any] = deque()
         self._ready = threading.Condition()
+        self._listener: Callable[[], None] | None = None
 
     def put(self, item: Any) -> None:
         with self._ready:
             self._items.append(item)
             self._ready.notify()
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener()
+
+    def poll(self) -> Any:
+        with self._ready:
+            return self._items.popleft() if self._items else PENDING
+
+    def listen(self, listener: Callable[[], None]) -> bool:
+        """Have `listener` called once, from the producing thread, when an item arrives; False (and no call) when
+        one is already there."""
+        with self._ready:
+            if self._items:
+                return False
+            self._listener = listener
+            return True
 
     def get(self, timeout: float | None) -> Any:
         with self._ready:
@@ -68,13 +96,15 @@ class Response:
         self._queue = _ChunkQueue()
         self._closed = False
         self._cancelled = False
-        self._code, self._message, self._headers = 200, "OK", {}
+        self._code, self._message = 200, "OK"
+        self._headers: dict[str, str] = {}
 
     def head(self, timeout: float | None = None) -> Head:
         """Block until status and headers are decided (for streams: when the first chunk is produced)."""
         if not self._head_ready.wait(timeout):
             raise TimeoutError(f"response head not decided within {timeout} s")
         if self._head is None:
+            assert self._error is not None  # a head that is ready without a Head was aborted
             raise self._error
         return self._head
 
@@ -88,6 +118,30 @@ class Response:
                 raise item
             if item:
                 yield item
+
+    def poll_head(self) -> Head | _Pending:
+        """The head if it is decided (PENDING otherwise), without blocking; BackendError as `head`."""
+        if not self._head_ready.is_set():
+            return PENDING
+        if self._head is None:
+            assert self._error is not None  # a head that is ready without a Head was aborted
+            raise self._error
+        return self._head
+
+    def poll_chunk(self) -> bytes | None | _Pending:
+        """The next body chunk without blocking: bytes (possibly empty), None at the end, PENDING while nothing has
+        arrived; raises what `chunks` raises."""
+        item = self._queue.poll()
+        if item is END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    def listen(self, listener: Callable[[], None]) -> bool:
+        """Have `listener` called once, from the frontend's thread, when the next chunk (or the end, or a failure)
+        arrives; False, and no call, when one is waiting already. The head is decided by the time one arrives."""
+        return self._queue.listen(listener)
 
     def read(self, timeout: float | None = None) -> bytes:
         """The whole body (each chunk wait bounded by `timeout`)."""

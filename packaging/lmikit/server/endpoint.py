@@ -11,20 +11,19 @@ mid-stream has its response cancelled.
 It runs on uvicorn and starlette: with the standard library's `http.server` (a listen backlog of 5, one thread per
 connection) 64 simultaneous clients saw connection resets and /ping timeouts. Request bodies may be chunked; a body
 over `MAX_BODY_BYTES` gets 413, an oversized header block 431/400 from uvicorn, a malformed Content-Length 400. The
-frontend's responses are blocking iterators: each wait runs in a worker thread of a limiter sized for every stream
-the frontend can hold, so waiting streams never starve the event loop or each other.
+frontend's responses are read on the event loop (`relay`): the frontend's thread that produces a chunk wakes the
+loop, and no thread waits per stream; a slow client holds its own response's chunks only (see `relay`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
-import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -33,19 +32,23 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from lmikit.djl.driver import Frontend
-from lmikit.djl.response import BackendError, Response
+from lmikit.djl.response import BackendError, Head
 from lmikit.server.metrics import RequestTrack, ServeMetrics
 from lmikit.server.openai_api import models_list, openai_error, read_chat_body
-from lmikit.server.runtime import RuntimeAnswer, RuntimeConfig, handle_runtime_request
+from lmikit.server.relay import AsyncResponse, LoopWaker
+from lmikit.server.runtime import (
+    ContainerFailed,
+    ContainerTimeout,
+    RuntimeConfig,
+    answer_runtime_request,
+    warm_up,
+)
 
 log = logging.getLogger(__name__)
 CHUNK_TIMEOUT_SECONDS = 120.0  # DJL's chunked_read_timeout
 MAX_BODY_BYTES = 64 << 20  # DJL's default max_request_size
 MAX_HEADER_BYTES = 64 << 10
 BACKLOG = 2048
-#: threads that may wait on the frontend at once (one per open stream)
-WAITING_THREADS = 2048
-_END = object()
 
 
 class BodyTooLarge(Exception):
@@ -72,7 +75,7 @@ class LocalEndpoint:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(address)
         self._socket.listen(BACKLOG)  # connections queue from now on, before the server thread takes them
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._waker: LoopWaker | None = None
         self.metrics = ServeMetrics(lambda: self.frontend.active_requests() if self.frontend is not None else 0)
         routes = [
             Route("/ping", self._ping, methods=["GET"]),
@@ -102,6 +105,7 @@ class LocalEndpoint:
 
     def serve_forever(self) -> None:
         """Serve until `shutdown` (blocks; run it in a thread)."""
+        warm_up()
         self._server.run(sockets=[self._socket])
 
     def shutdown(self) -> None:
@@ -129,11 +133,14 @@ class LocalEndpoint:
     async def _chat_completions(self, request: Request) -> HTTPResponse:
         track = self.metrics.start("chat")
         refusal, body = await self._admit(request)
-        problem, answer_type = read_chat_body(body) if refusal is None else (None, "")
-        if refusal is None and problem is None:
-            headers = [("content-type", "application/json")]
-            return await self._forward(headers, body, track, shape_error=openai_error, content_type=answer_type)
-        status, content = (400, problem.encode()) if refusal is None else (refusal.status_code, refusal.body)
+        if refusal is None:
+            problem, answer_type = read_chat_body(body)
+            if problem is None:
+                headers = [("content-type", "application/json")]
+                return await self._forward(headers, body, track, shape_error=openai_error, content_type=answer_type)
+            status, content = 400, problem.encode()
+        else:
+            status, content = refusal.status_code, bytes(refusal.body)
         track.end(status)
         return HTTPResponse(openai_error(status, content), status_code=status, media_type="application/json")
 
@@ -150,9 +157,9 @@ class LocalEndpoint:
     ) -> HTTPResponse:
         """Send one request through the frontend and relay its answer; `shape_error` rewrites an error body,
         `content_type` labels a successful one."""
-        response = self.frontend.submit(headers, body)
+        response = self._submit(headers, body)
         try:
-            head = await self._wait(response.head, CHUNK_TIMEOUT_SECONDS)
+            head = await response.head(CHUNK_TIMEOUT_SECONDS)
         except (BackendError, TimeoutError) as error:
             track.end(500)
             return _json(500, {"code": 500, "type": type(error).__name__, "message": str(error)})
@@ -160,19 +167,21 @@ class LocalEndpoint:
         if content_type and head.status < 300:
             headers_out = {key: value for key, value in headers_out.items() if key.lower() != "content-type"}
             headers_out["content-type"] = content_type
-        chunks = response.chunks(CHUNK_TIMEOUT_SECONDS)
-        if head.status < 300:
-            chunks = track.watch(chunks, content_type or _content_type(head.headers))
+        counted = head.status < 300
+        if counted:
+            track.begin(content_type or _content_type(head.headers))
+        chunks = _counted(response, track if counted else None)
         reshape = head.status >= 400 and shape_error is not None
         if not head.chunked or reshape:
-            content = b"".join(await self._wait(list, chunks))
+            content = b"".join([chunk async for chunk in chunks])
             track.end(head.status)
             if reshape:
+                assert shape_error is not None  # reshape says so
                 content = shape_error(head.status, content)
                 headers_out = {"content-type": "application/json", "x-request-id": response.request_id}
             return HTTPResponse(content, status_code=head.status, headers=headers_out)
         return StreamingResponse(
-            self._relay(chunks, response.cancel, lambda: track.end(head.status)),
+            _relay(chunks, response.cancel, lambda: track.end(head.status)),
             status_code=head.status,
             headers=headers_out,
         )
@@ -183,21 +192,19 @@ class LocalEndpoint:
         if refusal is not None:
             track.end(refusal.status_code)
             return refusal
-        answer: RuntimeAnswer = await self._wait(
-            handle_runtime_request,
+        answer = await answer_runtime_request(
             "POST",
             request.url.path,
             dict(request.headers),
             body,
-            lambda headers, data: ContainerView(self.frontend.submit(list(headers.items()), data), track),
+            lambda headers, data: RuntimeContainer(self._submit(list(headers.items()), data), track),
             self.runtime,
         )
-        if not answer.streamed:
-            content = b"".join(await self._wait(list, answer.body_iter))
+        if not isinstance(answer.body_iter, AsyncIterator):
             track.end(answer.status)
-            return HTTPResponse(content, status_code=answer.status, headers=answer.headers)
+            return HTTPResponse(b"".join(answer.body_iter), status_code=answer.status, headers=answer.headers)
         return StreamingResponse(
-            self._relay(iter(answer.body_iter), answer.close, lambda: track.end(answer.status)),
+            _relay(answer.body_iter, answer.close, lambda: track.end(answer.status)),
             status_code=answer.status,
             headers=answer.headers,
         )
@@ -223,56 +230,96 @@ class LocalEndpoint:
         except ClientDisconnect:
             return HTTPResponse(status_code=400), b""
 
-    async def _wait(self, function: Callable[..., Any], *args: Any) -> Any:
-        """A blocking frontend call, in a worker thread."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(WAITING_THREADS)
-        return await anyio.to_thread.run_sync(lambda: function(*args), limiter=self._limiter)
-
-    async def _relay(
-        self, chunks: Iterator[bytes], on_disconnect: Callable[[], None], on_end: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
-        """Chunks as they come; if the client goes away (or the stream breaks) the request is cancelled."""
-        finished = False
-        try:
-            while True:
-                chunk = await self._wait(next, chunks, _END)
-                if chunk is _END:
-                    finished = True
-                    return
-                yield chunk
-        except (BackendError, TimeoutError) as error:
-            log.error("stream broken: %s", error)
-            raise
-        finally:
-            on_end()
-            if not finished:
-                log.info("stream ended early (client gone or stream broken); cancelling its request")
-                on_disconnect()
+    def _submit(self, headers: list[tuple[str, str]], body: bytes) -> AsyncResponse:
+        """Queue a request in the frontend; its response is read on this event loop."""
+        assert self.frontend is not None  # _admit refuses requests until the model is loaded
+        if self._waker is None:
+            self._waker = LoopWaker(asyncio.get_running_loop())
+        return AsyncResponse(self.frontend.submit(headers, body), self._waker)
 
 
-class ContainerView:
-    """A DJL `Response` seen as the runtime layer's ContainerResponse (status, headers, chunk iterator), its chunks
-    counted by the request's metrics track."""
+class RuntimeContainer:
+    """A frontend response as the runtime layer's AsyncContainerResponse, its chunks counted by the request's metrics
+    track. A wait is bounded by the time the runtime layer has left (ContainerTimeout) and by DJL's
+    chunked_read_timeout (a ContainerFailed "Read chunk timeout", as the frontend's own reader raises it)."""
 
-    def __init__(self, response: Response, track: RequestTrack) -> None:
+    def __init__(self, response: AsyncResponse, track: RequestTrack) -> None:
         self._response = response
         self._track = track
+        self._head: Head | None = None
+        self._peeked: list[bytes | None | BaseException] = []
 
     @property
     def status(self) -> int:
-        return self._response.head(CHUNK_TIMEOUT_SECONDS).status
+        return self._head.status if self._head is not None else 500
 
     @property
     def headers(self) -> dict[str, str]:
-        return self._response.head(CHUNK_TIMEOUT_SECONDS).headers
+        return self._head.headers if self._head is not None else {}
 
-    def __iter__(self) -> Iterator[bytes]:
-        chunks = self._response.chunks(CHUNK_TIMEOUT_SECONDS)
-        return self._track.watch(chunks, _content_type(self.headers)) if self.status < 300 else chunks
+    async def peek(self, timeout: float) -> None:
+        if not self._peeked:
+            self._peeked.append(await self._get(timeout))
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        item = self._peeked.pop() if self._peeked else await self._get(timeout)
+        if isinstance(item, BaseException):
+            raise ContainerFailed(str(item) or type(item).__name__) from item
+        return item
 
     def cancel(self) -> None:
         self._response.cancel()
+
+    async def _get(self, timeout: float) -> bytes | None | BaseException:
+        if timeout <= 0:
+            raise ContainerTimeout("no container output before the deadline")
+        try:
+            if self._head is None:
+                self._head = await self._response.head(min(timeout, CHUNK_TIMEOUT_SECONDS))
+                if self._head.status < 300:
+                    self._track.begin(_content_type(self._head.headers))
+            chunk = await self._response.next_chunk(min(timeout, CHUNK_TIMEOUT_SECONDS))
+        except TimeoutError as error:
+            if timeout <= CHUNK_TIMEOUT_SECONDS:
+                raise ContainerTimeout("no container output before the deadline") from error
+            return error
+        except BackendError as error:
+            return error
+        if self._head.status < 300:
+            if chunk is None:
+                self._track.finish()
+            else:
+                self._track.see(chunk)
+        return chunk
+
+
+async def _counted(response: AsyncResponse, track: RequestTrack | None) -> AsyncIterator[bytes]:
+    """A response's non-empty chunks as they come, counted by `track` (when given)."""
+    while (chunk := await response.next_chunk(CHUNK_TIMEOUT_SECONDS)) is not None:
+        if track is not None:
+            track.see(chunk)
+        yield chunk
+    if track is not None:
+        track.finish()
+
+
+async def _relay(
+    chunks: AsyncIterator[bytes], on_disconnect: Callable[[], None], on_end: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """Chunks as they come; if the client goes away (or the stream breaks) the request is cancelled."""
+    finished = False
+    try:
+        async for chunk in chunks:
+            yield chunk
+        finished = True
+    except (BackendError, TimeoutError) as error:
+        log.error("stream broken: %s", error)
+        raise
+    finally:
+        on_end()
+        if not finished:
+            log.info("stream ended early (client gone or stream broken); cancelling its request")
+            on_disconnect()
 
 
 async def _read_body(request: Request) -> bytes:

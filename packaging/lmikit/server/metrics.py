@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -65,19 +66,32 @@ class RequestTrack:
         metrics.in_flight.inc()
 
     def watch(self, chunks: Iterator[bytes], content_type: str | None) -> Iterator[bytes]:
-        """The same chunks, their tokens counted as they pass. Counting never breaks a response: a body the parser
-        cannot read (an error page, a custom format) is passed on uncounted."""
-        self._parser = EventParser(content_type=content_type)
+        """The same chunks, their tokens counted as they pass (`begin`, `see`, `finish`)."""
+        self.begin(content_type)
         for chunk in chunks:
-            self._feed(lambda chunk=chunk: self._parser.feed(chunk))
+            self.see(chunk)
             yield chunk
-        self._feed(lambda: self._parser.close())
+        self.finish()
 
-    def _feed(self, parse: Callable[[], list]) -> None:
-        if self._parser is None:
-            return
+    def begin(self, content_type: str | None) -> None:
+        """Count the tokens of the chunks `see` is given from now on. Counting never breaks a response: a body the
+        parser cannot read (an error page, a custom format) is passed on uncounted."""
+        self._parser = EventParser(content_type=content_type)
+
+    def see(self, chunk: bytes) -> None:
+        """One chunk of the body, as it is sent."""
+        if self._parser is not None:
+            self._feed(self._parser.feed, chunk)
+
+    def finish(self) -> None:
+        """The body ended."""
+        parser = self._parser
+        if parser is not None:
+            self._feed(lambda _: parser.close(), b"")
+
+    def _feed(self, parse: Callable[[bytes], list[Any]], chunk: bytes) -> None:
         try:
-            self._count(parse())
+            self._count(parse(chunk))
         except ParseError:
             self._parser = None
 
@@ -88,7 +102,7 @@ class RequestTrack:
         self._metrics.in_flight.dec()
         self._metrics.requests.labels(self._route, str(status)).inc()
 
-    def _count(self, events: list) -> None:
+    def _count(self, events: list[Any]) -> None:
         tokens = sum(1 for event in events if isinstance(event, TokenEvent))
         if not tokens:
             return

@@ -8,10 +8,12 @@ one PayloadPart frame per container chunk, in-stream ModelStreamError frames), `
 botocore maps to its modeled exception classes). `handle_runtime_request` ties them together; the HTTP
 layer only writes the `RuntimeAnswer` out (chunked when `streamed`).
 
-Waiting on the container: its iterator blocks, so `TimedResponse` reads it on a daemon thread into a
-queue and every wait has a deadline; the time limit therefore fires while the container is silent. On a
-time limit, a failure, or a consumer that stops early (`RuntimeAnswer.close`), `cancel()` is called; the
-reader thread ends when the container's iterator returns after that.
+Waiting on the container, two ways with the same answers: `handle_runtime_request` takes a container whose
+iterator blocks, so `TimedResponse` reads it on a daemon thread into a queue and every wait has a deadline (the
+time limit therefore fires while the container is silent); `answer_runtime_request` is the same on an event loop,
+for a container read without blocking (`AsyncContainerResponse`, each wait bounded by the time left), with no
+thread per request. On a time limit, a failure, or a consumer that stops early (`RuntimeAnswer.close`),
+`cancel()` is called; the reader thread ends when the container's iterator returns after that.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,6 +68,39 @@ class ContainerResponse(Protocol):
 Submit = Callable[[dict[str, str], bytes], ContainerResponse]
 
 
+class AsyncContainerResponse(Protocol):
+    """The container's answer read on an event loop: `status` and `headers` are known once `peek` returned."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    async def peek(self, timeout: float) -> None:
+        """Wait until the first chunk or the end is known (so `status` is); raises as `next_chunk`."""
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        """The next chunk, None at the end; ContainerTimeout after `timeout` seconds, ContainerFailed."""
+
+    def cancel(self) -> None: ...
+
+
+AsyncSubmit = Callable[[dict[str, str], bytes], AsyncContainerResponse]
+
+
+class _Answering(Protocol):
+    """What the error answers read of a container response, either kind."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    def cancel(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """What the runtime API needs to know about the one local endpoint."""
@@ -92,7 +127,7 @@ class RuntimeAnswer:
 
     status: int
     headers: dict[str, str]
-    body_iter: Iterable[bytes]
+    body_iter: Iterable[bytes] | AsyncIterator[bytes]  # async: a streamed answer of `answer_runtime_request`
     streamed: bool = False
     on_close: Callable[[], None] = field(default=lambda: None, repr=False)
 
@@ -218,9 +253,7 @@ def stream_frames(
     return _frames(_timed(response), clock() + time_limit, clock)
 
 
-def stream_headers(
-    response: ContainerResponse | TimedResponse, request_id: str, variant: str = "AllTraffic"
-) -> dict[str, str]:
+def stream_headers(response: _Answering, request_id: str, variant: str = "AllTraffic") -> dict[str, str]:
     """Headers of the 200 streaming answer; the container's content type and custom attributes when set."""
     headers = {
         "Content-Type": EVENTSTREAM_CONTENT_TYPE,
@@ -258,10 +291,14 @@ def invoke_response(
         body = _read_all(timed, clock() + config.invoke_time_limit, clock)
     except (ContainerTimeout, ContainerFailed) as error:
         return _fault_answer(_failure_fault(timed, error, config), request_id)
-    if timed.status >= 400:
-        return _fault_answer(model_error(timed.status, _text(body), config), request_id)
+    return _invoke_answer(timed, body, config, request_id)
+
+
+def _invoke_answer(response: _Answering, body: bytes, config: RuntimeConfig, request_id: str) -> RuntimeAnswer:
+    if response.status >= 400:
+        return _fault_answer(model_error(response.status, _text(body), config), request_id)
     headers = {"x-Amzn-Invoked-Production-Variant": config.variant, "x-amzn-RequestId": request_id}
-    headers |= _passed_back(timed.headers, "Content-Type") | {"Content-Length": str(len(body))}
+    headers |= _passed_back(response.headers, "Content-Type") | {"Content-Length": str(len(body))}
     return RuntimeAnswer(200, headers, (body,))
 
 
@@ -270,20 +307,75 @@ def handle_runtime_request(
 ) -> RuntimeAnswer:
     """Answer one runtime API request: validate it, submit it to the container, translate the response."""
     request_id = str(uuid.uuid4())
-    parsed = parse_runtime_path(path)
-    if method != "POST" or parsed is None:
-        unknown = RuntimeFault(404, "UnknownOperationException", {"message": "Unknown operation"})
-        return _fault_answer(unknown, request_id)
-    endpoint_name, operation = parsed
-    fault = validate(endpoint_name, config.endpoint_name, headers, len(body), operation)
-    if fault is not None:
-        return _fault_answer(fault, request_id)
+    operation, refusal = _operation(method, path, headers, len(body), config, request_id)
+    if refusal is not None:
+        return refusal
     try:
         response = TimedResponse(submit(container_headers(headers, operation), body))
     except Exception as error:  # the container refused the request: the service reports a model error
         return _fault_answer(model_error(500, str(error), config), request_id)
     answer = stream_response if operation == STREAM else invoke_response
     return answer(response, config, request_id)
+
+
+async def answer_runtime_request(
+    method: str,
+    path: str,
+    headers: Headers,
+    body: bytes,
+    submit: AsyncSubmit,
+    config: RuntimeConfig,
+    clock: Callable[[], float] = time.monotonic,
+) -> RuntimeAnswer:
+    """`handle_runtime_request` on an event loop: the same answers; a streamed one's `body_iter` is async."""
+    request_id = str(uuid.uuid4())
+    operation, refusal = _operation(method, path, headers, len(body), config, request_id)
+    if refusal is not None:
+        return refusal
+    try:
+        response = submit(container_headers(headers, operation), body)
+    except Exception as error:  # the container refused the request: the service reports a model error
+        return _fault_answer(model_error(500, str(error), config), request_id)
+    if operation == STREAM:
+        deadline = clock() + config.stream_time_limit
+        try:
+            await response.peek(deadline - clock())
+            fault = (
+                None
+                if response.status < 400
+                else model_error(response.status, _text(await _read_all_async(response, deadline, clock)), config)
+            )
+        except (ContainerTimeout, ContainerFailed) as error:
+            fault = _failure_fault(response, error, config)
+        if fault is not None:
+            return _fault_answer(fault, request_id)
+        frames = _frames_async(response, deadline, clock)
+        headers_out = stream_headers(response, request_id, config.variant)
+        return RuntimeAnswer(200, headers_out, frames, streamed=True, on_close=response.cancel)
+    try:
+        whole = await _read_all_async(response, clock() + config.invoke_time_limit, clock)
+    except (ContainerTimeout, ContainerFailed) as error:
+        return _fault_answer(_failure_fault(response, error, config), request_id)
+    return _invoke_answer(response, whole, config, request_id)
+
+
+def _operation(
+    method: str, path: str, headers: Headers, size: int, config: RuntimeConfig, request_id: str
+) -> tuple[str, RuntimeAnswer | None]:
+    """The runtime operation a request asks for, or the answer that refuses it (unknown operation, invalid)."""
+    parsed = parse_runtime_path(path)
+    if method != "POST" or parsed is None:
+        unknown = RuntimeFault(404, "UnknownOperationException", {"message": "Unknown operation"})
+        return "", _fault_answer(unknown, request_id)
+    endpoint_name, operation = parsed
+    fault = validate(endpoint_name, config.endpoint_name, headers, size, operation)
+    return operation, None if fault is None else _fault_answer(fault, request_id)
+
+
+def warm_up() -> None:
+    """Load the service model that validation reads (a fraction of a second, once), so that no request pays it."""
+    for operation in _OPERATIONS.values():
+        _input_members(operation)
 
 
 # --- error answers ----------------------------------------------------------------------------------
@@ -328,7 +420,7 @@ def fault_response(fault: RuntimeFault, request_id: str | None = None) -> tuple[
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def _frames(response: TimedResponse, deadline: float, clock: Callable[[], float]) -> Iterator[bytes]:
+def _frames(response: TimedResponse, deadline: float, clock: Callable[[], float]) -> Generator[bytes, None, None]:
     try:
         while (chunk := response.next_chunk(deadline - clock())) is not None:
             if chunk:
@@ -345,6 +437,26 @@ def _frames(response: TimedResponse, deadline: float, clock: Callable[[], float]
     yield final
 
 
+async def _frames_async(
+    response: AsyncContainerResponse, deadline: float, clock: Callable[[], float]
+) -> AsyncIterator[bytes]:
+    """`_frames` on an event loop (a cancelled wait, the client gone, cancels the container request)."""
+    try:
+        while (chunk := await response.next_chunk(deadline - clock())) is not None:
+            if chunk:
+                yield payload_part(chunk)
+        return
+    except ContainerTimeout:
+        final = exception_frame("ModelStreamError", STREAM_TIMEOUT_MESSAGE, "ModelInvocationTimeExceeded")
+    except ContainerFailed:
+        final = exception_frame("ModelStreamError", STREAM_BROKEN_MESSAGE, "StreamBroken")
+    except BaseException:  # closed early (GeneratorExit) or cancelled
+        response.cancel()
+        raise
+    response.cancel()
+    yield final
+
+
 def _pre_stream_fault(
     response: TimedResponse, deadline: float, clock: Callable[[], float], config: RuntimeConfig
 ) -> RuntimeFault | None:
@@ -358,7 +470,7 @@ def _pre_stream_fault(
     return model_error(response.status, _text(body), config)
 
 
-def _failure_fault(response: TimedResponse, error: Exception, config: RuntimeConfig) -> RuntimeFault:
+def _failure_fault(response: _Answering, error: Exception, config: RuntimeConfig) -> RuntimeFault:
     response.cancel()
     if isinstance(error, ContainerTimeout):
         return model_error(0, INVOKE_TIMEOUT_MESSAGE, config)
@@ -369,6 +481,13 @@ def _failure_fault(response: TimedResponse, error: Exception, config: RuntimeCon
 def _read_all(response: TimedResponse, deadline: float, clock: Callable[[], float]) -> bytes:
     chunks = []
     while (chunk := response.next_chunk(deadline - clock())) is not None:
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_all_async(response: AsyncContainerResponse, deadline: float, clock: Callable[[], float]) -> bytes:
+    chunks = []
+    while (chunk := await response.next_chunk(deadline - clock())) is not None:
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -404,11 +523,13 @@ def _text(body: bytes) -> str:
 @functools.cache
 def _input_members(operation: str) -> dict[str, Shape]:
     model = botocore.session.get_session().get_service_model("sagemaker-runtime")
-    return dict(model.operation_model(operation).input_shape.members)
+    shape = model.operation_model(operation).input_shape
+    assert shape is not None  # both runtime operations have an input
+    return dict(shape.members)
 
 
 def _header_name(operation: str, member: str) -> str:
-    return _input_members(operation)[member].serialization["name"]
+    return str(_input_members(operation)[member].serialization["name"])
 
 
 def _violations(member: str, shape: Shape, value: str | None, size: int) -> list[str]:
