@@ -389,7 +389,7 @@ class Frontend:
 
     # Java side: request intake, job queue, worker thread
 
-    def _request_props(self, headers: Mapping[str, str] | Iterable[tuple[str, str]], request_id: str) -> dict:
+    def _request_props(self, headers: Mapping[str, str] | Iterable[tuple[str, str]], request_id: str) -> dict[str, str]:
         pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
         items: list[tuple[str, str]] = []
         for key, value in pairs:
@@ -436,7 +436,7 @@ class Frontend:
             job.response.abort(BackendError("request cancelled before dispatch"))
         elif self.fatal_error is not None:
             job.response.abort(self.fatal_error)
-        elif self.mode == "rolling_batch":
+        elif self._rolling is not None:  # rolling-batch mode
             self._rolling.add(job)
         elif self.mode == "async":
             self._submit_async(job)
@@ -508,6 +508,7 @@ class Frontend:
     def _run_init(self, init: Any) -> Any:
         if self.mode != "async":
             return self._invoke(init)
+        assert self._loop is not None  # async mode starts its loop first
         return asyncio.run_coroutine_threadsafe(self._init_async(init), self._loop).result()
 
     def _run_plain(self, job: _Job) -> None:
@@ -545,6 +546,7 @@ class Frontend:
     def _submit_async(self, job: _Job) -> None:
         props = java_props([*job.props.items(), ("request_tracking_id", str(uuid.uuid4()))])
         inputs = self._python_input(self._with_handler(props), job.content)
+        assert self._loop is not None  # async mode starts its loop first
         asyncio.run_coroutine_threadsafe(self._serve_async(inputs, _JavaRequest(job)), self._loop)
 
     async def _invoke_async(self, inputs: Any) -> Any:
@@ -598,8 +600,10 @@ class Frontend:
         request.add_binary_response(bytes(output.content.value_at(0)), headers)
 
     def _run_loop(self) -> None:
-        self._loop.run_forever()
-        self._loop.close()
+        loop = self._loop
+        assert loop is not None  # set before this thread starts
+        loop.run_forever()
+        loop.close()
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 
 @dataclass
 class RunningEndpoint:
     port: int
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     ping_statuses: list[int] = field(default_factory=list)
 
     @property
@@ -35,7 +35,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def ping(port: int, path: str = "/ping") -> int | None:
@@ -52,7 +53,7 @@ def ping(port: int, path: str = "/ping") -> int | None:
 def running_endpoint(
     serve_args: Sequence[str],
     env: Mapping[str, str] | None = None,
-    output: IO | int = subprocess.DEVNULL,
+    output: IO[Any] | int = subprocess.DEVNULL,
     ready_timeout: float = 300.0,
 ) -> Iterator[RunningEndpoint]:
     """`lmi serve --port <free> *serve_args`, ready; RuntimeError if it exits or times out first."""
@@ -65,7 +66,7 @@ def running_endpoint(
 def running_server(
     command: Callable[[int], Sequence[str]],
     env: Mapping[str, str] | None = None,
-    output: IO | int = subprocess.DEVNULL,
+    output: IO[Any] | int = subprocess.DEVNULL,
     ready_timeout: float = 300.0,
     ready_path: str = "/ping",
 ) -> Iterator[RunningEndpoint]:
