@@ -213,7 +213,10 @@ class Response:
 
 def apply_error_status(response: Response, data: str) -> None:
     """0.23 `Request.addResponse`: data that is a JSON object with "code" sets the status (and "error" the
-    reason); GSON failures are ignored."""
+    reason); GSON failures are ignored. Data in which no key can read "code" (not even escaped) is not parsed:
+    this runs for every token."""
+    if "code" not in data and "\\u" not in data:
+        return
     try:
         content = json.loads(data)
     except ValueError:
