@@ -233,8 +233,9 @@ class LocalEndpoint:
     def _submit(self, headers: list[tuple[str, str]], body: bytes) -> AsyncResponse:
         """Queue a request in the frontend; its response is read on this event loop."""
         assert self.frontend is not None  # _admit refuses requests until the model is loaded
-        if self._waker is None:
-            self._waker = LoopWaker(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if self._waker is None or self._waker.loop is not loop:  # one per serving loop
+            self._waker = LoopWaker(loop)
         return AsyncResponse(self.frontend.submit(headers, body), self._waker)
 
 
