@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from itertools import count
 from typing import Any
 
@@ -16,9 +17,9 @@ from lmikit.server.runtime import (
     INVOKE,
     STREAM,
     RuntimeConfig,
+    answer_runtime_request,
     container_headers,
     fault_response,
-    handle_runtime_request,
     model_error,
     parse_runtime_path,
     stream_frames,
@@ -50,8 +51,30 @@ def submitting(response: Any) -> Callable[[dict[str, str], bytes], Any]:
     return lambda headers, body: response
 
 
-def answer_json(answer: runtime.RuntimeAnswer) -> dict[str, Any]:
-    return json.loads(b"".join(answer.body_iter))
+def frames(response: FakeResponse, time_limit: float, clock: Callable[[], float] = time.monotonic) -> list[bytes]:
+    """stream_frames read to the end on an event loop, with a deadline `time_limit` after the first `clock` reading."""
+
+    async def read() -> list[bytes]:
+        return [frame async for frame in stream_frames(response, clock() + time_limit, clock)]
+
+    return asyncio.run(read())
+
+
+def answer(
+    method: str, path: str, submit: Callable[[dict[str, str], bytes], Any], config: RuntimeConfig = CONFIG
+) -> tuple[runtime.RuntimeAnswer, list[bytes]]:
+    """answer_runtime_request's answer and its body, read to the end on one event loop."""
+
+    async def run() -> tuple[runtime.RuntimeAnswer, list[bytes]]:
+        answered = await answer_runtime_request(method, path, {}, b"", submit, config)
+        body = answered.body_iter
+        return answered, [chunk async for chunk in body] if isinstance(body, AsyncIterator) else list(body)
+
+    return asyncio.run(run())
+
+
+def answer_json(body: list[bytes]) -> dict[str, Any]:
+    return json.loads(b"".join(body))
 
 
 @pytest.mark.parametrize(
@@ -144,7 +167,7 @@ def test_container_headers_per_operation() -> None:
 
 def test_stream_frames_one_payload_part_per_chunk() -> None:
     response = FakeResponse([(0.0, b"a"), (0.0, b""), (0.0, b"bc")])
-    messages = decode(list(stream_frames(response, 2.0)))
+    messages = decode(frames(response, 2.0))
     assert [payload for _, payload in messages] == [b"a", b"bc"]
     assert messages[0][0] == {
         ":event-type": "PayloadPart",
@@ -156,7 +179,7 @@ def test_stream_frames_one_payload_part_per_chunk() -> None:
 
 def test_stream_frames_container_failure_is_stream_broken() -> None:
     response = FakeResponse([(0.0, b"a"), (0.0, RuntimeError("boom"))])
-    (_, first), (headers, payload) = decode(list(stream_frames(response, 2.0)))
+    (_, first), (headers, payload) = decode(frames(response, 2.0))
     assert first == b"a"
     assert headers[":exception-type"] == "ModelStreamError"
     assert json.loads(payload)["ErrorCode"] == "StreamBroken"
@@ -165,7 +188,7 @@ def test_stream_frames_container_failure_is_stream_broken() -> None:
 def test_stream_frames_time_limit_fires_while_the_container_is_silent() -> None:
     response = FakeResponse([(0.0, b"a"), (60.0, b"never")])  # silent far past the per-test timeout
     started = time.monotonic()
-    messages = decode(list(stream_frames(response, 0.3)))
+    messages = decode(frames(response, 0.3))
     assert time.monotonic() - started >= 0.3  # not before the limit; the silent container cannot end the stream
     assert response.cancelled.is_set()
     assert [payload for _, payload in messages[:-1]] == [b"a"]
@@ -180,16 +203,20 @@ def test_stream_frames_time_limit_fires_while_the_container_is_silent() -> None:
 
 def test_stream_frames_time_limit_counts_total_time_not_silence() -> None:
     response = FakeResponse([(0.0, b"x")] * 10)
-    messages = decode(list(stream_frames(response, 3.0, clock=ticks())))
+    messages = decode(frames(response, 3.0, clock=ticks()))
     assert [payload for _, payload in messages[:-1]] == [b"x", b"x"]
     assert json.loads(messages[-1][1])["ErrorCode"] == "ModelInvocationTimeExceeded"
 
 
 def test_closing_the_stream_early_cancels_the_container() -> None:
     response = FakeResponse([(0.0, b"a"), (30.0, b"b")])
-    frames = stream_frames(response, 60.0)
-    next(frames)
-    frames.close()
+
+    async def read_one() -> None:
+        stream = stream_frames(response, time.monotonic() + 60.0)
+        await anext(stream)
+        await stream.aclose()
+
+    asyncio.run(read_one())
     assert response.cancelled.is_set()
 
 
@@ -227,59 +254,60 @@ def test_fault_response_headers() -> None:
     }
 
 
-def test_handle_streams_a_good_response() -> None:
+def test_answer_streams_a_good_response() -> None:
     response = FakeResponse([(0.0, b"a"), (0.0, b"b")])
-    answer = handle_runtime_request(
-        "POST", "/endpoints/ep/invocations-response-stream", {}, b"{}", submitting(response), CONFIG
-    )
-    assert (answer.status, answer.streamed) == (200, True)
-    assert "Content-Length" not in answer.headers
-    assert [payload for _, payload in decode(list(answer.body_iter))] == [b"a", b"b"]
+    answered, body = answer("POST", "/endpoints/ep/invocations-response-stream", submitting(response))
+    assert (answered.status, answered.streamed) == (200, True)
+    assert "Content-Length" not in answered.headers
+    assert [payload for _, payload in decode(body)] == [b"a", b"b"]
 
 
-def test_handle_silent_container_before_first_chunk_is_a_model_error() -> None:
+def test_answer_silent_container_before_first_chunk_is_a_model_error() -> None:
     response = FakeResponse([(30.0, b"late")])
     config = RuntimeConfig(endpoint_name="ep", stream_time_limit=0.2)
-    answer = handle_runtime_request(
-        "POST", "/endpoints/ep/invocations-response-stream", {}, b"", submitting(response), config
-    )
-    assert answer.status == 424 and answer.headers["x-amzn-ErrorType"] == "ModelError"
-    assert answer_json(answer)["OriginalStatusCode"] == 0
+    answered, body = answer("POST", "/endpoints/ep/invocations-response-stream", submitting(response), config)
+    assert answered.status == 424 and answered.headers["x-amzn-ErrorType"] == "ModelError"
+    assert answer_json(body)["OriginalStatusCode"] == 0
     assert response.cancelled.is_set()
 
 
-def test_handle_container_that_raises_on_submit() -> None:
+def test_answer_container_that_raises_on_submit() -> None:
     def refuse(headers: dict[str, str], body: bytes) -> Any:
         raise RuntimeError("model not loaded")
 
-    answer = handle_runtime_request("POST", "/endpoints/ep/invocations", {}, b"", refuse, CONFIG)
-    assert answer.status == 424
-    assert answer_json(answer)["OriginalMessage"] == "model not loaded"
+    answered, body = answer("POST", "/endpoints/ep/invocations", refuse)
+    assert answered.status == 424
+    assert answer_json(body)["OriginalMessage"] == "model not loaded"
 
 
-def test_handle_invoke_failure_mid_body_is_a_model_error() -> None:
+def test_answer_invoke_failure_mid_body_is_a_model_error() -> None:
     response = FakeResponse([(0.0, b"part"), (0.0, ValueError("lost"))])
-    answer = handle_runtime_request("POST", "/endpoints/ep/invocations", {}, b"", submitting(response), CONFIG)
-    assert (answer.status, answer_json(answer)["OriginalStatusCode"]) == (424, 500)
+    answered, body = answer("POST", "/endpoints/ep/invocations", submitting(response))
+    assert (answered.status, answer_json(body)["OriginalStatusCode"]) == (424, 500)
 
 
-def test_handle_invoke_buffers_the_body() -> None:
+def test_answer_invoke_buffers_the_body() -> None:
     response = FakeResponse([(0.0, b"he"), (0.0, b"llo")], headers={"Content-Type": "text/plain"})
-    answer = handle_runtime_request("POST", "/endpoints/ep/invocations", {}, b"", submitting(response), CONFIG)
-    assert (answer.status, answer.streamed, b"".join(answer.body_iter)) == (200, False, b"hello")
-    assert answer.headers["Content-Type"] == "text/plain" and answer.headers["Content-Length"] == "5"
+    answered, body = answer("POST", "/endpoints/ep/invocations", submitting(response))
+    assert (answered.status, answered.streamed, b"".join(body)) == (200, False, b"hello")
+    assert answered.headers["Content-Type"] == "text/plain" and answered.headers["Content-Length"] == "5"
 
 
-def test_handle_unknown_operation() -> None:
-    answer = handle_runtime_request("GET", "/endpoints/ep/invocations", {}, b"", submitting(None), CONFIG)
-    assert (answer.status, answer.headers["x-amzn-ErrorType"]) == (404, "UnknownOperationException")
+def test_answer_unknown_operation() -> None:
+    answered, _ = answer("GET", "/endpoints/ep/invocations", submitting(None))
+    assert (answered.status, answered.headers["x-amzn-ErrorType"]) == (404, "UnknownOperationException")
 
 
 def test_answer_close_cancels_the_container() -> None:
     response = FakeResponse([(0.0, b"a"), (30.0, b"b")])
-    answer = handle_runtime_request(
-        "POST", "/endpoints/ep/invocations-response-stream", {}, b"", submitting(response), CONFIG
-    )
-    next(iter(answer.body_iter))
-    answer.close()
-    assert response.cancelled.is_set()
+
+    async def read_one_then_close() -> None:
+        answered = await answer_runtime_request(
+            "POST", "/endpoints/ep/invocations-response-stream", {}, b"", submitting(response), CONFIG
+        )
+        assert isinstance(answered.body_iter, AsyncIterator)
+        await anext(answered.body_iter)
+        answered.close()
+        assert response.cancelled.is_set()
+
+    asyncio.run(read_one_then_close())

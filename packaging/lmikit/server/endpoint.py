@@ -240,7 +240,7 @@ class LocalEndpoint:
 
 
 class RuntimeContainer:
-    """A frontend response as the runtime layer's AsyncContainerResponse, its chunks counted by the request's metrics
+    """A frontend response as the runtime layer's ContainerResponse, its chunks counted by the request's metrics
     track. A wait is bounded by the time the runtime layer has left (ContainerTimeout) and by DJL's
     chunked_read_timeout (a ContainerFailed "Read chunk timeout", as the frontend's own reader raises it)."""
 

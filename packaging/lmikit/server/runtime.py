@@ -1,32 +1,26 @@
-"""The SageMaker runtime API on the local endpoint: pure translation between it and the container.
+"""The SageMaker runtime API on the local endpoint: pure translation between it and the container, on an event loop.
 
 Request side: `parse_runtime_path`, `validate` (the service's ValidationError cases; lengths and patterns
 are read from botocore's own sagemaker-runtime service model, so they are exactly the modeled ones) and
 `container_headers`. Response side: `stream_headers` + `stream_frames` (InvokeEndpointWithResponseStream:
-one PayloadPart frame per container chunk, in-stream ModelStreamError frames), `invoke_response`
-(InvokeEndpoint, buffered), `model_error` and `fault_response` (JSON errors with `x-amzn-ErrorType`, which
-botocore maps to its modeled exception classes). `handle_runtime_request` ties them together; the HTTP
-layer only writes the `RuntimeAnswer` out (chunked when `streamed`).
+one PayloadPart frame per container chunk, in-stream ModelStreamError frames), `model_error` and
+`fault_response` (JSON errors with `x-amzn-ErrorType`, which botocore maps to its modeled exception classes).
+`answer_runtime_request` ties them together; the HTTP layer only writes the `RuntimeAnswer` out (a streamed
+answer's body is an async iterator, written chunked).
 
-Waiting on the container, two ways with the same answers: `handle_runtime_request` takes a container whose
-iterator blocks, so `TimedResponse` reads it on a daemon thread into a queue and every wait has a deadline (the
-time limit therefore fires while the container is silent); `answer_runtime_request` is the same on an event loop,
-for a container read without blocking (`AsyncContainerResponse`, each wait bounded by the time left), with no
-thread per request. On a time limit, a failure, or a consumer that stops early (`RuntimeAnswer.close`),
-`cancel()` is called; the reader thread ends when the container's iterator returns after that.
+The container is read without blocking (`ContainerResponse`), each wait bounded by the time left, so the time
+limit fires while the container is silent, with no thread per request. On a time limit, a failure, or a consumer
+that stops early (`RuntimeAnswer.close`, or the frames closed or cancelled), `cancel()` is called.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import queue
 import re
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -55,21 +49,7 @@ Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class ContainerResponse(Protocol):
-    """The container's answer to one request (see the module docstring for the threading contract)."""
-
-    status: int
-    headers: dict[str, str]
-
-    def __iter__(self) -> Iterator[bytes]: ...
-
-    def cancel(self) -> None: ...
-
-
-Submit = Callable[[dict[str, str], bytes], ContainerResponse]
-
-
-class AsyncContainerResponse(Protocol):
-    """The container's answer read on an event loop: `status` and `headers` are known once `peek` returned."""
+    """The container's answer to one request: `status` and `headers` are known once `peek` returned."""
 
     @property
     def status(self) -> int: ...
@@ -86,19 +66,7 @@ class AsyncContainerResponse(Protocol):
     def cancel(self) -> None: ...
 
 
-AsyncSubmit = Callable[[dict[str, str], bytes], AsyncContainerResponse]
-
-
-class _Answering(Protocol):
-    """What the error answers read of a container response, either kind."""
-
-    @property
-    def status(self) -> int: ...
-
-    @property
-    def headers(self) -> dict[str, str]: ...
-
-    def cancel(self) -> None: ...
+Submit = Callable[[dict[str, str], bytes], ContainerResponse]
 
 
 @dataclass(frozen=True)
@@ -127,7 +95,7 @@ class RuntimeAnswer:
 
     status: int
     headers: dict[str, str]
-    body_iter: Iterable[bytes] | AsyncIterator[bytes]  # async: a streamed answer of `answer_runtime_request`
+    body_iter: Iterable[bytes] | AsyncIterator[bytes]  # async when `streamed`
     streamed: bool = False
     on_close: Callable[[], None] = field(default=lambda: None, repr=False)
 
@@ -141,7 +109,7 @@ class ContainerTimeout(TimeoutError):
 
 
 class ContainerFailed(Exception):
-    """Iterating the container response raised; the original exception is the `__cause__`."""
+    """Reading the container response failed; the original exception is the `__cause__`."""
 
 
 # --- request side -----------------------------------------------------------------------------------
@@ -194,66 +162,32 @@ def container_headers(runtime_headers: Headers, operation: str = STREAM) -> dict
 # --- response side ----------------------------------------------------------------------------------
 
 
-class TimedResponse:
-    """A ContainerResponse read on a daemon thread, so that every wait for a chunk has a timeout."""
-
-    def __init__(self, response: ContainerResponse) -> None:
-        self._response = response
-        self._items: queue.Queue[bytes | BaseException | None] = queue.Queue()
-        self._peeked: list[bytes | BaseException | None] = []
-        threading.Thread(target=self._pump, name="container-reader", daemon=True).start()
-
-    @property
-    def status(self) -> int:
-        return self._response.status
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self._response.headers
-
-    def cancel(self) -> None:
-        self._response.cancel()
-
-    def peek(self, timeout: float) -> None:
-        """Wait until the first chunk or the end is known (so `status` is); keep it for `next_chunk`."""
-        if not self._peeked:
-            self._peeked.append(self._get(timeout))
-
-    def next_chunk(self, timeout: float) -> bytes | None:
-        """The next chunk, None at the end; raises ContainerTimeout or ContainerFailed."""
-        item = self._peeked.pop() if self._peeked else self._get(timeout)
-        if isinstance(item, BaseException):
-            raise ContainerFailed(str(item) or type(item).__name__) from item
-        return item
-
-    def _get(self, timeout: float) -> bytes | BaseException | None:
-        if timeout > 0:
-            with suppress(queue.Empty):
-                return self._items.get(timeout=timeout)
-        raise ContainerTimeout("no container output before the deadline")
-
-    def _pump(self) -> None:
-        try:
-            for chunk in self._response:
-                self._items.put(chunk)
-            self._items.put(None)
-        except Exception as error:  # the container's own failure, reported in-band
-            self._items.put(error)
-
-
-def stream_frames(
-    response: ContainerResponse | TimedResponse, time_limit: float, clock: Callable[[], float] = time.monotonic
-) -> Iterator[bytes]:
+async def stream_frames(
+    response: ContainerResponse, deadline: float, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[bytes]:
     """Event-stream frames for a container response: one PayloadPart per non-empty chunk, as it arrives.
 
-    Ends after the last chunk; a container failure gives a ModelStreamError frame (StreamBroken), more than
-    `time_limit` seconds in all (from this call) one with ModelInvocationTimeExceeded, after cancel().
-    Closing the iterator early also cancels the container request.
+    Ends after the last chunk; a container failure gives a ModelStreamError frame (StreamBroken), no end by
+    `deadline` (a `clock` reading) one with ModelInvocationTimeExceeded, after cancel(). Closing the frames early,
+    or cancelling a wait (the client gone), also cancels the container request.
     """
-    return _frames(_timed(response), clock() + time_limit, clock)
+    try:
+        while (chunk := await response.next_chunk(deadline - clock())) is not None:
+            if chunk:
+                yield payload_part(chunk)
+        return
+    except ContainerTimeout:
+        final = exception_frame("ModelStreamError", STREAM_TIMEOUT_MESSAGE, "ModelInvocationTimeExceeded")
+    except ContainerFailed:
+        final = exception_frame("ModelStreamError", STREAM_BROKEN_MESSAGE, "StreamBroken")
+    except BaseException:  # closed early (GeneratorExit) or cancelled
+        response.cancel()
+        raise
+    response.cancel()  # before the client can see the error frame
+    yield final
 
 
-def stream_headers(response: _Answering, request_id: str, variant: str = "AllTraffic") -> dict[str, str]:
+def stream_headers(response: ContainerResponse, request_id: str, variant: str = "AllTraffic") -> dict[str, str]:
     """Headers of the 200 streaming answer; the container's content type and custom attributes when set."""
     headers = {
         "Content-Type": EVENTSTREAM_CONTENT_TYPE,
@@ -263,71 +197,20 @@ def stream_headers(response: _Answering, request_id: str, variant: str = "AllTra
     return headers | _passed_back(response.headers, "X-Amzn-SageMaker-Content-Type")
 
 
-def stream_response(
-    response: ContainerResponse | TimedResponse,
-    config: RuntimeConfig,
-    request_id: str,
-    clock: Callable[[], float] = time.monotonic,
-) -> RuntimeAnswer:
-    """InvokeEndpointWithResponseStream's answer: a ModelError before the first chunk, else the stream."""
-    timed, deadline = _timed(response), clock() + config.stream_time_limit
-    fault = _pre_stream_fault(timed, deadline, clock, config)
-    if fault is not None:
-        return _fault_answer(fault, request_id)
-    frames = _frames(timed, deadline, clock)
-    headers = stream_headers(timed, request_id, config.variant)
-    return RuntimeAnswer(200, headers, frames, streamed=True, on_close=frames.close)
-
-
-def invoke_response(
-    response: ContainerResponse | TimedResponse,
-    config: RuntimeConfig,
-    request_id: str,
-    clock: Callable[[], float] = time.monotonic,
-) -> RuntimeAnswer:
-    """InvokeEndpoint's answer: the whole container body, or a ModelError (≥ 400, failure, time limit)."""
-    timed = _timed(response)
-    try:
-        body = _read_all(timed, clock() + config.invoke_time_limit, clock)
-    except (ContainerTimeout, ContainerFailed) as error:
-        return _fault_answer(_failure_fault(timed, error, config), request_id)
-    return _invoke_answer(timed, body, config, request_id)
-
-
-def _invoke_answer(response: _Answering, body: bytes, config: RuntimeConfig, request_id: str) -> RuntimeAnswer:
-    if response.status >= 400:
-        return _fault_answer(model_error(response.status, _text(body), config), request_id)
-    headers = {"x-Amzn-Invoked-Production-Variant": config.variant, "x-amzn-RequestId": request_id}
-    headers |= _passed_back(response.headers, "Content-Type") | {"Content-Length": str(len(body))}
-    return RuntimeAnswer(200, headers, (body,))
-
-
-def handle_runtime_request(
-    method: str, path: str, headers: Headers, body: bytes, submit: Submit, config: RuntimeConfig
-) -> RuntimeAnswer:
-    """Answer one runtime API request: validate it, submit it to the container, translate the response."""
-    request_id = str(uuid.uuid4())
-    operation, refusal = _operation(method, path, headers, len(body), config, request_id)
-    if refusal is not None:
-        return refusal
-    try:
-        response = TimedResponse(submit(container_headers(headers, operation), body))
-    except Exception as error:  # the container refused the request: the service reports a model error
-        return _fault_answer(model_error(500, str(error), config), request_id)
-    answer = stream_response if operation == STREAM else invoke_response
-    return answer(response, config, request_id)
-
-
 async def answer_runtime_request(
     method: str,
     path: str,
     headers: Headers,
     body: bytes,
-    submit: AsyncSubmit,
+    submit: Submit,
     config: RuntimeConfig,
     clock: Callable[[], float] = time.monotonic,
 ) -> RuntimeAnswer:
-    """`handle_runtime_request` on an event loop: the same answers; a streamed one's `body_iter` is async."""
+    """Answer one runtime API request: validate it, submit it to the container, translate the response.
+
+    InvokeEndpointWithResponseStream: a ModelError before the first chunk, else the stream (`stream_frames`).
+    InvokeEndpoint: the whole container body, or a ModelError (status >= 400, failure, time limit).
+    """
     request_id = str(uuid.uuid4())
     operation, refusal = _operation(method, path, headers, len(body), config, request_id)
     if refusal is not None:
@@ -338,25 +221,21 @@ async def answer_runtime_request(
         return _fault_answer(model_error(500, str(error), config), request_id)
     if operation == STREAM:
         deadline = clock() + config.stream_time_limit
-        try:
-            await response.peek(deadline - clock())
-            fault = (
-                None
-                if response.status < 400
-                else model_error(response.status, _text(await _read_all_async(response, deadline, clock)), config)
-            )
-        except (ContainerTimeout, ContainerFailed) as error:
-            fault = _failure_fault(response, error, config)
+        fault = await _pre_stream_fault(response, deadline, clock, config)
         if fault is not None:
             return _fault_answer(fault, request_id)
-        frames = _frames_async(response, deadline, clock)
+        frames = stream_frames(response, deadline, clock)
         headers_out = stream_headers(response, request_id, config.variant)
         return RuntimeAnswer(200, headers_out, frames, streamed=True, on_close=response.cancel)
     try:
-        whole = await _read_all_async(response, clock() + config.invoke_time_limit, clock)
+        whole = await _read_all(response, clock() + config.invoke_time_limit, clock)
     except (ContainerTimeout, ContainerFailed) as error:
         return _fault_answer(_failure_fault(response, error, config), request_id)
-    return _invoke_answer(response, whole, config, request_id)
+    if response.status >= 400:
+        return _fault_answer(model_error(response.status, _text(whole), config), request_id)
+    headers_out = {"x-Amzn-Invoked-Production-Variant": config.variant, "x-amzn-RequestId": request_id}
+    headers_out |= _passed_back(response.headers, "Content-Type") | {"Content-Length": str(len(whole))}
+    return RuntimeAnswer(200, headers_out, (whole,))
 
 
 def _operation(
@@ -420,57 +299,22 @@ def fault_response(fault: RuntimeFault, request_id: str | None = None) -> tuple[
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def _frames(response: TimedResponse, deadline: float, clock: Callable[[], float]) -> Generator[bytes, None, None]:
-    try:
-        while (chunk := response.next_chunk(deadline - clock())) is not None:
-            if chunk:
-                yield payload_part(chunk)
-        return
-    except ContainerTimeout:
-        final = exception_frame("ModelStreamError", STREAM_TIMEOUT_MESSAGE, "ModelInvocationTimeExceeded")
-    except ContainerFailed:
-        final = exception_frame("ModelStreamError", STREAM_BROKEN_MESSAGE, "StreamBroken")
-    except BaseException:  # the consumer closed the stream early (GeneratorExit)
-        response.cancel()
-        raise
-    response.cancel()  # before the client can see the error frame
-    yield final
-
-
-async def _frames_async(
-    response: AsyncContainerResponse, deadline: float, clock: Callable[[], float]
-) -> AsyncIterator[bytes]:
-    """`_frames` on an event loop (a cancelled wait, the client gone, cancels the container request)."""
-    try:
-        while (chunk := await response.next_chunk(deadline - clock())) is not None:
-            if chunk:
-                yield payload_part(chunk)
-        return
-    except ContainerTimeout:
-        final = exception_frame("ModelStreamError", STREAM_TIMEOUT_MESSAGE, "ModelInvocationTimeExceeded")
-    except ContainerFailed:
-        final = exception_frame("ModelStreamError", STREAM_BROKEN_MESSAGE, "StreamBroken")
-    except BaseException:  # closed early (GeneratorExit) or cancelled
-        response.cancel()
-        raise
-    response.cancel()
-    yield final
-
-
-def _pre_stream_fault(
-    response: TimedResponse, deadline: float, clock: Callable[[], float], config: RuntimeConfig
+async def _pre_stream_fault(
+    response: ContainerResponse, deadline: float, clock: Callable[[], float], config: RuntimeConfig
 ) -> RuntimeFault | None:
+    """The ModelError that replaces the stream: an error status (with the container's whole body), a failure, or the
+    time limit before the first chunk; None when the stream can start."""
     try:
-        response.peek(deadline - clock())
+        await response.peek(deadline - clock())
         if response.status < 400:
             return None
-        body = _read_all(response, deadline, clock)
+        body = await _read_all(response, deadline, clock)
     except (ContainerTimeout, ContainerFailed) as error:
         return _failure_fault(response, error, config)
     return model_error(response.status, _text(body), config)
 
 
-def _failure_fault(response: _Answering, error: Exception, config: RuntimeConfig) -> RuntimeFault:
+def _failure_fault(response: ContainerResponse, error: Exception, config: RuntimeConfig) -> RuntimeFault:
     response.cancel()
     if isinstance(error, ContainerTimeout):
         return model_error(0, INVOKE_TIMEOUT_MESSAGE, config)
@@ -478,14 +322,7 @@ def _failure_fault(response: _Answering, error: Exception, config: RuntimeConfig
     return model_error(status, str(error), config)
 
 
-def _read_all(response: TimedResponse, deadline: float, clock: Callable[[], float]) -> bytes:
-    chunks = []
-    while (chunk := response.next_chunk(deadline - clock())) is not None:
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _read_all_async(response: AsyncContainerResponse, deadline: float, clock: Callable[[], float]) -> bytes:
+async def _read_all(response: ContainerResponse, deadline: float, clock: Callable[[], float]) -> bytes:
     chunks = []
     while (chunk := await response.next_chunk(deadline - clock())) is not None:
         chunks.append(chunk)
@@ -495,10 +332,6 @@ async def _read_all_async(response: AsyncContainerResponse, deadline: float, clo
 def _fault_answer(fault: RuntimeFault, request_id: str) -> RuntimeAnswer:
     status, headers, body = fault_response(fault, request_id)
     return RuntimeAnswer(status, headers, (body,))
-
-
-def _timed(response: ContainerResponse | TimedResponse) -> TimedResponse:
-    return response if isinstance(response, TimedResponse) else TimedResponse(response)
 
 
 def _passed_back(container: Mapping[str, str], content_type_header: str) -> dict[str, str]:
