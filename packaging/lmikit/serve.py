@@ -52,6 +52,13 @@ class ServeSettings:
     launcher: str = "auto"
 
 
+# In real DJL the frontend is a JVM; here its replay, the HTTP server and the handler's engine threads share one
+# interpreter. A thread that a token wakes (the replay's step, the event loop) waits for the GIL up to the switch
+# interval, 5 ms by default: a tenth of it let `lmi serve` on vLLM stream 1.06-1.33x the tokens/s at one stream and
+# 0.98-1.13x at 32 (vllm_bench, alternated three times, docs/bench/vllm-profile.md).
+SWITCH_INTERVAL_S = 0.0005
+
+
 def serving_properties(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> dict[str, str]:
     """The project's serving.properties with the local model choice applied, said out loud."""
     props = read_serving_properties(Project.at(settings.project_dir).serving_properties)
@@ -142,6 +149,7 @@ def start_frontend(settings: ServeSettings, props: dict[str, str]) -> tuple[Fron
 def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> None:
     """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
     props = serving_properties(settings, say)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     runtime = RuntimeConfig(endpoint_name=settings.endpoint_name, stream_time_limit=settings.stream_time_limit)
     try:
         endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(props))
