@@ -18,7 +18,7 @@ that ignores it sees DJL's behaviour), and a cancelled stream or async generator
 such signal; the README says so.
 
 The response a request gets is `response.Response`; what Java does to values (Gson, int parsing, property maps) is
-`java`. The frontend and its rolling-batch loop stay together here (about 600 lines): the loop runs the frontend's
+`java`. The frontend and its rolling-batch loop stay together here (about 650 lines): the loop runs the frontend's
 handler calls, finalization and fatal-error state step by step, and splitting them would only move that state behind
 an interface with one user.
 """
