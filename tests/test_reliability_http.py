@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.process import RunningEndpoint, running_endpoint
+from lmistream.params import NEUTRAL_TGI_PARAMETERS
 from local_endpoint import START_TIMEOUT, make_project
 from reference import ReferenceModel
 from reliability_figures import record
@@ -167,7 +168,10 @@ BAD_REQUESTS = st.one_of(
     st.tuples(st.just("surrogate"), st.sampled_from(["800", "bff", "c00", "fff"])),
     st.tuples(st.just("too long"), st.integers(min_value=2100, max_value=4000)),
     st.tuples(
-        st.just("unknown"), st.text(min_size=1, max_size=8).filter(lambda k: k not in NUMBERS and k not in TYPED)
+        st.just("unknown"),
+        st.text(min_size=1, max_size=8).filter(
+            lambda k: k not in NUMBERS and k not in TYPED and k not in NEUTRAL_TGI_PARAMETERS
+        ),
     ),
     st.tuples(st.just("field"), st.one_of(*[st.tuples(st.just(k), v) for k, v in {**NUMBERS, **TYPED}.items()])),
 )

@@ -32,7 +32,7 @@ _PARAMETERS = (
     "stop",
 )
 #: TGI parameters accepted only at the value that changes nothing
-_NEUTRAL = {
+NEUTRAL_TGI_PARAMETERS = {
     "watermark": False,
     "decoder_input_details": False,
     "best_of": 1,
@@ -131,13 +131,13 @@ def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int
 def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> GenerationParams:
     """Normalise then verify `parameters`; unknown ones are rejected, never ignored (the engine refuses what it
     cannot honour: `Engine.validate`)."""
-    unknown = sorted(set(raw) - set(_PARAMETERS) - set(_NEUTRAL))
+    unknown = sorted(set(raw) - set(_PARAMETERS) - set(NEUTRAL_TGI_PARAMETERS))
     if unknown:
         raise InvalidRequest(
             f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}", param=f"parameters.{unknown[0]}"
         )
     r = Reader(raw, "parameters.")
-    for name, neutral in _NEUTRAL.items():
+    for name, neutral in NEUTRAL_TGI_PARAMETERS.items():
         r.neutral(name, neutral)
     if "stop" in raw and "stop_sequences" in raw:
         raise InvalidRequest("give parameters.stop or parameters.stop_sequences, not both", param="parameters.stop")
