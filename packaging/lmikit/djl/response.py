@@ -82,8 +82,10 @@ class _ChunkQueue:
 class Response:
     """One request's response, filled by the frontend's threads and read by the HTTP server.
 
-    Consumer side: `head(timeout)`, `chunks(timeout)`, `read(timeout)`, `cancel()`. Timeouts are seconds
-    (None waits forever) and raise TimeoutError; a broken backend raises BackendError from either call.
+    Consumer side: blocking `head(timeout)`, `chunks(timeout)`, `read(timeout)` (in-process readers, the tests'
+    replay), non-blocking `poll_head()`, `poll_chunk()` and `listen()` (the HTTP server's event loop), and
+    `cancel()`. Timeouts are seconds (None waits forever) and raise TimeoutError; a broken backend raises
+    BackendError from either kind of call.
     """
 
     def __init__(self, request_id: str, always_chunked: bool) -> None:
@@ -103,19 +105,13 @@ class Response:
         """Block until status and headers are decided (for streams: when the first chunk is produced)."""
         if not self._head_ready.wait(timeout):
             raise TimeoutError(f"response head not decided within {timeout} s")
-        if self._head is None:
-            assert self._error is not None  # a head that is ready without a Head was aborted
-            raise self._error
-        return self._head
+        head = self.poll_head()
+        assert isinstance(head, Head)  # decided: poll_head returns it or raises
+        return head
 
     def chunks(self, timeout: float | None = None) -> Iterator[bytes]:
         """Yield the non-empty body chunks as produced; each wait is bounded by `timeout` ("Read chunk timeout")."""
-        while True:
-            item = self._queue.get(timeout)
-            if item is END:
-                return
-            if isinstance(item, BaseException):
-                raise item
+        while (item := self._body_item(self._queue.get(timeout))) is not None:
             if item:
                 yield item
 
@@ -132,6 +128,11 @@ class Response:
         """The next body chunk without blocking: bytes (possibly empty), None at the end, PENDING while nothing has
         arrived; raises what `chunks` raises."""
         item = self._queue.poll()
+        return PENDING if item is PENDING else self._body_item(item)
+
+    @staticmethod
+    def _body_item(item: Any) -> bytes | None:
+        """A queued body item as readers see it: bytes, None at the end; a failure is raised."""
         if item is END:
             return None
         if isinstance(item, BaseException):
