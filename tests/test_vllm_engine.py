@@ -26,6 +26,7 @@ import lmistream.service
 from inprocess_endpoint import http_endpoint, wait_until
 from inprocess_endpoint import post as http_post
 from lmikit.embedded_model import ensure_smollm2
+from lmikit.server.placement import pinned_cpus
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, choose, create_engine
 from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments
@@ -345,7 +346,8 @@ def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(
     model_dir: Path, tmp_path: Path, offline: dict[str, Offline]
 ) -> None:
     """`lmi serve` as a process of its own (DJL 0.23 rolling batch, option.rolling_batch=vllm): the answer is vLLM's,
-    and SIGTERM ends vLLM's engine core and workers with it."""
+    its own threads run off the CPUs vLLM pinned its workers to, and SIGTERM ends vLLM's engine core and workers with
+    it."""
     import psutil
 
     project = make_project(
@@ -354,12 +356,17 @@ def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(
     )
     prompt, n = GREEDY[0]
     with serve(project, "--model-id", str(model_dir), "--option", "dtype=fp32") as endpoint:
-        children = psutil.Process(endpoint.process.pid).children(recursive=True)
+        server = psutil.Process(endpoint.process.pid)
+        children = server.children(recursive=True)
+        allowed = frozenset(os.sched_getaffinity(0))  # what lmi serve started with, as this process has
+        pinned = pinned_cpus(allowed, (frozenset(os.sched_getaffinity(t.id)) for c in children for t in c.threads()))
+        placed = {frozenset(os.sched_getaffinity(thread.id)) for thread in server.threads()}
         conn = connection(endpoint, timeout=120)
         conn.request("POST", "/invocations", json.dumps(_payload(prompt, n)), {"Content-Type": "application/json"})
         body = conn.getresponse().read()
     assert lines_023([body]) == offline[prompt].text
     assert children, "vLLM runs its engine core in a process of its own"
+    assert pinned and placed == {allowed - pinned}, (pinned, placed)
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"left behind: {alive}"
 

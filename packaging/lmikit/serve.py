@@ -4,7 +4,8 @@ It reads serving.properties like DJL (OPTION_* env overlaid, the file wins), ser
 model unless `--model-id` names another local directory, loads model.py through the DJL replay (the real
 djl_python when installed, else the stand-in) and answers `/ping`, `/invocations` and the SageMaker
 runtime routes until interrupted. With `engine=MPI` and `option.tensor_parallel_degree=N` it starts N rank
-processes as DJL does (`djl.ranks`).
+processes as DJL does (`djl.ranks`). Once the model has loaded, its threads move off the CPUs the engine's workers
+are pinned to, if any (`server.placement`: vLLM's CPU build).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .embedded_model import EmbeddedModelError, ensure_smollm2
 from .project import Project
 from .properties import init_properties, read_serving_properties
 from .server.endpoint import LocalEndpoint
+from .server.placement import keep_off_pinned_cpus
 from .server.runtime import RuntimeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -169,6 +171,9 @@ def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> N
     except (InitError, RankError) as error:
         click.echo(f"Error: {error}", err=True)
         _exit(1)
+    placed = keep_off_pinned_cpus()
+    if placed:
+        say(f"CPU placement: {placed}")
     endpoint.set_frontend(frontend)
     ranks = "" if group is None else f", {group.degree} ranks by {group.launcher}, pids {group.pids}"
     say(f"Ready: {endpoint.url}  ({frontend.describe()}{ranks})")
