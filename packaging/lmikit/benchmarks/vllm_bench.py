@@ -4,6 +4,8 @@ Run it with the python of a venv that has vLLM (`make test-vllm` builds `.venv-v
 same model with the same settings (fp32, eager mode, a 1 GiB KV cache on a CPU build, `max_num_seqs`):
 
 * `vllm-openai`: `python -m vllm.entrypoints.openai.api_server`, streamed `/v1/completions`.
+* `vllm-openai-placed`: the same, its threads then moved off the CPUs vLLM pinned its workers to, as `lmi serve`
+  moves its own (`server.placement`): what that placement is worth to vLLM's own server.
 * `lmi-rolling`: `lmi serve`, DJL newest rolling batch (option.rolling_batch=vllm: vLLM's LLMEngine), `/invocations`.
 * `lmi-async`: `lmi serve`, DJL newest async mode (vLLM's AsyncLLM), `/invocations`.
 
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import click
 import psutil
 
 from ..embedded_model import ensure_smollm2
+from ..server.placement import keep_off_pinned_cpus
 from ..server.process import RunningEndpoint, running_endpoint, running_server
 from .bench import make_prompts
 from .stats import LevelResult, markdown_table, ratio, ratio_table, summarize
@@ -34,7 +37,7 @@ from .targets import Target, closed_loop, container_target, openai_target
 
 START_TIMEOUT_S = 600.0
 KV_CACHE_BYTES = 1 << 30
-SYSTEMS = ("vllm-openai", "lmi-rolling", "lmi-async")
+SYSTEMS = ("vllm-openai", "vllm-openai-placed", "lmi-rolling", "lmi-async")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,14 @@ def vllm_openai(settings: Settings) -> AbstractContextManager[RunningEndpoint]:
     return running_server(command, _env(), ready_timeout=START_TIMEOUT_S, ready_path="/health")
 
 
+@contextmanager
+def vllm_openai_placed(settings: Settings) -> Iterator[RunningEndpoint]:
+    with vllm_openai(settings) as endpoint:
+        placed = keep_off_pinned_cpus(endpoint.process.pid)
+        click.echo(f"vllm-openai-placed: {placed or 'nothing pinned, nothing moved'}")
+        yield endpoint
+
+
 def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[RunningEndpoint]:
     """`lmi serve` of the repository's own project (model/model.py) on the vLLM engine."""
     args = [
@@ -94,6 +105,7 @@ def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[Runni
 
 STARTERS: dict[str, tuple[Callable[[Settings], AbstractContextManager[RunningEndpoint]], Callable[[str], Target]]] = {
     "vllm-openai": (vllm_openai, lambda url: openai_target(url, "model", api="completions")),
+    "vllm-openai-placed": (vllm_openai_placed, lambda url: openai_target(url, "model", api="completions")),
     "lmi-rolling": (lambda s: lmi_serve(s, "rolling_batch=vllm", "output_formatter=jsonlines"), container_target),
     "lmi-async": (
         lambda s: lmi_serve(
