@@ -9,8 +9,10 @@ Each DJL path runs the vLLM API that fits it:
 * The synchronous paths (rolling batch, and one request per `handle` call) run `LLMEngine`, vLLM's synchronous API:
   DJL's handler thread blocks between steps anyway, so one loop thread owns the engine, sends it the requests and
   cancellations queued since its last output (LLMEngine is not thread-safe), and blocks in `step()` until the engine
-  core, vLLM's own process, has finished a step. The core schedules a new request at its next step boundary either
-  way, so queueing it for the loop costs no step.
+  core, vLLM's own process, has finished a step. A request that arrives during a step reaches the core when that
+  step's output does, one step later than `AsyncLLM` would send it; `AsyncLLM` on a loop of the engine's own thread
+  was tried for these paths and streamed 0.90-0.97x the tokens/s at 32 streams, with more CPU per token, so they
+  keep `LLMEngine` (docs/bench/vllm-profile.md).
 * The async path (`option.async_mode=true`) runs `AsyncLLM`, vLLM's asyncio API, on DJL's event loop, as vLLM's
   own OpenAI server does: each request is a task iterating `AsyncLLM.generate`, so its outputs arrive on the loop
   that awaits them with no thread in between, and cancelling the task aborts the request in vLLM.
