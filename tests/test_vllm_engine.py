@@ -4,8 +4,9 @@ model/model.py runs behind DJL's replayed frontend under both DJL generations an
 engine and SmolLM2-135M-Instruct: greedy answers equal vLLM's own offline `LLM.generate` for the same prompt tokens
 (token for token, and vLLM's own text), concurrent requests each get their own, per-request sampling (seed, repetition
 penalty) is vLLM's, a cancelled or stopped request is aborted in vLLM, a bad request fails alone, and the official
-`openai` client works through `lmi serve`'s HTTP server. The synchronous paths share one loaded `LLMEngine`; the async
-path has one `AsyncLLM` frontend for the module (that engine belongs to the frontend's event loop).
+`openai` client works through `lmi serve`'s HTTP server. The synchronous paths share one loaded `VllmEngine` (AsyncLLM
+on the engine's own event loop); the async path has one `AsyncVllmEngine` frontend for the module (that engine
+belongs to the frontend's event loop).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def shared(model_dir: Path, offline: dict[str, Offline]) -> Iterator[SharedEngin
 
 @contextmanager
 def sync_frontend(shared: SharedEngine, version: str, **options: str) -> Iterator[Any]:
-    """model.py behind DJL's replayed frontend, over the module's loaded LLMEngine."""
+    """model.py behind DJL's replayed frontend, over the module's loaded VllmEngine."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lmistream.service, "create_engine", lambda config: shared)
         with frontend(version, model_id=str(shared.model_dir), **OPTIONS, **options) as front:
@@ -369,6 +370,21 @@ def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(
     assert pinned and placed == {allowed - pinned}, (pinned, placed)
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"left behind: {alive}"
+
+
+def test_stopping_the_engine_ends_the_running_streams_with_an_error(model_dir: Path) -> None:
+    """A request still generating when the engine stops ends with the engine's error, and stop() leaves nothing
+    running on the engine's own event loop."""
+    with frontend(
+        "0.23", model_id=str(model_dir), rolling_batch="vllm", output_formatter="jsonlines", **OPTIONS
+    ) as front:
+        engine = front._entry.module._service.engine
+        response = post(front, _payload("1, 2, 3,", LONG))  # counts on well past its first chunk
+        next(response.chunks(30))
+        engine.stop()
+        status, chunks = collect(response)
+    assert status == 200 and b"the engine stopped" in b"".join(chunks)
+    assert engine._loop.is_closed() and not engine._tasks
 
 
 def test_tensor_parallelism_is_vllms_own(model_dir: Path, offline: dict[str, Offline], monkeypatch) -> None:

@@ -4,18 +4,18 @@ Chosen by `option.rolling_batch=vllm` (DJL's name) or `option.generation_engine=
 module imports, that is wherever vLLM has the API used here (`lmistream.engines`). The handler stays the same: every
 DJL protocol, output format, custom formatter, validation and cancellation works as with the other engines.
 
-Each DJL path runs the vLLM API that fits it:
+Both DJL paths run `AsyncLLM`, vLLM's asyncio API, as vLLM's own OpenAI server does: each request is a task iterating
+`AsyncLLM.generate`, and cancelling the task aborts the request in vLLM.
 
-* The synchronous paths (rolling batch, and one request per `handle` call) run `LLMEngine`, vLLM's synchronous API:
-  DJL's handler thread blocks between steps anyway, so one loop thread owns the engine, sends it the requests and
-  cancellations queued since its last output (LLMEngine is not thread-safe), and blocks in `step()` until the engine
-  core, vLLM's own process, has finished a step. A request that arrives during a step reaches the core when that
-  step's output does, one step later than `AsyncLLM` would send it; `AsyncLLM` on a loop of the engine's own thread
-  was tried for these paths and streamed 0.90-0.97x the tokens/s at 32 streams, with more CPU per token, so they
-  keep `LLMEngine` (docs/bench/vllm-profile.md).
-* The async path (`option.async_mode=true`) runs `AsyncLLM`, vLLM's asyncio API, on DJL's event loop, as vLLM's
-  own OpenAI server does: each request is a task iterating `AsyncLLM.generate`, so its outputs arrive on the loop
-  that awaits them with no thread in between, and cancelling the task aborts the request in vLLM.
+* The async path (`option.async_mode=true`) runs the tasks on DJL's event loop, so outputs arrive on the loop that
+  awaits them with no thread in between (`AsyncVllmEngine`).
+* The synchronous paths (rolling batch, and one request per `handle` call) run them on an event loop of the engine's
+  own thread (`VllmEngine`), which hands each engine step's updates to the handler in one go. vLLM's synchronous
+  `LLMEngine` looks the natural fit for DJL's blocking loop, but it is not thread-safe and takes requests only
+  between its blocking `step()` calls, while the engine core (vLLM's own process) runs the next step meanwhile: a
+  request arriving during a step joined one step later than on vLLM's server. `AsyncLLM` sends it at once.
+  Alternated with `LLMEngine`, both with `lmi serve`'s CPU placement: TTFT p50 at 8 streams 1.03-1.04x vLLM's
+  server against 1.11-1.16x, tokens/s within the noise (docs/bench/vllm-profile.md).
 
 vLLM samples every request with its own settings (temperature, top-k, top-p, `seed`, `repetition_penalty`) and
 ends it on eos or `max_new_tokens`; the eos token is in its output, as with the other engines. It does not
@@ -35,12 +35,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
 from typing import Any
 
 import torch
 import vllm
-from vllm import AsyncEngineArgs, AsyncLLMEngine, EngineArgs, LLMEngine, SamplingParams
+from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 
@@ -54,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 CPU_KV_CACHE_BYTES = 1 << 30
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0  # seconds stop() waits for the engine's loop to wind down
 #: vLLM's finish reasons that are failures, not ends
 FAILED = {"abort": "vLLM aborted the request", "error": "vLLM failed the request"}
 
@@ -147,109 +146,6 @@ class _VllmBase:
         deliver(self._on_update, update)
 
 
-class VllmEngine(_VllmBase):
-    """vLLM's synchronous `LLMEngine`, driven by one loop thread (DJL's rolling-batch and single-request paths)."""
-
-    def __init__(self, config: HandlerConfig) -> None:
-        engine = in_setup_thread(lambda: LLMEngine.from_engine_args(EngineArgs(**engine_arguments(config))))
-        super().__init__(config, engine)
-        self._engine = engine
-        self._commands: deque[tuple[str, Any]] = deque()
-        self._wake = threading.Condition()
-        self._live: set[str] = set()  # requests vLLM is generating for the handler; the loop thread's alone
-        self._thread: threading.Thread | None = None
-
-    def start(self, on_update: UpdateCallback) -> None:
-        if self._thread is not None:
-            raise EngineError("the engine is already started")
-        self._on_update = on_update
-        self._thread = threading.Thread(target=self._loop, name="vllm-engine", daemon=True)
-        self._thread.start()
-
-    def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            raise EngineError("the generation loop is not running (stopped or crashed); the request was not queued")
-        self._command("add", (request_id, list(prompt_ids), sampling_params(params)))
-
-    def cancel(self, request_id: str) -> None:
-        self._command("abort", request_id)
-
-    def stop(self) -> None:
-        """End the loop (requests still running get an error update) and shut vLLM's processes down, once."""
-        if self._stopped:
-            return
-        self._stopped = True
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._command("stop", None)
-            thread.join(timeout=STOP_TIMEOUT_S)
-        self._engine.engine_core.shutdown()
-
-    def _command(self, kind: str, argument: Any) -> None:
-        with self._wake:
-            self._commands.append((kind, argument))
-            self._wake.notify()
-
-    def _take_commands(self) -> list[tuple[str, Any]]:
-        """The queued commands; waits for one while vLLM has nothing to generate."""
-        idle = not self._engine.has_unfinished_requests()
-        with self._wake:
-            if idle:
-                self._wake.wait_for(lambda: self._commands)
-            commands = list(self._commands)
-            self._commands.clear()
-        return commands
-
-    def _loop(self) -> None:
-        while True:
-            for kind, argument in self._take_commands():
-                if kind == "stop":
-                    self._fail(list(self._live), "the engine stopped")
-                    return
-                if kind == "add":
-                    self._add(*argument)
-                else:
-                    self._abort(argument)
-            if self._engine.has_unfinished_requests() and not self._step():
-                return
-
-    def _add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        try:
-            self._engine.add_request(request_id, {"prompt_token_ids": prompt_ids}, params)
-        except Exception as error:  # vLLM refused this request: it fails alone
-            logger.exception("vLLM refused request %s", request_id)
-            self._emit(EngineUpdate(request_id, finished=True, error=f"vLLM refused the request: {error}"))
-            return
-        self._live.add(request_id)
-
-    def _abort(self, request_id: str) -> None:
-        if request_id in self._live:
-            self._live.discard(request_id)
-            self._engine.abort_request([request_id])
-
-    def _step(self) -> bool:
-        """One step's outputs to the callback; False when vLLM failed and the loop must end."""
-        try:
-            outputs = self._engine.step()
-        except Exception as error:  # the engine core died: every running request fails, and so does the loop
-            logger.exception("vLLM engine step failed")
-            self._fail(list(self._live), f"vLLM failed: {error}")
-            return False
-        for output in outputs:
-            if output.request_id in self._live:
-                update = to_update(output)
-                if update.finished:
-                    self._live.discard(update.request_id)
-                self._emit(update)
-        return True
-
-    def _fail(self, request_ids: list[str], message: str) -> None:
-        self._live.difference_update(request_ids)
-        for request_id in request_ids:
-            self._emit(EngineUpdate(request_id, finished=True, error=message))
-
-
 class AsyncVllmEngine(_VllmBase):
     """vLLM's `AsyncLLM` on the caller's event loop (DJL's async path): one task per request."""
 
@@ -267,15 +163,14 @@ class AsyncVllmEngine(_VllmBase):
 
     def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
         """Start the request's task on the running event loop (DJL's async handler calls this from its loop)."""
-        if not self._running or self._engine.errored:
-            raise EngineError("the vLLM engine is not running (stopped or crashed); the request was not queued")
+        self._check_running()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise EngineError(
                 "the async vLLM engine takes requests from an event loop (option.async_mode=true)"
             ) from None
-        self._tasks[request_id] = loop.create_task(self._generate(request_id, prompt_ids, sampling_params(params)))
+        self._spawn(loop, request_id, prompt_ids, sampling_params(params))
 
     def cancel(self, request_id: str) -> None:
         """Cancel the request's task, which aborts it in vLLM."""
@@ -284,11 +179,27 @@ class AsyncVllmEngine(_VllmBase):
             task.get_loop().call_soon_threadsafe(task.cancel)
 
     def stop(self) -> None:
-        """Shut vLLM's processes down, once; requests still running get an error update."""
+        """Fail the running requests and shut vLLM's processes down, once."""
         self._running = False
         if not self._stopped:
             self._stopped = True
+            self._fail_running()
             self._engine.shutdown()
+
+    def _check_running(self) -> None:
+        if not self._running or self._engine.errored:
+            raise EngineError("the vLLM engine is not running (stopped or crashed); the request was not queued")
+
+    def _spawn(
+        self, loop: asyncio.AbstractEventLoop, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> None:
+        self._tasks[request_id] = loop.create_task(self._generate(request_id, prompt_ids, params))
+
+    def _fail_running(self) -> None:
+        """An error update for each running request, and its task cancelled."""
+        for request_id in list(self._tasks):
+            self._emit(EngineUpdate(request_id, finished=True, error="the engine stopped"))
+            self.cancel(request_id)
 
     async def _generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
         try:
@@ -301,3 +212,64 @@ class AsyncVllmEngine(_VllmBase):
             self._emit(EngineUpdate(request_id, finished=True, error=f"vLLM failed: {error}"))
         finally:
             self._tasks.pop(request_id, None)
+
+
+class VllmEngine(AsyncVllmEngine):
+    """`AsyncLLM` on an event loop of the engine's own thread (DJL's synchronous paths).
+
+    The updates of one engine step reach the callback together, after every request's task has taken its output:
+    the tasks wake one by one, and a DJL rolling-batch step woken by the first update would answer the others empty.
+    """
+
+    def __init__(self, config: HandlerConfig) -> None:
+        super().__init__(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._pending: list[EngineUpdate] = []
+
+    def start(self, on_update: UpdateCallback) -> None:
+        super().start(on_update)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
+        self._check_running()
+        self._loop.call_soon_threadsafe(self._spawn, self._loop, request_id, list(prompt_ids), sampling_params(params))
+
+    def cancel(self, request_id: str) -> None:
+        """On the loop, so after the request's own submit (call_soon_threadsafe keeps their order)."""
+        self._loop.call_soon_threadsafe(super().cancel, request_id)
+
+    def stop(self) -> None:
+        """Fail the running requests, shut vLLM down and let every task on the loop end, then end its thread; once."""
+        self._running = False
+        thread, self._thread = self._thread, None
+        if thread is None:
+            super().stop()
+            return
+        asyncio.run_coroutine_threadsafe(self._wind_down(), self._loop).result(STOP_TIMEOUT_S)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        thread.join(timeout=STOP_TIMEOUT_S)
+        self._loop.close()
+
+    async def _wind_down(self) -> None:
+        requests = list(self._tasks.values())
+        self._fail_running()
+        await asyncio.gather(*requests, return_exceptions=True)
+        self._flush()
+        super().stop()
+        others = asyncio.all_tasks() - {asyncio.current_task()}  # vLLM's own, reading its engine core's outputs
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def _emit(self, update: EngineUpdate) -> None:
+        """Queue the update; one flush after this loop pass hands the whole step's updates over."""
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(update)
+
+    def _flush(self) -> None:
+        updates, self._pending = self._pending, []
+        for update in updates:
+            deliver(self._on_update, update)
