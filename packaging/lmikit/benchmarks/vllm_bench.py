@@ -6,7 +6,7 @@ same model with the same settings (fp32, eager mode, a 1 GiB KV cache on a CPU b
 * `vllm-openai`: `python -m vllm.entrypoints.openai.api_server`, streamed `/v1/completions`.
 * `vllm-openai-placed`: the same, its threads then moved off the CPUs vLLM pinned its workers to, as `lmi serve`
   moves its own (`server.placement`): what that placement is worth to vLLM's own server.
-* `lmi-rolling`: `lmi serve`, DJL newest rolling batch (option.rolling_batch=vllm: vLLM's LLMEngine), `/invocations`.
+* `lmi-rolling`: `lmi serve`, DJL newest rolling batch (option.rolling_batch=vllm: AsyncLLM on the engine's thread).
 * `lmi-async`: `lmi serve`, DJL newest async mode (vLLM's AsyncLLM), `/invocations`.
 
 One server runs at a time (two vLLM engines would share the CPUs), in turn over the repeats, and every level goes
