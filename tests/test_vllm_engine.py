@@ -27,7 +27,7 @@ import lmistream.service
 from inprocess_endpoint import http_endpoint, wait_until
 from inprocess_endpoint import post as http_post
 from lmikit.embedded_model import ensure_smollm2
-from lmikit.server.placement import pinned_cpus
+from lmikit.server.placement import pinned_cpus, thread_masks
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, choose, create_engine
 from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments
@@ -360,8 +360,8 @@ def test_lmi_serve_runs_the_vllm_engine_and_leaves_no_vllm_process_behind(
         server = psutil.Process(endpoint.process.pid)
         children = server.children(recursive=True)
         allowed = frozenset(os.sched_getaffinity(0))  # what lmi serve started with, as this process has
-        pinned = pinned_cpus(allowed, (frozenset(os.sched_getaffinity(t.id)) for c in children for t in c.threads()))
-        placed = {frozenset(os.sched_getaffinity(thread.id)) for thread in server.threads()}
+        pinned = pinned_cpus(allowed, thread_masks(children))
+        placed = set(thread_masks([server]))
         conn = connection(endpoint, timeout=120)
         conn.request("POST", "/invocations", json.dumps(_payload(prompt, n)), {"Content-Type": "application/json"})
         body = conn.getresponse().read()

@@ -244,12 +244,12 @@ class VllmEngine(AsyncVllmEngine):
         """Fail the running requests, shut vLLM down and let every task on the loop end, then end its thread; once."""
         self._running = False
         thread, self._thread = self._thread, None
-        if thread is None:
+        if thread is None:  # never started, or stopped before
             super().stop()
-            return
-        asyncio.run_coroutine_threadsafe(self._wind_down(), self._loop).result(STOP_TIMEOUT_S)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        thread.join(timeout=STOP_TIMEOUT_S)
+        else:
+            asyncio.run_coroutine_threadsafe(self._wind_down(), self._loop).result(STOP_TIMEOUT_S)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            thread.join(timeout=STOP_TIMEOUT_S)
         self._loop.close()
 
     async def _wind_down(self) -> None:

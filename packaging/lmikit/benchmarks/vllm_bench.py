@@ -82,6 +82,11 @@ def vllm_openai_placed(settings: Settings) -> Iterator[RunningEndpoint]:
         yield endpoint
 
 
+def _completions_target(url: str) -> Target:
+    """vLLM's server as the benchmark reaches it: streamed `/v1/completions` for the served name `model`."""
+    return openai_target(url, "model", api="completions")
+
+
 def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[RunningEndpoint]:
     """`lmi serve` of the repository's own project (model/model.py) on the vLLM engine."""
     args = [
@@ -104,8 +109,8 @@ def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[Runni
 
 
 STARTERS: dict[str, tuple[Callable[[Settings], AbstractContextManager[RunningEndpoint]], Callable[[str], Target]]] = {
-    "vllm-openai": (vllm_openai, lambda url: openai_target(url, "model", api="completions")),
-    "vllm-openai-placed": (vllm_openai_placed, lambda url: openai_target(url, "model", api="completions")),
+    "vllm-openai": (vllm_openai, _completions_target),
+    "vllm-openai-placed": (vllm_openai_placed, _completions_target),
     "lmi-rolling": (lambda s: lmi_serve(s, "rolling_batch=vllm", "output_formatter=jsonlines"), container_target),
     "lmi-async": (
         lambda s: lmi_serve(

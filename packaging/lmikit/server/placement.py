@@ -34,7 +34,7 @@ def keep_off_pinned_cpus(pid: int | None = None) -> str | None:
     what it did, or None when there was nothing to do."""
     process = psutil.Process(pid)
     allowed = frozenset(os.sched_getaffinity(process.pid))
-    free = free_cpus(allowed, _thread_masks(process.children(recursive=True)))
+    free = free_cpus(allowed, thread_masks(process.children(recursive=True)))
     if not free:
         return None
     moved = sum(_move(thread.id, free) for thread in process.threads())
@@ -42,7 +42,8 @@ def keep_off_pinned_cpus(pid: int | None = None) -> str | None:
     return f"{moved} threads moved to CPUs {sorted(free)}, off CPUs {pinned} that the engine's workers are pinned to"
 
 
-def _thread_masks(processes: Iterable[psutil.Process]) -> list[frozenset[int]]:
+def thread_masks(processes: Iterable[psutil.Process]) -> list[frozenset[int]]:
+    """The CPU affinity mask of every thread of these processes (those that end meanwhile are left out)."""
     masks = []
     for child in processes:
         try:
