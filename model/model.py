@@ -15,3 +15,13 @@ _service = StreamingService(Output, namespace=globals())
 def handle(inputs: Input) -> Any:
     """Return None for the init/warm-up call, else an Output (a coroutine in async mode)."""
     return _service.handle(inputs)
+
+
+def register_adapter(inputs: Input) -> Any:
+    """DJL's LoRA adapter registration (newest LMI): properties `name` and `src` (the adapter's directory)."""
+    return _service.register_adapter_input(inputs)
+
+
+def unregister_adapter(inputs: Input) -> Any:
+    """DJL's LoRA adapter removal: property `name`."""
+    return _service.unregister_adapter_input(inputs)

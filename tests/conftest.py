@@ -22,7 +22,21 @@ if TYPE_CHECKING:
     from runtime_support import RuntimeServer
 
 #: The vLLM tier's tests import vllm, which only .venv-vllm has; elsewhere they are not collected.
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["test_vllm_engine.py"]
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["test_vllm_engine.py", "test_vllm_lora.py"]
+#: The GPU tier (tests/gpu) needs CUDA: only `--gpu-tier` (tests/gpu/run.sh, `make test-gpu`) collects it.
+GPU_TIER = Path(__file__).resolve().parent / "gpu"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--gpu-tier", action="store_true", help="collect the GPU tier, tests/gpu (needs CUDA)")
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """Leave tests/gpu out of every run but the GPU tier's, even when it is named on the command line."""
+    if not config.getoption("--gpu-tier") and collection_path.resolve().is_relative_to(GPU_TIER):
+        return True
+    return None
+
 
 #: per_test_timeout's limit
 TIMEOUT_S = 30.0
@@ -98,6 +112,19 @@ def runtime_server() -> Iterator[RuntimeServer]:
     server.container.response.cancel()
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's server in this process on a free port, for a module's AWS control-plane calls."""
+    from lmikit.server.process import free_port
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
 
 
 @pytest.fixture

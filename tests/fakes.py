@@ -22,12 +22,13 @@ class ByteTokenizer:
             self._pieces[EOS + 1 + offset] = piece.encode()
         self.eos_token_ids = frozenset({EOS})
         self.special_token_ids = frozenset({EOS})
+        self.renders_tools = False
         self.max_token_chars = max(len(piece.decode("utf-8", errors="replace")) for piece in self._pieces.values())
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode())
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] = ()) -> str:
         """A plain template: one `role: content` line per message, then `assistant:`."""
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
@@ -103,6 +104,8 @@ class ScriptedEngine:
         updates = []
         with self._lock:
             for request_id, (tokens, position, limit) in list(self._active.items()):
+                if not self._may_advance(position):
+                    continue
                 token = tokens[position]
                 done = token in self.tokenizer.eos_token_ids or position + 1 >= min(len(tokens), limit)
                 updates.append(EngineUpdate(request_id, (token,), (-0.5,), finished=done))
@@ -111,6 +114,25 @@ class ScriptedEngine:
                 else:
                     self._active[request_id] = (tokens, position + 1, limit)
         return updates
+
+    def _may_advance(self, position: int) -> bool:
+        """Whether a request may emit its token at this position in this tick."""
+        return True
+
+
+class HeldEngine(ScriptedEngine):
+    """The scripted engine holding every request after its first token until `release()`: a step boundary the test
+    decides, so that it sees the first token reach the client before the second exists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _may_advance(self, position: int) -> bool:
+        return position == 0 or self._released.is_set()
 
 
 def serve_engines(monkeypatch, make: Callable[[], ScriptedEngine]) -> Iterator[list]:

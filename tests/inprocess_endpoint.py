@@ -65,7 +65,7 @@ def served(version: str = "0.23", **options: str) -> Iterator[tuple[LocalEndpoin
     }
     settings = {key: value for key, value in settings.items() if value is not None}  # None: leave the option unset
     with frontend(version, **settings) as front:
-        engine = front._entry.module._service.engine
+        engine = front.entry.module._service.engine
         instruments = Instruments(engine)
         submit = front.submit
 

@@ -1,18 +1,40 @@
-"""transformers' own greedy `generate`, the reference every engine's tokens are compared with (any supported stack)."""
+"""transformers' own `generate`, the reference every engine's tokens are compared with (any supported stack): greedy,
+seeded sampling, and vLLM's frequency / presence penalties as a logits processor (transformers has none)."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 #: a reference token must beat the runner-up by this much (in logits) for an exact comparison to be meaningful
 MIN_GAP = 1e-3
 #: `torch_dtype` before transformers 4.56, `dtype` after
 DTYPE_KEYWORD = "dtype" if tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
+
+
+class OutputPenalties(LogitsProcessor):
+    """vLLM's (and OpenAI's) definition: minus `frequency` times each generated token's count, minus `presence` once
+    it occurred; the prompt's tokens do not count."""
+
+    def __init__(self, prompt_length: int, frequency: float, presence: float) -> None:
+        self.prompt_length, self.frequency, self.presence = prompt_length, frequency, presence
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        counts = torch.zeros_like(scores)
+        generated = input_ids[:, self.prompt_length :]
+        counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+def penalties(prompt_length: int, frequency: float, presence: float) -> dict[str, LogitsProcessorList]:
+    """`generate` arguments applying vLLM's frequency / presence penalties."""
+    return {"logits_processor": LogitsProcessorList([OutputPenalties(prompt_length, frequency, presence)])}
 
 
 @dataclass(frozen=True)
@@ -35,14 +57,42 @@ class ReferenceModel:
         self.eos = frozenset(i for i in [*eos, self.tokenizer.eos_token_id] if i is not None)
         self._cache: dict[tuple, Reference] = {}
 
-    def __call__(self, prompt: str, max_new_tokens: int, check_gaps: bool = True, **settings: float) -> Reference:
-        """Greedy continuation; `settings` are more `generate` arguments (repetition_penalty)."""
-        key = (prompt, max_new_tokens, tuple(sorted(settings.items())))
+    def __call__(self, prompt: str, max_new_tokens: int, check_gaps: bool = True, **settings: Any) -> Reference:
+        """Greedy continuation; `settings` are more `generate` arguments (repetition_penalty, a logits_processor)."""
+        key = (
+            prompt,
+            max_new_tokens,
+            tuple(sorted((k, v if isinstance(v, Hashable) else id(v)) for k, v in settings.items())),
+        )
         if key not in self._cache:
             self._cache[key] = self._generate(prompt, max_new_tokens, check_gaps, **settings)
         return self._cache[key]
 
-    def _generate(self, prompt: str, max_new_tokens: int, check_gaps: bool, **settings: float) -> Reference:
+    def top_log_probs(self, prompt: str, answer: tuple[int, ...], count: int) -> list[list[tuple[int, float]]]:
+        """At each position of `answer` after `prompt`, the model's `count` most likely tokens and their
+        log-probabilities (one forward pass over prompt and answer)."""
+        prompt_ids = self.tokenizer.encode(prompt)
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([prompt_ids + list(answer)])).logits[0].float()
+        positions = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(answer)].log_softmax(dim=-1)
+        tops = positions.topk(count, dim=-1)
+        return [list(zip(ids.tolist(), values.tolist())) for values, ids in zip(tops.values, tops.indices)]
+
+    def sample(self, prompt: str, max_new_tokens: int, seed: int, **settings: float) -> tuple[int, ...]:
+        """Sampled continuation from the global generator seeded with `seed` (top-k and top-p off unless given)."""
+        prompt_ids = self.tokenizer.encode(prompt)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                torch.tensor([prompt_ids]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                do_sample=True,
+                max_new_tokens=max_new_tokens,
+                **{"top_k": 0, "top_p": 1.0, **settings},
+            )
+        return tuple(out[0, len(prompt_ids) :].tolist())
+
+    def _generate(self, prompt: str, max_new_tokens: int, check_gaps: bool, **settings: Any) -> Reference:
         prompt_ids = self.tokenizer.encode(prompt)  # exactly what the handler's tokenizer adapter does
         with torch.inference_mode():
             out = self.model.generate(

@@ -47,3 +47,9 @@ def post_all(front: Frontend, payloads: list[dict]) -> list[tuple[int, list[byte
     responses = [post(front, payload) for payload in payloads]
     with ThreadPoolExecutor(len(responses)) as pool:
         return list(pool.map(collect, responses))
+
+
+def assert_whole_events(chunks: list[bytes], separator: bytes = b"\n") -> None:
+    """What the protocols guarantee of a stream's chunks, however the steps fall: none is empty and each ends on an
+    event boundary (a step answers whole events; how many tokens a step holds depends on scheduling)."""
+    assert chunks and all(chunk.endswith(separator) for chunk in chunks), chunks

@@ -1,5 +1,6 @@
 """build → deploy → update → status → logs → delete through the `lmi` CLI against moto in server mode, plus the deploy
-helpers' edge cases. moto 5.2.1 lacks UpdateEndpoint: `_moto_update_endpoint` adds it, as SageMaker documents it.
+helpers' edge cases. moto 5.2.1 lacks UpdateEndpoint: `_moto_update_endpoint` adds it, as SageMaker documents it,
+and `lmi update` also runs against botocore's Stubber on the real service model.
 
 moto runs in-process (ThreadedMotoServer) and is reached through AWS_ENDPOINT_URL, exactly as a real endpoint
 would be: the product code gets no test hooks.
@@ -7,39 +8,29 @@ would be: the product code gets no test hooks.
 
 from __future__ import annotations
 
+import datetime
 import io
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.stub import ANY, Stubber
 from click.testing import CliRunner, Result
 from lmikit import aws_deploy, endpoint_logs
 from lmikit.cli import main
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.server.process import free_port
 from local_endpoint import REPO, serve
 from moto import mock_aws
 from moto.sagemaker.models import FakeEndpointConfig
-from moto.server import ThreadedMotoServer
 from project_factory import make_project
 
 ROLE = "arn:aws:iam::123456789012:role/lmi-test"
 BUCKET = "lmi-test-artifacts"
 DJL_0_23 = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.23.0-deepspeed0.9.5-cu118"
 FAST_WAIT = ["--poll-delay", "0.05", "--wait-timeout", "30"]
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def _dummy_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -330,6 +321,85 @@ def test_a_failed_update_keeps_the_old_version_serving(updatable: boto3.session.
     assert _gone(sm.describe_endpoint_config, EndpointConfigName="green-v2")
     assert _gone(sm.describe_model, ModelName="green-v2")
     _lmi("delete", "--endpoint", "green")
+
+
+def _described(name: str, config: str, status: str) -> dict:
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    arn = f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{name}"
+    return {
+        "EndpointName": name,
+        "EndpointArn": arn,
+        "EndpointConfigName": config,
+        "EndpointStatus": status,
+        "CreationTime": when,
+        "LastModifiedTime": when,
+    }
+
+
+def test_update_speaks_sagemakers_own_request_shapes(
+    aws: boto3.session.Session, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`lmi update` against botocore's Stubber on the real SageMaker service model: every request is validated against
+    the model's shapes and must carry exactly these parameters (S3 stays on moto), so a changed request shape fails
+    here even where moto lacks the call."""
+    sm = aws.client("sagemaker")
+    real_client = boto3.session.Session.client
+    monkeypatch.setattr(
+        boto3.session.Session,
+        "client",
+        lambda self, name, *a, **k: sm if name == "sagemaker" else real_client(self, name, *a, **k),
+    )
+    image = aws_deploy.resolve_image("djl-lmi:0.36.0", "us-east-1")
+    url = f"s3://{BUCKET}/lmi/blue/blue-v2/model.tar.gz"
+    variant = {
+        "VariantName": "AllTraffic",
+        "ModelName": "blue",
+        "InitialInstanceCount": 2,
+        "InstanceType": "ml.g5.xlarge",
+    }
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:"
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    with Stubber(sm) as stub:
+        stub.add_response("describe_endpoint", _described("blue", "blue", "InService"), {"EndpointName": "blue"})
+        stub.add_response("describe_endpoint", _described("blue", "blue", "InService"), {"EndpointName": "blue"})
+        stub.add_response(
+            "describe_endpoint_config",
+            {
+                "EndpointConfigName": "blue",
+                "EndpointConfigArn": arn + "endpoint-config/blue",
+                "ProductionVariants": [variant],
+                "CreationTime": when,
+            },
+            {"EndpointConfigName": "blue"},
+        )
+        stub.add_response(
+            "create_model",
+            {"ModelArn": arn + "model/blue-v2"},
+            {
+                "ModelName": "blue-v2",
+                "ExecutionRoleArn": ROLE,
+                "PrimaryContainer": {"Image": image, "ModelDataUrl": url},
+            },
+        )
+        new_variant = {**variant, "ModelName": "blue-v2", "ContainerStartupHealthCheckTimeoutInSeconds": ANY}
+        stub.add_response(
+            "create_endpoint_config",
+            {"EndpointConfigArn": arn + "endpoint-config/blue-v2"},
+            {"EndpointConfigName": "blue-v2", "ProductionVariants": [new_variant]},
+        )
+        stub.add_response(
+            "update_endpoint",
+            {"EndpointArn": arn + "endpoint/blue"},
+            {"EndpointName": "blue", "EndpointConfigName": "blue-v2"},
+        )
+        stub.add_response("describe_endpoint", _described("blue", "blue", "Updating"), {"EndpointName": "blue"})
+        stub.add_response("describe_endpoint", _described("blue", "blue-v2", "InService"), {"EndpointName": "blue"})
+        stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "blue"})
+        stub.add_response("delete_model", {}, {"ModelName": "blue"})
+        result = _update("--endpoint", "blue", "--project-dir", make_project(tmp_path), "--image", "djl-lmi:0.36.0")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == "blue-v2"
+        stub.assert_no_pending_responses()
 
 
 def test_status_lists_each_endpoint_with_its_instances_image_and_model_data(

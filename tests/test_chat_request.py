@@ -35,7 +35,8 @@ def test_fields_map_onto_generation_parameters() -> None:
         stream=True,
         stream_options={"include_usage": True},
         user="u",
-        frequency_penalty=0,
+        frequency_penalty=0.5,
+        presence_penalty=-1,
     )
     params = request.params
     assert (params.max_new_tokens, params.temperature, params.top_p, params.stop_sequences, params.seed) == (
@@ -45,6 +46,7 @@ def test_fields_map_onto_generation_parameters() -> None:
         ("###",),
         3,
     )
+    assert (params.frequency_penalty, params.presence_penalty) == (0.5, -1.0)
     assert params.logprobs and request.chat.logprobs and request.chat.include_usage and request.chat.model == "m"
     assert chat(max_tokens=7, max_completion_tokens=9).params.max_new_tokens == 9  # the newer name wins
 
@@ -76,21 +78,28 @@ def test_messages_keep_their_order_and_text_parts_are_joined() -> None:
             "messages[0].content",
             "reads text only",
         ),
-        ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages[0].tool_calls", "not supported"),
+        (
+            {"messages": [{"role": "user", "content": "x", "tool_calls": []}]},
+            "messages[0].tool_calls",
+            "on an assistant message",
+        ),
         ({"messages": [{"role": "user", "content": "a\ud800"}]}, "messages[0].content", "lone surrogate"),
         ({"temperature": 2.5}, "temperature", "temperature must be in [0, 2], got 2.5"),
         ({"temperature": "hot"}, "temperature", "temperature must be a number"),
         ({"top_p": 0}, "top_p", "top_p must be in (0, 1]"),
         ({"max_tokens": 0}, "max_tokens", "max_tokens must be between 1 and 1000000"),
         ({"max_completion_tokens": True}, "max_completion_tokens", "must be an integer"),
-        ({"n": 2}, "n", "n is not supported; only 1"),
-        ({"top_logprobs": 5}, "top_logprobs", "top_logprobs is not supported; only 0"),
-        ({"presence_penalty": 0.5}, "presence_penalty", "presence_penalty is not supported"),
+        ({"n": 2, "stream": True}, "n", "n > 1 is answered in one body, not streamed"),
+        ({"n": 0}, "n", "between 1 and 16"),
+        ({"top_logprobs": 5}, "top_logprobs", "top_logprobs needs logprobs: true"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs", "between 0 and 20"),
+        ({"presence_penalty": 2.5}, "presence_penalty", "presence_penalty must be in [-2, 2], got 2.5"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "stop holds 5 entries; at most 4"),
         ({"stream": "yes"}, "stream", "stream must be true or false"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream is true"),
         ({"stream": True, "stream_options": {"usage": True}}, "stream_options", "include_usage"),
-        ({"tools": []}, "tools", "unknown field 'tools'"),
+        ({"tools": []}, "tools", "tools must be a non-empty list"),
+        ({"tool_choice": "required"}, "tool_choice", "tool_choice needs tools"),
         ({"model": 3}, "model", "model must be a string"),
     ],
 )
@@ -110,7 +119,6 @@ def test_tgi_parameter_names_and_neutral_values_are_accepted() -> None:
             "best_of": 1,
             "top_n_tokens": 0,
             "typical_p": 1.0,
-            "truncate": None,
             "details": True,
         },
         30,
@@ -122,7 +130,7 @@ def test_tgi_parameter_names_and_neutral_values_are_accepted() -> None:
     "raw,param",
     [
         ({"watermark": True}, "parameters.watermark"),
-        ({"top_n_tokens": 3}, "parameters.top_n_tokens"),
+        ({"top_n_tokens": 21}, "parameters.top_n_tokens"),
         ({"best_of": 2}, "parameters.best_of"),
         ({"decoder_input_details": 0}, "parameters.decoder_input_details"),
         ({"stop": "a", "stop_sequences": ["b"]}, "parameters.stop"),

@@ -1,7 +1,10 @@
 """HandlerConfig: DJL's init properties to typed settings; bad values name the option and the range."""
 
+from dataclasses import replace
+
 import pytest
 from lmistream.config import HandlerConfig
+from lmistream.dialect import DjlGeneration
 from lmistream.errors import ConfigError
 
 
@@ -22,7 +25,7 @@ def test_typed_values_and_defaults():
     )
     assert (cfg.max_rolling_batch_size, cfg.dtype, cfg.tensor_parallel_degree) == (8, "bf16", 2)
     assert (cfg.generation_engine, cfg.revision) == ("portable", "v2")
-    assert cfg.streaming and cfg.rolling_batch_enabled(newest=False)
+    assert cfg.streaming and cfg.rolling_batch_enabled()
     assert HandlerConfig.from_properties({"model_dir": "/opt/ml/model"}).model_id == "/opt/ml/model"
 
 
@@ -44,14 +47,16 @@ def test_vllms_options_pass_through_djls_names():
 
 def test_rolling_batch_rules_differ_by_version():
     cfg = HandlerConfig.from_properties({"model_id": "m", "rolling_batch": "disable"})
-    assert cfg.rolling_batch_enabled(newest=False) and not cfg.rolling_batch_enabled(newest=True)
-    assert not HandlerConfig.from_properties({"model_id": "m"}).rolling_batch_enabled(newest=False)
+    assert replace(cfg, djl_generation=DjlGeneration.LMI_0_23).rolling_batch_enabled()
+    assert not cfg.rolling_batch_enabled()  # the newest generation, the default
+    unset = HandlerConfig.from_properties({"model_id": "m"})
+    assert not replace(unset, djl_generation=DjlGeneration.LMI_0_23).rolling_batch_enabled()
 
 
 @pytest.mark.parametrize(
     "props,message",
     [
-        ({"max_rolling_batch_size": "0"}, "option.max_rolling_batch_size=0 is out of range: must be between 1 and 999"),
+        ({"max_rolling_batch_size": "0"}, "option.max_rolling_batch_size=0 is out of range: must be >= 1"),
         ({"max_rolling_batch_size": "many"}, "option.max_rolling_batch_size='many' must be an integer"),
         ({"dtype": "fp8"}, "option.dtype='fp8' is not one of auto, fp32, fp16, bf16"),
         ({"trust_remote_code": "yes"}, "option.trust_remote_code='yes' must be true or false"),

@@ -17,8 +17,9 @@ from engine_support import Collector
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 from lmistream.config import HandlerConfig
 from lmistream.engines.continuous import ContinuousBatchingEngine
-from lmistream.errors import EngineError
+from lmistream.errors import ConfigError, EngineError, InvalidRequest
 from lmistream.params import GenerationParams
+from lmistream.structured import Constraint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.integration
@@ -120,11 +121,66 @@ def test_concurrent_requests_stream_their_own_tokens(
     assert all(lp is not None and lp <= 0.0 for u in collector.updates["sample-c"] for lp in u.log_probs)
 
 
+def test_ignore_eos_generates_past_eos_as_generate_without_eos(
+    tiny: tuple[ContinuousBatchingEngine, Collector], tiny_model_dir: Path
+) -> None:
+    engine, collector = tiny
+    prompt_ids = engine.tokenizer.encode("Why?")
+    engine.submit("past-eos", prompt_ids, GenerationParams(max_new_tokens=24, ignore_eos=True))
+    collector.wait_finished("past-eos")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    reference = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=24, eos_token_id=None)
+    tokens = collector.tokens("past-eos")
+    assert tokens == reference[0, len(prompt_ids) :].tolist()
+    assert len(tokens) == 24 and set(tokens[:-1]) & engine.tokenizer.eos_token_ids
+
+
+REFUSED = [
+    pytest.param({"repetition_penalty": 1.2}, "parameters.repetition_penalty", id="repetition_penalty"),
+    pytest.param({"min_p": 0.1}, "parameters.min_p", id="min_p"),
+    pytest.param({"frequency_penalty": 0.5}, "parameters.frequency_penalty", id="frequency_penalty"),
+    pytest.param({"presence_penalty": -1.0}, "parameters.presence_penalty", id="presence_penalty"),
+    pytest.param({"logprobs": True}, "logprobs with greedy decoding", id="greedy-logprobs"),
+    pytest.param({"do_sample": True, "seed": 7}, "parameters.seed is not supported with do_sample=true", id="seed"),
+]
+
+
+@pytest.mark.parametrize("fields,named", REFUSED)
+def test_refuses_what_continuous_batching_cannot_honour_by_name(
+    tiny: tuple[ContinuousBatchingEngine, Collector], fields: dict, named: str
+) -> None:
+    engine, _ = tiny
+    with pytest.raises(InvalidRequest, match=named) as refused:
+        engine.validate(GenerationParams(max_new_tokens=4, **fields))
+    assert refused.value.status == 400 and "option.generation_engine=portable" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"seed": 7},
+        {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 40},
+        {"do_sample": True, "logprobs": True},
+        {"stop_sequences": ("x",), "details": True},
+    ],
+)
+def test_accepts_what_continuous_batching_honours(tiny: tuple[ContinuousBatchingEngine, Collector], fields) -> None:
+    assert tiny[0].validate(GenerationParams(max_new_tokens=4, **fields)) is None
+
+
+def test_top_log_probabilities_are_refused_by_name(tiny: tuple[ContinuousBatchingEngine, Collector]) -> None:
+    engine, _ = tiny
+    with pytest.raises(InvalidRequest) as caught:
+        engine.validate(GenerationParams(max_new_tokens=4, do_sample=True, top_logprobs=3))
+    assert caught.value.param == "top_logprobs" and "generation_engine=portable" in caught.value.message
+
+
 def test_cancel_frees_the_only_slot(tiny_model_dir: Path) -> None:
     engine, collector = _started(tiny_model_dir, max_rolling_batch_size="1")
     try:
         prompt = engine.tokenizer.encode("Once upon a time")
-        engine.submit("long", prompt, GenerationParams(max_new_tokens=1900))
+        engine.submit("long", prompt, GenerationParams(max_new_tokens=1900, ignore_eos=True))
         assert collector.wait_for(lambda: len(collector.updates["long"]) >= 3)
         engine.submit("waiting", prompt, GenerationParams(max_new_tokens=5))
         assert collector.wait_for(lambda: len(collector.updates["long"]) >= 6)
@@ -146,7 +202,9 @@ def test_cancel_frees_the_only_slot(tiny_model_dir: Path) -> None:
 
 def test_stop_fails_unfinished_requests_and_refuses_new_ones(tiny_model_dir: Path) -> None:
     engine, collector = _started(tiny_model_dir)
-    engine.submit("running", engine.tokenizer.encode("Once upon a time"), GenerationParams(max_new_tokens=1900))
+    engine.submit(
+        "running", engine.tokenizer.encode("Once upon a time"), GenerationParams(max_new_tokens=1900, ignore_eos=True)
+    )
     assert collector.wait_for(lambda: len(collector.updates["running"]) >= 2)
     started = time.monotonic()
     engine.stop()
@@ -182,3 +240,18 @@ def test_smollm2_greedy_matches_generate_and_knows_paris(smollm2_dir: Path) -> N
     tokens = collector.tokens("paris")
     assert tokens == expected
     assert "Paris" in engine.tokenizer.decode(tokens)
+
+
+def test_gpu_memory_utilization_on_a_cpu_is_refused_naming_the_option(tiny_model_dir: Path) -> None:
+    config = HandlerConfig.from_properties({"model_id": str(tiny_model_dir), "gpu_memory_utilization": "0.5"})
+    with pytest.raises(ConfigError, match=r"option\.gpu_memory_utilization=0\.5 .* runs on cpu"):
+        ContinuousBatchingEngine(config)
+
+
+def test_structured_output_is_refused_naming_the_field_and_the_engines_that_have_it(tiny) -> None:
+    engine, _ = tiny
+    constraint = Constraint("regex", "[0-9]+", "parameters.structured_outputs.regex")
+    with pytest.raises(InvalidRequest) as refused:
+        engine.validate(GenerationParams(max_new_tokens=4, constraint=constraint))
+    assert refused.value.param == "parameters.structured_outputs.regex"
+    assert "option.generation_engine=portable" in refused.value.message

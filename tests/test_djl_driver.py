@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from lmikit.djl.driver import Frontend, InitError, derive_mode
+from lmikit.djl.dialect import derive_mode
+from lmikit.djl.driver import Frontend, InitError
 from lmikit.djl.loader import load_entry_point, model_environment
 from lmikit.djl.response import BackendError
 from lmikit.properties import init_properties
@@ -495,7 +496,7 @@ def test_loader_imports_like_djl(tmp_path, version, loads, reply):
 
 
 def test_the_disconnect_property_means_the_same_on_both_sides_of_the_wire():
-    from lmikit.djl import driver
-    from lmistream.protocols import rolling_batch
+    from lmikit.djl import rolling_batch as replay
+    from lmistream.protocols import rolling_batch as handler
 
-    assert driver.DISCONNECTED_PROPERTY == rolling_batch.DISCONNECTED_PROPERTY
+    assert replay.DISCONNECTED_PROPERTY == handler.DISCONNECTED_PROPERTY

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from lmikit.djl import standin
+from lmikit.djl.dialect import DjlVersion
 
 
 def _batched(djl, props: dict, content: list[tuple[str, bytes]]):
@@ -64,7 +65,7 @@ def test_newest_batches_parse_by_position_with_either_separator():
     assert second.properties == {"Content-Type": "text/plain"} and second.get_as_string() == "b"
 
 
-@pytest.mark.parametrize("version", standin.VERSIONS)
+@pytest.mark.parametrize("version", list(DjlVersion))
 def test_unbatched_input_is_its_own_batch(version):
     djl = standin.install(version)
     inputs = _batched(djl, {"Content-Type": "text/plain"}, [("data", b"hello")])
@@ -72,7 +73,7 @@ def test_unbatched_input_is_its_own_batch(version):
     assert inputs.get_data() == "hello" and inputs.contains_key("data") and not inputs.contains_key("x")
 
 
-@pytest.mark.parametrize("version", standin.VERSIONS)
+@pytest.mark.parametrize("version", list(DjlVersion))
 def test_get_as_bytes_prefers_data_then_first_item(version):
     djl = standin.install(version)
     empty = djl.Input()
@@ -84,7 +85,7 @@ def test_get_as_bytes_prefers_data_then_first_item(version):
         inputs.get_as_bytes("missing")
 
 
-@pytest.mark.parametrize("version", standin.VERSIONS)
+@pytest.mark.parametrize("version", list(DjlVersion))
 def test_output_add_encodes_values_and_batch_keys_unpadded(version):
     djl = standin.install(version)
     out = djl.Output().add("tok", key="data", batch_index=3).add(b"raw").add({"a": [1, 2]})
@@ -114,7 +115,7 @@ def test_binary_encode_only_in_newest_and_round_trips():
         standin.decode_binary(encoded[:-1])
 
 
-@pytest.mark.parametrize("version", standin.VERSIONS)
+@pytest.mark.parametrize("version", list(DjlVersion))
 def test_stream_content_default_formatter(version):
     out = standin.install(version).Output().add_stream_content(iter([[" a"]]))
     assert out.stream_output_formatter([" a"]) == bytearray(b'{"outputs": [" a"]}\n')

@@ -1,5 +1,5 @@
 """The local endpoint's HTTP surface under malformed traffic (uvicorn + starlette): broken Content-Length values get
-a 400 and the server goes on, a chunked request body is read whole, oversized bodies get 413 and oversized headers
+a 400 naming the header and the server goes on, a chunked request body is read whole, oversized bodies get 413 and oversized headers
 a 4xx, an exposed bind is warned about. One `lmi serve` with the tiny model for the module."""
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def test_a_broken_content_length_gets_400_and_the_server_goes_on(server: Running
         b"Content-Length: " + length + b"\r\n\r\n" + GOOD,
     )
     assert _status(answer) == 400, answer[:200]
+    assert b"Content-Length header" in answer.partition(b"\r\n\r\n")[2], answer[:300]
     assert _works(server)
 
 

@@ -196,6 +196,14 @@ def test_continuous_engine_on_0_23_is_an_error(project: Path) -> None:
     assert "Python 3.9 and torch 2.0.1" in message and "use auto or portable" in message
 
 
+def test_rolling_batch_vllm_beside_another_engine_is_the_loaders_error(project: Path) -> None:
+    """The build reads the engine choice with the handler's own rule, so it refuses what the load would."""
+    _setup(project, rolling_batch="vllm", generation_engine="portable", model_id=HUB_ID)
+    [(level, key, message)] = _findings(project, "djl-lmi:0.36.0")
+    assert (level, key) == ("error", "option.generation_engine")
+    assert "option.rolling_batch=vllm picks the vLLM engine" in message and "drop one of them" in message
+
+
 @pytest.mark.parametrize("engine", ["auto", "portable"])
 def test_auto_and_portable_run_on_0_23(project: Path, engine: str) -> None:
     _setup(project, generation_engine=engine, model_id=HUB_ID)
@@ -325,3 +333,52 @@ def test_the_vllm_engine_where_the_image_cannot_run_it_is_an_error(
     ]
     [(level, _, message)] = findings
     assert level == "error" and fragment in message and "option.rolling_batch=vllm" in message
+
+
+def test_fp16_for_a_cpu_instance_on_torch_2_0_is_refused_naming_the_dtype_and_the_way_out(
+    project: Path, tmp_path: Path
+) -> None:
+    _setup(project, dtype="fp16", model_id=HUB_ID)
+    result = _build(
+        project, tmp_path / "m.tar.gz", "--image", "djl-deepspeed:0.23.0", "--instance-type", "ml.m5.xlarge"
+    )
+    assert result.exit_code != 0
+    assert "error: option.dtype: fp16 on an instance without a GPU: torch 2.0.1" in result.stderr
+    assert "use option.dtype=fp32 or auto" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("image", "instance", "expected"),
+    [
+        ("djl-lmi:0.36.0", "ml.c7i.2xlarge", [("warning", "option.dtype")]),  # newer torch runs it, slowly
+        ("djl-deepspeed:0.23.0", "ml.g5.2xlarge", []),  # a GPU runs fp16
+        ("djl-deepspeed:0.23.0", None, []),  # the target's device is not known
+    ],
+)
+def test_fp16_elsewhere_is_a_warning_or_nothing(
+    project: Path, image: str, instance: str | None, expected: list[tuple[str, str]]
+) -> None:
+    from lmikit.aws_deploy import instance_gpus
+
+    _setup(project, dtype="fp16", model_id=HUB_ID)
+    gpus = None if instance is None else instance_gpus(instance)
+    assert [(f.level, f.key) for f in check_image(Project.at(project), image, gpus)] == expected
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("djl-lmi:0.36.0", []),  # auto picks vLLM there, which takes it
+        ("djl-deepspeed:0.23.0", [("error", "option.enable_prefix_caching", "portable")]),
+    ],
+)
+def test_an_option_the_engine_auto_picks_on_the_image_refuses_is_an_error(
+    project: Path, image: str, expected: list[tuple[str, str, str]]
+) -> None:
+    _setup(project, dtype="fp32", model_id=HUB_ID, enable_prefix_caching="true")
+    findings = [
+        (level, key, message) for level, key, message in _findings(project, image) if key.startswith("option.e")
+    ]
+    assert [(level, key) for level, key, _ in findings] == [(level, key) for level, key, _ in expected]
+    for (_, _, message), (_, _, engine) in zip(findings, expected):
+        assert f"option.enable_prefix_caching=true is not supported by the {engine} engine" in message

@@ -81,7 +81,7 @@ def test_queue_overflow_answers_503(tmp_path, tiny_model):
 def test_disconnected_client_frees_its_slot(tmp_path, tiny_model):
     with serve(project(tmp_path, size=1), "--model-id", tiny_model) as server:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        body = json.dumps(payload(1900, "x")).encode()
+        body = json.dumps({"inputs": "x", "parameters": {"max_new_tokens": 1900, "ignore_eos": True}}).encode()
         sock.sendall(
             b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -121,7 +121,8 @@ def test_stream_time_limit_ends_the_stream_with_model_stream_error(tmp_path, tin
     with serve(project(tmp_path), "--model-id", tiny_model, "--stream-time-limit", "1.5") as server:
         client = runtime_client(server.url)
         response = client.invoke_endpoint_with_response_stream(
-            EndpointName="local", Body=json.dumps(payload(1900, "x")).encode()
+            EndpointName="local",
+            Body=json.dumps({"inputs": "x", "parameters": {"max_new_tokens": 1900, "ignore_eos": True}}).encode(),
         )
         parts = []
         with pytest.raises(EventStreamError) as error:

@@ -1,4 +1,5 @@
-"""One handler, every client, over real HTTP: the official `openai` client on `/v1` (and chat bodies on `/invocations`),
+"""One handler, every client, over real HTTP: the official `openai` client on `/v1` (chat and completions, and their
+bodies on `/invocations`),
 `huggingface_hub`'s InferenceClient on TGI's SSE, the blog's TGI pattern through the SageMaker runtime route, and
 all of them in one batch at once, each getting exactly transformers' greedy tokens in its own format. Under both DJL
 generations, with the real portable engine and the tiny model."""
@@ -17,6 +18,7 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import BadRequestError, TextGenerationError, ValidationError
 from inprocess_endpoint import post, served
 from lmikit.embedded_model import ensure_tiny_model
+from lmikit.project import Project
 from local_endpoint import REPO, make_project, serve
 from reference import ReferenceModel
 from runtime_support import client_for
@@ -86,6 +88,86 @@ def test_the_openai_client_streams_and_completes_exactly_the_reference(version: 
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_the_openai_client_completes_a_prompt_exactly_as_the_reference(version: str, reference: ReferenceModel) -> None:
+    expected = reference(PROMPT, 12)
+    with served(version, **UNPINNED) as (endpoint, _):
+        api = client(endpoint)
+        whole = api.completions.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0, logprobs=0)
+        chunks = list(
+            api.completions.create(
+                model="tiny",
+                prompt=PROMPT,
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        invocations = post(endpoint, {"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "echo": True})
+        echoed = json.loads(invocations.read())
+        sampled = {"model": "tiny", "prompt": PROMPT, "max_tokens": 6, "temperature": 1.5}
+        two = api.completions.create(**sampled, n=2, seed=7)
+        alone = [api.completions.create(**sampled, seed=seed).choices[0].text for seed in (7, 8)]
+        chat_two = api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=4, temperature=0, n=2)
+        with pytest.raises(openai.BadRequestError) as streamed_choices:
+            api.completions.create(model="tiny", prompt=PROMPT, n=2, stream=True)
+    finish = "stop" if expected.finish_reason == "eos_token" else "length"
+    choice = whole.choices[0]
+    assert whole.object == "text_completion" and (choice.text, choice.finish_reason) == (expected.text, finish)
+    assert whole.usage.completion_tokens == len(expected.token_ids) and whole.usage.prompt_tokens > 0
+    assert "".join(choice.logprobs.tokens) == expected.text and all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+    texts = [chunk.choices[0].text for chunk in chunks if chunk.choices]
+    assert len([text for text in texts if text]) >= 2 and "".join(texts) == expected.text
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == finish
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    assert invocations.status == 200 and echoed["choices"][0]["text"] == PROMPT + expected.text
+    assert [(c.index, c.text) for c in two.choices] == list(enumerate(alone)) and alone[0] != alone[1]
+    assert two.usage.completion_tokens == 12 and two.usage.prompt_tokens == whole.usage.prompt_tokens
+    assert [c.message.content for c in chat_two.choices] == [chat_reference(reference, QUESTION, 4).text] * 2
+    assert [c.index for c in chat_two.choices] == [0, 1]
+    assert (
+        streamed_choices.value.status_code == 400 and "n > 1 is answered in one body" in streamed_choices.value.message
+    )
+
+
+@pytest.mark.usefixtures("hub_client_online")
+def test_top_log_probabilities_are_the_models_own_in_each_apis_shape(reference: ReferenceModel) -> None:
+    """TGI's top_n_tokens, OpenAI completions' logprobs=3 and chat's top_logprobs: the model's own most likely tokens
+    at each greedy position, as transformers' forward pass over the prompt and the answer gives them."""
+    chat_prompt = reference.tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    greedy = {"model": "tiny", "max_tokens": 4, "temperature": 0}
+    with served("newest", **UNPINNED) as (endpoint, _):
+        api = client(endpoint)
+        completion = api.completions.create(prompt=PROMPT, logprobs=3, **greedy)
+        chat = api.chat.completions.create(messages=QUESTION, logprobs=True, top_logprobs=3, **greedy)
+        tgi = InferenceClient(endpoint.url + "/invocations")
+        events = list(tgi.text_generation(PROMPT, max_new_tokens=4, stream=True, details=True, top_n_tokens=3))
+        unshown = post(endpoint, {"inputs": PROMPT, "parameters": {"top_n_tokens": 3}, "stream": False})
+        unshown_status, unshown_body = unshown.status, json.loads(unshown.read())["error"]
+    tops = reference.top_log_probs(PROMPT, reference(PROMPT, 4).token_ids, 3)
+    assert [[(top.id, top.text) for top in event.top_tokens] for event in events] == [
+        [(i, reference.tokenizer.decode([i])) for i, _ in top] for top in tops
+    ]
+    assert [[top.logprob for top in event.top_tokens] for event in events] == [
+        pytest.approx([lp for _, lp in top], abs=1e-3) for top in tops
+    ]
+    legacy = completion.choices[0].logprobs.top_logprobs
+    assert len(legacy) == len([t for t in reference(PROMPT, 4).token_ids if t not in reference.eos])
+    assert (
+        legacy
+        == [pytest.approx({reference.tokenizer.decode([i]): lp for i, lp in top}, abs=1e-3) for top in tops][
+            : len(legacy)
+        ]
+    )
+    chat_tops = reference.top_log_probs(chat_prompt, chat_reference(reference, QUESTION, 4).token_ids, 3)
+    content = chat.choices[0].logprobs.content
+    assert [[(top.token, top.logprob) for top in entry.top_logprobs] for entry in content] == [
+        [pytest.approx((reference.tokenizer.decode([i]), lp), abs=1e-3) for i, lp in top] for top in chat_tops
+    ][: len(content)]
+    assert unshown_status == 400 and "parameters.top_n_tokens is answered in TGI's server-sent events" in unshown_body
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_chat_bodies_work_on_invocations_and_through_the_runtime_route(version: str, reference: ReferenceModel) -> None:
     expected = chat_reference(reference, QUESTION, 10)
     body = {"messages": QUESTION, "max_tokens": 10, "temperature": 0, "stream": True}
@@ -117,7 +199,7 @@ def test_errors_come_back_in_each_apis_own_shape(version: str) -> None:
         no_messages_body = json.loads(no_messages.read())
         tgi = InferenceClient(endpoint.url + "/invocations")
         with pytest.raises((BadRequestError, TextGenerationError)) as tgi_error:
-            list(tgi.text_generation(PROMPT, max_new_tokens=4, stream=True, top_n_tokens=3))
+            list(tgi.text_generation(PROMPT, max_new_tokens=4, stream=True, typical_p=0.5))
         lmi = post(endpoint, {"inputs": PROMPT, "parameters": {"temperature": -1}})
         lmi_status, lmi_body = lmi.status, json.loads(lmi.read())
     assert bad_field.value.status_code == 400 and "temperature must be in [0, 2], got 5" in bad_field.value.message
@@ -128,7 +210,7 @@ def test_errors_come_back_in_each_apis_own_shape(version: str) -> None:
     # TGI's {"error", "error_type": "validation"} becomes huggingface_hub's ValidationError; the newest DJL rewrites an
     # error item's body to its own {"error", "code"}, which huggingface_hub raises as a plain 400
     assert type(tgi_error.value) is (ValidationError if version == "0.23" else BadRequestError)
-    assert "parameters.top_n_tokens is not supported" in str(tgi_error.value)
+    assert "parameters.typical_p is not supported" in str(tgi_error.value)
     assert lmi_status == 400 and lmi_body["code"] == 400 and "parameters.temperature" in lmi_body["error"]
 
 
@@ -166,6 +248,37 @@ def test_huggingface_hub_text_generation_streams_tgi_sse_unmodified(version: str
         len(expected.token_ids),
         7,
     )
+
+
+def shipped_options() -> dict[str, str]:
+    """The repository's serving.properties as `lmi serve` runs it here: its options, on the tiny model in fp32."""
+    props = Project.at(REPO).properties()
+    options = {key[len("option.") :]: value for key, value in props.items() if key.startswith("option.")}
+    return {**options, "model_id": str(ensure_tiny_model()), "dtype": "fp32", "entryPoint": None}
+
+
+@pytest.mark.usefixtures("hub_client_online")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_huggingface_hub_and_lmi_clients_both_work_with_the_shipped_serving_properties(
+    version: str, reference: ReferenceModel
+) -> None:
+    expected = reference(PROMPT, 8)
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 8}, "stream": True}  # huggingface_hub's very body
+    with served(version, **shipped_options()) as (endpoint, _):
+        tgi = InferenceClient(endpoint.url + "/invocations")
+        streamed = list(tgi.text_generation(PROMPT, max_new_tokens=8, stream=True))
+        whole = tgi.text_generation(PROMPT, max_new_tokens=8)
+        runtime = client_for(endpoint.url).invoke_endpoint_with_response_stream(
+            EndpointName="local", ContentType="application/json", Body=json.dumps(body)
+        )
+        lmi = b"".join(event["PayloadPart"]["Bytes"] for event in runtime["Body"])
+    assert "".join(streamed) == expected.text and len(streamed) >= 2
+    assert whole == expected.text
+    lines = [json.loads(line) for line in lmi.splitlines()]  # the LMI client keeps its pinned jsonlines
+    if version == "0.23":
+        assert "".join(line["outputs"][0] for line in lines) == expected.text
+    else:
+        assert lines[-1]["generated_text"] == expected.text
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -33,7 +33,17 @@ def test_text_plain_body_is_the_prompt():
         ({"inputs": "x", "stream": "yes"}, "stream"),
         ({"inputs": "x", "parameters": {"max_new_tokens": 0}}, "parameters.max_new_tokens"),
         ({"inputs": "x", "parameters": {"max_new_tokens": "5"}}, "parameters.max_new_tokens"),
-        ({"inputs": "x", "parameters": {"temperature": 0}}, "parameters.temperature"),
+        ({"inputs": "x", "parameters": {"temperature": 0, "do_sample": True}}, "parameters.temperature"),
+        ({"inputs": "x", "parameters": {"temperature": -1}}, "parameters.temperature"),
+        ({"inputs": "x", "parameters": {"min_p": 1.5}}, "parameters.min_p"),
+        ({"inputs": "x", "parameters": {"frequency_penalty": 3}}, "parameters.frequency_penalty"),
+        ({"inputs": "x", "parameters": {"presence_penalty": "1"}}, "parameters.presence_penalty"),
+        ({"inputs": "x", "parameters": {"stop_token_ids": 2}}, "parameters.stop_token_ids"),
+        ({"inputs": "x", "parameters": {"stop_token_ids": [-1]}}, "parameters.stop_token_ids"),
+        ({"inputs": "x", "parameters": {"stop_token_ids": [True]}}, "parameters.stop_token_ids"),
+        ({"inputs": "x", "parameters": {"ignore_eos": 1}}, "parameters.ignore_eos"),
+        ({"inputs": "x", "parameters": {"ignore_eos": True, "ignore_eos_token": True}}, "parameters.ignore_eos"),
+        ({"inputs": "x", "parameters": {"truncate": 0}}, "parameters.truncate"),
         ({"inputs": "x", "parameters": {"temperature": float("nan")}}, "parameters.temperature"),
         ({"inputs": "x", "parameters": {"top_p": 1.5}}, "parameters.top_p"),
         ({"inputs": "x", "parameters": {"top_k": -1}}, "parameters.top_k"),
@@ -54,3 +64,41 @@ def test_bad_fields_are_named(payload, field):
 def test_range_is_in_the_message():
     with pytest.raises(InvalidRequest, match=r"parameters.top_p must be in \(0, 1\], got 1.5"):
         parse({"inputs": "x", "parameters": {"top_p": 1.5}})
+
+
+@pytest.mark.parametrize(
+    "parameters,sampled",
+    [
+        ({}, False),
+        ({"temperature": 0.7}, True),
+        ({"top_p": 0.9}, True),
+        ({"top_k": 5}, True),
+        ({"min_p": 0.1}, True),
+        ({"temperature": 0}, False),
+        ({"temperature": 0.7, "do_sample": False}, False),
+        ({"do_sample": True}, True),
+        ({"repetition_penalty": 1.2, "seed": 3}, False),
+    ],
+)
+def test_sampling_parameters_without_do_sample_sample_as_on_djl(parameters, sampled):
+    params = parse({"inputs": "x", "parameters": parameters}).params
+    assert params.do_sample is sampled and params.temperature > 0
+
+
+def test_vllm_and_tgi_parameters_are_read():
+    params = parse(
+        {
+            "inputs": "x",
+            "parameters": {
+                "min_p": 0.05,
+                "frequency_penalty": 0.5,
+                "presence_penalty": -0.25,
+                "stop_token_ids": [2, 7],
+                "ignore_eos_token": True,
+                "truncate": 12,
+            },
+        }
+    ).params
+    assert (params.min_p, params.frequency_penalty, params.presence_penalty) == (0.05, 0.5, -0.25)
+    assert params.stop_token_ids == (2, 7) and params.ignore_eos and params.truncate == 12
+    assert parse({"inputs": "x", "parameters": {"ignore_eos": True}}).params.ignore_eos

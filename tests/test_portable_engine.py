@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import transformers
 from engine_support import Collector
 from lmikit.embedded_model import ensure_tiny_model
 from lmistream.config import HandlerConfig
 from lmistream.engines.portable import PortableEngine
+from lmistream.errors import ConfigError
 from lmistream.params import GenerationParams
-from reference import ReferenceModel
+from reference import ReferenceModel, penalties
 
 pytestmark = pytest.mark.integration
 
@@ -96,11 +98,13 @@ def test_at_most_max_rolling_batch_size_rows_run_and_waiting_requests_join_later
 
 def test_a_seed_makes_sampling_reproducible_whatever_shares_the_batch(started) -> None:
     engine, collector = started
-    _submit(engine, "alone", "Once upon a time", max_new_tokens=16, seed=7, **SAMPLING)
+    # a hot temperature: the tiny model is confident enough that two seeds could otherwise draw alike
+    hot = {"do_sample": True, "temperature": 3.0}
+    _submit(engine, "alone", "Once upon a time", max_new_tokens=16, seed=7, **hot)
     collector.wait_finished("alone")
-    _submit(engine, "busy", "Once upon a time", max_new_tokens=16, seed=7, **SAMPLING)
-    _submit(engine, "other-seed", "Once upon a time", max_new_tokens=16, seed=8, **SAMPLING)
-    _submit(engine, "neighbour", "The quick brown fox", max_new_tokens=16, **SAMPLING)
+    _submit(engine, "busy", "Once upon a time", max_new_tokens=16, seed=7, **hot)
+    _submit(engine, "other-seed", "Once upon a time", max_new_tokens=16, seed=8, **hot)
+    _submit(engine, "neighbour", "The quick brown fox", max_new_tokens=16, **hot)
     collector.wait_finished("busy", "other-seed", "neighbour")
     assert collector.tokens("alone") == collector.tokens("busy")
     assert collector.tokens("other-seed") != collector.tokens("alone")
@@ -111,12 +115,50 @@ def test_a_seed_makes_sampling_reproducible_whatever_shares_the_batch(started) -
 def test_repetition_penalty_matches_generate(started, reference: ReferenceModel) -> None:
     engine, collector = started
     prompt = "Why?"
-    _submit(engine, "penalized", prompt, max_new_tokens=16, repetition_penalty=1.3)
+    _submit(engine, "penalized", prompt, max_new_tokens=16, repetition_penalty=3.0)
     _submit(engine, "plain", prompt, max_new_tokens=16)
     collector.wait_finished("penalized", "plain")
-    expected = reference(prompt, 16, repetition_penalty=1.3).token_ids
+    expected = reference(prompt, 16, repetition_penalty=3.0).token_ids
     assert tuple(collector.tokens("penalized")) == expected
     assert expected != reference(prompt, 16).token_ids, "the penalty must change this continuation"
+
+
+def test_frequency_and_presence_penalties_match_generate_with_vllms_definition(
+    started, reference: ReferenceModel
+) -> None:
+    engine, collector = started
+    prompt = "1, 2, 3,"
+    _submit(engine, "penalized", prompt, max_new_tokens=20, frequency_penalty=2.0, presence_penalty=2.0)
+    _submit(engine, "plain", prompt, max_new_tokens=20)
+    collector.wait_finished("penalized", "plain")
+    prompt_length = len(engine.tokenizer.encode(prompt))
+    expected = reference(prompt, 20, check_gaps=False, **penalties(prompt_length, 2.0, 2.0)).token_ids
+    assert tuple(collector.tokens("penalized")) == expected
+    assert expected != tuple(collector.tokens("plain")), "the penalties must change this continuation"
+
+
+def test_min_p_with_a_seed_draws_what_generate_draws(started, reference: ReferenceModel) -> None:
+    if not hasattr(transformers, "MinPLogitsWarper"):
+        pytest.skip(f"transformers {transformers.__version__} has no min_p to compare with")
+    engine, collector = started
+    prompt, sampled = "Once upon a time", {"do_sample": True, "temperature": 2.0, "seed": 11}
+    _submit(engine, "floor", prompt, max_new_tokens=16, min_p=0.1, **sampled)
+    _submit(engine, "no-floor", prompt, max_new_tokens=16, **sampled)
+    collector.wait_finished("floor", "no-floor")
+    expected = reference.sample(prompt, 16, seed=11, temperature=2.0, min_p=0.1)
+    assert tuple(collector.tokens("floor")) == expected
+    assert tuple(collector.tokens("no-floor")) == reference.sample(prompt, 16, seed=11, temperature=2.0)
+    assert expected != tuple(collector.tokens("no-floor")), "min_p must change this draw"
+
+
+def test_ignore_eos_generates_past_eos_as_generate_without_eos(started, reference: ReferenceModel) -> None:
+    engine, collector = started
+    _submit(engine, "on", "Why?", max_new_tokens=24, ignore_eos=True)
+    collector.wait_finished("on")
+    tokens = tuple(collector.tokens("on"))
+    never = reference.model.config.vocab_size  # an eos id no token has: generate goes on past the real eos
+    assert tokens == reference("Why?", 24, check_gaps=False, eos_token_id=never).token_ids
+    assert len(tokens) == 24 and set(tokens[:-1]) & engine.tokenizer.eos_token_ids
 
 
 def test_a_cancelled_request_leaves_the_batch_and_frees_its_slot(started, reference: ReferenceModel) -> None:
@@ -129,3 +171,32 @@ def test_a_cancelled_request_leaves_the_batch_and_frees_its_slot(started, refere
     assert collector.wait_for(lambda: engine._scheduler.running == 0)
     assert not collector.finished("long") and len(collector.tokens("long")) < 200
     assert tuple(collector.tokens("short")) == reference("Hello, my name is", 14).token_ids
+
+
+def test_gpu_memory_utilization_on_a_cpu_is_refused_naming_the_option(tiny_dir: Path) -> None:
+    config = HandlerConfig.from_properties({"model_id": str(tiny_dir), "gpu_memory_utilization": "0.5"})
+    with pytest.raises(ConfigError, match=r"option\.gpu_memory_utilization=0\.5 .* runs on cpu"):
+        PortableEngine(config)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "float16"])
+def test_fp16_on_a_cpu_loads_where_torch_multiplies_it_and_is_refused_naming_the_device_where_not(
+    tiny_dir: Path, dtype: str
+) -> None:
+    """torch 2.0 (LMI 0.23's) has no fp16 matrix multiply on a CPU: the load is refused before the weights are read,
+    instead of a warm-up failing with "addmm_impl_cpu_" not implemented for 'Half'. Newer torch runs it."""
+    import torch
+
+    if torch.__version__.startswith("2.0."):
+        with pytest.raises(
+            ConfigError, match=r"option\.dtype=fp16 cannot run on this device \(cpu\).*option\.dtype=fp32"
+        ):
+            _engine(tiny_dir, dtype=dtype)
+        return
+    engine, collector = _engine(tiny_dir, dtype=dtype)
+    try:
+        _submit(engine, "half", "Hello, my name is", max_new_tokens=3)
+        collector.wait_finished("half")
+        assert len(collector.tokens("half")) == 3
+    finally:
+        engine.stop()

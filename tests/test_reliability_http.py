@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.process import RunningEndpoint, running_endpoint
-from lmistream.params import NEUTRAL_TGI_PARAMETERS
+from lmistream.params import NEUTRAL_TGI_PARAMETERS, PARAMETERS
 from local_endpoint import START_TIMEOUT, make_project
 from reference import ReferenceModel
 from reliability_figures import record
@@ -138,7 +138,9 @@ NUMBERS = {
         st.floats(allow_nan=False).filter(lambda f: not f.is_integer()),
         st.booleans(),
     ),
-    "temperature": st.one_of(st.just(math.nan), st.just(math.inf), st.floats(max_value=0.0), st.booleans()),
+    "temperature": st.one_of(  # 0 is greedy (DJL newest's rule); the bound is 100
+        st.just(math.nan), st.just(math.inf), st.floats(max_value=-1e-6), st.floats(min_value=100.001), st.booleans()
+    ),
     "top_p": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0001), st.just(math.nan)),
     "top_k": st.one_of(
         st.integers(max_value=-1), st.floats(min_value=0.1, max_value=9.9).filter(lambda f: not f.is_integer())
@@ -163,15 +165,19 @@ BAD_REQUESTS = st.one_of(
     ),
     st.tuples(
         st.just("inputs"),
-        st.one_of(st.just(""), st.integers(), st.lists(st.text(), min_size=2, max_size=3), st.none(), st.booleans()),
+        st.one_of(
+            st.just(""),
+            st.integers(),
+            st.lists(st.one_of(st.just(""), st.integers(), st.none()), min_size=2, max_size=3),  # no valid prompt
+            st.none(),
+            st.booleans(),
+        ),
     ),
     st.tuples(st.just("surrogate"), st.sampled_from(["800", "bff", "c00", "fff"])),
     st.tuples(st.just("too long"), st.integers(min_value=2100, max_value=4000)),
     st.tuples(
         st.just("unknown"),
-        st.text(min_size=1, max_size=8).filter(
-            lambda k: k not in NUMBERS and k not in TYPED and k not in NEUTRAL_TGI_PARAMETERS
-        ),
+        st.text(min_size=1, max_size=8).filter(lambda k: k not in PARAMETERS and k not in NEUTRAL_TGI_PARAMETERS),
     ),
     st.tuples(st.just("field"), st.one_of(*[st.tuples(st.just(k), v) for k, v in {**NUMBERS, **TYPED}.items()])),
 )
@@ -322,7 +328,7 @@ def test_a_thousand_requests_at_concurrency_128_all_complete_exactly_and_memory_
 
 def _all_slots_free(server: Server) -> bool:
     """32 long streams at once all start before any ends: all 32 slots are free."""
-    body = _body({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400}})
+    body = _body({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400, "ignore_eos": True}})
     responses = []
     for _ in range(32):
         conn = server.connection()
@@ -337,7 +343,7 @@ def _all_slots_free(server: Server) -> bool:
 
 # -- 5. a slow client ----------------------------------------------------------------------------------------------
 def test_a_client_reading_one_byte_at_a_time_does_not_hold_up_the_others(server: Server) -> None:
-    body = _body({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 300}})
+    body = _body({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 300, "ignore_eos": True}})
     slow = socket.create_connection(("127.0.0.1", server.endpoint.port))
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     slow.sendall(

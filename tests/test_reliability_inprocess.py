@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 DROPS, KEPT = 20, 4
 PROMPTS = ["Hello, my name is", "The quick brown fox", "Why?", "Roses are"]
-LONG = {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1500}}
+LONG = {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1500, "ignore_eos": True}}
 
 
 def _text(body: bytes) -> str:
@@ -52,7 +52,9 @@ def test_dropped_clients_stop_costing_the_engine_within_two_steps(
         dropped = []
         for index in range(DROPS):
             sock = socket.create_connection(("127.0.0.1", port_of(endpoint)))
-            body = json.dumps({"inputs": f"Story {index}: 1, 2, 3,", "parameters": {"max_new_tokens": 1500}})
+            body = json.dumps(
+                {"inputs": f"Story {index}: 1, 2, 3,", "parameters": {"max_new_tokens": 1500, "ignore_eos": True}}
+            )
             sock.sendall(
                 f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
@@ -160,7 +162,7 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
 
 def test_a_failing_prefill_fails_the_joining_request_alone(reference: ReferenceModel) -> None:
     with served("newest") as (endpoint, tools):
-        running = post(endpoint, {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400}})
+        running = post(endpoint, {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400, "ignore_eos": True}})
         first = running.read1(65536)
         assert wait_until(lambda: len(tools.engine._rows) == 1)
         tools.prefill_fault = RuntimeError("injected prefill fault")

@@ -10,8 +10,8 @@ import time
 
 import lmistream.service
 import pytest
-from fakes import ScriptedEngine, serve_engines
-from replay import MODEL_DIR, collect, frontend, post, post_all
+from fakes import HeldEngine, ScriptedEngine, serve_engines
+from replay import MODEL_DIR, TIMEOUT, assert_whole_events, collect, frontend, post, post_all
 
 REAL_FACTORY = lmistream.service.create_engine  # the real factory, before the fixture swaps it
 PROMPTS = ["abc", "hello there", "é日x", "zz"]
@@ -32,22 +32,43 @@ def jsonlines_newest(chunks):
     return lines[-1]["generated_text"]
 
 
-@pytest.mark.parametrize(
-    "version,options,decode",
-    [
-        ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_023),
-        ("newest", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_newest),
-        ("newest", {"async_mode": "true", "enable_streaming": "true"}, jsonlines_newest),
-        ("0.23", {"enable_streaming": "true"}, jsonlines_023),
-    ],
-)
+STREAMING = [
+    ("0.23", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_023),
+    ("newest", {"rolling_batch": "custom", "output_formatter": "jsonlines"}, jsonlines_newest),
+    ("newest", {"async_mode": "true", "enable_streaming": "true"}, jsonlines_newest),
+    ("0.23", {"enable_streaming": "true"}, jsonlines_023),
+]
+
+
+@pytest.mark.parametrize("version,options,decode", STREAMING)
 def test_concurrent_requests_each_get_exactly_their_own_tokens(version, options, decode):
     with frontend(version, **options) as front:
         results = post_all(front, [{"inputs": p, "parameters": {"max_new_tokens": 50}} for p in PROMPTS])
     for prompt, (status, chunks) in zip(PROMPTS, results):
         assert status == 200
         assert decode(chunks) == prompt[::-1]
-        assert len(chunks) > 1, "tokens must stream in several chunks"
+        assert_whole_events(chunks)
+
+
+@pytest.mark.parametrize("version,options,decode", STREAMING)
+def test_the_first_token_reaches_the_client_before_the_second_exists(version, options, decode, monkeypatch):
+    engines = []
+    monkeypatch.setattr(lmistream.service, "create_engine", lambda config: engines.append(HeldEngine()) or engines[-1])
+    with frontend(version, **options) as front:
+        response = post(front, {"inputs": "abc"})
+        assert response.head(TIMEOUT).status == 200
+        chunks = response.chunks(TIMEOUT)
+        first = next(chunks)  # the engine holds the second token until released
+        engines[0].release()
+        rest = list(chunks)
+    engines[0].stop()
+    assert token_texts(version, [first]) == ["c"]
+    assert decode([first, *rest]) == "cba"
+
+
+def token_texts(version, chunks):
+    lines = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+    return [line["outputs"][0] if version == "0.23" else line["token"]["text"] for line in lines]
 
 
 def test_023_json_default_builds_one_object():
@@ -99,6 +120,21 @@ def test_max_new_tokens_and_stop_sequences_per_request(scripted_engine):
     assert set(scripted_engine[0].cancelled) == {"req-1"}, "a stop sequence cancels the request in the engine"
 
 
+def test_truncate_keeps_the_prompts_end_and_a_stop_token_ends_the_request(scripted_engine):
+    with frontend("newest", rolling_batch="custom", output_formatter="jsonlines") as front:
+        results = post_all(
+            front,
+            [
+                {"inputs": "abcdef", "parameters": {"truncate": 3}},
+                {"inputs": "abcdef", "parameters": {"stop_token_ids": [ord("c")], "details": True}},
+            ],
+        )
+    assert [jsonlines_newest(chunks) for _, chunks in results] == ["fed", "fed"]
+    last = json.loads(b"".join(results[1][1]).decode().splitlines()[-1])
+    assert last["token"]["id"] == ord("c") and last["details"]["finish_reason"] == "stop_sequence"
+    assert set(scripted_engine[0].cancelled) == {"req-1"}, "a stop token cancels the request in the engine"
+
+
 @pytest.mark.parametrize(
     "version,options",
     [
@@ -131,20 +167,54 @@ def test_plain_non_streaming_model_answers_one_body():
     assert json.loads(chunks[0]) == {"generated_text": "cba"}
 
 
+def model_dir_with(tmp_path, source):
+    """A user's model dir: the project's model.py plus their own code in it."""
+    (tmp_path / "model.py").write_text((MODEL_DIR / "model.py").read_text() + source)
+    (tmp_path / "lmistream").symlink_to(MODEL_DIR / "lmistream", target_is_directory=True)
+    return tmp_path
+
+
 @pytest.fixture
 def model_dir_with_formatter(tmp_path):
-    """A user's model dir: the project's model.py plus their own formatter function in it."""
-    (tmp_path / "model.py").write_text(
-        (MODEL_DIR / "model.py").read_text()
-        + '''
+    return model_dir_with(
+        tmp_path,
+        '''
 
 def shouting(event):
     """A user's formatter: upper-case text, and a marker on the last event."""
     return event.text.upper() + (f"|{event.finish_reason.value}\\n" if event.last else "")
-'''
+''',
     )
-    (tmp_path / "lmistream").symlink_to(MODEL_DIR / "lmistream", target_is_directory=True)
-    return tmp_path
+
+
+@pytest.mark.parametrize("version", ["0.23", "newest"])
+def test_after_a_failed_step_the_reset_ends_the_dropped_requests_in_the_engine(version, tmp_path, scripted_engine):
+    """A step that raises fails every request in it (DJL answers them all and flags the next step with
+    reset_rollingbatch); that reset must end the dropped requests in the engine, not leave them generating."""
+    model_dir = model_dir_with(
+        tmp_path,
+        '''
+
+def failing_on_bang(event):
+    """A user's formatter with a bug: it raises on the token "!"."""
+    if event.text == "!":
+        raise ValueError("the formatter failed")
+    return event.text
+''',
+    )
+    options = {"rolling_batch": "custom", "output_formatter": "failing_on_bang", "max_rolling_batch_size": "2"}
+    with frontend(version, model_dir, **options) as front:
+        long = post(front, {"inputs": "y" * 1000, "parameters": {"max_new_tokens": 3000}})
+        assert next(long.chunks(TIMEOUT)), "the long request is generating"
+        failing = post(front, {"inputs": "ab!"})
+        for response in (long, failing):
+            assert b"Batch inference failed" in b"".join(collect(response)[1])
+        engine = scripted_engine[0]
+        assert "req-0" in engine.active, "DJL dropped the requests; the engine still generates the long one"
+        status, chunks = collect(post(front, {"inputs": "abc"}))  # its step carries the reset
+        assert status == 200 and b"".join(chunks) == b"cba"
+        assert "req-0" in engine.cancelled and engine.active == []
+        assert front.active_requests() == 0
 
 
 @pytest.mark.parametrize("version", ["0.23", "newest"])

@@ -18,7 +18,7 @@ import lmistream.service
 import pytest
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 from reference import Reference, ReferenceModel
-from replay import TIMEOUT, collect, frontend, post, post_all
+from replay import TIMEOUT, assert_whole_events, collect, frontend, post, post_all
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_concurrent_requests_each_stream_their_own_greedy_tokens(
         expected = reference(prompt, max_new_tokens)
         assert status == 200, b"".join(chunks)
         assert decode(chunks) == expected.text, (prompt, max_new_tokens)
-        assert len(chunks) > 1, f"{prompt!r}: tokens must stream in several chunks, got {chunks}"
+        assert_whole_events(chunks)
         if version == "newest":
             _check_newest_lines(chunks, prompt, expected)
 
@@ -183,6 +183,34 @@ def test_plain_023_requests_answer_one_json_body_each(engine: str, tiny_dir: Pat
         assert json.loads(b"".join(chunks)) == {"generated_text": reference(prompt, max_new_tokens).text}
 
 
+@pytest.mark.parametrize("version", ["0.23", "newest"])
+def test_a_list_of_inputs_answers_each_prompts_own_greedy_tokens_in_order(
+    version: str, engine: str, tiny_dir: Path, reference: ReferenceModel
+) -> None:
+    prompts = [prompt for prompt, _ in REQUESTS]
+    body = {"inputs": prompts, "parameters": {"max_new_tokens": 9, "details": True}, "stream": False}
+    options = {"rolling_batch": "custom", "output_formatter": "jsonlines", "enable_streaming": "true"}
+    with frontend(version, **_options(tiny_dir, engine, **options)) as front:
+        status, chunks = collect(post(front, body))
+        streamed_status, streamed = collect(post(front, {**body, "stream": True}))
+        bad_status, bad = collect(post(front, {**body, "inputs": [prompts[0], ""]}))
+    assert status == 200, b"".join(chunks)
+    answers = json.loads(b"".join(chunks))
+    assert len(answers) == len(prompts)
+    for prompt, answer in zip(prompts, answers):
+        expected = reference(prompt, 9)
+        assert answer == {
+            "generated_text": expected.text,
+            "details": {
+                "finish_reason": expected.finish_reason,
+                "generated_tokens": len(expected.token_ids),
+                "inputs": prompt,
+            },
+        }
+    assert streamed_status == 400 and b'send \\"stream\\": false' in b"".join(streamed)
+    assert bad_status == 400 and b"inputs[1] must be a non-empty string" in b"".join(bad)
+
+
 def test_added_special_tokens_stream_no_text(engine: str, tiny_dir: Path, reference: ReferenceModel) -> None:
     prompt, max_new_tokens = "def fibonacci(n):", 9  # its greedy continuation holds <empty_output> (id 16)
     expected = reference(prompt, max_new_tokens)
@@ -217,7 +245,7 @@ def test_smollm2_chat_answer_streams_exactly_generate_and_knows_paris(engine: st
     text = jsonlines_023(chunks)
     assert text == expected.text
     assert "Paris" in text
-    assert len(chunks) > 1
+    assert_whole_events(chunks)
     assert time.monotonic() - started < 120
 
 
@@ -241,6 +269,7 @@ def test_chat_requests_stream_the_templated_conversations_greedy_tokens(
     with frontend(version, **_options(tiny_dir, engine, **options)) as front:
         (chat_status, chat_chunks), (status, chunks) = post_all(front, [chat, _payload(prompt, max_new_tokens)])
     assert chat_status == 200 and status == 200, b"".join(chat_chunks)
-    assert chat_text(b"".join(chat_chunks)) == expected.text and len(chat_chunks) > 1
+    assert chat_text(b"".join(chat_chunks)) == expected.text
+    assert_whole_events(chat_chunks, separator=b"\n\n")
     assert b"".join(chat_chunks).endswith(b"data: [DONE]\n\n")
     assert decode(chunks) == reference(prompt, max_new_tokens).text

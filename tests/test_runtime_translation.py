@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 from botocore.eventstream import EventStreamBuffer
+from botocore.exceptions import EventStreamError
+from client_support import botocore_stream
 from lmikit.server import runtime
+from lmikit.server.eventstream import MAX_PAYLOAD_BYTES
 from lmikit.server.runtime import (
     INVOKE,
     STREAM,
@@ -142,11 +145,32 @@ def test_validate_unknown_endpoint_after_constraints() -> None:
     assert fault.body == {"message": "Endpoint other of account 123456789012 not found."}
 
 
-def test_every_modeled_pattern_translates() -> None:
-    for operation in (STREAM, INVOKE):
-        for shape in runtime._input_members(operation).values():
-            if "pattern" in shape.metadata:
-                runtime._pattern(shape.metadata["pattern"])
+def test_every_modeled_pattern_translates_to_a_python_regex_without_java_classes() -> None:
+    translated = {
+        runtime._pattern(shape.metadata["pattern"]).pattern
+        for operation in (STREAM, INVOKE)
+        for shape in runtime._input_members(operation).values()
+        if "pattern" in shape.metadata
+    }
+    assert r"\A\S[\x20-\x7e]*\Z" in translated and r"[\x00-\x7f]*" in translated
+    assert not any(re.search(r"\\p\{|\\z", pattern) for pattern in translated), translated
+
+
+@pytest.mark.parametrize(
+    ("headers", "valid"),
+    [
+        ({"X-Amzn-SageMaker-Inference-Id": "req 1~"}, True),  # \S then Java's \p{Print}: printable ASCII
+        ({"X-Amzn-SageMaker-Inference-Id": "req\x7f"}, False),
+        ({"X-Amzn-SageMaker-Inference-Id": "req\t1"}, False),
+        ({"X-Amzn-SageMaker-Inference-Id": "req é"}, False),
+        ({"X-Amzn-SageMaker-Inference-Id": " lead"}, False),
+        ({"X-Amzn-SageMaker-Inference-Id": "end\n"}, False),
+        ({"Content-Type": "text/plain\x7f"}, True),  # Java's \p{ASCII}: 0-127
+        ({"Content-Type": "text/plé"}, False),
+    ],
+)
+def test_translated_java_classes_accept_what_java_accepts(headers: dict[str, str], valid: bool) -> None:
+    assert (validate("ep", "ep", headers, 1) is None) == valid
 
 
 def test_container_headers_per_operation() -> None:
@@ -163,6 +187,16 @@ def test_container_headers_per_operation() -> None:
         "X-Amzn-SageMaker-Custom-Attributes": "k=v",
     }
     assert container_headers(headers, INVOKE)["Accept"] == "*/*"
+
+
+def test_an_inference_component_naming_an_adapter_reaches_the_container_as_the_adapter_header() -> None:
+    headers = {"Content-Type": "application/json", "X-Amzn-SageMaker-Inference-Component": "fr"}
+    for operation in (STREAM, INVOKE):
+        sent = container_headers(headers, operation, adapters=("de", "fr"))
+        assert sent["X-Amzn-SageMaker-Inference-Component"] == "fr"
+        assert sent["X-Amzn-SageMaker-Adapter-Identifier"] == "fr"
+    base = {**headers, "X-Amzn-SageMaker-Inference-Component": "base"}
+    assert "X-Amzn-SageMaker-Adapter-Identifier" not in container_headers(base, STREAM, adapters=("de", "fr"))
 
 
 def test_stream_frames_one_payload_part_per_chunk() -> None:
@@ -183,6 +217,26 @@ def test_stream_frames_container_failure_is_stream_broken() -> None:
     assert first == b"a"
     assert headers[":exception-type"] == "ModelStreamError"
     assert json.loads(payload)["ErrorCode"] == "StreamBroken"
+
+
+def test_stream_frames_carry_a_part_of_24_mib_whole() -> None:
+    largest = b"x" * MAX_PAYLOAD_BYTES
+    received = [event["PayloadPart"]["Bytes"] for event in botocore_stream(frames(FakeResponse([(0.0, largest)]), 25))]
+    assert received == [largest]
+
+
+def test_stream_frames_end_a_part_over_24_mib_with_internal_stream_failure() -> None:
+    response = FakeResponse([(0.0, b"a"), (0.0, b"x" * (MAX_PAYLOAD_BYTES + 1)), (0.0, b"never")])
+    received = []
+    with pytest.raises(EventStreamError) as caught:
+        for event in botocore_stream(frames(response, 25)):  # botocore's own parser of the operation's stream
+            received.append(event["PayloadPart"]["Bytes"])
+    assert received == [b"a"]
+    assert caught.value.response["Error"] == {
+        "Code": "InternalStreamFailure",
+        "Message": "a response part of 25165825 bytes exceeds the 24 MiB event-stream limit",
+    }
+    assert response.cancelled.is_set()
 
 
 def test_stream_frames_time_limit_fires_while_the_container_is_silent() -> None:

@@ -14,6 +14,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 TORCH_MODULES = {
     "continuous.py",
     "cb_processors.py",
+    "constraints.py",
     "loading.py",
     "batch.py",
     "sampling.py",
@@ -21,6 +22,7 @@ TORCH_MODULES = {
     "distributed.py",
     "ranked.py",
     "vllm_engine.py",
+    "lora.py",
 }
 
 

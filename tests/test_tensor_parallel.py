@@ -109,7 +109,7 @@ def test_a_killed_rank_ends_the_open_stream_with_an_error_and_ping_turns_unhealt
         _serve(tmp_path, "portable", "0.23", tiny_dir, log, launcher) as endpoint,
     ):
         connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=60)
-        body = json.dumps({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1900}})
+        body = json.dumps({"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 1900, "ignore_eos": True}})
         connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
         response = connection.getresponse()
         first = response.read1(65536)

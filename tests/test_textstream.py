@@ -54,3 +54,13 @@ def test_output_is_the_text_up_to_the_first_stop(text, stops):
     hits = [(text.find(s) + len(s), text.find(s)) for s in stops if s in text]
     expected = text[: min(hits)[1]] if hits else text
     assert "".join(deltas) == expected
+
+
+def test_a_stop_token_ends_the_request_without_its_text_and_releases_what_was_held():
+    tok = ByteTokenizer()
+    stop_id = tok.ids("!")[0]
+    params = GenerationParams(max_new_tokens=100, stop_sequences=("xyz",), stop_token_ids=(stop_id,))
+    stream = TextStream(tok, params)
+    deltas = [stream.push(token_id).text for token_id in tok.ids("Hi x!")]
+    assert "".join(deltas) == "Hi x" == stream.generated_text
+    assert stream.finish_reason is FinishReason.STOP_SEQUENCE and stream.count == 5

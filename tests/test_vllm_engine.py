@@ -11,6 +11,7 @@ belongs to the frontend's event loop).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -28,20 +29,27 @@ from inprocess_endpoint import http_endpoint, wait_until
 from inprocess_endpoint import post as http_post
 from lmikit.embedded_model import ensure_smollm2
 from lmikit.server.placement import pinned_cpus, thread_masks
+from lmikit.validate import validate_project
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, choose, create_engine
-from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments
-from lmistream.errors import ConfigError
+from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, check, engine_arguments
+from lmistream.errors import ConfigError, InvalidRequest
 from lmistream.formatters import StreamEvent
+from lmistream.params import GenerationParams
 from local_endpoint import connection, make_project, serve
-from replay import collect, frontend, post, post_all
+from project_factory import good_properties, write_properties
+from project_factory import make_project as make_build_project
+from replay import assert_whole_events, collect, frontend, post, post_all
 from sse_decode import chat_text
+from vllm import AsyncEngineArgs
 from vllm_reference import LOAD, Offline, offline_generate
 
 pytestmark = pytest.mark.integration
 
 #: the handler's options matching the reference's `LOAD`
 OPTIONS = {"dtype": "fp32", "enforce_eager": "true"}
+#: options the module's shared engine also passes through to vLLM (neither changes a greedy answer)
+PASSED = {"enable_prefix_caching": "false", "max_num_seqs": "6"}
 #: (prompt, max_new_tokens): different lengths, so a token routed to the wrong request shows
 GREEDY = [("The capital of France is", 12), ("1, 2, 3,", 16), ("Hello, my name is", 20), ("The quick brown fox", 24)]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -49,6 +57,18 @@ SAMPLED = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 24}
 #: smallest log-probability gap between a greedy reference token and its runner-up: batch layout noise is far below
 MIN_MARGIN = 1e-2
 LONG = 400  # tokens: still generating when a test cancels it
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "maximum": 120}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+#: (name, prompt, the request's structured_outputs, vLLM's StructuredOutputsParams for it)
+STRUCTURED = [
+    ("json", "A person:", {"json": PERSON}, {"json": PERSON, "disable_any_whitespace": True}),
+    ("regex", "A date:", {"regex": "[0-9]{4}-[0-9]{2}"}, {"regex": "[0-9]{4}-[0-9]{2}"}),
+    ("choice", "Is the sky blue?", {"choice": ["yes", "no"]}, {"choice": ["yes", "no"]}),
+]
 
 
 def _payload(prompt: str, max_new_tokens: int, **parameters: Any) -> dict:
@@ -87,8 +107,29 @@ def offline(model_dir: Path) -> dict[str, Offline]:
                 "temperature": 0,
                 "repetition_penalty": 1.5,
             },
+            "penalties": {
+                "prompt_token_ids": tokenizer.encode("1, 2, 3,"),
+                "max_tokens": 24,
+                "temperature": 0,
+                "frequency_penalty": 1.0,
+                "presence_penalty": 0.5,
+            },
+            "min_p": {"prompt_token_ids": fox, "seed": 3, **SAMPLED, "temperature": 1.5, "min_p": 0.2},
+            "ignore_eos": {
+                "prompt_token_ids": tokenizer.encode("The capital of France is"),
+                "max_tokens": 24,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
         }
     )
+    for name, prompt, _, vllm_params in STRUCTURED:
+        specs[name] = {
+            "prompt_token_ids": tokenizer.encode(prompt),
+            "max_tokens": 40,
+            "temperature": 0,
+            "structured_outputs": vllm_params,
+        }
     answers = dict(zip(specs, offline_generate(model_dir, list(specs.values()))))
     for name, answer in answers.items():
         assert answer.margin is None or answer.margin > MIN_MARGIN, (name, answer)
@@ -119,7 +160,7 @@ class SharedEngine:
 
 @pytest.fixture(scope="module")
 def shared(model_dir: Path, offline: dict[str, Offline]) -> Iterator[SharedEngine]:
-    engine = VllmEngine(HandlerConfig.from_properties({"model_id": str(model_dir), **OPTIONS}))
+    engine = VllmEngine(HandlerConfig.from_properties({"model_id": str(model_dir), **OPTIONS, **PASSED}))
     yield SharedEngine(engine, model_dir)
     engine.stop()
 
@@ -137,7 +178,7 @@ def sync_frontend(shared: SharedEngine, version: str, **options: str) -> Iterato
 def async_front(model_dir: Path, offline: dict[str, Offline]) -> Iterator[Any]:
     """model.py in newest DJL's async mode: the handler creates its AsyncLLM engine on the frontend's event loop."""
     with frontend("newest", model_id=str(model_dir), async_mode="true", enable_streaming="true", **OPTIONS) as front:
-        engine = front._entry.module._service.engine
+        engine = front.entry.module._service.engine
         assert isinstance(engine, AsyncVllmEngine)
         yield front
         engine.stop()
@@ -173,7 +214,7 @@ def _check_greedy(results: list[tuple[int, list[bytes]]], decode: Callable, offl
     for (prompt, _), (status, chunks) in zip(GREEDY, results):
         assert status == 200, b"".join(chunks)
         assert decode(chunks) == offline[prompt].text, prompt
-        assert len(chunks) > 1, f"{prompt!r} did not stream"
+        assert_whole_events(chunks)
 
 
 @pytest.mark.parametrize("version,options,decode", SYNC_PATHS)
@@ -216,6 +257,29 @@ def test_sampling_is_per_request_seed_and_repetition_penalty_included(
     assert texts["seed 2"] == offline["seed 2"].text != texts["seed 1"]
     assert texts["penalty"] == offline["penalty"].text != offline["1, 2, 3,"].text
     assert texts["The capital of France is"] == offline["The capital of France is"].text
+
+
+def test_djl_and_vllm_parameters_are_vllms_own(shared: SharedEngine, offline: dict[str, Offline]) -> None:
+    """min_p (sampling without do_sample, as on DJL), frequency / presence penalties, ignore_eos and stop_token_ids in
+    one batch, each equal to LLM.generate with the same SamplingParams."""
+    capital = offline["The capital of France is"].token_ids
+    payloads = {
+        "penalties": _payload("1, 2, 3,", 24, frequency_penalty=1.0, presence_penalty=0.5),
+        "min_p": _payload("The quick brown fox", 24, seed=3, temperature=1.5, min_p=0.2),
+        "ignore_eos": _payload("The capital of France is", 24, ignore_eos=True),
+        "stop token": _payload("The capital of France is", 12, stop_token_ids=[capital[2]], details=True),
+    }
+    with sync_frontend(shared, "newest", rolling_batch="vllm", output_formatter="jsonlines") as front:
+        results = dict(zip(payloads, post_all(front, list(payloads.values()))))
+    tokens = {
+        name: tuple(line["token"]["id"] for line in lines_newest(chunks)) for name, (_, chunks) in results.items()
+    }
+    for name in ("penalties", "min_p", "ignore_eos"):
+        assert tokens[name] == offline[name].token_ids, name
+    assert offline["penalties"].token_ids != offline["1, 2, 3,"].token_ids[: len(offline["penalties"].token_ids)]
+    assert len(tokens["ignore_eos"]) == 24
+    assert tokens["stop token"] == capital[:3]
+    assert lines_newest(results["stop token"][1])[-1]["details"]["finish_reason"] == "stop_sequence"
 
 
 @pytest.mark.parametrize("version", ["0.23", "newest"])
@@ -266,7 +330,7 @@ def shout(event: StreamEvent) -> str:
 def test_a_cancelled_stream_is_aborted_in_vllm_and_the_engine_goes_on(
     shared: SharedEngine, async_front: Any, path: str, offline: dict[str, Offline]
 ) -> None:
-    engine = shared.engine._engine if path == "rolling" else async_front._entry.module._service.engine._engine
+    engine = shared.engine._engine if path == "rolling" else async_front.entry.module._service.engine._engine
 
     def cancel_then_ask(front: Any) -> tuple[int, list[bytes]]:
         response = post(front, _payload("Tell me a long story.", LONG))
@@ -304,6 +368,33 @@ def test_the_openai_client_through_lmi_serves_http_server(
     assert chat_text(raw) == expected.text
 
 
+def test_structured_outputs_are_vllms_own_and_a_bad_one_fails_alone(
+    shared: SharedEngine, offline: dict[str, Offline]
+) -> None:
+    """JSON schema, regex and choice requests in one batch with a plain one, each equal to vLLM's offline answer under
+    the same structured-output parameters; a regex vLLM cannot compile is a 400 naming its field; a forced tool call
+    through a chat body parses and matches its tool's schema."""
+    payloads = [_payload(prompt, 40, structured_outputs=spec) for _, prompt, spec, _ in STRUCTURED]
+    payloads.append(_payload(*GREEDY[0]))
+    tool = {"type": "function", "function": {"name": "get_person", "parameters": PERSON}}
+    named = {"type": "function", "function": {"name": "get_person"}}  # one call: a bounded answer
+    chat = {"messages": QUESTION, "max_tokens": 80, "temperature": 0, "tools": [tool], "tool_choice": named}
+    with sync_frontend(shared, "newest", rolling_batch="vllm", output_formatter="jsonlines") as front:
+        results = post_all(front, [*payloads, _payload("Why?", 8, structured_outputs={"regex": "[a-"}), chat])
+    *answers, plain, (bad_status, bad), (chat_status, chat_body) = results
+    for (name, *_), (status, chunks) in zip(STRUCTURED, answers):
+        assert status == 200 and tuple(line["token"]["id"] for line in lines_newest(chunks)) == offline[name].token_ids
+    assert json.loads(text_newest(answers[0][1])) == json.loads(offline["json"].text)
+    assert plain[0] == 200 and text_newest(plain[1]) == offline[GREEDY[0][0]].text
+    assert bad_status == 400 and b"parameters.structured_outputs.regex" in b"".join(bad)
+    message = json.loads(b"".join(chat_body))["choices"][0]["message"]
+    assert "tool_calls" in message, message
+    (call,) = message["tool_calls"]
+    assert chat_status == 200 and call["function"]["name"] == "get_person"
+    arguments = json.loads(call["function"]["arguments"])
+    assert set(arguments) == {"name", "age"} and isinstance(arguments["age"], int)
+
+
 # -- the choice of engine and its arguments ---------------------------------------------------------------------------
 def _config(**options: str) -> HandlerConfig:
     return HandlerConfig.from_properties({"model_id": "m", **options})
@@ -335,6 +426,28 @@ def test_djls_options_pass_through_to_vllm() -> None:
     given = engine_arguments(_config(gpu_memory_utilization="0.3"))
     assert given["gpu_memory_utilization"] == 0.3 and "kv_cache_memory_bytes" not in given
     assert engine_arguments(_config())["dtype"] == "float32"  # auto on a CPU
+
+
+def test_passed_through_options_reach_vllms_config(shared: SharedEngine) -> None:
+    default = AsyncEngineArgs(**engine_arguments(_config(model_id=str(shared.model_dir), **OPTIONS)))
+    assert default.create_engine_config().cache_config.enable_prefix_caching is True
+    assert shared.vllm_config.cache_config.enable_prefix_caching is False
+    assert shared.vllm_config.scheduler_config.max_num_seqs == 6
+
+
+def test_no_engine_argument_of_this_vllm_is_taken_for_a_typo(tmp_path: Path) -> None:
+    """Each field of vLLM's engine arguments is a key `lmi build` lets through to the vLLM engine, not a misspelling
+    of one of DJL's."""
+    project = make_build_project(tmp_path)
+    fields = sorted(field.name for field in dataclasses.fields(AsyncEngineArgs))
+    write_properties(project, {**good_properties(tmp_path / "weights"), **{f"option.{f}": "1" for f in fields}})
+    assert [f for f in validate_project(project) if "did you mean" in f.message] == []
+
+
+def test_top_log_probabilities_are_refused_by_name() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check(GenerationParams(max_new_tokens=4, top_logprobs=2))
+    assert caught.value.param == "top_logprobs" and "generation_engine=portable" in caught.value.message
 
 
 def test_a_tensor_parallel_degree_under_mpi_ranks_is_refused(monkeypatch) -> None:
@@ -378,7 +491,7 @@ def test_stopping_the_engine_ends_the_running_streams_with_an_error(model_dir: P
     with frontend(
         "0.23", model_id=str(model_dir), rolling_batch="vllm", output_formatter="jsonlines", **OPTIONS
     ) as front:
-        engine = front._entry.module._service.engine
+        engine = front.entry.module._service.engine
         response = post(front, _payload("1, 2, 3,", LONG))  # counts on well past its first chunk
         next(response.chunks(30))
         engine.stop()
@@ -400,7 +513,7 @@ def test_tensor_parallelism_is_vllms_own(model_dir: Path, offline: dict[str, Off
         tensor_parallel_degree="3",
         **OPTIONS,
     ) as front:
-        engine = front._entry.module._service.engine
+        engine = front.entry.module._service.engine
         try:
             results = post_all(front, [_payload(prompt, n) for prompt, n in GREEDY])
         finally:

@@ -31,7 +31,8 @@ class Offline:
 
 
 def offline_generate(model_dir: Path, requests: list[dict]) -> list[Offline]:
-    """Each request ({"prompt_token_ids", "max_tokens", and SamplingParams' own names}) through `LLM.generate`."""
+    """Each request ({"prompt_token_ids", "max_tokens", and SamplingParams' own names; `structured_outputs` as
+    StructuredOutputsParams' fields}) through `LLM.generate`."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "answers.json"
         done = subprocess.run(
@@ -57,10 +58,14 @@ def _margin(logprobs: list[dict]) -> float:
 
 def _main(model_dir: str, out: str) -> None:
     from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
     requests = json.load(sys.stdin)
     llm = LLM(model=model_dir, **LOAD)
     prompts = [{"prompt_token_ids": request.pop("prompt_token_ids")} for request in requests]
+    for request in requests:
+        if "structured_outputs" in request:
+            request["structured_outputs"] = StructuredOutputsParams(**request["structured_outputs"])
     params = [
         SamplingParams(**request, logprobs=2 if request.get("temperature") == 0 else None) for request in requests
     ]

@@ -1,7 +1,8 @@
 """Admissions: what every DJL protocol adapter does to a request besides speaking the protocol.
 
-It validates and tokenizes a request Input, picks its formatter (the API it speaks: LMI, TGI or OpenAI chat), submits
-it to the engine and opens its mailbox in the update hub; it releases it (cancelling it in the engine if needed) and
+It validates and tokenizes a request Input, picks its formatter (the API it speaks: LMI, TGI, OpenAI chat or
+completions), submits it to the engine (a list of `inputs`: each prompt as its own row, `generation_group`) and opens
+its mailbox in the update hub; it releases it (cancelling it in the engine if needed) and
 shapes whole-response errors. The adapters in `protocols` get one through their constructor.
 """
 
@@ -13,45 +14,64 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from .adapters import ADAPTER_HEADER, AdapterRegistry, requested_adapter
 from .chat import chat_request, is_chat
-from .chat_output import ChatCompletion, ChatCompletionChunks
+from .chat_output import ChatCompletion, ChatCompletionChunks, merge_choices
+from .completion_output import Completion, CompletionChunks
+from .completions import completion_request, is_completion
 from .config import HandlerConfig
 from .engine import Engine
 from .errors import ConfigError, HandlerError, InvalidRequest
-from .formatters import REGISTRY, Custom, Formatter, StreamEvent, builtin_names
+from .formatters import REGISTRY, Custom, Formatter, JsonNewest, StreamEvent, TgiJson, builtin_names
 from .generation import Generation
+from .generation_group import Admitted, GenerationGroup
 from .hub import UpdateHub
-from .params import GenerationRequest, decode_body, request_from_payload
+from .params import GenerationRequest, batch_inputs, decode_body, request_from_payload
 
 log = logging.getLogger(__name__)
+#: the field holding the prompt, per API (for the errors that name it)
+_PROMPT_FIELDS = {"chat": "messages", "completion": "prompt"}
 
 
 class Admissions:
     """Admission and release of requests for one engine; `output_cls` is DJL's Output class."""
 
     def __init__(
-        self, config: HandlerConfig, engine: Engine, hub: UpdateHub, output_cls: Any, namespace: Mapping[str, Any]
+        self,
+        config: HandlerConfig,
+        engine: Engine,
+        hub: UpdateHub,
+        output_cls: Any,
+        namespace: Mapping[str, Any],
+        adapters: AdapterRegistry | None = None,
     ) -> None:
         self.config = config
+        self.adapters = adapters if adapters is not None else AdapterRegistry(enabled=False)
         self.engine = engine
         self.hub = hub
         self.output_cls = output_cls
-        self.dialect = config.djl_dialect
+        self.generation = config.djl_generation
+        self.dialect = config.djl_generation.dialect
         self._namespace = namespace
         self._custom_formatter = self._resolve_custom(config.output_formatter)
+        self.max_sequence_length = _sequence_limit(config, engine.max_sequence_length)
         self._ids = itertools.count()
 
-    def admit(self, item: Any, rolling: bool) -> Generation:
+    def admit(self, item: Any, rolling: bool) -> Admitted:
         """Validate, tokenize and submit one request Input; raises a HandlerError for this request alone (an
         unexpected error included) before it reaches the engine, in the shape of the request's API."""
         api = "lmi"
         try:
             payload = decode_body(item.get_as_bytes(), item.get_property("Content-Type"))
-            api = self._api(payload, rolling)
-            return self._admit(payload, rolling)
+            client = ClientHeaders(str(item.get_property("Accept") or ""), str(item.get_property("User-Agent") or ""))
+            api = self._api(payload, rolling, client)
+            payload, adapter = requested_adapter(
+                payload, item.get_property(ADAPTER_HEADER), self.adapters, _openai(payload)
+            )
+            return self._admit(payload, rolling, adapter, client)
         except HandlerError as error:
             error.api = api
             raise
@@ -61,23 +81,20 @@ class Admissions:
             failure.api = api
             raise failure from error
 
-    def _admit(self, payload: dict[str, Any], rolling: bool) -> Generation:
-        if is_chat(payload):
-            request = chat_request(payload, self.config.max_new_tokens)
-            self._check_characters(sum(len(m["content"]) for m in request.messages), "messages")
-            request = replace(request, inputs=self.engine.tokenizer.render_chat(request.messages))
-        else:
-            request = request_from_payload(payload, self.config.max_new_tokens)
-        self.engine.validate(request.params)
-        self._check_characters(len(request.inputs), "inputs")
-        prompt_ids = self.engine.tokenizer.encode(request.inputs, add_special_tokens=request.api != "chat")
-        self._check_length(len(prompt_ids), request)
+    def _admit(self, payload: dict[str, Any], rolling: bool, adapter: str | None, client: ClientHeaders) -> Admitted:
+        prompts = None if _openai(payload) else batch_inputs(payload, self.config.max_rolling_batch_size)
+        if prompts is not None:
+            return self._admit_batch(payload, prompts, adapter)
+        request = self._request(payload, adapter)
+        if request.chat is not None and request.chat.n > 1:
+            return self._admit_choices(request, rolling, client)
+        prompt_ids = self._prompt_ids(request)
         request_id = f"req-{next(self._ids)}"
         generation = Generation(
             request_id,
             request,
             self.engine.tokenizer,
-            self._formatter(request, rolling, request_id, len(prompt_ids)),
+            self._formatter(request, rolling, request_id, len(prompt_ids), client),
             buffered=request.stream is False,  # asked for one body, not a stream
             prompt_tokens=len(prompt_ids),
         )
@@ -85,10 +102,85 @@ class Admissions:
         self.engine.submit(request_id, prompt_ids, request.params)
         return generation
 
-    def release(self, generation: Generation) -> None:
+    def _admit_batch(self, payload: dict[str, Any], prompts: list[str], adapter: str | None) -> GenerationGroup:
+        """A list of `inputs`: every prompt validated and tokenized first, then each submitted as its own row."""
+        requests = [self._request({**payload, "inputs": prompt}, adapter) for prompt in prompts]
+        if requests[0].params.top_logprobs:
+            raise InvalidRequest(
+                "parameters.top_n_tokens is answered in TGI's server-sent events only, not for a list of inputs",
+                param="parameters.top_n_tokens",
+            )
+        if self.streams(requests[0]):
+            raise InvalidRequest(
+                'a list of inputs is answered as one JSON array, not streamed; send "stream": false',
+                param="inputs",
+            )
+        prompt_ids = [self._prompt_ids(request) for request in requests]
+        request_id = f"req-{next(self._ids)}"
+        members = [
+            Generation(f"{request_id}.{i}", request, self.engine.tokenizer, JsonNewest(), True, len(ids))
+            for i, (request, ids) in enumerate(zip(requests, prompt_ids))
+        ]
+        return self._start_group(GenerationGroup(request_id, members), prompt_ids)
+
+    def _admit_choices(self, request: GenerationRequest, rolling: bool, client: ClientHeaders) -> GenerationGroup:
+        """OpenAI's `n`: the prompt once, each choice its own row (a given seed: seed + i for choice i), one answer."""
+        assert request.chat is not None  # only OpenAI requests ask for choices
+        n = request.chat.n
+        if n > self.config.max_rolling_batch_size:
+            raise InvalidRequest(
+                f"n={n} asks for more rows than option.max_rolling_batch_size={self.config.max_rolling_batch_size}",
+                param="n",
+            )
+        prompt_ids = self._prompt_ids(request)
+        request_id = f"req-{next(self._ids)}"
+        members = []
+        for index in range(n):
+            seed = None if request.params.seed is None else (request.params.seed + index) % 2**63
+            choice = replace(
+                request, params=replace(request.params, seed=seed), chat=replace(request.chat, index=index)
+            )
+            formatter = self._formatter(choice, rolling, request_id, len(prompt_ids), client)
+            members.append(
+                Generation(f"{request_id}.{index}", choice, self.engine.tokenizer, formatter, True, len(prompt_ids))
+            )
+        return self._start_group(GenerationGroup(request_id, members, merge_choices), [prompt_ids] * n)
+
+    def _start_group(self, group: GenerationGroup, prompt_ids: list[list[int]]) -> GenerationGroup:
+        self.hub.open(group.request_id, group.member_ids)
+        for member, ids in zip(group.members, prompt_ids):
+            self.engine.submit(member.request_id, ids, member.request.params)
+        return group
+
+    def _request(self, payload: dict[str, Any], adapter: str | None) -> GenerationRequest:
+        """The validated request of a body, its adapter set, checked by the engine."""
+        if is_chat(payload):
+            tokenizer = self.engine.tokenizer
+            request = chat_request(payload, self.config.max_new_tokens, tokenizer.renders_tools)
+            self._check_characters(sum(len(m["content"]) for m in request.messages), "messages")
+            request = replace(request, inputs=tokenizer.render_chat(request.messages, request.tools))
+        elif is_completion(payload):
+            request = completion_request(payload)
+        else:
+            request = request_from_payload(payload, self.config.max_new_tokens)
+        if adapter is not None:
+            request = replace(request, params=replace(request.params, adapter=adapter))
+        self.engine.validate(request.params)
+        return request
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The prompt's tokens (truncated as asked), checked against the model's length."""
+        self._check_characters(len(request.inputs), _PROMPT_FIELDS.get(request.api, "inputs"))
+        prompt_ids = self.engine.tokenizer.encode(request.inputs, add_special_tokens=request.api != "chat")
+        if request.params.truncate is not None:
+            prompt_ids = prompt_ids[-request.params.truncate :]  # TGI's and vLLM's truncation: keep the end
+        self._check_length(len(prompt_ids), request)
+        return prompt_ids
+
+    def release(self, generation: Admitted) -> None:
         """Forget a request; cancel it in the engine if it may still be generating."""
-        if not generation.finished or generation.needs_cancel:
-            self.engine.cancel(generation.request_id)
+        for row in generation.rows_to_cancel():
+            self.engine.cancel(row)
         self.hub.close(generation.request_id)
         log.info("request %s", generation.summary())
 
@@ -109,28 +201,53 @@ class Admissions:
     def _check_characters(self, characters: int, field: str) -> None:
         """The cheap bound first: a prompt longer than this cannot fit in the model whatever it tokenizes to, so it
         is refused before the tokenizer spends time on it inside a batch step."""
-        limit = self.engine.max_sequence_length * self.engine.tokenizer.max_token_chars
+        limit = self.max_sequence_length * self.engine.tokenizer.max_token_chars
         if characters > limit:
             raise InvalidRequest(
-                f"{field} is {characters} characters; the model holds {self.engine.max_sequence_length} tokens of at "
+                f"{field} is {characters} characters; the model holds {self.max_sequence_length} tokens of at "
                 f"most {self.engine.tokenizer.max_token_chars} characters, so at most {limit} characters",
                 param=field,
             )
 
     def _check_length(self, prompt_tokens: int, request: GenerationRequest) -> None:
-        limit, field = self.engine.max_sequence_length, "messages" if request.api == "chat" else "inputs"
+        limit, field = self.max_sequence_length, _PROMPT_FIELDS.get(request.api, "inputs")
         if prompt_tokens >= limit:
             raise InvalidRequest(f"{field} is {prompt_tokens} tokens; the model holds at most {limit - 1}", param=field)
         room = limit - prompt_tokens
         if request.params.max_new_tokens > room:
-            name = "max_tokens" if request.api == "chat" else "parameters.max_new_tokens"
+            name = "parameters.max_new_tokens" if request.api == "lmi" else "max_tokens"
             raise InvalidRequest(
                 f"{name}={request.params.max_new_tokens} does not fit: the prompt is {prompt_tokens} tokens and the "
                 f"model holds {limit}, so at most {room}",
                 param=name,
             )
 
-    def _formatter(self, request: GenerationRequest, rolling: bool, request_id: str, prompt_tokens: int) -> Formatter:
+    def _formatter(
+        self, request: GenerationRequest, rolling: bool, request_id: str, prompt_tokens: int, client: ClientHeaders
+    ) -> Formatter:
+        """The request's formatter; one that cannot show top tokens refuses a request asking for them."""
+        formatter = self._shape(request, rolling, request_id, prompt_tokens, client)
+        if request.params.top_logprobs and not formatter.top_tokens:
+            raise InvalidRequest(
+                'parameters.top_n_tokens is answered in TGI\'s server-sent events only ("stream": true, without '
+                "an option.output_formatter that pins another format); OpenAI bodies take top_logprobs",
+                param="parameters.top_n_tokens",
+            )
+        return formatter
+
+    def _shape(
+        self, request: GenerationRequest, rolling: bool, request_id: str, prompt_tokens: int, client: ClientHeaders
+    ) -> Formatter:
+        if request.api == "completion" and request.chat is not None:
+            answer = CompletionChunks if request.stream else Completion
+            return answer(
+                f"cmpl-{uuid.uuid4().hex}",
+                int(time.time()),
+                self._model_name,
+                prompt_tokens,
+                request.chat,
+                request.inputs,
+            )
         if request.chat is not None:
             shape = ChatCompletionChunks if request.stream else ChatCompletion
             return shape(
@@ -138,27 +255,38 @@ class Admissions:
             )
         if self._custom_formatter is not None:
             return Custom(self._custom_formatter)
-        return REGISTRY[(self._formatter_name(request.stream, rolling), self.dialect)]()
+        name = self._formatter_name(request.stream, rolling, client)
+        if name == "json" and self.config.tgi_compat:
+            return TgiJson()
+        return REGISTRY[(name, self.generation)]()
 
-    def _formatter_name(self, stream: bool | None, rolling: bool) -> str:
-        """The pinned option.output_formatter, else TGI's rule (`"stream": true` is SSE), else LMI's defaults: json
-        unless streaming, and 0.23's rolling batch streams its json object in pieces."""
+    def _formatter_name(self, stream: bool | None, rolling: bool, client: ClientHeaders) -> str:
+        """The format the client's headers ask for, else the pinned option.output_formatter, else TGI's rule
+        (`"stream": true`, or any stream with option.tgi_compat, is SSE), else LMI's defaults: json unless
+        streaming, and 0.23's rolling batch streams its json object in pieces."""
+        streams = self.config.streaming if stream is None else stream
+        asked = client.format_asked(stream)
+        if asked is not None:
+            return asked
         if self.config.output_formatter is not None:
             return self.config.output_formatter.lower()
-        if stream is True:
+        if stream is True or (streams and self.config.tgi_compat):
             return "sse"
-        if not (self.config.streaming if stream is None else stream) or (self.dialect == "0.23" and rolling):
+        if not streams or (self.dialect.rolling_streams_json and rolling):
             return "json"
         return "jsonlines"
 
-    def _api(self, payload: dict[str, Any], rolling: bool) -> str:
-        """Whose error shape a request gets: OpenAI's for chat, TGI's where it is answered in TGI SSE, else LMI's."""
+    def _api(self, payload: dict[str, Any], rolling: bool, client: ClientHeaders) -> str:
+        """Whose error shape a request gets: OpenAI's for chat and completions, TGI's where it is answered in TGI SSE,
+        else LMI's."""
         if is_chat(payload):
             return "chat"
+        if is_completion(payload):
+            return "completion"
         stream = payload.get("stream")
         if (
             self._custom_formatter is None
-            and self._formatter_name(stream if isinstance(stream, bool) else None, rolling) == "sse"
+            and self._formatter_name(stream if isinstance(stream, bool) else None, rolling, client) == "sse"
         ):
             return "tgi"
         return "lmi"
@@ -169,7 +297,7 @@ class Admissions:
         return self.config.model_id.rstrip("/").rsplit("/", 1)[-1]
 
     def _resolve_custom(self, name: str | None) -> Callable[[StreamEvent], str] | None:
-        if name is None or (name.lower(), self.dialect) in REGISTRY:
+        if name is None or (name.lower(), self.generation) in REGISTRY:
             return None
         module_name, _, attr = name.rpartition(":")
         scope = vars(importlib.import_module(module_name)) if module_name else self._namespace
@@ -180,3 +308,41 @@ class Admissions:
                 "function defined in model.py (or 'module:function' beside it)"
             )
         return fn
+
+
+@dataclass(frozen=True)
+class ClientHeaders:
+    """The request headers that say which formats the client reads."""
+
+    accept: str
+    user_agent: str
+
+    def format_asked(self, stream: bool | None) -> str | None:
+        """SSE for a stream whose Accept names text/event-stream; for huggingface_hub's InferenceClient (its
+        User-Agent names hf_hub: it sends `Accept: */*` and the very body an LMI client sends, so nothing else tells
+        it apart) TGI's rule, SSE for `"stream": true` and one JSON body otherwise, the only shapes it reads; None
+        where the options decide."""
+        if "text/event-stream" in self.accept.lower() and stream is not False:
+            return "sse"
+        if "hf_hub/" in self.user_agent.lower():
+            return "sse" if stream is True else "json"
+        return None
+
+
+def _sequence_limit(config: HandlerConfig, model_limit: int) -> int:
+    """The most tokens one sequence holds: option.max_model_len where given (at most the model's), else the
+    model's."""
+    asked = config.max_model_len
+    if asked is None:
+        return model_limit
+    if asked > model_limit:
+        raise ConfigError(
+            f"option.max_model_len={asked} exceeds the model's {model_limit} tokens: give at most {model_limit}",
+            param="option.max_model_len",
+        )
+    return asked
+
+
+def _openai(payload: Mapping[str, Any]) -> bool:
+    """Whether a body speaks an OpenAI API (whose `model` may name an adapter)."""
+    return is_chat(payload) or is_completion(payload)

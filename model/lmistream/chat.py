@@ -1,7 +1,9 @@
 """OpenAI chat completions on `/invocations`: a `{"messages": [...]}` body to a validated `GenerationRequest`.
 
-Pure (no torch, no I/O). The fields follow OpenAI's chat completions API; what this handler cannot honour (several
-choices, top log-probabilities, penalties, tools) is refused with an error naming the field, never ignored. The
+Pure (no torch, no I/O). The fields follow OpenAI's chat completions API; `n` choices are answered whole (not
+streamed), and `top_logprobs` lists each token's most likely alternatives where the engine computes them. What this
+handler cannot honour (tool_choice "auto") is refused with an error naming the field, never ignored.
+`response_format` and a forced tool call constrain the answer (`structured`, `tool_calls`). The
 sampling defaults are OpenAI's: temperature 1 samples, temperature 0 is greedy. The conversation is rendered into
 the prompt later, by the model's chat template (`Tokenizer.render_chat`).
 """
@@ -12,16 +14,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidRequest
-from .params import ChatOptions, GenerationParams, GenerationRequest, Reader, check_text
+from .params import MAX_TOP_LOGPROBS, ChatOptions, GenerationParams, GenerationRequest, Reader, check_text
+from .structured import from_response_format, one_of
+from .tool_calls import for_template, message_calls, read_tools
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 #: OpenAI's own limit on stop sequences
 MAX_STOP = 4
-_FIELDS = (
-    "messages",
+#: the most choices (`n`) one request may ask for
+MAX_CHOICES = 16
+#: the fields OpenAI's chat and completions APIs share
+OPENAI_FIELDS = (
     "model",
     "max_tokens",
-    "max_completion_tokens",
     "temperature",
     "top_p",
     "stop",
@@ -30,12 +35,21 @@ _FIELDS = (
     "seed",
     "n",
     "logprobs",
-    "top_logprobs",
     "frequency_penalty",
     "presence_penalty",
     "user",
 )
-_MESSAGE_FIELDS = ("role", "content", "name")
+_FIELDS = (
+    "messages",
+    *OPENAI_FIELDS,
+    "max_completion_tokens",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+)
+_MESSAGE_FIELDS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
 
 def is_chat(payload: Mapping[str, Any]) -> bool:
@@ -43,42 +57,77 @@ def is_chat(payload: Mapping[str, Any]) -> bool:
     return "messages" in payload
 
 
-def chat_request(payload: Mapping[str, Any], default_max_new_tokens: int) -> GenerationRequest:
-    """Validate a chat body; `inputs` stays empty until the chat template renders `messages`."""
+def chat_request(
+    payload: Mapping[str, Any], default_max_new_tokens: int, renders_tools: bool = False
+) -> GenerationRequest:
+    """Validate a chat body; `inputs` stays empty until the chat template renders `messages` (and the tools, where
+    `renders_tools`: the model's template has tool support)."""
     unknown = sorted(set(payload) - set(_FIELDS))
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}; supported: {', '.join(_FIELDS)}", param=unknown[0])
     r = Reader(payload)
-    for name, neutral in (("n", 1), ("top_logprobs", 0), ("frequency_penalty", 0), ("presence_penalty", 0)):
-        r.neutral(name, neutral)
     stream = r.boolean("stream", False)
     temperature = r.number("temperature", 0.0, 2.0, 1.0)
+    tools = read_tools(
+        payload.get("tools"), payload.get("tool_choice"), r.boolean("parallel_tool_calls", True), renders_tools
+    )
     params = GenerationParams(
-        max_new_tokens=_max_tokens(r, default_max_new_tokens),
+        max_new_tokens=max_tokens(r, default_max_new_tokens),
         do_sample=temperature > 0,
         temperature=temperature or 1.0,
         top_p=r.number("top_p", 0.0, 1.0, 1.0, open_low=True),
         seed=r.integer("seed", 0, 2**63 - 1, None),
         stop_sequences=r.stop_sequences("stop", MAX_STOP),
         logprobs=r.boolean("logprobs", False),
+        constraint=one_of(from_response_format(payload.get("response_format")), tools.constraint),
+        top_logprobs=_top_logprobs(r, r.boolean("logprobs", False)),
+        frequency_penalty=r.number("frequency_penalty", -2.0, 2.0, 0.0),
+        presence_penalty=r.number("presence_penalty", -2.0, 2.0, 0.0),
     )
     options = ChatOptions(
-        model=_text(payload, "model"), include_usage=_include_usage(payload, stream), logprobs=params.logprobs
+        model=text_field(payload, "model"),
+        include_usage=include_usage(payload, stream),
+        logprobs=params.logprobs,
+        tool_calls=tools.constraint is not None,
+        n=choices(r, stream),
     )
-    _text(payload, "user")
+    text_field(payload, "user")
+    messages = _messages(payload.get("messages"))
     return GenerationRequest(
-        inputs="", params=params, stream=stream, api="chat", messages=_messages(payload.get("messages")), chat=options
+        inputs="",
+        params=params,
+        stream=stream,
+        api="chat",
+        messages=for_template(messages, renders_tools),
+        chat=options,
+        tools=tools.tools if renders_tools else (),
     )
 
 
-def _max_tokens(r: Reader, default: int) -> int:
+def _top_logprobs(r: Reader, logprobs: bool) -> int:
+    """`top_logprobs`: the most likely alternatives per token, which need `logprobs` (OpenAI's rule)."""
+    count = int(r.integer("top_logprobs", 0, MAX_TOP_LOGPROBS, 0))
+    if count and not logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    return count
+
+
+def choices(r: Reader, stream: bool) -> int:
+    """`n`: how many choices to answer, each its own row; several are answered whole, not streamed."""
+    n = r.integer("n", 1, MAX_CHOICES, 1)
+    if n > 1 and stream:
+        raise InvalidRequest("n > 1 is answered in one body, not streamed; send stream false (or n 1)", param="n")
+    return int(n)
+
+
+def max_tokens(r: Reader, default: int) -> int:
     """`max_completion_tokens`, else the older `max_tokens`, else the handler's default."""
     newer = r.integer("max_completion_tokens", 1, 1_000_000, None)
     older = r.integer("max_tokens", 1, 1_000_000, None)
     return next((value for value in (newer, older) if value is not None), default)
 
 
-def _include_usage(payload: Mapping[str, Any], stream: bool) -> bool:
+def include_usage(payload: Mapping[str, Any], stream: bool) -> bool:
     options = payload.get("stream_options")
     if options is None:
         return False
@@ -89,20 +138,20 @@ def _include_usage(payload: Mapping[str, Any], stream: bool) -> bool:
     return Reader(options, "stream_options.").boolean("include_usage", False)
 
 
-def _text(payload: Mapping[str, Any], key: str) -> str | None:
+def text_field(payload: Mapping[str, Any], key: str, field: str | None = None) -> str | None:
     value = payload.get(key)
     if value is not None and not isinstance(value, str):
-        raise InvalidRequest(f"{key} must be a string", param=key)
+        raise InvalidRequest(f"{field or key} must be a string", param=field or key)
     return value
 
 
-def _messages(raw: Any) -> tuple[dict[str, str], ...]:
+def _messages(raw: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest('messages must be a non-empty list of {"role", "content"} objects', param="messages")
     return tuple(_message(index, message) for index, message in enumerate(raw))
 
 
-def _message(index: int, message: Any) -> dict[str, str]:
+def _message(index: int, message: Any) -> dict[str, Any]:
     field = f"messages[{index}]"
     if not isinstance(message, dict):
         raise InvalidRequest(f'{field} must be an object like {{"role": "user", "content": "..."}}', param=field)
@@ -115,9 +164,15 @@ def _message(index: int, message: Any) -> dict[str, str]:
     role = message.get("role")
     if role not in ROLES:
         raise InvalidRequest(f"{field}.role must be one of {', '.join(ROLES)}, got {role!r}", param=f"{field}.role")
-    content = _content(field, message.get("content"))
+    calls = message_calls(field, message.get("tool_calls"), role)
+    content = "" if calls and message.get("content") is None else _content(field, message.get("content"))
     check_text(f"{field}.content", content)
-    return {"role": role, "content": content}
+    out: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        out["tool_calls"] = calls
+    if role == "tool" and message.get("tool_call_id") is not None:
+        out["tool_call_id"] = text_field(message, "tool_call_id", f"{field}.tool_call_id")
+    return out
 
 
 def _content(field: str, content: Any) -> str:

@@ -4,7 +4,9 @@ Pure: one formatter per request, given the request's id, creation time, model na
 sends the assistant role first, then one content delta per token with text, then the finish reason, then (when
 asked for with `stream_options.include_usage`) a usage chunk, and ends with `data: [DONE]`. A failure mid-stream is
 an `{"error": {...}}` event, as OpenAI-compatible servers send it, which the `openai` client raises as an APIError.
-Log-probabilities list each non-special token with the text it released.
+Log-probabilities list each non-special token with the text it released. A forced tool call's answer (a JSON array of
+calls, `tool_calls`) is given back as the message's `tool_calls`: streamed as OpenAI streams them, each call's id and
+name first and then its arguments text in pieces, under `delta.tool_calls[].index`; finish reason "tool_calls".
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from .errors import error_body
 from .formatters import Formatter, StreamEvent
 from .params import ChatOptions
 from .textstream import FinishReason, Token
+from .tool_calls import CallDelta, CallScanner
 
 
 class ChatFormatter(Formatter):
     """What both chat shapes share: identity, usage, log-probabilities and the OpenAI error object."""
+
+    top_tokens = True
 
     def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int, options: ChatOptions) -> None:
         self._id = completion_id
@@ -33,6 +38,16 @@ class ChatFormatter(Formatter):
 
     def error_body(self, message: str, code: int) -> str:
         return error_body("chat", message, code)
+
+    def _call_id(self, index: int) -> str:
+        return f"call_{self._id[-16:]}_{index}"
+
+    def _finish_reason(self, event: StreamEvent, calls: CallScanner | None) -> str:
+        """OpenAI's name for why the answer ended: "tool_calls" for a complete call array, "length", else "stop" (an
+        eos token or a stop sequence)."""
+        if calls is not None and calls.complete:
+            return "tool_calls"
+        return finish_reason(event)
 
     def _envelope(self, kind: str) -> dict[str, Any]:
         return {"id": self._id, "object": kind, "created": self._created, "model": self._model}
@@ -52,7 +67,10 @@ class ChatFormatter(Formatter):
                 "token": token.text,
                 "logprob": token.log_prob,
                 "bytes": list(token.text.encode("utf-8")),
-                "top_logprobs": [],
+                "top_logprobs": [
+                    {"token": top.text, "logprob": top.log_prob, "bytes": list(top.text.encode("utf-8"))}
+                    for top in token.top
+                ],
             }
         ]
 
@@ -62,17 +80,22 @@ class ChatCompletionChunks(ChatFormatter):
 
     content_type = "text/event-stream"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._calls = CallScanner() if self._options.tool_calls else None
+
     def write(self, event: StreamEvent) -> str:
         out = []
         if event.index == 0:
-            out.append(self._chunk({"role": "assistant", "content": ""}))
-        if event.text:
-            out.append(self._chunk({"content": event.text}, logprobs=self._logprob(event.token)))
+            out.append(self._chunk({"role": "assistant", "content": None if self._calls else ""}))
+        delta = self._delta(event.text) if event.text else {}
+        if delta:
+            out.append(self._chunk(delta, logprobs=self._logprob(event.token)))
         if event.last:
-            out.append(self._chunk({}, finish_reason=_finish_reason(event)))
+            out.append(self._chunk({}, finish_reason=self._finish_reason(event, self._calls)))
             if self._options.include_usage:
                 out.append(
-                    _sse(
+                    sse(
                         {
                             **self._envelope("chat.completion.chunk"),
                             "choices": [],
@@ -86,11 +109,24 @@ class ChatCompletionChunks(ChatFormatter):
     def error(self, event: StreamEvent) -> str:
         return "data: " + super().error(event) + "\n\ndata: [DONE]\n\n"
 
+    def _delta(self, text: str) -> dict[str, Any]:
+        """The text's delta: its content, or the calls it adds to (none while it spells only the array's syntax)."""
+        if self._calls is None:
+            return {"content": text}
+        calls = [self._call_delta(delta) for delta in self._calls.feed(text)]
+        return {"tool_calls": calls} if calls else {}
+
+    def _call_delta(self, delta: CallDelta) -> dict[str, Any]:
+        if delta.name is None:
+            return {"index": delta.index, "function": {"arguments": delta.arguments}}
+        function = {"name": delta.name, "arguments": delta.arguments}
+        return {"index": delta.index, "id": self._call_id(delta.index), "type": "function", "function": function}
+
     def _chunk(
         self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: list[dict[str, Any]] | None = None
     ) -> str:
         choice = {
-            "index": 0,
+            "index": self._options.index,
             "delta": delta,
             "logprobs": {"content": logprobs} if logprobs else None,
             "finish_reason": finish_reason,
@@ -98,7 +134,7 @@ class ChatCompletionChunks(ChatFormatter):
         chunk = {**self._envelope("chat.completion.chunk"), "choices": [choice]}
         if self._options.include_usage:
             chunk["usage"] = None
-        return _sse(chunk)
+        return sse(chunk)
 
 
 class ChatCompletion(ChatFormatter):
@@ -114,22 +150,54 @@ class ChatCompletion(ChatFormatter):
         self._logprobs.extend(self._logprob(event.token))
         if not event.last:
             return ""
+        calls = self._scanned(event.generated_text or "")
         choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": event.generated_text},
+            "index": self._options.index,
+            "message": self._message(event.generated_text, calls),
             "logprobs": {"content": self._logprobs} if self._options.logprobs else None,
-            "finish_reason": _finish_reason(event),
+            "finish_reason": self._finish_reason(event, calls),
         }
         return json.dumps(
             {**self._envelope("chat.completion"), "choices": [choice], "usage": self._usage(event.generated_tokens)},
             ensure_ascii=False,
         )
 
+    def _scanned(self, text: str) -> CallScanner | None:
+        if not self._options.tool_calls:
+            return None
+        calls = CallScanner()
+        calls.feed(text)
+        return calls
 
-def _finish_reason(event: StreamEvent) -> str:
+    def _message(self, text: str | None, calls: CallScanner | None) -> dict[str, Any]:
+        """The assistant's message: its calls where the answer is a complete call array, else its text."""
+        if calls is None or not calls.complete:
+            return {"role": "assistant", "content": text}
+        tool_calls = [
+            {
+                "id": self._call_id(index),
+                "type": "function",
+                "function": {"name": call.name, "arguments": calls.arguments(index)},
+            }
+            for index, call in enumerate(calls.calls)
+        ]
+        return {"role": "assistant", "content": None, "tool_calls": tool_calls}
+
+
+def merge_choices(answers: list[str]) -> str:
+    """One answer holding the choices of several (one per row of an `n` request, in order), their usage summed."""
+    parsed = [json.loads(answer) for answer in answers]
+    completion_tokens = sum(answer["usage"]["completion_tokens"] for answer in parsed)
+    usage = {**parsed[0]["usage"], "completion_tokens": completion_tokens}
+    usage["total_tokens"] = usage["prompt_tokens"] + completion_tokens
+    merged = {**parsed[0], "choices": [choice for answer in parsed for choice in answer["choices"]], "usage": usage}
+    return json.dumps(merged, ensure_ascii=False)
+
+
+def finish_reason(event: StreamEvent) -> str:
     """OpenAI's name for why the answer ended: "length", else "stop" (an eos token or a stop sequence)."""
     return "length" if event.finish_reason is FinishReason.LENGTH else "stop"
 
 
-def _sse(payload: dict[str, Any]) -> str:
+def sse(payload: dict[str, Any]) -> str:
     return "data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n\n"

@@ -11,37 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+from .dialect import DjlGeneration
 from .errors import ConfigError
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+#: DJL's other spellings of the dtypes (its vLLM properties take torch's names too)
+DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 STREAMING_VALUES = ("true", "false", "huggingface")
 GENERATION_ENGINES = ("auto", "continuous", "portable", "vllm")
-#: option.* keys this handler reads, each with a one-line meaning (used by `lmi build` to catch misspellings).
-HANDLER_OPTIONS = {
-    "model_id": "local directory or hub id of the model (default: the model directory itself)",
-    "dtype": "weights dtype: auto|fp32|fp16|bf16",
-    "data_type": "older alias of dtype",
-    "trust_remote_code": "allow model code from the model repository (default false)",
-    "tensor_parallel_degree": "number of devices one model copy spans (int, or max from LMI 0.24)",
-    "rolling_batch": "any value turns on DJL's rolling-batch loop (newest: 'disable' turns it off); vllm also picks "
-    "the vLLM engine, as in DJL",
-    "generation_engine": "auto|continuous|portable|vllm: transformers' continuous batching, the portable batcher or "
-    "vLLM",
-    "max_rolling_batch_size": "most requests generating at once (default 32)",
-    "max_rolling_batch_prefill_tokens": "most prompt tokens admitted in one step",
-    "enable_streaming": "stream without rolling batch: true|false|huggingface",
-    "output_formatter": "json|jsonlines|sse|none or the name of a formatter function in model.py",
-    "max_new_tokens": "default max_new_tokens of a request that does not give one",
-    "async_mode": "newest LMI: async handler, one async generator per request",
-    "entryPoint": "the handler file (model.py)",
-    "handler": "the handler function name (default handle)",
-    "predict_timeout": "seconds a request may wait for a rolling-batch slot",
-    "model_loading_timeout": "seconds the model may take to load",
-    "revision": "model revision (branch, tag or commit) when model_id is a hub id",
-    "max_model_len": "vLLM engine: most tokens (prompt + generated) one sequence may hold (default: the model's)",
-    "gpu_memory_utilization": "vLLM engine: share of device memory (host RAM on CPU) for weights and KV cache",
-    "enforce_eager": "vLLM engine: run the model eagerly, without compilation or CUDA graphs (default false)",
-}
 
 
 @dataclass(frozen=True)
@@ -65,8 +42,20 @@ class HandlerConfig:
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None
     enforce_eager: bool = False
-    #: not an option: the DJL generation driving the handler ("0.23" or "newest"), set by the service
-    djl_dialect: str = "newest"
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    #: where `adapters/` is looked for: DJL's model directory (model_dir), else model_id
+    model_dir: str | None = None
+    chat_template: str | None = None
+    tgi_compat: bool = False
+    #: option.quantize (or vLLM's name, option.quantization) as given
+    quantize: str | None = None
+    #: every init property as given (strings), for the option table's checks and vLLM's pass-through
+    options: tuple[tuple[str, str], ...] = ()
+    #: not an option: the DJL generation driving the handler, set by the service
+    djl_generation: DjlGeneration = DjlGeneration.NEWEST
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any]) -> HandlerConfig:
@@ -74,14 +63,17 @@ class HandlerConfig:
         p = _Props(props)
         model_id = p.text("model_id") or p.text("model_dir")
         if not model_id:
-            raise ConfigError("option.model_id is required (or a model directory holding the weights)")
+            raise ConfigError(
+                "option.model_id is required (or a model directory holding the weights)", param="option.model_id"
+            )
+        quantize = p.text("quantize") or p.text("quantization")
         return cls(
             model_id=model_id,
-            dtype=p.choice("dtype", DTYPES, default=p.choice("data_type", DTYPES, default="auto")),
+            dtype=p.dtype("dtype", default=p.dtype("data_type", default="auto")),
             trust_remote_code=p.boolean("trust_remote_code", default=False),
             tensor_parallel_degree=p.integer("tensor_parallel_degree", minimum=1, allow_max=True),
             rolling_batch=p.text("rolling_batch"),
-            max_rolling_batch_size=p.integer("max_rolling_batch_size", minimum=1, maximum=999, default=32),
+            max_rolling_batch_size=p.integer("max_rolling_batch_size", minimum=1, default=32),
             max_rolling_batch_prefill_tokens=p.integer("max_rolling_batch_prefill_tokens", minimum=1),
             enable_streaming=p.choice("enable_streaming", STREAMING_VALUES, default="false"),
             output_formatter=p.text("output_formatter"),
@@ -93,13 +85,22 @@ class HandlerConfig:
             max_model_len=p.integer("max_model_len", minimum=1),
             gpu_memory_utilization=p.fraction("gpu_memory_utilization"),
             enforce_eager=p.boolean("enforce_eager", default=False),
+            enable_lora=p.boolean("enable_lora", default=False),
+            max_loras=p.integer("max_loras", minimum=1, default=4),
+            max_lora_rank=p.integer("max_lora_rank", minimum=1, default=16),
+            max_cpu_loras=p.integer("max_cpu_loras", minimum=1),
+            model_dir=p.text("model_dir"),
+            chat_template=p.text("chat_template"),
+            tgi_compat=p.boolean("tgi_compat", default=False),
+            quantize=None if quantize is None or quantize.lower() == "none" else quantize,
+            options=tuple((str(key), str(value)) for key, value in props.items()),
         )
 
-    def rolling_batch_enabled(self, newest: bool) -> bool:
+    def rolling_batch_enabled(self) -> bool:
         """Whether DJL drives this model with its rolling-batch loop (0.23: any value; newest: not 'disable')."""
         if self.rolling_batch is None:
             return False
-        return self.rolling_batch.lower() != "disable" if newest else True
+        return self.rolling_batch.lower() != "disable" or not self.djl_generation.dialect.honours_rolling_disable
 
     @property
     def streaming(self) -> bool:
@@ -125,15 +126,26 @@ class _Props:
         if value is None:
             return default
         if value.lower() not in allowed:
-            raise ConfigError(f"option.{key}={value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"option.{key}={value!r} is not one of {', '.join(allowed)}", param=f"option.{key}")
         return value.lower()
+
+    def dtype(self, key: str, default: str) -> str:
+        """One of DTYPES, DJL's torch-style spellings mapped onto them."""
+        value = self.text(key)
+        if value is None:
+            return default
+        name = DTYPE_ALIASES.get(value.lower(), value.lower())
+        if name not in DTYPES:
+            shown = ", ".join([*DTYPES, *DTYPE_ALIASES])
+            raise ConfigError(f"option.{key}={value!r} is not one of {shown}", param=f"option.{key}")
+        return name
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.text(key)
         if value is None:
             return default
         if value.lower() not in ("true", "false"):
-            raise ConfigError(f"option.{key}={value!r} must be true or false")
+            raise ConfigError(f"option.{key}={value!r} must be true or false", param=f"option.{key}")
         return value.lower() == "true"
 
     def fraction(self, key: str) -> float | None:
@@ -146,7 +158,7 @@ class _Props:
         except ValueError:
             number = float("nan")
         if not 0 < number <= 1:
-            raise ConfigError(f"option.{key}={value!r} must be a number in (0, 1]")
+            raise ConfigError(f"option.{key}={value!r} must be a number in (0, 1]", param=f"option.{key}")
         return number
 
     # With an int default (and no "max"), the reader always yields an int; without one, None means "not set".
@@ -188,7 +200,7 @@ class _Props:
         try:
             number = int(value)
         except ValueError:
-            raise ConfigError(f"option.{key}={value!r} must be an integer {limits}") from None
+            raise ConfigError(f"option.{key}={value!r} must be an integer {limits}", param=f"option.{key}") from None
         if number < minimum or (maximum is not None and number > maximum):
-            raise ConfigError(f"option.{key}={number} is out of range: must be {limits}")
+            raise ConfigError(f"option.{key}={number} is out of range: must be {limits}", param=f"option.{key}")
         return number

@@ -25,13 +25,16 @@ class Tokenizer(Protocol):
     special_token_ids: frozenset[int]
     #: the most characters one token spans: a text longer than limit * this cannot fit, whatever it tokenizes to
     max_token_chars: int
+    #: whether the model's chat template renders the tools a chat request gives
+    renders_tools: bool
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Prompt text to token ids (with the model's usual special tokens unless told not to)."""
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
-        """A conversation as prompt text through the model's chat template, ready for the assistant's turn;
-        InvalidRequest naming `messages` when the model has no template or the template refuses them."""
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] = ()) -> str:
+        """A conversation (and the tools it may call) as prompt text through the model's chat template, ready for the
+        assistant's turn; InvalidRequest naming `messages` when the model has no template or the template refuses
+        them."""
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Token ids to text, special tokens kept as their text."""
@@ -44,6 +47,8 @@ class EngineUpdate:
     request_id: str
     token_ids: tuple[int, ...] = ()
     log_probs: tuple[float | None, ...] = ()
+    #: per token, the most likely alternatives as (token id, log-probability), when the request asks for them
+    top_log_probs: tuple[tuple[tuple[int, float], ...], ...] = ()
     finished: bool = False
     error: str | None = None
     #: the HTTP status of an error update (DJL's 424; 507 when the engine ran out of memory)

@@ -1,7 +1,7 @@
 """Error hierarchy of the handler, and each client API's error body.
 
-Every error carries the HTTP status DJL should answer with, the API whose shape its body takes (`lmi`, `tgi` or
-`chat`, set once the request's API is known) and, where one field is at fault, that field (`param`).
+Every error carries the HTTP status DJL should answer with, the API whose shape its body takes (`lmi`, `tgi`,
+`chat` or `completion`, set once the request's API is known) and, where one field is at fault, that field (`param`).
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ class OutOfMemory(HandlerError):
 
 
 def error_body(api: str, message: str, status: int, param: str | None = None) -> str:
-    """`chat`: OpenAI's error object; `tgi`: TGI's `{"error", "error_type"}`; `lmi`: `{"code", "error"}`.
+    """`chat` and `completion`: OpenAI's error object; `tgi`: TGI's `{"error", "error_type"}`; `lmi`: `{"code", "error"}`.
 
     Each also carries the status as a top-level `code`: DJL 0.23's rolling batch reads a response's status from the
     body's `code` (the newest DJL replaces an error item's body with its own `{"error", "code"}`).
     """
-    if api == "chat":
+    if api in ("chat", "completion"):
         kind = _OPENAI_TYPES.get(status, "server_error")
         error = {"message": message, "type": kind, "param": param, "code": status}
         return json.dumps({"error": error, "code": status}, ensure_ascii=False)

@@ -1,17 +1,18 @@
 """Output formatters: per-request stream events to the exact bytes LMI 0.23, newest LMI and TGI clients expect.
 
 Pure: a formatter instance belongs to one request and only remembers whether it has written before. The
-registry maps (name, dialect) to a formatter class and its content type; `dialect` is "0.23" or "newest"
-because the same option name (`jsonlines`, `json`) means different bytes in the two LMI generations.
+registry maps (name, DJL generation) to a formatter class and its content type, because the same option name
+(`jsonlines`, `json`) means different bytes in the two LMI generations.
 A user formatter is a plain function `fn(event: StreamEvent) -> str` named by `option.output_formatter`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from .dialect import DjlGeneration
 from .errors import error_body
 from .textstream import FinishReason, Token
 
@@ -51,6 +52,7 @@ class Formatter:
     """Base: turns one request's events into text; `write` is called once per event, in order."""
 
     content_type = "text/plain"
+    top_tokens = False  # whether its output shows each token's most likely alternatives
 
     def write(self, event: StreamEvent) -> str:
         raise NotImplementedError
@@ -122,6 +124,14 @@ class JsonNewest(Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
+class TgiJson(JsonNewest):
+    """`json` with option.tgi_compat (DJL's TGI shape): the newest object, details included, in a one-item array."""
+
+    def write(self, event: StreamEvent) -> str:
+        body = super().write(replace(event, details=True))
+        return f"[{body}]" if body else ""
+
+
 class JsonLinesNewest(Formatter):
     """Newest LMI `jsonlines`: a token line per token; the last adds generated_text (and details)."""
 
@@ -149,16 +159,21 @@ class TgiSse(Formatter):
     """TGI-compatible `sse`: `data:{"token":{...},"generated_text":...,"details":...}` + blank line."""
 
     content_type = "text/event-stream"
+    top_tokens = True
 
     def write(self, event: StreamEvent) -> str:
         token = event.token
-        body = {
+        body: dict[str, Any] = {
             "token": None
             if token is None
             else {"id": token.id, "text": token.text, "logprob": token.log_prob, "special": token.special},
             "generated_text": event.generated_text if event.last else None,
             "details": _tgi_details(event) if event.last and event.details else None,
         }
+        if token is not None and token.top:
+            body["top_tokens"] = [
+                {"id": top.id, "text": top.text, "logprob": top.log_prob, "special": top.special} for top in token.top
+            ]
         return "data:" + _compact(body) + "\n\n"
 
     def error(self, event: StreamEvent) -> str:
@@ -188,15 +203,15 @@ def _compact(value: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-REGISTRY: dict[tuple[str, str], type[Formatter]] = {
-    ("json", "0.23"): Json023,
-    ("jsonlines", "0.23"): JsonLines023,
-    ("none", "0.23"): Raw,
-    ("sse", "0.23"): TgiSse,
-    ("json", "newest"): JsonNewest,
-    ("jsonlines", "newest"): JsonLinesNewest,
-    ("none", "newest"): Raw,
-    ("sse", "newest"): TgiSse,
+REGISTRY: dict[tuple[str, DjlGeneration], type[Formatter]] = {
+    ("json", DjlGeneration.LMI_0_23): Json023,
+    ("jsonlines", DjlGeneration.LMI_0_23): JsonLines023,
+    ("none", DjlGeneration.LMI_0_23): Raw,
+    ("sse", DjlGeneration.LMI_0_23): TgiSse,
+    ("json", DjlGeneration.NEWEST): JsonNewest,
+    ("jsonlines", DjlGeneration.NEWEST): JsonLinesNewest,
+    ("none", DjlGeneration.NEWEST): Raw,
+    ("sse", DjlGeneration.NEWEST): TgiSse,
 }
 
 

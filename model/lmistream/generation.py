@@ -16,7 +16,7 @@ from .engine import EngineUpdate, Tokenizer
 from .errors import HandlerError
 from .formatters import Formatter, StreamEvent
 from .params import GenerationRequest
-from .textstream import FinishReason, TextStream, Token
+from .textstream import FinishReason, TextStream, Token, TopToken
 
 
 class Generation:
@@ -36,6 +36,7 @@ class Generation:
         self.request = request
         self.formatter = formatter
         self._stream = TextStream(tokenizer, request.params)
+        self._tokenizer = tokenizer
         self._eos = tokenizer.eos_token_ids
         self._events = 0
         self.finished = False
@@ -84,6 +85,10 @@ class Generation:
         self.finished = True
         self.needs_cancel = True
 
+    def rows_to_cancel(self) -> list[str]:
+        """The engine row to cancel on release, if it may still be generating."""
+        return [self.request_id] if not self.finished or self.needs_cancel else []
+
     def fail(self, message: str, code: int) -> str:
         """End the request with an in-band error in its format; a non-streaming request drops what it held and
         answers the error alone (DJL then sets the response status from it)."""
@@ -120,19 +125,27 @@ class Generation:
             self.first_token_at = self._clock()
         out = []
         log_probs = update.log_probs or (None,) * len(update.token_ids)
+        tops = update.top_log_probs or ((),) * len(update.token_ids)
         last_position = len(update.token_ids) - 1
-        for position, (token_id, log_prob) in enumerate(zip(update.token_ids, log_probs)):
+        for position, (token_id, log_prob, top) in enumerate(zip(update.token_ids, log_probs, tops)):
             token = self._stream.push(token_id, log_prob)
+            if top:
+                token = replace(token, top=self._top_tokens(top))
             engine_done = update.finished and position == last_position
             if self._stream.finish_reason is None and not engine_done:
                 out.append(self.formatter.write(StreamEvent(self._next_index(), token)))
                 continue
-            reason = FinishReason.EOS_TOKEN if token_id in self._eos else FinishReason.LENGTH
+            on_eos = token_id in self._eos and not self.request.params.ignore_eos
+            reason = FinishReason.EOS_TOKEN if on_eos else FinishReason.LENGTH
             tail = self._stream.finish(reason)
             self.needs_cancel = not update.finished
             out.append(self.formatter.write(self._final_event(replace(token, text=token.text + tail))))
             break
         return out
+
+    def _top_tokens(self, top: tuple[tuple[int, float], ...]) -> tuple[TopToken, ...]:
+        special = self._tokenizer.special_token_ids
+        return tuple(TopToken(i, self._tokenizer.decode([i]), lp, i in special) for i, lp in top)
 
     def _finish_without_token(self) -> str:
         """The engine ended the request in an update without tokens: the summary alone."""

@@ -2,7 +2,8 @@
 
 Threads wait on a condition; asyncio code registers an event that the engine sets through its loop, or at once when
 the engine publishes from that loop itself (vLLM's AsyncLLM: no self-pipe write per token). A wait's timeout is a
-timer on the loop, not a task per wait. Updates for request ids that are not (or no longer) open are dropped.
+timer on the loop, not a task per wait. Updates for request ids that are not (or no longer) open are dropped. A
+request answered by several rows (`generation_group`) has one mailbox, which its rows' updates are routed to.
 """
 
 from __future__ import annotations
@@ -22,25 +23,33 @@ class UpdateHub:
         self._cond = threading.Condition()
         self._boxes: dict[str, deque[EngineUpdate]] = {}
         self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._routes: dict[str, str] = {}  # a member's id -> the mailbox its updates go to
+        self._members: dict[str, list[str]] = {}
 
-    def open(self, request_id: str) -> None:
+    def open(self, request_id: str, members: Iterable[str] = ()) -> None:
+        """A mailbox for a request; the updates of its `members` (rows of one request) go to it too."""
         with self._cond:
             self._boxes[request_id] = deque()
+            self._members[request_id] = list(members)
+            self._routes.update((member, request_id) for member in self._members[request_id])
 
     def close(self, request_id: str) -> None:
         with self._cond:
             self._boxes.pop(request_id, None)
             self._waiters.pop(request_id, None)
+            for member in self._members.pop(request_id, ()):
+                self._routes.pop(member, None)
 
     def publish(self, update: EngineUpdate) -> None:
         """Engine callback: file the update and wake its waiters."""
         with self._cond:
-            box = self._boxes.get(update.request_id)
+            request_id = self._routes.get(update.request_id, update.request_id)
+            box = self._boxes.get(request_id)
             if box is None:
                 return
             box.append(update)
             self._cond.notify_all()
-            waiter = self._waiters.get(update.request_id)
+            waiter = self._waiters.get(request_id)
         if waiter is not None:
             loop, event = waiter
             if _running_loop() is loop:

@@ -1,9 +1,10 @@
 """Request parsing: the LMI/TGI request body to a validated `GenerationRequest`, normalised then verified.
 
 Every error is an `InvalidRequest` (HTTP 400) that names the field and its allowed range, raised before the
-request reaches the engine. TGI's parameter names are read too (`stop`), and the TGI parameters this handler does
-not implement are accepted at their neutral value only, so `huggingface_hub`'s client works unmodified. OpenAI chat
-bodies are read by `chat`, into the same `GenerationRequest`.
+request reaches the engine. TGI's and vLLM's parameter names are read too (`stop`, `ignore_eos`), and the TGI
+parameters this handler does not implement are accepted at their neutral value only, so `huggingface_hub`'s client
+works unmodified. `do_sample` follows DJL newest: omitted, a request that sets a sampling parameter samples. OpenAI
+chat and completions bodies are read by `chat` and `completions`, into the same `GenerationRequest`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequest
+from .structured import Constraint, from_response_format, from_structured_outputs, from_tgi_grammar, one_of
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_CHARS = 256
-_PARAMETERS = (
+#: every parameter name the LMI body may carry (TGI's neutral-only ones aside)
+PARAMETERS = (
     "max_new_tokens",
     "temperature",
     "top_p",
@@ -30,17 +33,30 @@ _PARAMETERS = (
     "details",
     "return_full_text",
     "stop",
+    "response_format",
+    "structured_outputs",
+    "grammar",
+    "min_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "stop_token_ids",
+    "ignore_eos",
+    "ignore_eos_token",
+    "truncate",
+    "top_n_tokens",
 )
 #: TGI parameters accepted only at the value that changes nothing
 NEUTRAL_TGI_PARAMETERS = {
     "watermark": False,
     "decoder_input_details": False,
     "best_of": 1,
-    "top_n_tokens": 0,
-    "frequency_penalty": 0,
     "typical_p": 1,
-    "truncate": None,
 }
+#: parameters that make a request sample when it does not say `do_sample` (DJL newest's rule)
+SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k", "min_p")
+MAX_STOP_TOKEN_IDS = 64
+#: the most alternatives per token a request may ask for (TGI's `top_n_tokens`, OpenAI's `top_logprobs`)
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -58,31 +74,47 @@ class GenerationParams:
     details: bool = False
     return_full_text: bool = False
     logprobs: bool = False  # report every token's log-probability, greedy ones included (OpenAI's `logprobs`)
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0  # vLLM's and OpenAI's: minus this times the token's count in the output so far
+    presence_penalty: float = 0.0  # minus this for every token already in the output
+    stop_token_ids: tuple[int, ...] = ()  # generating one of these ends the request (its text is not emitted)
+    ignore_eos: bool = False  # generate until max_new_tokens (or a stop), eos tokens included
+    truncate: int | None = None  # keep only the prompt's last `truncate` tokens
+    top_logprobs: int = 0  # the most likely alternatives (and their log-probabilities) to report per token
+    adapter: str | None = None  # the LoRA adapter that generates (None: the base model); see `adapters`
+    constraint: Constraint | None = None  # structured output: what the answer must match (`structured`)
 
 
 @dataclass(frozen=True)
 class ChatOptions:
-    """What shapes a chat answer beyond the generated tokens (read from the body by `chat`)."""
+    """What shapes an OpenAI answer (chat or completions) beyond the generated tokens (read from the body by `chat`
+    or `completions`)."""
 
     model: str | None = None
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
     logprobs: bool = False
+    tool_calls: bool = False  # the answer is a forced tool call (`tool_calls`), given back as `tool_calls`
+    echo: bool = False  # completions: the prompt comes before the completion
+    n: int = 1  # choices asked for, each generated as its own row (`generation_group`)
+    index: int = 0  # which choice this row's answer is
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One validated request: the prompt, its parameters and whether the client asked for a stream.
 
-    A chat request (`api="chat"`) carries its `messages` and `chat` options; its `inputs` is the rendered
-    conversation, set once the tokenizer's chat template has run.
+    A chat request (`api="chat"`) carries its `messages`, the `tools` its chat template renders, and `chat`
+    options; its `inputs` is the rendered conversation, set once the tokenizer's chat template has run. A completions
+    request (`api="completion"`) carries its `chat` options and its prompt as `inputs`.
     """
 
     inputs: str
     params: GenerationParams
     stream: bool | None = None
     api: str = "lmi"
-    messages: tuple[dict[str, str], ...] = ()
+    messages: tuple[dict[str, Any], ...] = ()
     chat: ChatOptions | None = None
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 def parse_request(body: bytes | bytearray, content_type: str | None, default_max_new_tokens: int) -> GenerationRequest:
@@ -128,24 +160,45 @@ def request_from_payload(payload: Mapping[str, Any], default_max_new_tokens: int
     return GenerationRequest(inputs=inputs, params=parse_parameters(raw, default_max_new_tokens), stream=stream)
 
 
+def batch_inputs(payload: Mapping[str, Any], limit: int) -> list[str] | None:
+    """The prompts of an LMI body whose `inputs` is a list of several (None otherwise: one prompt), each checked; a
+    list longer than `limit` (the rows of the batch) is refused."""
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) < 2:
+        return None
+    if len(inputs) > limit:
+        raise InvalidRequest(
+            f"inputs holds {len(inputs)} prompts; at most {limit} (option.max_rolling_batch_size) in one request",
+            param="inputs",
+        )
+    for index, prompt in enumerate(inputs):
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequest(f"inputs[{index}] must be a non-empty string", param=f"inputs[{index}]")
+        check_text(f"inputs[{index}]", prompt)
+    return list(inputs)
+
+
 def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> GenerationParams:
     """Normalise then verify `parameters`; unknown ones are rejected, never ignored (the engine refuses what it
     cannot honour: `Engine.validate`)."""
-    unknown = sorted(set(raw) - set(_PARAMETERS) - set(NEUTRAL_TGI_PARAMETERS))
+    unknown = sorted(set(raw) - set(PARAMETERS) - set(NEUTRAL_TGI_PARAMETERS))
     if unknown:
         raise InvalidRequest(
-            f"unknown parameter {unknown[0]!r}; supported: {', '.join(_PARAMETERS)}", param=f"parameters.{unknown[0]}"
+            f"unknown parameter {unknown[0]!r}; supported: {', '.join(PARAMETERS)}", param=f"parameters.{unknown[0]}"
         )
     r = Reader(raw, "parameters.")
     for name, neutral in NEUTRAL_TGI_PARAMETERS.items():
         r.neutral(name, neutral)
     if "stop" in raw and "stop_sequences" in raw:
         raise InvalidRequest("give parameters.stop or parameters.stop_sequences, not both", param="parameters.stop")
+    if "ignore_eos" in raw and "ignore_eos_token" in raw:
+        raise InvalidRequest("give parameters.ignore_eos or ignore_eos_token, not both", param="parameters.ignore_eos")
     stops = r.stop_sequences("stop" if "stop" in raw else "stop_sequences")
+    do_sample, temperature = _sampling(r, raw)
     params = GenerationParams(
         max_new_tokens=r.integer("max_new_tokens", 1, 1_000_000, default_max_new_tokens),
-        do_sample=r.boolean("do_sample", False),
-        temperature=r.number("temperature", 0.0, 100.0, 1.0, open_low=True),
+        do_sample=do_sample,
+        temperature=temperature,
         top_p=r.number("top_p", 0.0, 1.0, 1.0, open_low=True),
         top_k=r.integer("top_k", 0, 1_000_000, 0),
         seed=r.integer("seed", 0, 2**63 - 1, None),
@@ -153,8 +206,35 @@ def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> Gen
         stop_sequences=stops,
         details=r.boolean("details", False),
         return_full_text=r.boolean("return_full_text", False),
+        constraint=one_of(
+            from_response_format(raw.get("response_format"), "parameters.response_format"),
+            from_structured_outputs(raw.get("structured_outputs")),
+            from_tgi_grammar(raw.get("grammar")),
+        ),
+        min_p=r.number("min_p", 0.0, 1.0, 0.0),
+        frequency_penalty=r.number("frequency_penalty", -2.0, 2.0, 0.0),
+        presence_penalty=r.number("presence_penalty", -2.0, 2.0, 0.0),
+        stop_token_ids=r.token_ids("stop_token_ids"),
+        ignore_eos=r.boolean("ignore_eos_token" if "ignore_eos_token" in raw else "ignore_eos", False),
+        truncate=r.integer("truncate", 1, 1_000_000, None),
+        top_logprobs=r.integer("top_n_tokens", 0, MAX_TOP_LOGPROBS, 0),
     )
     return params
+
+
+def _sampling(r: Reader, raw: Mapping[str, Any]) -> tuple[bool, float]:
+    """`do_sample` and the temperature as DJL newest reads them: without `do_sample`, a request that sets a sampling
+    parameter samples, and temperature 0 is greedy (vLLM's rule); with do_sample=true the temperature must be > 0."""
+    temperature = r.number("temperature", 0.0, 100.0, 1.0)
+    asked = r.optional_boolean("do_sample")
+    if asked and temperature == 0:
+        raise InvalidRequest(
+            "parameters.temperature must be > 0 with do_sample=true (temperature 0 is greedy: omit do_sample)",
+            param="parameters.temperature",
+        )
+    if asked is None:
+        asked = temperature > 0 and any(raw.get(name) is not None for name in SAMPLING_PARAMETERS)
+    return asked, temperature or 1.0
 
 
 def check_text(field: str, text: str) -> None:
@@ -193,10 +273,12 @@ class Reader:
         return InvalidRequest(f"{self._prefix}{key} {message}", param=f"{self._prefix}{key}")
 
     def boolean(self, key: str, default: bool) -> bool:
+        value = self.optional_boolean(key)
+        return default if value is None else value
+
+    def optional_boolean(self, key: str) -> bool | None:
         value = self._get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
+        if value is not None and not isinstance(value, bool):
             raise self._invalid(key, f"must be true or false, got {value!r}")
         return value
 
@@ -229,6 +311,16 @@ class Reader:
         if value is not None and not _is_neutral(value, neutral):
             shown = "null" if neutral is None else json.dumps(neutral)
             raise self._invalid(key, f"is not supported; only {shown} (the default) is accepted, got {_shown(value)}")
+
+    def token_ids(self, key: str, limit: int = MAX_STOP_TOKEN_IDS) -> tuple[int, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise self._invalid(key, "must be a list of token ids (integers)")
+        if len(value) > limit or any(not 0 <= i < 2**31 for i in value):
+            raise self._invalid(key, f"must hold at most {limit} ids, each between 0 and {2**31 - 1}")
+        return tuple(value)
 
     def stop_sequences(self, key: str, limit: int = MAX_STOP_SEQUENCES) -> tuple[str, ...]:
         field = f"{self._prefix}{key}"

@@ -12,10 +12,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Callable
 
+from .adapters import AdapterRegistry, AdapterSpec, discover, read_adapter
 from .admission import Admissions
 from .config import HandlerConfig
+from .dialect import DjlGeneration
 from .engine import Engine
 from .engines import create_engine
+from .errors import ConfigError
 from .hub import UpdateHub
 from .protocols.asynchronous import AsyncRequests
 from .protocols.plain import PlainRequests
@@ -35,23 +38,27 @@ class StreamingService:
         engine_factory: EngineFactory | None = None,
     ) -> None:
         self.output_cls = output_cls
-        self.dialect = "newest" if hasattr(output_cls, "binary_encode") else "0.23"
+        self.generation = DjlGeneration.of_output(output_cls)
         self._namespace = namespace if namespace is not None else {}  # live: model.py may define more later
         self._engine_factory = engine_factory
         self.initialized = False
 
     def initialize(self, properties: Mapping[str, Any]) -> None:
         """Parse the config, load the engine and start its loop (DJL's init call)."""
-        self.config = replace(HandlerConfig.from_properties(properties), djl_dialect=self.dialect)
+        self.config = replace(HandlerConfig.from_properties(properties), djl_generation=self.generation)
         hub = UpdateHub()
         self.engine = (self._engine_factory or create_engine)(self.config)
-        self.requests = Admissions(self.config, self.engine, hub, self.output_cls, self._namespace)
+        self.adapters = AdapterRegistry(self.config.enable_lora)
+        if self.config.enable_lora:
+            for spec in discover(self.config.model_dir or self.config.model_id, self.config.max_lora_rank):
+                self.register_adapter(spec)
+        self.requests = Admissions(self.config, self.engine, hub, self.output_cls, self._namespace, self.adapters)
         self.engine.start(hub.publish)
         self.rolling = RollingBatch(self.requests)
         self.plain = PlainRequests(self.requests)
         self.asynchronous = AsyncRequests(self.requests)
         self.initialized = True
-        log.info("lmistream ready: dialect %s, config %s", self.dialect, self.config)
+        log.info("lmistream ready: DJL %s, config %s", self.generation.value, self.config)
 
     def handle(self, inputs: Any) -> Any:
         """DJL's handle: None for the init/warm-up call, else an Output (a coroutine in async mode)."""
@@ -61,9 +68,46 @@ class StreamingService:
             return self.asynchronous.handle(inputs)
         if inputs.is_empty():
             return None
-        if self.config.rolling_batch_enabled(newest=self.dialect == "newest"):
+        if self.config.rolling_batch_enabled():
             return self.rolling.step(inputs)
         return self.plain.handle(inputs)
+
+    def register_adapter(self, spec: AdapterSpec) -> None:
+        """Serve one more LoRA adapter (validated by the engine against its model); ConfigError if it cannot."""
+        add = getattr(self.engine, "add_adapter", None)
+        if add is None:
+            raise ConfigError(
+                f"option.enable_lora: the {type(self.engine).__name__} does not serve LoRA adapters; use "
+                "option.generation_engine=portable or vllm"
+            )
+        add(spec)
+        self.adapters.add(spec)
+        log.info("adapter %s (r=%d, %s) from %s", spec.name, spec.rank, ", ".join(spec.target_modules), spec.path)
+
+    def register_adapter_input(self, inputs: Any) -> Any:
+        """DJL's adapter registration call (properties name, src): an Output saying what happened."""
+        name, src = inputs.get_property("name"), inputs.get_property("src")
+        try:
+            if not self.config.enable_lora:
+                raise ConfigError("adapter registration needs option.enable_lora=true")
+            if not name or not src:
+                raise ConfigError("adapter registration needs the properties name and src (the adapter's directory)")
+            self.register_adapter(read_adapter(name, src, self.config.max_lora_rank))
+        except ConfigError as error:
+            return self.output_cls().error(error.message, code=400, message=error.message)
+        return self.output_cls(message=f"Adapter {name} registered")
+
+    def unregister_adapter_input(self, inputs: Any) -> Any:
+        """DJL's adapter removal call (property name)."""
+        name = inputs.get_property("name")
+        try:
+            self.adapters.remove(name)
+        except ConfigError as error:
+            return self.output_cls().error(error.message, code=400, message=error.message)
+        remove = getattr(self.engine, "remove_adapter", None)
+        if remove is not None:
+            remove(name)
+        return self.output_cls(message=f"Adapter {name} unregistered")
 
     def close(self) -> None:
         """Stop the engine's loop and free what it holds (DJL stops the worker; tests and tools call this)."""

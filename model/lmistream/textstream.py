@@ -2,7 +2,8 @@
 
 Text is decoded with prefix/read offsets so a multi-byte character split over tokens is never emitted half
 (a trailing U+FFFD is held back), and the last `max(len(stop)) - 1` characters are held back until the
-request ends, so a stop sequence is never partly streamed. The stop sequence itself is not emitted.
+request ends, so a stop sequence is never partly streamed. The stop sequence itself is not emitted, nor the text of
+a stop token (`stop_token_ids`, which end the request as vLLM ends it).
 """
 
 from __future__ import annotations
@@ -26,13 +27,25 @@ class FinishReason(str, Enum):
 
 
 @dataclass(frozen=True)
+class TopToken:
+    """One of the most likely tokens at a position: its id, its own text, its log-probability."""
+
+    id: int
+    text: str
+    log_prob: float
+    special: bool = False
+
+
+@dataclass(frozen=True)
 class Token:
-    """One generated token and the text it released into the generated text (may be empty while held back)."""
+    """One generated token and the text it released into the generated text (may be empty while held back); `top`
+    holds the most likely tokens at its position, when the request asks for them."""
 
     id: int
     text: str
     log_prob: float | None = None
     special: bool = False
+    top: tuple[TopToken, ...] = ()
 
 
 class TextStream:
@@ -41,6 +54,7 @@ class TextStream:
     def __init__(self, tokenizer: Tokenizer, params: GenerationParams) -> None:
         self._tokenizer = tokenizer
         self._stops = params.stop_sequences
+        self._stop_ids = frozenset(params.stop_token_ids)
         self._holdback = max((len(s) for s in self._stops), default=1) - 1
         self._ids: list[int] = []
         self._prefix_offset = 0
@@ -58,6 +72,10 @@ class TextStream:
     def push(self, token_id: int, log_prob: float | None = None) -> Token:
         """Add one token; returns it with the text it releases. Sets `finish_reason` on a stop sequence."""
         self.count += 1
+        if token_id in self._stop_ids:
+            self.finish_reason = FinishReason.STOP_SEQUENCE
+            special = token_id in self._tokenizer.special_token_ids
+            return Token(token_id, self._release(len(self._text)), log_prob, special=special)
         if token_id in self._tokenizer.special_token_ids:
             return Token(token_id, "", log_prob, special=True)
         self._ids.append(token_id)

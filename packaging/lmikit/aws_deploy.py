@@ -10,7 +10,7 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,19 @@ INSTANCE_GPUS = {
     "ml.p4de.24xlarge": 8,
     "ml.p5.48xlarge": 8,
 }
+
+
+#: letters of the SageMaker instance families without a GPU (ml.m5, ml.c7i, ml.r6g, ml.t3: general purpose, compute,
+#: memory optimised, burstable)
+CPU_FAMILIES = ("m", "c", "r", "t")
+
+
+def instance_gpus(instance_type: str) -> int | None:
+    """GPUs of an instance type: INSTANCE_GPUS, 0 for the CPU families, None when not known."""
+    if instance_type in INSTANCE_GPUS:
+        return INSTANCE_GPUS[instance_type]
+    family = (instance_type.split(".") + ["", ""])[1]
+    return 0 if family[:1] in CPU_FAMILIES and family[1:2].isdigit() else None
 
 
 class DeployError(Exception):
@@ -133,28 +146,57 @@ def deploy(
     instance_type: str = DEFAULT_INSTANCE_TYPE,
     health_check_timeout: int = DEFAULT_HEALTH_CHECK_TIMEOUT,
     instance_count: int = 1,
+    for_components: bool = False,
 ) -> Deployment:
-    """Create the model, the endpoint config (`instance_count` instances) and the endpoint; does not wait."""
+    """Create the model, the endpoint config (`instance_count` instances) and the endpoint; does not wait.
+    `for_components`: an endpoint that hosts inference components (its variant names no model, the config the role),
+    the model to be named by a component."""
     deployment = Deployment(endpoint_name, endpoint_name, endpoint_name, model_data_url, image_uri)
     sm_client.create_model(
         ModelName=deployment.model_name,
         ExecutionRoleArn=role,
         PrimaryContainer={"Image": image_uri, "ModelDataUrl": model_data_url},
     )
-    sm_client.create_endpoint_config(
-        EndpointConfigName=deployment.endpoint_config_name,
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": deployment.model_name,
-                "InitialInstanceCount": instance_count,
-                "InstanceType": instance_type,
-                "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
-            }
-        ],
-    )
+    variant: dict[str, Any] = {
+        "VariantName": "AllTraffic",
+        "ModelName": deployment.model_name,
+        "InitialInstanceCount": instance_count,
+        "InstanceType": instance_type,
+        "ContainerStartupHealthCheckTimeoutInSeconds": health_check_timeout,
+    }
+    config: dict[str, Any] = {"EndpointConfigName": deployment.endpoint_config_name, "ProductionVariants": [variant]}
+    if for_components:
+        del variant["ModelName"]
+        config["ExecutionRoleArn"] = role
+    sm_client.create_endpoint_config(**config)
     sm_client.create_endpoint(EndpointName=endpoint_name, EndpointConfigName=deployment.endpoint_config_name)
     return deployment
+
+
+def wait_for_status(
+    describe_call: Callable[[], dict[str, Any]],
+    what: str,
+    status_key: str,
+    *,
+    delay: float = 15.0,
+    timeout: float = 3600.0,
+    on_status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Poll a Describe* call until InService (returns the description); Failed or timeout raise DeployError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        description = describe_call()
+        status = description[status_key]
+        if on_status is not None:
+            on_status(status)
+        if status == "InService":
+            return description
+        if status == "Failed":
+            reason = description.get("FailureReason", "no FailureReason given")
+            raise DeployError(f"{what} failed: {reason}")
+        if time.monotonic() + delay > deadline:
+            raise DeployError(f"{what} still {status} after {timeout:g}s")
+        time.sleep(delay)
 
 
 def wait_for_endpoint(
@@ -166,36 +208,33 @@ def wait_for_endpoint(
     on_status: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Poll DescribeEndpoint until InService (returns the description); Failed or timeout raise DeployError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        description: dict[str, Any] = sm_client.describe_endpoint(EndpointName=endpoint_name)
-        status = description["EndpointStatus"]
-        if on_status is not None:
-            on_status(status)
-        if status == "InService":
-            return description
-        if status == "Failed":
-            reason = description.get("FailureReason", "no FailureReason given")
-            raise DeployError(f"endpoint {endpoint_name} failed: {reason}")
-        if time.monotonic() + delay > deadline:
-            raise DeployError(f"endpoint {endpoint_name} still {status} after {timeout:g}s")
-        time.sleep(delay)
+    return wait_for_status(
+        lambda: cast(dict[str, Any], sm_client.describe_endpoint(EndpointName=endpoint_name)),
+        f"endpoint {endpoint_name}",
+        "EndpointStatus",
+        delay=delay,
+        timeout=timeout,
+        on_status=on_status,
+    )
 
 
-def delete(sm_client: Any, s3_client: Any, endpoint_name: str, artifacts: bool = False) -> list[str]:
-    """Delete the endpoint, its config, its model(s) and, with `artifacts`, the model data in S3.
+def delete(
+    sm_client: Any, s3_client: Any, endpoint_name: str, artifacts: bool = False, models: Sequence[str] = ()
+) -> list[str]:
+    """Delete the endpoint, its config, its model(s) (its variants' and `models`, those its inference components
+    served) and, with `artifacts`, the model data in S3.
 
     Idempotent: resources already gone are skipped. Returns what was deleted, as `kind name` strings.
     """
-    config_name = _describe(sm_client.describe_endpoint, EndpointName=endpoint_name).get(
+    config_name = describe(sm_client.describe_endpoint, EndpointName=endpoint_name).get(
         "EndpointConfigName", endpoint_name
     )
-    variants = _describe(sm_client.describe_endpoint_config, EndpointConfigName=config_name).get(
+    variants = describe(sm_client.describe_endpoint_config, EndpointConfigName=config_name).get(
         "ProductionVariants", [{"ModelName": endpoint_name}]
     )
-    model_names = sorted({variant["ModelName"] for variant in variants})
+    model_names = sorted({*(variant["ModelName"] for variant in variants if "ModelName" in variant), *models})
     data_urls = [
-        _describe(sm_client.describe_model, ModelName=name).get("PrimaryContainer", {}).get("ModelDataUrl")
+        describe(sm_client.describe_model, ModelName=name).get("PrimaryContainer", {}).get("ModelDataUrl")
         for name in model_names
     ]
     deleted = [
@@ -309,9 +348,9 @@ def endpoint_statuses(sm_client: Any, endpoint_name: str | None = None) -> list[
 
 def _status(sm_client: Any, name: str) -> EndpointStatus:
     endpoint = sm_client.describe_endpoint(EndpointName=name)
-    config = _describe(sm_client.describe_endpoint_config, EndpointConfigName=endpoint.get("EndpointConfigName", ""))
+    config = describe(sm_client.describe_endpoint_config, EndpointConfigName=endpoint.get("EndpointConfigName", ""))
     variant = (config.get("ProductionVariants") or [{}])[0]
-    container = _describe(sm_client.describe_model, ModelName=variant.get("ModelName", "")).get("PrimaryContainer", {})
+    container = describe(sm_client.describe_model, ModelName=variant.get("ModelName", "")).get("PrimaryContainer", {})
     running = (endpoint.get("ProductionVariants") or [{}])[0]
     return EndpointStatus(
         name=name,
@@ -325,7 +364,7 @@ def _status(sm_client: Any, name: str) -> EndpointStatus:
     )
 
 
-def _describe(call: Callable[..., dict[str, Any]], **kwargs: str) -> dict[str, Any]:
+def describe(call: Callable[..., dict[str, Any]], **kwargs: str) -> dict[str, Any]:
     """A Describe* result, or {} when the resource does not exist."""
     try:
         return call(**kwargs)

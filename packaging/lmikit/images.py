@@ -19,7 +19,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .project import Project
-from .validate import Finding, local_model_dir, read_json
+from .properties import init_properties
+from .validate import Finding, handler_module, local_model_dir, read_json, refusal_findings
 
 #: transformers' continuous batching (the continuous engine) needs this transformers, Python and torch.
 CONTINUOUS_TRANSFORMERS = Version("5.24.0")
@@ -47,6 +48,8 @@ MODEL_TYPES = {
 #: llama with grouped-query attention (num_key_value_heads != num_attention_heads) needs this transformers.
 LLAMA_GQA = Version("4.31")
 NEWEST_IMAGE = "djl-lmi:0.36.0"
+#: the first torch with an fp16 matrix multiply on a CPU
+CPU_FP16_TORCH = Version("2.1")
 #: the first LMI release that accepts option.tensor_parallel_degree=max
 TP_MAX_SINCE = Version("0.24")
 _URI_TAG = re.compile(r"/djl-inference:(\d+\.\d+\.\d+)-(deepspeed|lmi)")
@@ -116,8 +119,9 @@ def stack_for(image: str) -> ImageStack | None:
     return STACKS.get(f"djl-{match.group(2)}:{match.group(1)}" if match else image)
 
 
-def check_image(project: Project, image: str) -> list[Finding]:
-    """All findings for building `project` for `image`; an unknown image gives one warning and no checks."""
+def check_image(project: Project, image: str, gpus: int | None = None) -> list[Finding]:
+    """All findings for building `project` for `image` on an instance with `gpus` GPUs (None: not known); an unknown
+    image gives one warning and no checks."""
     stack = stack_for(image)
     if stack is None:
         return [
@@ -129,21 +133,43 @@ def check_image(project: Project, image: str) -> list[Finding]:
             )
         ]
     props = project.properties() if project.serving_properties.is_file() else {}
-    own, engine = requirements_text(project), generation_engine(props)
+    try:
+        engine = generation_engine(project, props)
+    except handler_module(project.model_dir, "errors").ConfigError as error:
+        return [Finding("error", error.param, error.message)]
+    own = requirements_text(project)
     shipped = parse_requirements(shipped_requirements(stack, own, engine))[0]
     return [
         *check_requirements(stack, own),
         *check_engine(stack, engine, shipped),
         *check_model(project, stack, props.get("option.model_id", ""), shipped),
         *check_tensor_parallel(stack, props),
+        *check_device(stack, props, gpus),
+        *(check_options(project, props, _auto_engine(stack, shipped, gpus)) if engine == "auto" else []),
     ]
 
 
-def generation_engine(props: dict[str, str]) -> str:
-    """The engine the options ask for: option.generation_engine, or vllm for DJL's option.rolling_batch=vllm."""
-    engine = props.get("option.generation_engine", "auto").strip().lower()
-    if engine == "auto" and props.get("option.rolling_batch", "").strip().lower() == "vllm":
+def _auto_engine(stack: ImageStack, shipped: list[Requirement], gpus: int | None) -> str:
+    """The engine option.generation_engine=auto picks on the image."""
+    if stack.runs_vllm(_transformers(stack, shipped)):
         return "vllm"
+    return "continuous" if _continuous_ready(stack, shipped) and gpus != 0 else "portable"
+
+
+def check_options(project: Project, props: dict[str, str], engine: str) -> list[Finding]:
+    """The options `engine` (the one `auto` picks on the image) refuses, less those every engine refuses (the
+    project check reports those, and those of an engine asked for by name)."""
+    options = handler_module(project.model_dir, "options")
+    init = init_properties(props, project.model_dir)
+    everywhere = {error.param for error in options.refusals(init, "auto")}
+    return refusal_findings([error for error in options.refusals(init, engine) if error.param not in everywhere])
+
+
+def generation_engine(project: Project, props: dict[str, str]) -> str:
+    """The engine the options ask for, as the handler's own `requested` reads them (ConfigError when they
+    disagree)."""
+    engines = handler_module(project.model_dir, "engines")
+    engine: str = engines.requested(props.get("option.rolling_batch"), props.get("option.generation_engine", "auto"))[0]
     return engine
 
 
@@ -279,6 +305,27 @@ def check_model(project: Project, stack: ImageStack, model_id: str, shipped: lis
             )
         )
     return findings
+
+
+def check_device(stack: ImageStack, props: dict[str, str], gpus: int | None) -> list[Finding]:
+    """A half dtype on an instance without a GPU: fp16 where the image's torch has no fp16 matrix multiply on a CPU
+    (torch 2.0: the handler refuses it at load), else slow."""
+    dtype = props.get("option.dtype", props.get("option.data_type", "")).strip().lower()
+    half = {"fp16": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}.get(dtype)
+    if gpus != 0 or half is None:
+        return []
+    if half == "fp16" and Version(stack.torch) < CPU_FP16_TORCH:
+        return [
+            Finding(
+                "error",
+                "option.dtype",
+                f"{dtype} on an instance without a GPU: torch {stack.torch} ({stack.image}) has no fp16 matrix "
+                "multiply on a CPU, so the handler refuses it at load: use option.dtype=fp32 or auto, or a GPU instance",
+            )
+        ]
+    return [
+        Finding("warning", "option.dtype", f"{dtype} on an instance without a GPU runs slowly: fp32 or auto is faster")
+    ]
 
 
 def check_tensor_parallel(stack: ImageStack, props: dict[str, str]) -> list[Finding]:

@@ -53,6 +53,11 @@ class Project:
             return name, None
         return name, self.model_dir / name
 
+    @property
+    def adapters_dir(self) -> Path:
+        """Where the LoRA adapters are, one folder each (DJL's layout: `adapters/` in the model directory)."""
+        return self.model_dir / "adapters"
+
     def handler_packages(self) -> list[Path]:
         """Python packages (directories with __init__.py) next to the entry point, sorted by name."""
         return sorted(p for p in self.model_dir.iterdir() if p.is_dir() and (p / "__init__.py").is_file())

@@ -10,6 +10,8 @@ are pinned to, if any (`server.placement`: vLLM's CPU build).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import multiprocessing
 import os
 import signal
@@ -21,9 +23,11 @@ from pathlib import Path
 
 import click
 
-from .djl.driver import Frontend, InitError, derive_mode
+from .djl.dialect import DjlVersion, derive_mode
+from .djl.driver import Frontend, InitError
 from .djl.loader import enter_model_environment, load_entry_point
 from .djl.ranks import RankError, RankGroup
+from .djl.recommender import recommended
 from .embedded_model import EmbeddedModelError, ensure_smollm2
 from .project import Project
 from .properties import init_properties, read_serving_properties
@@ -47,7 +51,7 @@ class ServeSettings:
     model_id: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    djl_version: str = "0.23"
+    djl_version: DjlVersion = DjlVersion.LMI_0_23
     endpoint_name: str = "local"
     overrides: tuple[tuple[str, str], ...] = ()
     stream_time_limit: float = RuntimeConfig.stream_time_limit
@@ -56,8 +60,7 @@ class ServeSettings:
 
 # In real DJL the frontend is a JVM; here its replay, the HTTP server and the handler's engine threads share one
 # interpreter. A thread that a token wakes (the replay's step, the event loop) waits for the GIL up to the switch
-# interval, 5 ms by default: a tenth of it let `lmi serve` on vLLM stream 1.06-1.33x the tokens/s at one stream and
-# 0.98-1.13x at 32 (vllm_bench, alternated three times, docs/bench/vllm-profile.md).
+# interval, 5 ms by default; a tenth of it is what `lmi serve` sets (measured in docs/bench/vllm-profile.md).
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -78,9 +81,42 @@ def serving_properties(settings: ServeSettings, say: Callable[[str], object] = c
         )
     for key, value in settings.overrides:
         props["option." + key] = value
+    if settings.djl_version == "newest":
+        _replay_recommender(props, say)
     if props.get("option.trust_remote_code", "false").strip().lower() == "true":
         say("Warning: option.trust_remote_code=true runs Python code from the model repository in this process")
     return props
+
+
+def _replay_recommender(props: dict[str, str], say: Callable[[str], object]) -> None:
+    """Set what the newest container's config recommender sets where serving.properties does not, said out loud."""
+    added = recommended(props, _architectures(props["option.model_id"]), _gpu_count(), _vllm_here(), os.environ)
+    if added:
+        props.update(added)
+        shown = ", ".join(f"{key}={value}" for key, value in added.items())
+        say(f"As the newest LMI container's config recommender does where serving.properties is silent: {shown}")
+
+
+def _architectures(model_id: str) -> list[str] | None:
+    """The model's config.json architectures, None where it cannot be read (DJL then recommends nothing)."""
+    try:
+        config = json.loads((Path(model_id) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [str(name) for name in config.get("architectures") or []]
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count())
+
+
+def _vllm_here() -> bool:
+    """Whether this Python is a vLLM image's (DJL's SERVING_FEATURES names vllm there)."""
+    return importlib.util.find_spec("vllm") is not None
 
 
 def _dtype_for_this_device(
@@ -104,6 +140,13 @@ def served_model(props: dict[str, str]) -> str:
     return props.get("option.model_id", "model").rstrip("/").rsplit("/", 1)[-1]
 
 
+def served_adapters(props: dict[str, str], project: Project) -> tuple[str, ...]:
+    """The LoRA adapters the handler will serve (`adapters/<name>/` in the model directory, with option.enable_lora)."""
+    if props.get("option.enable_lora", "false").strip().lower() != "true":
+        return ()
+    return tuple(sorted(d.name for d in project.adapters_dir.glob("*") if d.is_dir()))
+
+
 def tensor_parallel_ranks(props: dict[str, str]) -> int:
     """How many ranks DJL would start: option.tensor_parallel_degree with an MPI engine, else one process."""
     if props.get("engine") not in MPI_ENGINES:
@@ -116,11 +159,21 @@ def tensor_parallel_ranks(props: dict[str, str]) -> int:
     return int(degree) if degree.isdigit() and int(degree) > 0 else 1
 
 
-def start_frontend(settings: ServeSettings, props: dict[str, str]) -> tuple[Frontend, RankGroup | None]:
+def local_device_id() -> int:
+    """The device_id DJL would give the handler here: 0 where torch sees a CUDA GPU (hide it with
+    CUDA_VISIBLE_DEVICES= to serve on the CPU), else -1, the CPU."""
+    try:
+        import torch
+    except ImportError:  # an engine without torch in this environment runs where it decides
+        return -1
+    return 0 if torch.cuda.is_available() else -1
+
+
+def start_frontend(settings: ServeSettings, props: dict[str, str], device_id: int) -> tuple[Frontend, RankGroup | None]:
     """Load model.py the way DJL does (in this process, or in N rank processes) and send it the init Input."""
     project = Project.at(settings.project_dir)
     entry_name, _ = project.entry_point(props)
-    init = init_properties(props, project.model_dir)
+    init = init_properties(props, project.model_dir, device_id)
     handler = init.get("handler", "handle")
     degree = tensor_parallel_ranks(props)
     group = None
@@ -152,7 +205,11 @@ def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> N
     """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
     props = serving_properties(settings, say)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    runtime = RuntimeConfig(endpoint_name=settings.endpoint_name, stream_time_limit=settings.stream_time_limit)
+    runtime = RuntimeConfig(
+        endpoint_name=settings.endpoint_name,
+        stream_time_limit=settings.stream_time_limit,
+        adapters=served_adapters(props, Project.at(settings.project_dir)),
+    )
     try:
         endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(props))
     except OSError as error:
@@ -165,9 +222,13 @@ def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> N
             "authentication (the default --host 127.0.0.1 keeps it local)"
         )
     threading.Thread(target=endpoint.serve_forever, name="lmi-http", daemon=True).start()
-    say(f"Loading model.py (DJL {settings.djl_version}); {endpoint.url}/ping answers 503 until ready...")
+    device_id = local_device_id()
+    say(
+        f"Loading model.py (DJL {settings.djl_version.value}) on {_device_name(device_id)}; {endpoint.url}/ping answers 503 "
+        "until ready..."
+    )
     try:
-        frontend, group = start_frontend(settings, props)
+        frontend, group = start_frontend(settings, props, device_id)
     except (InitError, RankError) as error:
         click.echo(f"Error: {error}", err=True)
         _exit(1)
@@ -191,6 +252,10 @@ def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> N
     if group is not None:
         group.close()
     _exit(0)
+
+
+def _device_name(device_id: int) -> str:
+    return "the CPU" if device_id < 0 else f"GPU {device_id} (CUDA_VISIBLE_DEVICES= serves on the CPU)"
 
 
 def _exit(code: int) -> None:
@@ -230,8 +295,8 @@ def _end_children() -> None:
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option(
     "--djl-version",
-    type=click.Choice(["0.23", "newest"]),
-    default="0.23",
+    type=click.Choice([version.value for version in DjlVersion]),
+    default=DjlVersion.LMI_0_23.value,
     show_default=True,
     help="Which DJL Serving protocol to replay (0.23 matches the default deploy image).",
 )
@@ -269,7 +334,7 @@ def serve_command(
         raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
     pairs = tuple((pair[0], pair[1]) for pair in split)
     settings = ServeSettings(
-        project_dir, model_id, host, port, djl_version, endpoint_name, pairs, stream_time_limit, launcher
+        project_dir, model_id, host, port, DjlVersion(djl_version), endpoint_name, pairs, stream_time_limit, launcher
     )
     try:
         run(settings)

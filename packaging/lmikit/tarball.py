@@ -90,6 +90,8 @@ def _collect(project: Project, report: BuildReport) -> dict[str, Path | bytes]:
             report.excluded.append(package.name)
             continue
         sources.update(_walk(package, package.name, report))
+    if project.adapters_dir.is_dir():
+        sources.update(_walk(project.adapters_dir, project.adapters_dir.name, report))
     return sources
 
 

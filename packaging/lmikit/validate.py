@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+from .adapter_check import check_adapters
 from .project import Project
 from .properties import init_properties
 
@@ -36,9 +36,11 @@ SERVER_KEYS = (
     "max_idle_time",
     "chunked_read_timeout",
 )
-#: option.* keys read by DJL's Python engine itself rather than by the handler.
-DJL_OPTIONS = ("pythonExecutable", "env", "enable_venv", "parallel_loading", "mpi_mode")
 ENGINES = ("Python", "MPI", "DeepSpeed", "FasterTransformer")
+UNKNOWN_OPTION = (
+    "unknown key: neither DJL's LMI properties nor this handler read it; the vLLM engine passes it to vLLM if it "
+    "names one of vLLM's engine arguments (as DJL does), the other engines warn at load that it has no effect"
+)
 #: integer server keys and their smallest allowed value.
 INTEGER_KEYS = {
     "batch_size": 1,
@@ -53,8 +55,6 @@ INTEGER_KEYS = {
     "max_idle_time": 0,
     "chunked_read_timeout": 0,
 }
-HEAD_KEYS = ("num_attention_heads", "n_head")
-KV_HEAD_KEYS = ("num_key_value_heads", "num_kv_heads", "n_head_kv")
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,11 @@ def validate_project(project_dir: Path | str) -> list[Finding]:
     if not project.serving_properties.is_file():
         return [Finding("error", "serving.properties", f"not found in {project.root} or {project.model_dir}")]
     props = project.properties()
-    config_module = _handler_config_module(project.model_dir)
+    config_module = handler_module(project.model_dir, "config")
+    options_module = handler_module(project.model_dir, "options")
     checks: list[Callable[[], list[Finding]]] = [
-        lambda: _unknown_keys(props, _known_options(config_module)),
+        lambda: _unknown_keys(props, tuple(option.key for option in options_module.TABLE)),
+        lambda: _refused_options(project, props, options_module),
         lambda: _server_values(props),
         lambda: _entry_point(project, props),
         lambda: _handler_options(project, props, config_module),
@@ -89,20 +91,17 @@ def errors(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.level == "error"]
 
 
-def _handler_config_module(model_dir: Path) -> ModuleType:
-    """`lmistream.config` as importable here, else the copy in the project's model dir."""
+def handler_module(model_dir: Path, name: str) -> ModuleType:
+    """`lmistream.<name>` as importable here, else the copy in the project's model dir."""
+    qualified = f"lmistream.{name}"
     try:
-        return importlib.import_module("lmistream.config")
+        return importlib.import_module(qualified)
     except ModuleNotFoundError:
         sys.path.insert(0, str(model_dir))
         try:
-            return importlib.import_module("lmistream.config")
+            return importlib.import_module(qualified)
         finally:
             sys.path.remove(str(model_dir))
-
-
-def _known_options(config_module: ModuleType) -> tuple[str, ...]:
-    return tuple(config_module.HANDLER_OPTIONS) + DJL_OPTIONS
 
 
 def _unknown_keys(props: dict[str, str], options: tuple[str, ...]) -> list[Finding]:
@@ -117,15 +116,39 @@ def _unknown_keys(props: dict[str, str], options: tuple[str, ...]) -> list[Findi
         match = _closest(name, known)
         if match:
             findings.append(Finding("error", key, f"unknown key; did you mean {prefix}{match}?"))
+        elif is_option:
+            findings.append(Finding("warning", key, UNKNOWN_OPTION))
         else:
-            findings.append(Finding("warning", key, "unknown key: neither DJL nor this handler reads it"))
+            findings.append(Finding("warning", key, "unknown key: DJL reads no such server setting"))
     return findings
 
 
 def _closest(name: str, known: tuple[str, ...]) -> str | None:
+    """The known key `name` is a typo of: close in spelling and at most two characters longer or shorter."""
     by_lower = {k.lower(): k for k in known}
-    matches = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+    similar = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.8)
+    matches = [match for match in similar if abs(len(match) - len(name)) <= 2]
     return by_lower[matches[0]] if matches else None
+
+
+def _refused_options(project: Project, props: dict[str, str], options_module: ModuleType) -> list[Finding]:
+    """Options the engine these options ask for refuses at load; with the engine left to auto, those every engine
+    refuses (`lmi build --image` adds those of the engine that image runs)."""
+    engines_module = handler_module(project.model_dir, "engines")
+    try:
+        engine = engines_module.requested(
+            props.get("option.rolling_batch"), props.get("option.generation_engine", "auto")
+        )[0]
+    except engines_module.ConfigError:
+        return []  # images.check_image reports the disagreement
+    if engine != "auto" and engine not in options_module.ENGINES:
+        return []  # the option's own check names the bad engine
+    return refusal_findings(options_module.refusals(init_properties(props, project.model_dir), engine))
+
+
+def refusal_findings(refused: list[Any]) -> list[Finding]:
+    """One error per refused option (the handler's ConfigErrors), under its key."""
+    return [Finding("error", error.param, error.message) for error in refused]
 
 
 def _server_values(props: dict[str, str]) -> list[Finding]:
@@ -161,9 +184,8 @@ def _handler_options(project: Project, props: dict[str, str], config_module: Mod
     try:
         config = config_module.HandlerConfig.from_properties(init_properties(props, project.model_dir))
     except config_module.ConfigError as exc:
-        match = re.match(r"option\.(\w+)", exc.message)
-        return [Finding("error", f"option.{match.group(1)}" if match else "serving.properties", exc.message)]
-    findings = _tensor_parallel(project, config) + _python_engine_ranks(props, config)
+        return [Finding("error", exc.param or "serving.properties", exc.message)]
+    findings = _tensor_parallel(project, config) + _python_engine_ranks(props, config) + _adapters(project, config)
     if config.trust_remote_code:
         findings.append(
             Finding(
@@ -180,11 +202,26 @@ def _tensor_parallel(project: Project, config: Any) -> list[Finding]:
     model_config = _model_config(project, config.model_id)
     if tp is None or model_config is None:
         return []
-    heads = {key: model_config[key] for key in HEAD_KEYS + KV_HEAD_KEYS if isinstance(model_config.get(key), int)}
-    bad = [f"{key}={count}" for key, count in heads.items() if count % tp]
-    if not bad:
+    heads = handler_module(project.model_dir, "heads")
+    undivided = heads.undivided_heads(model_config.get, tp)
+    return [Finding("error", "option.tensor_parallel_degree", heads.heads_error(tp, undivided))] if undivided else []
+
+
+def _adapters(project: Project, config: Any) -> list[Finding]:
+    """Each adapter under adapters/ as the handler reads it, and its shapes against the base model's weights."""
+    if not project.adapters_dir.is_dir():
         return []
-    return [Finding("error", "option.tensor_parallel_degree", f"{tp} does not divide the model's {' and '.join(bad)}")]
+    if not config.enable_lora:
+        return [Finding("warning", "option.enable_lora", "adapters/ ships, but is served only with true")]
+    module = handler_module(project.model_dir, "adapters")
+    base = local_model_dir(project, config.model_id)
+    problems = check_adapters(module, project.adapters_dir, base, config.max_lora_rank)
+    findings = [Finding("error", "adapters", problem) for problem in problems]
+    if base is None:
+        findings.append(
+            Finding("warning", "adapters", f"the base model {config.model_id} is not local: shapes are not checked")
+        )
+    return findings
 
 
 def _python_engine_ranks(props: dict[str, str], config: Any) -> list[Finding]:

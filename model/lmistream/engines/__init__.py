@@ -8,9 +8,9 @@
 With `option.tensor_parallel_degree` above 1 a transformers engine is built on every rank DJL started, over a model
 sharded between them (`distributed`), and wrapped for its rank (`ranked`); vLLM shards the model over workers of its
 own. `option.rolling_batch=vllm` (DJL's name) or `option.generation_engine` forces one; `auto` (the default) takes
-vLLM wherever it imports, else the continuous engine on a GPU where it can import, and the portable one elsewhere:
-on CPU the portable engine measured 1.1x to 2x the continuous one's tokens/s
-(`python -m lmikit.benchmarks.engine_bench`). It logs which it took and why.
+vLLM wherever it imports, else the continuous engine on a GPU where it can import, and the portable one elsewhere
+(on a CPU it serves more tokens/s than transformers' continuous batching: the README's engine table). It logs which it
+took and why.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any, Callable
 from ..config import HandlerConfig
 from ..engine import Engine
 from ..errors import ConfigError
+from ..options import check as check_options
+from ..options import unread
 from ..ranks import RankInfo, check_degree
 
 log = logging.getLogger(__name__)
@@ -87,17 +89,26 @@ def available() -> list[str]:
     return engines if vllm_unavailable() else ["vllm", *engines]
 
 
-def choose(config: HandlerConfig) -> tuple[str, str]:
-    """The engine name for this config and the reason."""
-    if (config.rolling_batch or "").lower() == "vllm":
-        if config.generation_engine not in ("auto", "vllm"):
+def requested(rolling_batch: str | None, generation_engine: str) -> tuple[str, str]:
+    """The engine the options ask for (`auto`: the stack decides) and which option asks; the part of `choose` that
+    reads only options, so `lmi build` makes the same choice without loading anything."""
+    engine = generation_engine.strip().lower()
+    if (rolling_batch or "").strip().lower() == "vllm":
+        if engine not in ("auto", "vllm"):
             raise ConfigError(
-                f"option.rolling_batch=vllm picks the vLLM engine, but option.generation_engine="
-                f"{config.generation_engine} picks another: drop one of them"
+                f"option.rolling_batch=vllm picks the vLLM engine, but option.generation_engine={engine} picks "
+                "another: drop one of them",
+                param="option.generation_engine",
             )
         return "vllm", "option.rolling_batch=vllm"
-    if config.generation_engine != "auto":
-        return config.generation_engine, "option.generation_engine"
+    return engine, "option.generation_engine"
+
+
+def choose(config: HandlerConfig) -> tuple[str, str]:
+    """The engine name for this config and the reason."""
+    engine, reason = requested(config.rolling_batch, config.generation_engine)
+    if engine != "auto":
+        return engine, reason
     if not vllm_unavailable():
         return "vllm", "vLLM is installed"
     missing = continuous_unavailable()
@@ -114,14 +125,31 @@ def create_engine(config: HandlerConfig) -> Engine:
     """Load the engine `choose` picks, sharded over the ranks when the degree is above 1; errors name the option and
     the way out."""
     name, reason = choose(config)
+    check_options(dict(config.options), name)
+    _warn_unread(config, name)
     ranks = RankInfo.from_env()
     if name == "vllm":
         return _vllm_engine(config, ranks, reason)
     degree = check_degree(config.tensor_parallel_degree, ranks)
+    check_lora(config, name, degree)
+    if config.quantize is not None and degree > 1:
+        raise ConfigError(
+            f"option.quantize={config.quantize}: the {name} engine does not shard quantized weights across "
+            f"tensor-parallel ranks (option.tensor_parallel_degree={degree}); quantize with "
+            "option.tensor_parallel_degree=1, or use the vLLM engine",
+            param="option.quantize",
+        )
     if degree == 1:
         engine = FACTORIES[name](config)
+        from .loading import device_for
+
         log.info(
-            "lmistream engine: %s (%s), %s, %d parameter bytes", name, reason, engine.load_path, engine.parameter_bytes
+            "lmistream engine: %s (%s), %s on %s, %d parameter bytes",
+            name,
+            reason,
+            engine.load_path,
+            device_for(config.device_id),
+            engine.parameter_bytes,
         )
         return engine
     from .distributed import join
@@ -129,7 +157,7 @@ def create_engine(config: HandlerConfig) -> Engine:
 
     tp = join(config, ranks, degree)
     inner = FACTORIES[name](config, tp)
-    relay = tp.channel() if config.djl_dialect == "0.23" else None  # 0.23 answers with the last rank's output
+    relay = tp.channel() if config.djl_generation.dialect.last_rank_answers else None
     log.info(
         "lmistream engine: %s (%s), rank %d of %d, sharded by %s, %d parameter bytes on this rank",
         name,
@@ -140,6 +168,31 @@ def create_engine(config: HandlerConfig) -> Engine:
         inner.parameter_bytes,
     )
     return RankedEngine(inner, tp, relay)
+
+
+def _warn_unread(config: HandlerConfig, name: str) -> None:
+    """One warning per option nothing reads (vLLM's engine arguments count on the vLLM engine)."""
+    known: frozenset[str] = frozenset()
+    if name == "vllm" and not vllm_unavailable():  # else loading it fails, saying why
+        from .vllm_engine import engine_fields
+
+        known = engine_fields()
+    for key in unread(dict(config.options), known):
+        log.warning(
+            "option.%s has no effect: neither DJL's LMI handlers nor this handler read it%s",
+            key,
+            ", nor is it one of vLLM's engine arguments" if name == "vllm" else "",
+        )
+
+
+def check_lora(config: HandlerConfig, name: str, degree: int) -> None:
+    """Refuse LoRA adapters where this engine cannot apply them, before the model loads."""
+    if config.enable_lora and degree > 1:
+        raise ConfigError(
+            f"option.enable_lora: the {name} engine does not shard LoRA adapters across tensor-parallel ranks "
+            f"(option.tensor_parallel_degree={degree}); serve adapters with option.tensor_parallel_degree=1, or "
+            "on the vLLM engine"
+        )
 
 
 def _vllm_engine(config: HandlerConfig, ranks: RankInfo, reason: str) -> Engine:

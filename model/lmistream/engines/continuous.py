@@ -9,8 +9,9 @@ Sampling settings are per request: the manager is created with sampling on and n
 (transformers only builds a processor for a setting that differs from its neutral value), and every request passes all
 three explicitly. A greedy request samples with top_k=1, which is argmax. On CPU the manager's top-k / top-p
 processors are swapped for row-skipping ones (`cb_processors`). transformers' continuous batching samples every request
-from one shared generator and has no per-request repetition penalty, so `seed` (with sampling) and
-`repetition_penalty` are refused (`validate`).
+from one shared generator and has no per-request repetition, frequency or presence penalty nor min-p, so `seed` (with
+sampling) and those are refused (`validate`). `ignore_eos` gives the request no eos token; stop token ids and
+`truncate` are the handler's.
 
 With tensor parallelism the model is sharded by transformers' `tp_plan` and the manager keeps the ranks in step by
 itself: rank 0's manager takes the requests and broadcasts them, the other ranks' managers follow (`ranked`).
@@ -35,8 +36,20 @@ from ..errors import EngineError, InvalidRequest
 from ..params import GenerationParams
 from .cb_processors import use_rowwise_processors
 from .distributed import TensorParallel, load_sharded, parameter_bytes
-from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
+from .loading import (
+    HFTokenizer,
+    cache_memory_share,
+    device_for,
+    eos_token_ids,
+    in_setup_thread,
+    limit_device_memory,
+    load,
+    oom_as_handler_error,
+    text_config,
+)
 
+#: settings transformers' continuous batching cannot apply per request, and their neutral values
+UNSUPPORTED_PER_REQUEST = {"repetition_penalty": 1.0, "min_p": 0.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
 #: manager-wide defaults; each only needs to be non-neutral so that its per-request processor exists
 PROCESSOR_DEFAULTS = {"temperature": 0.7, "top_k": 50, "top_p": 0.9}
 #: on CPU transformers would size the KV cache (and its attention masks) to most of the host RAM: bound both
@@ -61,6 +74,7 @@ class ContinuousBatchingEngine:
     def __init__(self, config: HandlerConfig, tp: TensorParallel | None = None) -> None:
         self._config = config
         self._device = device_for(tp.ranks.local_rank if tp and config.device_id >= 0 else config.device_id)
+        limit_device_memory(config, self._device)
         if tp is None:
             hf_tokenizer, self._model = in_setup_thread(lambda: load(config, self._device))
             self.load_path = "one device"
@@ -101,16 +115,31 @@ class ContinuousBatchingEngine:
 
     def validate(self, params: GenerationParams) -> None:
         """Refuse what transformers' continuous batching cannot honour instead of silently ignoring it."""
-        if params.repetition_penalty != 1.0:
+        if params.constraint is not None:
             raise InvalidRequest(
-                "parameters.repetition_penalty is not supported by the continuous-batching engine; use 1.0 or omit it "
-                "(option.generation_engine=portable supports it)"
+                f"{params.constraint.field}: structured output is not supported by the continuous-batching engine; "
+                "option.generation_engine=portable (or vllm, where the image has vLLM) decodes it",
+                param=params.constraint.field,
             )
+        for name, neutral in UNSUPPORTED_PER_REQUEST.items():
+            if getattr(params, name) != neutral:
+                raise InvalidRequest(
+                    f"parameters.{name} is not supported by the continuous-batching engine (transformers' continuous "
+                    f"batching has no per-request {name}); use {neutral:g} or omit it "
+                    "(option.generation_engine=portable supports it)",
+                    param=f"parameters.{name}",
+                )
         if params.logprobs and not params.do_sample:
             raise InvalidRequest(
                 "logprobs with greedy decoding (temperature 0) is not supported by the continuous-batching engine: "
                 "it reports no log-probabilities for greedy tokens (option.generation_engine=portable does)",
                 param="logprobs",
+            )
+        if params.top_logprobs:
+            raise InvalidRequest(
+                "top log-probabilities (parameters.top_n_tokens, top_logprobs, completions logprobs above 0) are not "
+                "reported by the continuous-batching engine (option.generation_engine=portable reports them)",
+                param="top_logprobs",
             )
         if params.seed is not None and params.do_sample:
             raise InvalidRequest(
@@ -130,7 +159,7 @@ class ContinuousBatchingEngine:
             request_id=request_id,
             max_new_tokens=params.max_new_tokens,
             streaming=True,
-            eos_token_id=sorted(self.tokenizer.eos_token_ids),
+            eos_token_id=[] if params.ignore_eos else sorted(self.tokenizer.eos_token_ids),
             **self._sampling_kwargs(params),
         )
         if accepted is None:
@@ -167,7 +196,8 @@ class ContinuousBatchingEngine:
         )
 
     def _batching_config(self) -> ContinuousBatchingConfig:
-        """Map the rolling-batch options onto the continuous batching knobs (and bound the cache on CPU)."""
+        """Map the rolling-batch options onto the continuous batching knobs: the cache bounded on CPU, and on a GPU
+        within option.gpu_memory_utilization where it is given (transformers' default: most of the free memory)."""
         settings: dict[str, Any] = {
             "per_request_processors": True,
             "return_logprobs": True,
@@ -177,6 +207,8 @@ class ContinuousBatchingEngine:
         if self._device.type == "cpu":
             settings["max_batch_tokens"] = self._config.max_rolling_batch_prefill_tokens or CPU_MAX_BATCH_TOKENS
             settings["num_blocks"] = self._cpu_cache_blocks()
+        elif self._config.gpu_memory_utilization is not None:
+            settings["max_memory_percent"] = cache_memory_share(self._config.gpu_memory_utilization, self._device)
         return ContinuousBatchingConfig(**settings)
 
     def _cpu_cache_blocks(self) -> int:

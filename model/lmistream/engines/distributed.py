@@ -23,11 +23,11 @@ from transformers import AutoConfig
 
 from ..config import HandlerConfig
 from ..errors import ConfigError
+from ..heads import heads_error, undivided_heads
 from ..ranks import RankInfo
 from .loading import load, oom_as_handler_error
 
 logger = logging.getLogger(__name__)
-HEAD_KEYS = ("num_attention_heads", "num_key_value_heads", "n_head", "num_kv_heads")
 #: a follower waits for rank 0's next plan for as long as the endpoint is idle
 IDLE_TIMEOUT = timedelta(days=365)
 
@@ -89,10 +89,9 @@ def check_heads(config: HandlerConfig, degree: int) -> None:
     model_config = AutoConfig.from_pretrained(
         config.model_id, trust_remote_code=config.trust_remote_code, local_files_only=os.path.isdir(config.model_id)
     )
-    for key in HEAD_KEYS:
-        count = getattr(model_config, key, None)
-        if isinstance(count, int) and count % degree:
-            raise ConfigError(f"option.tensor_parallel_degree={degree} does not divide the model's {key}={count}")
+    undivided = undivided_heads(lambda key: getattr(model_config, key, None), degree)
+    if undivided:
+        raise ConfigError(heads_error(degree, undivided), param="option.tensor_parallel_degree")
 
 
 def load_sharded(config: HandlerConfig, device: torch.device, tp: TensorParallel) -> tuple[Any, Any, str]:

@@ -24,13 +24,25 @@ from typing import Any
 
 import torch
 
+from ..adapters import AdapterSpec
 from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback, deliver
-from ..errors import EngineError, HandlerError
+from ..errors import ConfigError, EngineError, HandlerError
 from ..params import GenerationParams
 from .batch import DecodeBatch, ModelCaller, check_layout
+from .constraints import GrammarCompiler
 from .distributed import TensorParallel, load_sharded, parameter_bytes
-from .loading import HFTokenizer, device_for, eos_token_ids, in_setup_thread, load, oom_as_handler_error, text_config
+from .loading import (
+    HFTokenizer,
+    device_for,
+    eos_token_ids,
+    in_setup_thread,
+    limit_device_memory,
+    load,
+    oom_as_handler_error,
+    text_config,
+)
+from .lora import LoraLayers
 from .sampling import RequestSampler, select_tokens
 from .scheduler import Admission, Scheduler, StepPlan
 
@@ -45,6 +57,7 @@ class _Row:
     request_id: str
     sampler: RequestSampler
     remaining: int
+    adapter: str | None = None
 
 
 class PortableEngine:
@@ -52,13 +65,20 @@ class PortableEngine:
 
     def __init__(self, config: HandlerConfig, tp: TensorParallel | None = None) -> None:
         self._device = device_for(tp.ranks.local_rank if tp and config.device_id >= 0 else config.device_id)
+        limit_device_memory(config, self._device)
         hf_tokenizer, model, self.load_path = in_setup_thread(lambda: _load(config, self._device, tp))
         self.parameter_bytes = parameter_bytes(model)
         self._plans = tp.channel() if tp is not None else None
         self.tokenizer = HFTokenizer(hf_tokenizer, eos_token_ids(model, hf_tokenizer))
         self.max_sequence_length: int = text_config(model).max_position_embeddings
+        self._grammars = GrammarCompiler(hf_tokenizer, text_config(model).vocab_size)
         self._call = ModelCaller(model)
-        self._scheduler = Scheduler(config.max_rolling_batch_size, config.max_rolling_batch_prefill_tokens)
+        # LoRA with tensor parallelism was refused before the load (`engines.check_lora`)
+        cpu_loras = config.max_cpu_loras or config.max_loras
+        self._lora = LoraLayers(model, self._device, config.max_loras, cpu_loras) if config.enable_lora else None
+        self._scheduler = Scheduler(
+            config.max_rolling_batch_size, config.max_rolling_batch_prefill_tokens, config.max_loras
+        )
         self._batch: DecodeBatch | None = None
         self._rows: list[_Row] = []
         self._on_update: UpdateCallback | None = None
@@ -83,7 +103,19 @@ class PortableEngine:
         self._thread.start()
 
     def validate(self, params: GenerationParams) -> None:
-        """Every parameter is honoured per request."""
+        """Every parameter is honoured per request; a constraint must compile."""
+        if params.constraint is not None:
+            self._grammars.check(params.constraint)
+
+    def add_adapter(self, spec: AdapterSpec) -> None:
+        """Serve a LoRA adapter (validated against the model first); ConfigError when LoRA is off."""
+        if self._lora is None:
+            raise ConfigError(f"adapter {spec.name!r}: LoRA adapters need option.enable_lora=true")
+        self._lora.add(spec)
+
+    def remove_adapter(self, name: str) -> None:
+        if self._lora is not None:
+            self._lora.remove(name)
 
     def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
         thread = self._thread
@@ -143,6 +175,7 @@ class PortableEngine:
         if plan.admit:
             self._join(plan.admit)
         if self._batch is not None:
+            self._route([row.adapter for row in self._rows])
             logits = self._batch.decode(self._call)
             self._advance(self._batch, self._rows, logits)
 
@@ -152,13 +185,21 @@ class PortableEngine:
         rows = [
             _Row(
                 a.request_id,
-                RequestSampler(a.params, a.seed, list(a.prompt_ids), self._device),
+                RequestSampler(
+                    a.params,
+                    a.seed,
+                    list(a.prompt_ids),
+                    self._device,
+                    self._grammars.matcher(a.params.constraint) if a.params.constraint else None,
+                ),
                 a.params.max_new_tokens,
+                a.params.adapter,
             )
             for a in admissions
         ]
         try:
             with oom_as_handler_error("prefilling"):
+                self._route([row.adapter for row in rows])
                 batch, logits = DecodeBatch.prefill(
                     self._call, [list(a.prompt_ids) for a in admissions], self.tokenizer.pad_token_id, self._device
                 )
@@ -178,16 +219,22 @@ class PortableEngine:
             self._batch.extend(batch)
             self._rows.extend(rows)
 
+    def _route(self, adapters: list[str | None]) -> None:
+        if self._lora is not None:
+            self._lora.route(adapters)
+
     def _advance(self, batch: DecodeBatch, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token, hand it over, and remove the rows that ended (in place)."""
-        tokens, log_probs = select_tokens(logits, [row.sampler for row in rows])
+        tokens, log_probs, tops = select_tokens(logits, [row.sampler for row in rows])
         finished = []
-        for row, token, log_prob in zip(rows, tokens, log_probs):
+        for row, token, log_prob, top in zip(rows, tokens, log_probs, tops):
             row.remaining -= 1
-            done = row.remaining <= 0 or token in self.tokenizer.eos_token_ids
+            on_eos = token in self.tokenizer.eos_token_ids and not row.sampler.params.ignore_eos
+            done = row.remaining <= 0 or on_eos
             if done:
                 finished.append(row.request_id)
-            deliver(self._on_update, EngineUpdate(row.request_id, (token,), (log_prob,), finished=done))
+            update = EngineUpdate(row.request_id, (token,), (log_prob,), (top,) if top else (), finished=done)
+            deliver(self._on_update, update)
         batch.set_next_tokens(tokens)
         if finished:
             self._scheduler.finished(finished)

@@ -44,11 +44,15 @@ class Scheduler:
 
     `max_batch_size` bounds the running rows; `max_prefill_tokens` bounds the prompt tokens admitted in one step,
     except that a single request is always admitted when a slot is free, so a long prompt cannot starve.
+    `max_adapters` bounds the distinct LoRA adapters the running rows use: a request on one more waits, and the
+    requests behind it go ahead.
     """
 
-    def __init__(self, max_batch_size: int, max_prefill_tokens: int | None = None) -> None:
+    def __init__(self, max_batch_size: int, max_prefill_tokens: int | None = None, max_adapters: int = 0) -> None:
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
+        self.max_adapters = max_adapters
+        self._adapters: dict[str, str] = {}  # running request -> its adapter
         self._cond = threading.Condition()
         self._waiting: OrderedDict[str, Admission] = OrderedDict()
         self._running: set[str] = set()
@@ -71,6 +75,8 @@ class Scheduler:
         """The engine ended these running requests by itself (eos or length)."""
         with self._cond:
             self._running.difference_update(request_ids)
+            for request_id in request_ids:
+                self._adapters.pop(request_id, None)
 
     def stop(self) -> None:
         with self._cond:
@@ -93,6 +99,8 @@ class Scheduler:
             cancel = tuple(dict.fromkeys(self._cancelled))
             self._cancelled.clear()
             self._running.difference_update(cancel)
+            for request_id in cancel:
+                self._adapters.pop(request_id, None)
             admit = self._admissions()
             self._running.update(a.request_id for a in admit)
             return StepPlan(admit=admit, cancel=cancel)
@@ -102,13 +110,20 @@ class Scheduler:
         budget = self.max_prefill_tokens
         admitted: list[Admission] = []
         tokens = 0
+        adapters = set(self._adapters.values())
         for admission in self._waiting.values():
             if len(admitted) >= free:
                 break
+            adapter = admission.params.adapter
+            if adapter is not None and adapter not in adapters and len(adapters) >= self.max_adapters:
+                continue
             tokens += len(admission.prompt_ids)
             if admitted and budget is not None and tokens > budget:
                 break
             admitted.append(admission)
+            if adapter is not None:
+                adapters.add(adapter)
+                self._adapters[admission.request_id] = adapter
         for admission in admitted:
             del self._waiting[admission.request_id]
         return tuple(admitted)

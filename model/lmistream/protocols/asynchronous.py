@@ -11,7 +11,7 @@ from typing import Any
 
 from ..admission import Admissions
 from ..errors import HandlerError
-from ..generation import Generation
+from ..generation_group import Admitted
 from .drain import texts
 
 
@@ -38,7 +38,7 @@ class AsyncRequests:
     def _error(self, error: HandlerError) -> Any:
         return self._output(error.body(), True, "application/json", code=error.status, error=error.message)
 
-    async def _stream(self, generation: Generation) -> AsyncIterator[Any]:
+    async def _stream(self, generation: Admitted) -> AsyncIterator[Any]:
         async for text in texts(self._requests, generation):
             yield self._output(text, generation.finished, generation.content_type)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..admission import Admissions
 from ..errors import HandlerError, InvalidRequest
-from ..generation import Generation
+from ..generation_group import Admitted
 from .drain import chunks
 
 
@@ -36,7 +36,7 @@ class PlainRequests:
         outputs.add(body, key="data")
         return outputs
 
-    def _admit(self, inputs: Any) -> Generation:
+    def _admit(self, inputs: Any) -> Admitted:
         batches = inputs.get_batches()
         if len(batches) != 1:
             raise InvalidRequest("dynamic batching (batch_size > 1) is not supported; use option.rolling_batch")

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..admission import Admissions
 from ..errors import HandlerError
-from ..generation import Generation
+from ..generation_group import Admitted
 
 STEP_WAIT_SECONDS = 5.0  # an empty step is harmless: DJL writes nothing for empty non-last data
 # Set by `lmi serve` on a request whose client went away (real DJL sends no such signal): free it at once. The name is
@@ -23,7 +23,7 @@ DISCONNECTED_PROPERTY = "lmi_client_disconnected"
 
 @dataclass
 class _Slot:
-    generation: Generation | None
+    generation: Admitted | None
     error: HandlerError | None = None
 
     @property
@@ -97,7 +97,7 @@ class RollingBatch:
 
     def _encode(self, outputs: Any, index: int, item: dict[str, Any]) -> None:
         """0.23: JSON `{"data", "last"}`; newest: the whole item binary-encoded, its content type as a property."""
-        if self._requests.dialect == "0.23":
+        if not self._requests.dialect.binary_items:
             outputs.add_as_json({"data": item["data"], "last": item["last"]}, batch_index=index)
             return
         outputs.add(self._requests.output_cls.binary_encode(item), key="data", batch_index=index)

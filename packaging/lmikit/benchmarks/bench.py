@@ -26,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ..djl.dialect import DjlVersion
 from .report import compare_ratios, stack_overheads, write_results
 from .stats import LevelResult, ratio_table, summarize
 from .targets import (
@@ -181,7 +182,7 @@ def run_compare(options: dict[str, Any], console: Console) -> tuple[dict[str, An
         options["threads"],
         max(levels),
         engines=options["engines"].split(","),
-        protocols=options["protocols"].split(","),
+        protocols=[DjlVersion(protocol) for protocol in options["protocols"].split(",")],
         transformers_serve=options["transformers_serve"],
         vllm_python=Path(vllm) if vllm else None,
         naive=options["naive"],

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..djl.dialect import DjlVersion
 from ..server.process import RunningEndpoint, running_endpoint, running_server
 from .stats import RequestRecord
 from .targets import ClosedLoop, Target, container_target, openai_target
 
 START_TIMEOUT_S = 600.0
-PROTOCOLS = ("0.23", "newest")
+PROTOCOLS = tuple(DjlVersion)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -162,7 +163,7 @@ class Plan:
     threads: int
     max_batch: int
     engines: Sequence[str] = ("portable", "continuous")
-    protocols: Sequence[str] = PROTOCOLS
+    protocols: Sequence[DjlVersion] = PROTOCOLS
     transformers_serve: bool = True
     vllm_python: Path | None = None
     naive: bool = True
@@ -177,14 +178,14 @@ class System:
     threads: str
 
 
-def lmi_stack(plan: Plan, protocol: str, engine: str) -> AbstractContextManager[RunningEndpoint]:
+def lmi_stack(plan: Plan, protocol: DjlVersion, engine: str) -> AbstractContextManager[RunningEndpoint]:
     args = [
         "--project-dir",
         str(plan.project_dir),
         "--model-id",
         str(plan.model_dir),
         "--djl-version",
-        protocol,
+        protocol.value,
         "--option",
         f"generation_engine={engine}",
         "--option",
@@ -252,7 +253,7 @@ def started_systems(plan: Plan, say: Callable[[str], None]) -> Iterator[tuple[li
         in_process = f"{plan.threads} (torch.set_num_threads, in this process)"
         systems = [System("generate", GenerateLimit(local), in_process)]
         servers: list[tuple[str, Callable[[], AbstractContextManager[RunningEndpoint]], Callable[[str], Target]]] = [
-            (f"lmi-{protocol}-{engine}", functools.partial(lmi_stack, plan, protocol, engine), container_target)
+            (f"lmi-{protocol.value}-{engine}", functools.partial(lmi_stack, plan, protocol, engine), container_target)
             for engine in plan.engines
             for protocol in plan.protocols
         ]

@@ -11,7 +11,8 @@ The paths run interleaved, `--repeats` times, so that machine drift touches them
 kept and the ratios to `generate` (and portable / continuous) are printed with their range over the repeats. The
 default model is random, SmolLM2-135M-shaped with multi-head attention so that every stack loads it (LMI 0.23's
 transformers 4.30 lacks grouped-query attention); random weights almost never emit eos, so every request runs to its
-length. Runs on Python 3.9 too (the LMI 0.23 tier): only torch, transformers and lmistream are imported.
+length. `--device cuda --dtype fp16` runs every path on the GPU in that dtype (the GPU tier does). Runs on Python 3.9
+too (the LMI 0.23 tier): only torch, transformers and lmistream are imported.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def measure_generate(model: Any, tokenizer: Any, texts: list[str], max_new_token
     rows = [tokenizer.encode(text) for text in texts]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
     start = time.perf_counter()
     with torch.inference_mode():
         model.generate(
@@ -105,19 +106,22 @@ def measure_generate(model: Any, tokenizer: Any, texts: list[str], max_new_token
             min_new_tokens=max_new_tokens,
             pad_token_id=pad,
         )
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
     return len(texts) * max_new_tokens / (time.perf_counter() - start)
 
 
 class EngineDriver:
     """A started engine whose updates are counted per run; `measure` submits a run's requests at once."""
 
-    def __init__(self, name: str, model_dir: Path, batch: int) -> None:
+    def __init__(self, name: str, model_dir: Path, batch: int, dtype: str = "fp32", device: str = "cpu") -> None:
         from lmistream.config import HandlerConfig
         from lmistream.engines import FACTORIES
 
         props = {
             "model_id": str(model_dir),
-            "dtype": "fp32",
+            "dtype": dtype,
+            "device_id": "0" if device == "cuda" else "-1",
             "max_rolling_batch_size": str(batch),
             "generation_engine": name,
         }
@@ -159,18 +163,26 @@ def available_engines() -> list[str]:
 
 
 def run_benchmark(
-    model_dir: Path, concurrencies: Sequence[int], max_new_tokens: int, threads: int, repeats: int
+    model_dir: Path,
+    concurrencies: Sequence[int],
+    max_new_tokens: int,
+    threads: int,
+    repeats: int,
+    dtype: str = "fp32",
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """tok/s of every path at every concurrency (best of the repeats), and the ratios with their ranges."""
+    """tok/s of every path at every concurrency (best of the repeats), and the ratios with their ranges; every path
+    runs on `device` ("cpu" or "cuda", GPU 0) in `dtype` (fp32, fp16, bf16)."""
     import torch
     import transformers
+    from lmistream.engines.loading import DTYPES
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    model = model.float().eval()
-    engines = {name: EngineDriver(name, model_dir, max(concurrencies)) for name in available_engines()}
+    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    engines = {name: EngineDriver(name, model_dir, max(concurrencies), dtype, device) for name in available_engines()}
     samples: Samples = {}
     try:
         for run in range(repeats + 1):  # run 0 warms every path up and is not kept
@@ -195,6 +207,8 @@ def run_benchmark(
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "threads": threads,
+            "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+            "dtype": dtype,
             "max_new_tokens": max_new_tokens,
             "repeats": repeats,
             "model": str(model_dir),
@@ -229,7 +243,8 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         (
             f"Python {stack['python']}, torch {stack['torch']}, transformers {stack['transformers']}, "
-            f"{stack['threads']} threads, {stack['max_new_tokens']} new tokens, best of {stack['repeats']}"
+            f"{stack['device']} in {stack['dtype']}, {stack['threads']} threads, {stack['max_new_tokens']} new tokens, "
+            f"best of {stack['repeats']}"
         ),
         "",
         f"{'path':11} {'c':>3} {'tok/s':>8}",
@@ -250,19 +265,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="measured rounds after a warm-up round")
-    parser.add_argument("--json", action="store_true", help="also print the report as JSON")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every path runs (cuda: GPU 0)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument("--out", type=Path, help="also write the report as JSON here (the README's table reads it)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if str(MODEL_ROOT) not in sys.path:
         sys.path.insert(0, str(MODEL_ROOT))
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         model_dir = args.model or build_bench_model(Path(tmp))
+        concurrencies = [int(c) for c in args.concurrency.split(",")]
         result = run_benchmark(
-            model_dir, [int(c) for c in args.concurrency.split(",")], args.max_new_tokens, args.threads, args.repeats
+            model_dir, concurrencies, args.max_new_tokens, args.threads, args.repeats, args.dtype, args.device
         )
     print(format_report(result))
-    if args.json:
-        print(json.dumps(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -18,21 +18,24 @@ overhead shows. The best run of each level, and the lmi/vLLM ratios (best over b
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import psutil
 
+from ..djl.dialect import DjlVersion
 from ..embedded_model import ensure_smollm2
 from ..server.placement import keep_off_pinned_cpus
 from ..server.process import RunningEndpoint, running_endpoint, running_server
 from .bench import make_prompts
-from .stats import LevelResult, markdown_table, ratio, ratio_table, summarize
+from .stats import LevelResult, Ratio, markdown_table, ratio, ratio_table, summarize
 from .targets import Target, closed_loop, container_target, openai_target
 
 START_TIMEOUT_S = 600.0
@@ -95,7 +98,7 @@ def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[Runni
         "--model-id",
         str(settings.model_dir),
         "--djl-version",
-        "newest",
+        DjlVersion.NEWEST.value,
     ]
     for option in (
         "generation_engine=vllm",
@@ -168,6 +171,26 @@ def _level(
     return level
 
 
+def _ratios(levels: Sequence[Level], systems: Sequence[str], concurrencies: Sequence[int]) -> list[Ratio]:
+    """Each system's tokens/s over vLLM's server's at every level (best over best, and the per-repeat range)."""
+    results = [level.result for level in levels]
+    return [
+        found
+        for system in systems
+        if system != "vllm-openai"
+        for c in concurrencies
+        if (found := ratio(results, system, "vllm-openai", c)) is not None
+    ]
+
+
+def document(levels: Sequence[Level], systems: Sequence[str], concurrencies: Sequence[int]) -> dict[str, Any]:
+    """The run as JSON (every level of every repeat, and the ratios): what the README's vLLM table is rendered from."""
+    return {
+        "results": [{**asdict(level.result), "frontend_ms_per_token": level.frontend_ms_per_token} for level in levels],
+        "ratios": [asdict(r) for r in _ratios(levels, systems, concurrencies)],
+    }
+
+
 def report(levels: Sequence[Level], systems: Sequence[str], concurrencies: Sequence[int]) -> str:
     """Markdown: the best run per system and level, the ratios against vLLM's server, and each best run's frontend
     CPU and TTFT against vLLM's server's."""
@@ -176,14 +199,7 @@ def report(levels: Sequence[Level], systems: Sequence[str], concurrencies: Seque
         key = (level.result.system, level.result.concurrency)
         if key not in best or level.result.tok_s > best[key].result.tok_s:
             best[key] = level
-    results = [level.result for level in levels]
-    ratios = [
-        found
-        for system in systems
-        if system != "vllm-openai"
-        for c in concurrencies
-        if (found := ratio(results, system, "vllm-openai", c)) is not None
-    ]
+    ratios = _ratios(levels, systems, concurrencies)
     lines = ["| system | c | frontend CPU ms/token | TTFT p50 / vllm-openai's |", "| --- | ---: | ---: | ---: |"]
     for (system, c), level in sorted(best.items(), key=lambda item: (item[0][1], item[0][0])):
         reference = best.get(("vllm-openai", c))
@@ -232,6 +248,7 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     text = report(results, names, levels)
     (out / "vllm_bench.md").write_text(text + "\n", encoding="utf-8")
+    (out / "vllm_bench.json").write_text(json.dumps(document(results, names, levels), indent=1) + "\n")
     click.echo(text)
 
 

@@ -133,8 +133,10 @@ def invoke_body_stream(
     body: Mapping[str, Any],
     fmt: str | None = None,
     custom_attributes: str | None = None,
+    inference_component: str | None = None,
 ) -> Stream:
-    """Send any JSON request body with `"stream": true` added; the two functions above build the usual ones."""
+    """Send any JSON request body with `"stream": true` added; the two functions above build the usual ones.
+    `inference_component` routes it to one inference component of the endpoint (a LoRA adapter's, say)."""
     request: dict[str, Any] = {
         "EndpointName": endpoint_name,
         "ContentType": "application/json",
@@ -142,6 +144,8 @@ def invoke_body_stream(
     }
     if custom_attributes is not None:
         request["CustomAttributes"] = custom_attributes
+    if inference_component is not None:
+        request["InferenceComponentName"] = inference_component
     start = time.perf_counter()
     return Stream(client.invoke_endpoint_with_response_stream(**request), fmt=fmt, start=start)
 

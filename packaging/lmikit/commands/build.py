@@ -24,7 +24,12 @@ from .common import DEFAULT_TARBALL, validated_build
     show_default=True,
     help="The image to build for: its Python stack decides requirements.txt and what is checked.",
 )
-def build_command(project_dir: Path, out: Path | None, image: str) -> None:
+@click.option(
+    "--instance-type",
+    help="The instance type to deploy on (e.g. ml.g5.2xlarge): options its device cannot run are refused.",
+)
+def build_command(project_dir: Path, out: Path | None, image: str, instance_type: str | None) -> None:
     """Validate the project for the image, then write a deterministic model.tar.gz."""
-    report = validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, image, Console(stderr=True))
+    console = Console(stderr=True)
+    report = validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, image, console, instance_type)
     click.echo(str(report.path))

@@ -17,7 +17,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .. import autoscaling, aws_deploy, endpoint_logs
+from .. import autoscaling, aws_deploy, components, endpoint_logs
 from ..project import Project
 from .common import DEFAULT_TARBALL, aws_errors, validated_build
 
@@ -74,6 +74,19 @@ def artifact_options(command: _Command) -> _Command:
     help="ContainerStartupHealthCheckTimeoutInSeconds.",
 )
 @click.option("--endpoint-name", help="Endpoint name (default: a unique name from 'lmi-model').")
+@click.option(
+    "--inference-components",
+    is_flag=True,
+    help="Host the model as an inference component (<endpoint>-base) and each LoRA adapter under adapters/ as an "
+    "adapter inference component named like the adapter (needs --wait).",
+)
+@click.option(
+    "--component-memory",
+    default=components.DEFAULT_MEMORY_MB,
+    show_default=True,
+    type=click.IntRange(min=128),
+    help="With --inference-components: MiB of instance memory the base component reserves.",
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the endpoint is InService.")
 @click.option(
     "--poll-delay",
@@ -102,6 +115,8 @@ def deploy_command(
     target_invocations: float,
     health_check_timeout: int,
     endpoint_name: str | None,
+    inference_components: bool,
+    component_memory: int,
     wait: bool,
     poll_delay: float,
     wait_timeout: float,
@@ -109,11 +124,16 @@ def deploy_command(
     """Upload model.tar.gz and create a SageMaker endpoint for it; prints the endpoint name."""
     console = Console(stderr=True)
     scale = _scale_range(autoscale, instance_count, wait)
+    if inference_components and (not wait or scale is not None):
+        raise click.UsageError(
+            "--inference-components creates the components once the endpoint is InService: drop --no-wait; "
+            "--autoscale scales a variant's instances, not components: drop it"
+        )
+    degree = Project.at(project_dir).properties().get("option.tensor_parallel_degree") if tarball is None else None
     with aws_errors():
         if tarball is None:
-            degree = Project.at(project_dir).properties().get("option.tensor_parallel_degree")
             aws_deploy.check_gpus(instance_type, degree)
-            tarball = validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
+            tarball = validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console, instance_type).path
         session = boto3.session.Session()
         if not session.region_name:
             raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")
@@ -123,7 +143,7 @@ def deploy_command(
         key = "/".join(part for part in (prefix.strip("/"), name, "model.tar.gz") if part)
         model_data_url = _upload(session.client("s3"), tarball, bucket, key, console)
         sm_client = session.client("sagemaker")
-        aws_deploy.deploy(
+        deployment = aws_deploy.deploy(
             sm_client,
             endpoint_name=name,
             image_uri=image_uri,
@@ -132,10 +152,21 @@ def deploy_command(
             instance_type=instance_type,
             health_check_timeout=health_check_timeout,
             instance_count=instance_count,
+            for_components=inference_components,
         )
         console.print(f"Creating endpoint [bold]{name}[/] ({instance_count} x {instance_type}, {image_uri})")
         if wait:
             _wait(sm_client, session.client("logs"), name, poll_delay, wait_timeout, console)
+        if inference_components:
+            footprint = components.Footprint(component_memory, _accelerators(instance_type, degree))
+            artifacts = components.adapter_artifacts(tarball)
+            folder = key.rsplit("/", 1)[0]
+            s3_client = session.client("s3")
+            uploads = {
+                adapter: _upload_bytes(s3_client, content, bucket, f"{folder}/adapters/{adapter}.tar.gz")
+                for adapter, content in artifacts.items()
+            }
+            _create_components(sm_client, deployment, footprint, uploads, poll_delay, wait_timeout, console)
         if scale is not None:
             autoscaling.enable(session.client("application-autoscaling"), name, *scale, target_invocations)
             console.print(
@@ -213,6 +244,45 @@ def _scale_range(autoscale: str | None, instance_count: int, wait: bool) -> tupl
     if not wait:
         raise click.UsageError("--autoscale registers the variant once it is InService: drop --no-wait")
     return low, high
+
+
+def _accelerators(instance_type: str, degree: str | None) -> int:
+    """The GPUs the base component takes: option.tensor_parallel_degree's (every GPU for max), none without GPUs."""
+    gpus = aws_deploy.instance_gpus(instance_type)
+    if not gpus:
+        return 0
+    value = (degree or "1").strip()
+    return int(value) if value.isdigit() else gpus
+
+
+def _upload_bytes(s3_client: Any, content: bytes, bucket: str, key: str) -> str:
+    s3_client.put_object(Bucket=bucket, Key=key, Body=content)
+    return f"s3://{bucket}/{key}"
+
+
+def _create_components(
+    sm_client: Any,
+    deployment: aws_deploy.Deployment,
+    footprint: components.Footprint,
+    adapters: dict[str, str],
+    delay: float,
+    timeout: float,
+    console: Console,
+) -> None:
+    """The base component, then one adapter component per adapter artifact, each waited for until InService."""
+    base = components.create_base_component(sm_client, deployment, footprint)
+    _wait_component(sm_client, base, delay, timeout, console)
+    for adapter, url in adapters.items():
+        components.create_adapter_component(sm_client, deployment.endpoint_name, base, adapter, url)
+        _wait_component(sm_client, adapter, delay, timeout, console)
+
+
+def _wait_component(sm_client: Any, name: str, delay: float, timeout: float, console: Console) -> None:
+    with console.status(f"{name}: creating") as status:
+        components.wait_for_component(
+            sm_client, name, delay=delay, timeout=timeout, on_status=lambda state: status.update(f"{name}: {state}")
+        )
+    console.print(f"Inference component [bold]{name}[/] is InService")
 
 
 def _upload(s3_client: Any, tarball: Path, bucket: str, key: str, console: Console) -> str:

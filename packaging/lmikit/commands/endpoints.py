@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .. import autoscaling, aws_deploy, endpoint_logs
+from .. import autoscaling, aws_deploy, components, endpoint_logs
 from .common import aws_errors
 
 
@@ -69,13 +69,27 @@ def _sleep(seconds: float) -> bool:
 @click.command("delete")
 @click.option("--endpoint", "endpoint_name", required=True, help="Endpoint to delete.")
 @click.option("--artifacts", is_flag=True, help="Also delete the model.tar.gz the model points at in S3.")
-def delete_command(endpoint_name: str, artifacts: bool) -> None:
-    """Delete an endpoint, its endpoint config and model (and the S3 artifact); missing ones are skipped."""
+@click.option(
+    "--poll-delay",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between checks that inference components are gone.",
+)
+def delete_command(endpoint_name: str, artifacts: bool, poll_delay: float) -> None:
+    """Delete an endpoint, its inference components first (adapters before their base), its endpoint config and
+    model (and the S3 artifact); missing ones are skipped."""
     console = Console(stderr=True)
     with aws_errors():
         session = boto3.session.Session()
+        sm_client = session.client("sagemaker")
         deleted = autoscaling.disable(session.client("application-autoscaling"), endpoint_name)
-        deleted += aws_deploy.delete(session.client("sagemaker"), session.client("s3"), endpoint_name, artifacts)
+        models: list[str] = []
+        if components.hosts_components(sm_client, endpoint_name):
+            with console.status(f"{endpoint_name}: deleting its inference components"):
+                removed, models = components.delete_components(sm_client, endpoint_name, delay=poll_delay)
+            deleted += removed
+        deleted += aws_deploy.delete(sm_client, session.client("s3"), endpoint_name, artifacts, models)
     for item in deleted:
         console.print(f"deleted {item}")
     if not deleted:

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lmikit.djl import standin
+from lmikit.djl.dialect import DjlDialect
 
 HTML_ESCAPES = str.maketrans(
     {
@@ -109,10 +110,10 @@ def gson(value: Any, pretty: bool = False) -> str:
     return text.translate(HTML_ESCAPES)
 
 
-def gson_output(code: int, message: str, version: str) -> str:
+def gson_output(code: int, message: str, dialect: DjlDialect) -> str:
     """`JsonUtils.GSON.toJson(new Output(code, message))`, the error chunk of the rolling-batch failure branch."""
     body: dict[str, Any] = {"code": code, "message": message, "properties": {}, "content": {"keys": [], "values": []}}
-    if version == "newest":
+    if dialect.output_cancelled_field:
         body["cancelled"] = False
     return gson(body)
 

@@ -1,7 +1,7 @@
 """Load a model dir's entry point the way DJL's Python engine does, in this process.
 
-"0.23": `importlib.import_module("model")` with the model dir on sys.path (a fresh import each load).
-"newest": `spec_from_file_location("model_<md5(path)[:8]>", path)`, executed once for the handler and twice
+0.23: `importlib.import_module("model")` with the model dir on sys.path (a fresh import each load).
+The newest: `spec_from_file_location("model_<md5(path)[:8]>", path)`, executed once for the handler and twice
 more while the engine looks for `@output_formatter` / `@input_formatter` functions, so top-level code runs
 three times and the decorated functions come from other module instances than the handler.
 
@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from lmikit.djl import standin
+from lmikit.djl.dialect import DjlVersion
 
 _FORMATTER_ATTRIBUTES = {"output_formatter": "is_output_formatter", "input_formatter": "is_input_formatter"}
 
@@ -68,7 +69,7 @@ def model_environment(model_dir: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def load_entry_point(
-    model_dir: str | os.PathLike[str], version: str, handler: str = "handle", entry_point: str = "model.py"
+    model_dir: str | os.PathLike[str], version: DjlVersion, handler: str = "handle", entry_point: str = "model.py"
 ) -> EntryPoint:
     """Install the `version` djl_python stand-in (unless a real one exists) and load the entry point.
 
@@ -77,7 +78,7 @@ def load_entry_point(
     """
     standin.install(version)
     directory = str(Path(model_dir).resolve())
-    if version == "0.23":
+    if not DjlVersion(version).dialect.decorated_formatters:
         module = _load_023(directory, entry_point)
         return EntryPoint(module, directory, handler)
     module = _load_newest(directory, entry_point)

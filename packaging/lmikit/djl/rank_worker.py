@@ -15,6 +15,7 @@ import sys
 from multiprocessing.connection import Client
 
 from lmikit.djl import wire
+from lmikit.djl.dialect import DjlVersion
 from lmikit.djl.loader import enter_model_environment, load_entry_point
 
 AUTHKEY_ENV = "LMI_RANK_AUTHKEY"
@@ -35,14 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--entry-point", default="model.py")
     parser.add_argument("--handler", default="handle")
-    parser.add_argument("--djl-version", choices=["0.23", "newest"], required=True)
+    parser.add_argument("--djl-version", choices=[version.value for version in DjlVersion], required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[rank %(process)d] %(levelname)s %(name)s: %(message)s")
     rank = _rank_environment()
     connection = Client(f"{args.socket}.{rank}", family="AF_UNIX", authkey=bytes.fromhex(os.environ[AUTHKEY_ENV]))
     connection.send(os.getpid())  # under mpirun the launcher knows only mpirun's own pid
     enter_model_environment(args.model_dir)
-    entry = load_entry_point(args.model_dir, args.djl_version, args.handler, args.entry_point)
+    entry = load_entry_point(args.model_dir, DjlVersion(args.djl_version), args.handler, args.entry_point)
     djl = sys.modules["djl_python"]
     while True:
         try:

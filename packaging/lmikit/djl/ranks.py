@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lmikit.djl import standin, wire
+from lmikit.djl.dialect import DjlVersion
 from lmikit.djl.rank_worker import AUTHKEY_ENV
 from lmikit.server.process import free_port
 
@@ -47,13 +48,14 @@ class RankGroup:
 
     degree: int
     model_dir: Path
-    djl_version: str
+    djl_version: DjlVersion
     handler: str = "handle"
     entry_point: str = "model.py"
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     launcher: str = "auto"  # "mpirun", "processes", or "auto": mpirun when it is on PATH
 
     def __post_init__(self) -> None:
+        self.djl_version = DjlVersion(self.djl_version)
         self._djl = standin.install(self.djl_version)
         self._dir = tempfile.mkdtemp(prefix="lmi-ranks-")
         self._authkey = secrets.token_bytes(16)
@@ -106,7 +108,7 @@ class RankGroup:
         """One handler call, sent and answered as DJL does for this version."""
         data = wire.from_input(inputs)
         init = not data["content"]
-        targets = list(range(self.degree)) if (self.djl_version == "0.23" or init) else [0]
+        targets = list(range(self.degree)) if (self.djl_version.dialect.all_ranks_step or init) else [0]
         with self._lock:
             self._check()
             for rank in targets:
@@ -141,7 +143,7 @@ class RankGroup:
             "--handler",
             self.handler,
             "--djl-version",
-            self.djl_version,
+            self.djl_version.value,
         ]
         if self.launcher == "mpirun":
             exported = [

@@ -1,6 +1,6 @@
 """Faithful stand-ins for `djl_python` (`PairList`, `Input`, `Output`) in the two flavours a handler can meet.
 
-"0.23" follows the 0.23.0-dlc branch and "newest" follows master (0.36): they differ in the batch key encoding
+0.23 follows the 0.23.0-dlc branch and the newest follows master (0.36): they differ in the batch key encoding
 `get_batches` parses, the default `Output.error` message, and the newest-only `Output.binary_encode`,
 `get_properties` and `get_property`. Handlers feature-detect with `hasattr(Output, "binary_encode")`.
 
@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from lmikit.djl.dialect import DjlVersion
+
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
 
-VERSIONS = ("0.23", "newest")
 _MARK = "__lmikit_standin__"
 _BATCH_KEY_023 = re.compile(r"batch_(\d+)\.(.*)")
 
@@ -400,8 +401,8 @@ def _read_utf8(view: memoryview, offset: int) -> tuple[str | None, int]:
     return bytes(view[offset : offset + length]).decode("utf-8"), offset + length
 
 
-_FLAVOURS = {"0.23": (_Input023, _Output023), "newest": (_InputNewest, _OutputNewest)}
-_BUILT: dict[str, ModuleType] = {}
+_FLAVOURS = {DjlVersion.LMI_0_23: (_Input023, _Output023), DjlVersion.NEWEST: (_InputNewest, _OutputNewest)}
+_BUILT: dict[DjlVersion, ModuleType] = {}
 
 
 def _named(cls: type, name: str, module: str) -> type:
@@ -409,11 +410,11 @@ def _named(cls: type, name: str, module: str) -> type:
     return type(name, (cls,), {"__module__": module, "__qualname__": name})
 
 
-def _build(version: str) -> ModuleType:
+def _build(version: DjlVersion) -> ModuleType:
     input_cls, output_cls = _FLAVOURS[version]
-    package = ModuleType("djl_python", f"djl_python stand-in ({version}) from lmikit")
+    package = ModuleType("djl_python", f"djl_python stand-in ({version.value}) from lmikit")
     package.__path__ = []
-    setattr(package, _MARK, version)
+    setattr(package, _MARK, version.value)
     pair_list_cls = _named(PairList, "PairList", "djl_python.pair_list")
     input_public = _named(input_cls, "Input", "djl_python.inputs")
     output_public = _named(output_cls, "Output", "djl_python.outputs")
@@ -440,11 +441,10 @@ def _real_djl_python() -> ModuleType | None:
     return importlib.import_module("djl_python")
 
 
-def install(version: str) -> ModuleType:
+def install(version: DjlVersion) -> ModuleType:
     """Make `import djl_python` yield the `version` flavour (one module object per flavour, reused on
     re-install); if a real djl_python is importable, return it untouched instead."""
-    if version not in VERSIONS:
-        raise ValueError(f"unknown DJL flavour {version!r}; expected one of {VERSIONS}")
+    version = DjlVersion(version)  # a ValueError names an unknown flavour
     real = _real_djl_python()
     if real is not None:
         return real

@@ -4,13 +4,13 @@
 `GET /metrics` is Prometheus text (`metrics`). `POST /invocations` goes through the DJL frontend replay and is
 written out with HTTP/1.1 chunked encoding, one chunk as soon as the handler produces it;
 `POST /endpoints/{name}/invocations[-response-stream]` is the SageMaker runtime API over the same frontend.
-`POST /v1/chat/completions` and `GET /v1/models` let OpenAI clients in: chat bodies go to the same handler and the
+`POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models` let OpenAI clients in: their bodies go to the same handler and the
 same batch as `/invocations`, and their errors come back in OpenAI's shape (`openai_api`). A client that disconnects
 mid-stream has its response cancelled.
 
 It runs on uvicorn and starlette: with the standard library's `http.server` (a listen backlog of 5, one thread per
 connection) 64 simultaneous clients saw connection resets and /ping timeouts. Request bodies may be chunked; a body
-over `MAX_BODY_BYTES` gets 413, an oversized header block 431/400 from uvicorn, a malformed Content-Length 400. The
+over `MAX_BODY_BYTES` gets 413, an oversized header block 431/400 from uvicorn, a malformed Content-Length 400 naming the header (`h11_protocol`). The
 frontend's responses are read on the event loop (`relay`): the frontend's thread that produces a chunk wakes the
 loop, and no thread waits per stream; a slow client holds its own response's chunks only (see `relay`).
 """
@@ -33,8 +33,9 @@ from starlette.routing import Route
 
 from lmikit.djl.driver import Frontend
 from lmikit.djl.response import BackendError, Head
+from lmikit.server.h11_protocol import NamingH11Protocol
 from lmikit.server.metrics import RequestTrack, ServeMetrics
-from lmikit.server.openai_api import models_list, openai_error, read_chat_body
+from lmikit.server.openai_api import models_list, openai_error, read_openai_body
 from lmikit.server.relay import AsyncResponse, LoopWaker
 from lmikit.server.runtime import (
     ContainerFailed,
@@ -83,6 +84,7 @@ class LocalEndpoint:
             Route("/invocations", self._invocations, methods=["POST"]),
             Route("/endpoints/{path:path}", self._runtime, methods=["POST"]),
             Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
         ]
         config = uvicorn.Config(
@@ -90,6 +92,7 @@ class LocalEndpoint:
             log_level="warning",
             access_log=False,
             backlog=BACKLOG,
+            http=NamingH11Protocol,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             timeout_keep_alive=75,
         )
@@ -131,10 +134,17 @@ class LocalEndpoint:
         return await self._forward(list(request.headers.items()), body, track)
 
     async def _chat_completions(self, request: Request) -> HTTPResponse:
-        track = self.metrics.start("chat")
+        return await self._openai(request, "chat")
+
+    async def _completions(self, request: Request) -> HTTPResponse:
+        return await self._openai(request, "completions")
+
+    async def _openai(self, request: Request, route: str) -> HTTPResponse:
+        """An OpenAI route: its body checked, then the same handler and batch as `/invocations`."""
+        track = self.metrics.start(route)
         refusal, body = await self._admit(request)
         if refusal is None:
-            problem, answer_type = read_chat_body(body)
+            problem, answer_type = read_openai_body(body, route)
             if problem is None:
                 headers = [("content-type", "application/json")]
                 return await self._forward(headers, body, track, shape_error=openai_error, content_type=answer_type)
@@ -145,7 +155,7 @@ class LocalEndpoint:
         return HTTPResponse(openai_error(status, content), status_code=status, media_type="application/json")
 
     async def _models(self, request: Request) -> HTTPResponse:
-        return _json(200, models_list(self.served_model, self._created))
+        return _json(200, models_list(self.served_model, self._created, self.runtime.adapters))
 
     async def _forward(
         self,

@@ -16,14 +16,18 @@ _PRELUDE = struct.Struct(">II")
 _CRC = struct.Struct(">I")
 _STRING_HEADER = struct.Struct(">BH")
 _STRING_TYPE = 7
-_MAX_PAYLOAD = 24 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 24 * 1024 * 1024  # botocore refuses a message whose payload is longer (InvalidPayloadLength)
 EXCEPTION_TYPES = ("ModelStreamError", "InternalStreamFailure")
+
+
+class PayloadTooLarge(ValueError):
+    """A payload longer than one event-stream message may carry."""
 
 
 def encode_message(headers: Mapping[str, str], payload: bytes) -> bytes:
     """Frame `payload` with string `headers` into one event-stream message."""
-    if len(payload) > _MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds the 24 MiB event-stream limit")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"a response part of {len(payload)} bytes exceeds the 24 MiB event-stream limit")
     header_bytes = b"".join(_encode_header(name, value) for name, value in headers.items())
     prelude = _PRELUDE.pack(12 + len(header_bytes) + len(payload) + 4, len(header_bytes))
     message = prelude + _CRC.pack(zlib.crc32(prelude)) + header_bytes + payload

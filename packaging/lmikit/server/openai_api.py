@@ -1,4 +1,4 @@
-"""The OpenAI side of `lmi serve`: what `/v1/chat/completions` checks before the handler, how its errors look, and
+"""The OpenAI side of `lmi serve`: what `/v1/chat/completions` and `/v1/completions` check before the handler, how its errors look, and
 the `/v1/models` list. Pure: bytes and dicts in, bytes and dicts out.
 
 The handler itself answers chat bodies in OpenAI's shapes; what lands here is what DJL shapes on its own (the newest
@@ -20,19 +20,21 @@ _TYPES = {
 }
 
 
-def read_chat_body(body: bytes) -> tuple[str | None, str]:
-    """Why a body cannot be a chat completion request (None when it can: the handler validates the rest), and the
-    content type of its answer. DJL 0.23 labels every rolling-batch response with the one content type of
-    `option.output_formatter`; this route labels a chat answer as what it is."""
+#: what each OpenAI route needs in its body, and the API that defines it
+ROUTE_BODIES = {"chat": ("messages", "chat completions"), "completions": ("prompt", "completions")}
+
+
+def read_openai_body(body: bytes, route: str) -> tuple[str | None, str]:
+    """Why a body cannot be a request of this OpenAI route (None when it can: the handler validates the rest), and
+    the content type of its answer. DJL 0.23 labels every rolling-batch response with the one content type of
+    `option.output_formatter`; these routes label an answer as what it is."""
+    field, api = ROUTE_BODIES[route]
     try:
         payload = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "request body is not valid JSON", "application/json"
-    if not isinstance(payload, dict) or "messages" not in payload:
-        return (
-            'request body must be a JSON object with "messages", as OpenAI\'s chat completions API takes',
-            "application/json",
-        )
+    if not isinstance(payload, dict) or field not in payload or "inputs" in payload:
+        return f'request body must be a JSON object with "{field}", as OpenAI\'s {api} API takes', "application/json"
     return None, "text/event-stream" if payload.get("stream") is True else "application/json"
 
 
@@ -53,6 +55,10 @@ def openai_error(status: int, content: bytes, param: str | None = None) -> bytes
     return json.dumps({"error": error}).encode()
 
 
-def models_list(model: str, created: int) -> dict[str, Any]:
-    """`GET /v1/models`: the one model this endpoint serves."""
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": created, "owned_by": "lmikit"}]}
+def models_list(model: str, created: int, adapters: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`GET /v1/models`: the model this endpoint serves, then its LoRA adapters (each names itself as `model`)."""
+    entries = [{"id": model, "object": "model", "created": created, "owned_by": "lmikit"}]
+    entries += [
+        {"id": name, "object": "model", "created": created, "owned_by": "lmikit", "parent": model} for name in adapters
+    ]
+    return {"object": "list", "data": entries}

@@ -2,9 +2,8 @@
 
 vLLM's CPU build pins each worker's OpenMP threads to CPUs of their own and leaves the rest for its scheduler and
 the frontend, but nothing moves the frontend there: the server's HTTP, DJL-replay and engine-loop threads run
-wherever Linux puts them, and each time one lands on a worker's CPU it stalls a decode step. On the 2-core box,
-moving `lmi serve`'s threads off vLLM's worker CPU gave 1.11-1.17x the tokens/s at 8 streams, and vLLM's own
-server gained as much (docs/bench/vllm-profile.md). Which CPUs are pinned is read from the worker threads' own affinity
+wherever Linux puts them, and each time one lands on a worker's CPU it stalls a decode step (what the move is
+worth: docs/bench/vllm-profile.md). Which CPUs are pinned is read from the worker threads' own affinity
 masks, so any engine that pins its workers gets the same treatment and any other is left alone
 (`VLLM_CPU_OMP_THREADS_BIND=nobind` turns vLLM's pinning, and so this, off). Written here because no library moves
 a process off CPUs its children claim; psutil lists the threads and `os.sched_setaffinity` moves them (Linux).

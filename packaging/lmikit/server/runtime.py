@@ -28,7 +28,10 @@ from urllib.parse import unquote, urlsplit
 import botocore.session
 from botocore.model import Shape
 
-from lmikit.server.eventstream import exception_frame, payload_part
+from lmikit.server.eventstream import PayloadTooLarge, exception_frame, payload_part
+
+#: the header an adapter inference component adds on SageMaker (the handler reads it; the two never import each other)
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 
 ACCOUNT = "123456789012"
 STREAM = "InvokeEndpointWithResponseStream"
@@ -78,6 +81,8 @@ class RuntimeConfig:
     stream_time_limit: float = 480.0  # whole streamed response; the service's value is not documented
     invoke_time_limit: float = 60.0  # InvokeEndpoint: "respond to requests within 60 seconds"
     variant: str = "AllTraffic"
+    #: the LoRA adapters the model serves: InferenceComponentName naming one reaches the container as its adapter
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,15 +152,23 @@ def validate(
     return None
 
 
-def container_headers(runtime_headers: Headers, operation: str = STREAM) -> dict[str, str]:
-    """The headers the container sees: Content-Type, Accept (the operation's accept header), custom attributes."""
+def container_headers(
+    runtime_headers: Headers, operation: str = STREAM, adapters: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The headers the container sees: Content-Type, Accept (the operation's accept header), custom attributes, and
+    the inference component; one that names an adapter sets the adapter header, as an adapter inference component
+    does on SageMaker (any other name is the base model's component)."""
     present = _lower(runtime_headers)
+    component = _header_name(operation, "InferenceComponentName")
     wanted = {
         "Content-Type": "Content-Type",
         "Accept": _header_name(operation, "Accept"),
         _CUSTOM_ATTRIBUTES: _CUSTOM_ATTRIBUTES,
+        component: component,
     }
     found = {name: present.get(source.lower()) for name, source in wanted.items()}
+    if found[component] in adapters:
+        found[ADAPTER_HEADER] = found[component]
     return {name: value for name, value in found.items() if value is not None}
 
 
@@ -168,8 +181,10 @@ async def stream_frames(
     """Event-stream frames for a container response: one PayloadPart per non-empty chunk, as it arrives.
 
     Ends after the last chunk; a container failure gives a ModelStreamError frame (StreamBroken), no end by
-    `deadline` (a `clock` reading) one with ModelInvocationTimeExceeded, after cancel(). Closing the frames early,
-    or cancelling a wait (the client gone), also cancels the container request.
+    `deadline` (a `clock` reading) one with ModelInvocationTimeExceeded, after cancel(). A chunk over the 24 MiB
+    that one event-stream message holds gives an InternalStreamFailure frame naming its size (what the service sends
+    then is not documented; a frame botocore cannot read would fail the client with a parser error). Closing the
+    frames early, or cancelling a wait (the client gone), also cancels the container request.
     """
     try:
         while (chunk := await response.next_chunk(deadline - clock())) is not None:
@@ -180,6 +195,8 @@ async def stream_frames(
         final = exception_frame("ModelStreamError", STREAM_TIMEOUT_MESSAGE, "ModelInvocationTimeExceeded")
     except ContainerFailed:
         final = exception_frame("ModelStreamError", STREAM_BROKEN_MESSAGE, "StreamBroken")
+    except PayloadTooLarge as too_large:
+        final = exception_frame("InternalStreamFailure", str(too_large))
     except BaseException:  # closed early (GeneratorExit) or cancelled
         response.cancel()
         raise
@@ -216,7 +233,7 @@ async def answer_runtime_request(
     if refusal is not None:
         return refusal
     try:
-        response = submit(container_headers(headers, operation), body)
+        response = submit(container_headers(headers, operation, config.adapters), body)
     except Exception as error:  # the container refused the request: the service reports a model error
         return _fault_answer(model_error(500, str(error), config), request_id)
     if operation == STREAM:
