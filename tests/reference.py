@@ -78,6 +78,15 @@ class ReferenceModel:
         tops = positions.topk(count, dim=-1)
         return [list(zip(ids.tolist(), values.tolist())) for values, ids in zip(tops.values, tops.indices)]
 
+    def prompt_log_probs(self, prompt: str) -> list[tuple[int, float | None]]:
+        """Each prompt token and its log-probability given the tokens before it (the first has none), from one
+        forward pass over the prompt."""
+        ids = self.tokenizer.encode(prompt)
+        with torch.inference_mode():
+            log_probs = self.model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(dim=-1)
+        picked = log_probs.gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1).tolist()
+        return list(zip(ids, [None, *picked]))
+
     def sample(self, prompt: str, max_new_tokens: int, seed: int, **settings: float) -> tuple[int, ...]:
         """Sampled continuation from the global generator seeded with `seed` (top-k and top-p off unless given)."""
         prompt_ids = self.tokenizer.encode(prompt)

@@ -102,3 +102,24 @@ def test_vllm_and_tgi_parameters_are_read():
     assert (params.min_p, params.frequency_penalty, params.presence_penalty) == (0.05, 0.5, -0.25)
     assert params.stop_token_ids == (2, 7) and params.ignore_eos and params.truncate == 12
     assert parse({"inputs": "x", "parameters": {"ignore_eos": True}}).params.ignore_eos
+
+
+def test_tgis_best_of_and_decoder_input_details_and_djls_n_are_read():
+    params = parse({"inputs": "x", "parameters": {"decoder_input_details": True, "best_of": 3, "temperature": 0.7}})
+    assert params.params.prompt_logprobs and params.params.best_of == 3 and params.params.do_sample
+    assert parse({"inputs": "x", "parameters": {"n": 4}}).params.n == 4
+
+
+@pytest.mark.parametrize(
+    "parameters,field,fragment",
+    [
+        ({"best_of": 2}, "parameters.best_of", "needs sampling"),
+        ({"best_of": 2, "n": 2, "do_sample": True}, "parameters.best_of", "not both"),
+        ({"n": 17}, "parameters.n", "between 1 and 16"),
+        ({"best_of": 0, "do_sample": True}, "parameters.best_of", "between 1 and 16"),
+    ],
+)
+def test_several_sequences_follow_tgis_rules(parameters, field, fragment):
+    with pytest.raises(InvalidRequest) as caught:
+        parse({"inputs": "x", "parameters": parameters})
+    assert caught.value.param == field and fragment in caught.value.message, caught.value.message

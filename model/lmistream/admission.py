@@ -25,7 +25,17 @@ from .completions import completion_request, is_completion
 from .config import HandlerConfig
 from .engine import Engine
 from .errors import ConfigError, HandlerError, InvalidRequest
-from .formatters import REGISTRY, Custom, Formatter, JsonNewest, StreamEvent, TgiJson, builtin_names
+from .formatters import (
+    REGISTRY,
+    Custom,
+    Formatter,
+    JsonNewest,
+    SequenceJson,
+    StreamEvent,
+    TgiJson,
+    builtin_names,
+    sequences_answer,
+)
 from .generation import Generation
 from .generation_group import Admitted, GenerationGroup
 from .hub import UpdateHub
@@ -88,6 +98,8 @@ class Admissions:
         request = self._request(payload, adapter)
         if request.chat is not None and request.chat.n > 1:
             return self._admit_choices(request, rolling, client)
+        if request.params.n > 1 or request.params.best_of > 1:
+            return self._admit_sequences(request, rolling, client)
         prompt_ids = self._prompt_ids(request)
         request_id = f"req-{next(self._ids)}"
         generation = Generation(
@@ -105,6 +117,11 @@ class Admissions:
     def _admit_batch(self, payload: dict[str, Any], prompts: list[str], adapter: str | None) -> GenerationGroup:
         """A list of `inputs`: every prompt validated and tokenized first, then each submitted as its own row."""
         requests = [self._request({**payload, "inputs": prompt}, adapter) for prompt in prompts]
+        if requests[0].params.n > 1 or requests[0].params.best_of > 1:
+            name = "n" if requests[0].params.n > 1 else "best_of"
+            raise InvalidRequest(
+                f"parameters.{name} > 1 takes one prompt, not a list of inputs", param=f"parameters.{name}"
+            )
         if requests[0].params.top_logprobs:
             raise InvalidRequest(
                 "parameters.top_n_tokens is answered in TGI's server-sent events only, not for a list of inputs",
@@ -127,24 +144,72 @@ class Admissions:
         """OpenAI's `n`: the prompt once, each choice its own row (a given seed: seed + i for choice i), one answer."""
         assert request.chat is not None  # only OpenAI requests ask for choices
         n = request.chat.n
-        if n > self.config.max_rolling_batch_size:
-            raise InvalidRequest(
-                f"n={n} asks for more rows than option.max_rolling_batch_size={self.config.max_rolling_batch_size}",
-                param="n",
-            )
+        self._check_rows(n, "n")
         prompt_ids = self._prompt_ids(request)
         request_id = f"req-{next(self._ids)}"
         members = []
         for index in range(n):
-            seed = None if request.params.seed is None else (request.params.seed + index) % 2**63
             choice = replace(
-                request, params=replace(request.params, seed=seed), chat=replace(request.chat, index=index)
+                request,
+                params=replace(request.params, seed=_seed(request, index)),
+                chat=replace(request.chat, index=index),
             )
             formatter = self._formatter(choice, rolling, request_id, len(prompt_ids), client)
             members.append(
                 Generation(f"{request_id}.{index}", choice, self.engine.tokenizer, formatter, True, len(prompt_ids))
             )
         return self._start_group(GenerationGroup(request_id, members, merge_choices), [prompt_ids] * n)
+
+    def _admit_sequences(self, request: GenerationRequest, rolling: bool, client: ClientHeaders) -> GenerationGroup:
+        """DJL's `n` and TGI's `best_of` on the LMI body: the prompt once, each sequence its own row (a given seed:
+        seed + i for sequence i; best_of's rows report their tokens' log-probabilities, which rank them); one answer
+        in DJL newest's shape (`sequences_answer`), so only where the json formatter answers whole."""
+        params = request.params
+        name, count = ("best_of", params.best_of) if params.best_of > 1 else ("n", params.n)
+        field = f"parameters.{name}"
+        self._check_rows(count, field)
+        shape = self._shape(request, rolling, "", 0, client)
+        if not isinstance(shape, JsonNewest):  # the format that answers whole
+            raise InvalidRequest(
+                f"{field} > 1 is answered as one JSON body (newest LMI's json format, or TGI's with "
+                'option.tgi_compat), not streamed nor in another format: send "stream": false',
+                param=field,
+            )
+        prompt_ids = self._prompt_ids(request)
+        request_id = f"req-{next(self._ids)}"
+        tgi = isinstance(shape, TgiJson)
+        members = []
+        for index in range(count):
+            member = replace(
+                params,
+                seed=_seed(request, index),
+                n=1,
+                best_of=1,
+                logprobs=params.logprobs or name == "best_of",  # best_of ranks by them
+                prompt_logprobs=params.prompt_logprobs and index == 0,
+            )
+            members.append(
+                Generation(
+                    f"{request_id}.{index}",
+                    replace(request, params=member),
+                    self.engine.tokenizer,
+                    SequenceJson(tgi, top_tokens=params.top_logprobs > 0),
+                    True,
+                    len(prompt_ids),
+                )
+            )
+
+        def compose(answers: list[str]) -> str:
+            return sequences_answer(answers, request.inputs, likeliest=name == "best_of", tgi=tgi)
+
+        return self._start_group(GenerationGroup(request_id, members, compose), [prompt_ids] * count)
+
+    def _check_rows(self, count: int, field: str) -> None:
+        limit = self.config.max_rolling_batch_size
+        if count > limit:
+            raise InvalidRequest(
+                f"{field}={count} asks for more rows than option.max_rolling_batch_size={limit}", param=field
+            )
 
     def _start_group(self, group: GenerationGroup, prompt_ids: list[list[int]]) -> GenerationGroup:
         self.hub.open(group.request_id, group.member_ids)
@@ -227,6 +292,12 @@ class Admissions:
     ) -> Formatter:
         """The request's formatter; one that cannot show top tokens refuses a request asking for them."""
         formatter = self._shape(request, rolling, request_id, prompt_tokens, client)
+        if request.params.prompt_logprobs and not formatter.prefill:
+            raise InvalidRequest(
+                "parameters.decoder_input_details is answered in one body (newest LMI's json or jsonlines, TGI's "
+                "json), not when streaming tokens (TGI's rule) nor in LMI 0.23's formats: send \"stream\": false",
+                param="parameters.decoder_input_details",
+            )
         if request.params.top_logprobs and not formatter.top_tokens:
             raise InvalidRequest(
                 'parameters.top_n_tokens is answered in TGI\'s server-sent events only ("stream": true, without '
@@ -327,6 +398,11 @@ class ClientHeaders:
         if "hf_hub/" in self.user_agent.lower():
             return "sse" if stream is True else "json"
         return None
+
+
+def _seed(request: GenerationRequest, index: int) -> int | None:
+    """Row `index`'s seed among several of one request: the request's seed + index (None: each row draws its own)."""
+    return None if request.params.seed is None else (request.params.seed + index) % 2**63
 
 
 def _sequence_limit(config: HandlerConfig, model_limit: int) -> int:

@@ -49,6 +49,9 @@ class EngineUpdate:
     log_probs: tuple[float | None, ...] = ()
     #: per token, the most likely alternatives as (token id, log-probability), when the request asks for them
     top_log_probs: tuple[tuple[tuple[int, float], ...], ...] = ()
+    #: the prompt's tokens as (token id, log-probability; None for the first), on a request's first update when it
+    #: asks for them (`decoder_input_details`)
+    prefill: tuple[tuple[int, float | None], ...] = ()
     finished: bool = False
     error: str | None = None
     #: the HTTP status of an error update (DJL's 424; 507 when the engine ran out of memory)

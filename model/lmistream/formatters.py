@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from .dialect import DjlGeneration
 from .errors import error_body
-from .textstream import FinishReason, Token
+from .textstream import FinishReason, Token, TopToken
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,34 @@ class StreamEvent:
     error: str | None = None
     code: int | None = None
     seed: int | None = None  # the request's seed, for details
+    #: the prompt's tokens and their log-probabilities (the first None), when asked (`decoder_input_details`)
+    prefill: tuple[Token, ...] | None = None
 
     @property
     def text(self) -> str:
         return self.token.text if self.token else ""
 
-    def details_dict(self) -> dict[str, Any]:
-        out = {"finish_reason": _reason(self), "generated_tokens": self.generated_tokens}
+    def details_dict(self, tgi: bool = False) -> dict[str, Any]:
+        """DJL's details: TGI's token fields (`logprob`, `special`) with option.tgi_compat, LMI's otherwise."""
+        out: dict[str, Any] = {"finish_reason": _reason(self), "generated_tokens": self.generated_tokens}
         if self.inputs is not None:
             out["inputs"] = self.inputs
+        if self.prefill is not None:
+            out["prefill"] = [token_dict(token, tgi) for token in self.prefill]
         return out
+
+
+def token_dict(token: Token | TopToken, tgi: bool) -> dict[str, Any]:
+    """A token as DJL's `Token.as_tgi_dict` (tgi) or `Token.as_dict` writes it: `special` only when it is."""
+    if tgi:
+        out: dict[str, Any] = {"id": token.id, "text": token.text, "logprob": token.log_prob}
+        if token.special:
+            out["special"] = True
+        return out
+    out = {"id": token.id, "text": token.text, "log_prob": token.log_prob}
+    if token.special:
+        out["special_token"] = True
+    return out
 
 
 def _reason(event: StreamEvent) -> str | None:
@@ -53,6 +71,7 @@ class Formatter:
 
     content_type = "text/plain"
     top_tokens = False  # whether its output shows each token's most likely alternatives
+    prefill = False  # whether its output shows the prompt's tokens (`decoder_input_details`)
 
     def write(self, event: StreamEvent) -> str:
         raise NotImplementedError
@@ -109,13 +128,15 @@ class JsonNewest(Formatter):
     """Newest LMI `json`: nothing until the end, then `{"generated_text": ...}` (+ details)."""
 
     content_type = "application/json"
+    prefill = True
+    tgi = False  # TGI's token fields in details
 
     def write(self, event: StreamEvent) -> str:
         if not event.last:
             return ""
         out: dict[str, Any] = {"generated_text": event.generated_text}
         if event.details:
-            out["details"] = event.details_dict()
+            out["details"] = event.details_dict(self.tgi)
         return json.dumps(out, ensure_ascii=False)
 
     def error(self, event: StreamEvent) -> str:
@@ -127,6 +148,8 @@ class JsonNewest(Formatter):
 class TgiJson(JsonNewest):
     """`json` with option.tgi_compat (DJL's TGI shape): the newest object, details included, in a one-item array."""
 
+    tgi = True
+
     def write(self, event: StreamEvent) -> str:
         body = super().write(replace(event, details=True))
         return f"[{body}]" if body else ""
@@ -136,14 +159,12 @@ class JsonLinesNewest(Formatter):
     """Newest LMI `jsonlines`: a token line per token; the last adds generated_text (and details)."""
 
     content_type = "application/jsonlines"
+    prefill = True
 
     def write(self, event: StreamEvent) -> str:
         out: dict[str, Any] = {}
         if event.token is not None:
-            token = {"id": event.token.id, "text": event.token.text, "log_prob": event.token.log_prob}
-            if event.token.special:
-                token["special_token"] = True
-            out["token"] = token
+            out["token"] = token_dict(event.token, tgi=False)
         if event.last:
             out["generated_text"] = event.generated_text
             if event.details:
@@ -193,6 +214,72 @@ class Custom(Formatter):
 
     def write(self, event: StreamEvent) -> str:
         return self._fn(event)
+
+
+class SequenceJson(Formatter):
+    """One of several sequences of a request (DJL's `n`, TGI's `best_of`): on its last event, its text and DJL's
+    details of a sequence (its tokens, the prompt's and the top tokens where asked) as one JSON object, which
+    `sequences_answer` composes with the others'."""
+
+    content_type = "application/json"
+    top_tokens = True
+    prefill = True
+
+    def __init__(self, tgi: bool, top_tokens: bool) -> None:
+        self._tgi = tgi
+        self._show_top = top_tokens
+        self._tokens: list[Token] = []
+
+    def write(self, event: StreamEvent) -> str:
+        if event.token is not None:
+            self._tokens.append(event.token)
+        if not event.last:
+            return ""
+        details: dict[str, Any] = {
+            "finish_reason": _reason(event),
+            "generated_tokens": event.generated_tokens,
+            "tokens": [token_dict(token, self._tgi) for token in self._tokens],
+        }
+        if event.prefill is not None:
+            details["prefill"] = [token_dict(token, self._tgi) for token in event.prefill]
+        if self._show_top:
+            details["top_tokens"] = [[token_dict(top, self._tgi) for top in token.top] for token in self._tokens]
+        return json.dumps({"generated_text": event.generated_text, "details": details}, ensure_ascii=False)
+
+
+def sequences_answer(answers: list[str], inputs: str, likeliest: bool, tgi: bool) -> str:
+    """DJL newest's answer to a request of several sequences (its `_json_output_formatter_best_of`): the chosen
+    sequence's text and details (`inputs` first), and every other one, with its text, in `details.best_of_sequences`;
+    in a one-item array with option.tgi_compat. The chosen one is the first (DJL's `n`: vLLM's first output), or with
+    `likeliest` the one of highest total log-probability (TGI's `best_of`). The prompt's tokens, where asked, come
+    from the first answer (only its row computes them) and go into every sequence's details."""
+    sequences = [json.loads(answer) for answer in answers]
+    prefill = sequences[0]["details"].get("prefill")
+    for sequence in sequences:
+        sequence["details"] = _with_prefill(sequence["details"], prefill)
+    chosen = max(range(len(sequences)), key=lambda i: _total_log_prob(sequences[i], tgi)) if likeliest else 0
+    details = {"inputs": inputs, **sequences[chosen]["details"]}
+    others = [{**s["details"], "generated_text": s["generated_text"]} for i, s in enumerate(sequences) if i != chosen]
+    if others:
+        details["best_of_sequences"] = others
+    result: Any = {"generated_text": sequences[chosen]["generated_text"], "details": details}
+    return json.dumps([result] if tgi else result, ensure_ascii=False)
+
+
+def _with_prefill(details: dict[str, Any], prefill: list[Any] | None) -> dict[str, Any]:
+    """A sequence's details with the prompt's tokens after its own, where DJL puts them (before `top_tokens`)."""
+    if prefill is None:
+        return details
+    out = {key: value for key, value in details.items() if key not in ("prefill", "top_tokens")}
+    out["prefill"] = prefill
+    if "top_tokens" in details:
+        out["top_tokens"] = details["top_tokens"]
+    return out
+
+
+def _total_log_prob(sequence: dict[str, Any], tgi: bool) -> float:
+    key = "logprob" if tgi else "log_prob"
+    return float(sum(token[key] or 0.0 for token in sequence["details"]["tokens"]))
 
 
 def _tgi_details(event: StreamEvent) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Generation:
         self.started = clock()
         self.first_token_at: float | None = None
         self._held: list[str] = []
+        self._prefill: tuple[Token, ...] | None = None
 
     @property
     def content_type(self) -> str:
@@ -123,6 +124,8 @@ class Generation:
     def _tokens(self, update: EngineUpdate) -> list[str]:
         if self.first_token_at is None and update.token_ids:
             self.first_token_at = self._clock()
+        if update.prefill:
+            self._prefill = self._prefill_tokens(update.prefill)
         out = []
         log_probs = update.log_probs or (None,) * len(update.token_ids)
         tops = update.top_log_probs or ((),) * len(update.token_ids)
@@ -147,6 +150,11 @@ class Generation:
         special = self._tokenizer.special_token_ids
         return tuple(TopToken(i, self._tokenizer.decode([i]), lp, i in special) for i, lp in top)
 
+    def _prefill_tokens(self, prefill: tuple[tuple[int, float | None], ...]) -> tuple[Token, ...]:
+        """The prompt's tokens, each with its own text (as DJL and TGI decode them)."""
+        special = self._tokenizer.special_token_ids
+        return tuple(Token(i, self._tokenizer.decode([i]), lp, i in special) for i, lp in prefill)
+
     def _finish_without_token(self) -> str:
         """The engine ended the request in an update without tokens: the summary alone."""
         self._stream.finish(FinishReason.LENGTH)
@@ -165,8 +173,9 @@ class Generation:
             finish_reason=self._stream.finish_reason,
             generated_tokens=self._stream.count,
             inputs=self.request.inputs,
-            details=self.request.params.details,
+            details=self.request.params.details or self.request.params.prompt_logprobs,  # TGI's rule
             seed=self.request.params.seed,
+            prefill=self._prefill,
         )
 
     def _next_index(self) -> int:

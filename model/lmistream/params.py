@@ -44,12 +44,13 @@ PARAMETERS = (
     "ignore_eos_token",
     "truncate",
     "top_n_tokens",
+    "decoder_input_details",
+    "best_of",
+    "n",
 )
 #: TGI parameters accepted only at the value that changes nothing
 NEUTRAL_TGI_PARAMETERS = {
     "watermark": False,
-    "decoder_input_details": False,
-    "best_of": 1,
     "typical_p": 1,
 }
 #: parameters that make a request sample when it does not say `do_sample` (DJL newest's rule)
@@ -57,6 +58,8 @@ SAMPLING_PARAMETERS = ("temperature", "top_p", "top_k", "min_p")
 MAX_STOP_TOKEN_IDS = 64
 #: the most alternatives per token a request may ask for (TGI's `top_n_tokens`, OpenAI's `top_logprobs`)
 MAX_TOP_LOGPROBS = 20
+#: the most sequences one request may ask for (TGI's `best_of`, DJL's `n`), each generated as its own row
+MAX_SEQUENCES = 16
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class GenerationParams:
     ignore_eos: bool = False  # generate until max_new_tokens (or a stop), eos tokens included
     truncate: int | None = None  # keep only the prompt's last `truncate` tokens
     top_logprobs: int = 0  # the most likely alternatives (and their log-probabilities) to report per token
+    prompt_logprobs: bool = False  # report the prompt tokens' log-probabilities (TGI's `decoder_input_details`)
+    best_of: int = 1  # TGI's: sample this many sequences, answer the likeliest and list the others
+    n: int = 1  # DJL's (vLLM's): answer this many sequences, the first and the others listed
     adapter: str | None = None  # the LoRA adapter that generates (None: the base model); see `adapters`
     constraint: Constraint | None = None  # structured output: what the answer must match (`structured`)
 
@@ -218,8 +224,24 @@ def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> Gen
         ignore_eos=r.boolean("ignore_eos_token" if "ignore_eos_token" in raw else "ignore_eos", False),
         truncate=r.integer("truncate", 1, 1_000_000, None),
         top_logprobs=r.integer("top_n_tokens", 0, MAX_TOP_LOGPROBS, 0),
+        prompt_logprobs=r.boolean("decoder_input_details", False),
+        best_of=r.integer("best_of", 1, MAX_SEQUENCES, 1),
+        n=r.integer("n", 1, MAX_SEQUENCES, 1),
     )
+    _check_sequences(params)
     return params
+
+
+def _check_sequences(params: GenerationParams) -> None:
+    """TGI's rules for `best_of` (it samples; the likeliest of several only differs from the others when sampled),
+    and one of `best_of` and `n`."""
+    if params.best_of > 1 and params.n > 1:
+        raise InvalidRequest("give parameters.best_of or parameters.n, not both", param="parameters.best_of")
+    if params.best_of > 1 and not params.do_sample:
+        raise InvalidRequest(
+            "parameters.best_of > 1 needs sampling (do_sample=true, or a temperature, top_k, top_p or min_p)",
+            param="parameters.best_of",
+        )
 
 
 def _sampling(r: Reader, raw: Mapping[str, Any]) -> tuple[bool, float]:

@@ -49,6 +49,13 @@ class ModelCaller:
         output = self.model(**kwargs)
         return output.logits[:, -1, :], getattr(output, self._cache_arg)
 
+    def prompt_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The logits at every position of unpadded prompts, with no cache kept (`decoder_input_details`)."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False, "return_dict": True}
+        if self._keep is not None:
+            kwargs[self._keep] = 0  # every position
+        return self.model(**kwargs).logits
+
 
 def layers(cache: Any) -> list[LayerKV]:
     if isinstance(cache, (tuple, list)):

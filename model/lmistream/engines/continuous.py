@@ -141,6 +141,12 @@ class ContinuousBatchingEngine:
                 "reported by the continuous-batching engine (option.generation_engine=portable reports them)",
                 param="top_logprobs",
             )
+        if params.prompt_logprobs:
+            raise InvalidRequest(
+                "parameters.decoder_input_details is not supported by the continuous-batching engine: transformers' "
+                "continuous batching gives no prompt logits (option.generation_engine=portable reports them)",
+                param="parameters.decoder_input_details",
+            )
         if params.seed is not None and params.do_sample:
             raise InvalidRequest(
                 "parameters.seed is not supported with do_sample=true by the continuous-batching engine: it samples "

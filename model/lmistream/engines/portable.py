@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -58,6 +58,7 @@ class _Row:
     sampler: RequestSampler
     remaining: int
     adapter: str | None = None
+    prefill: tuple[tuple[int, float | None], ...] = ()  # the prompt's log-probabilities, for the first update
 
 
 class PortableEngine:
@@ -73,6 +74,7 @@ class PortableEngine:
         self.max_sequence_length: int = text_config(model).max_position_embeddings
         self._grammars = GrammarCompiler(hf_tokenizer, text_config(model).vocab_size)
         self._call = ModelCaller(model)
+        self._prompt_logits = self._call.prompt_logits
         # LoRA with tensor parallelism was refused before the load (`engines.check_lora`)
         cpu_loras = config.max_cpu_loras or config.max_loras
         self._lora = LoraLayers(model, self._device, config.max_loras, cpu_loras) if config.enable_lora else None
@@ -199,6 +201,10 @@ class PortableEngine:
         ]
         try:
             with oom_as_handler_error("prefilling"):
+                for row, admission in zip(rows, admissions):
+                    if admission.params.prompt_logprobs:
+                        self._route([row.adapter])
+                        row.prefill = prompt_log_probs(self._prompt_logits, list(admission.prompt_ids), self._device)
                 self._route([row.adapter for row in rows])
                 batch, logits = DecodeBatch.prefill(
                     self._call, [list(a.prompt_ids) for a in admissions], self.tokenizer.pad_token_id, self._device
@@ -233,7 +239,10 @@ class PortableEngine:
             done = row.remaining <= 0 or on_eos
             if done:
                 finished.append(row.request_id)
-            update = EngineUpdate(row.request_id, (token,), (log_prob,), (top,) if top else (), finished=done)
+            update = EngineUpdate(
+                row.request_id, (token,), (log_prob,), (top,) if top else (), prefill=row.prefill, finished=done
+            )
+            row.prefill = ()
             deliver(self._on_update, update)
         batch.set_next_tokens(tokens)
         if finished:
@@ -258,6 +267,19 @@ class PortableEngine:
         self._scheduler.finished(ids)
         for request_id in ids:
             deliver(self._on_update, EngineUpdate(request_id, finished=True, error=message, code=code))
+
+
+def prompt_log_probs(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], prompt_ids: list[int], device: torch.device
+) -> tuple[tuple[int, float | None], ...]:
+    """Each prompt token with its log-probability under the model given the tokens before it (the first has none),
+    as TGI's `decoder_input_details` reports them: log_softmax over the logits of the position before it. A pass of
+    its own over the unpadded prompt, apart from the batch's prefill (whose cache may skip the prompt's start), paid
+    only by the requests that ask."""
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    log_probs = logits_of(ids)[0, :-1].float().log_softmax(dim=-1)
+    picked = log_probs.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1).tolist()
+    return tuple(zip(prompt_ids, [None, *picked]))
 
 
 def _load(config: HandlerConfig, device: torch.device, tp: TensorParallel | None) -> tuple[Any, Any, str]:

@@ -22,7 +22,8 @@ is in its output, as with the other engines. Structured output is vLLM's own (`s
 checked by vLLM when the request is admitted. It does not
 detokenize (`detokenize=False`): the handler's TextStream decodes each token once and applies the stop sequences,
 so text, special tokens and finish reasons are the same as with the other engines. Outputs are deltas
-(`RequestOutputKind.DELTA`); log-probabilities (vLLM's raw ones, of the sampled token) only when a request asks.
+(`RequestOutputKind.DELTA`); log-probabilities (vLLM's raw ones: of the sampled token, the most likely ones as
+vLLM's `logprobs=k`, the prompt's as its `prompt_logprobs`) only when a request asks.
 
 LoRA adapters are vLLM's own (option.enable_lora, max_loras, max_cpu_loras, max_lora_rank as vLLM's engine arguments,
 the rank rounded up to a slot size vLLM takes): each registered adapter is a `LoRARequest`, and a request naming it
@@ -189,7 +190,8 @@ def sampling_params(params: GenerationParams) -> SamplingParams:
         presence_penalty=params.presence_penalty,
         stop_token_ids=list(params.stop_token_ids),
         ignore_eos=params.ignore_eos,
-        logprobs=0 if params.logprobs else None,
+        logprobs=params.top_logprobs or (0 if params.logprobs else None),
+        prompt_logprobs=0 if params.prompt_logprobs else None,
         detokenize=False,
         skip_special_tokens=False,
         output_kind=RequestOutputKind.DELTA,
@@ -212,14 +214,7 @@ def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams
 
 
 def check(params: GenerationParams) -> None:
-    """InvalidRequest for what vLLM's own validation refuses (our ranges are narrower, so this is a guard), and for
-    top log-probabilities, which this engine does not pass on yet."""
-    if params.top_logprobs:
-        raise InvalidRequest(
-            "top log-probabilities (parameters.top_n_tokens, top_logprobs, completions logprobs above 0) are not "
-            "reported by the vLLM engine yet (option.generation_engine=portable reports them)",
-            param="top_logprobs",
-        )
+    """InvalidRequest for what vLLM's own validation refuses (our ranges are narrower, so this is a guard)."""
     try:
         sampling_params(params)
     except REFUSED as error:
@@ -238,17 +233,32 @@ def check_constraint(constraint: Constraint, engine: Any) -> None:
         raise InvalidRequest(f"{constraint.field} refused by vLLM: {error}", param=constraint.field) from None
 
 
-def to_update(output: Any) -> EngineUpdate:
-    """A RequestOutput (a delta) as an EngineUpdate."""
+def to_update(output: Any, top: int = 0) -> EngineUpdate:
+    """A RequestOutput (a delta) as an EngineUpdate; `top`: the most likely tokens asked for at each position (vLLM's
+    `logprobs`, whose entries hold them, ranks 1 to `top`, beside the chosen token)."""
     completion = output.outputs[0]
     failure = FAILED.get(str(completion.finish_reason))
     if failure is not None:
         return EngineUpdate(output.request_id, finished=True, error=failure)
     tokens = tuple(completion.token_ids)
     log_probs: tuple[float | None, ...] = (None,) * len(tokens)
+    tops: tuple[tuple[tuple[int, float], ...], ...] = ()
     if completion.logprobs:
         log_probs = tuple(entry[token].logprob for entry, token in zip(completion.logprobs, tokens))
-    return EngineUpdate(output.request_id, tokens, log_probs, finished=output.finished)
+        if top:
+            tops = tuple(_top(entry, top) for entry in completion.logprobs)
+    prefill: tuple[tuple[int, float | None], ...] = ()
+    if output.prompt_logprobs:  # the first output of a request asking for them: the first token has none
+        prefill = tuple(
+            (token, None if entry is None else entry[token].logprob)
+            for token, entry in zip(output.prompt_token_ids, output.prompt_logprobs)
+        )
+    return EngineUpdate(output.request_id, tokens, log_probs, tops, prefill=prefill, finished=output.finished)
+
+
+def _top(entry: dict[int, Any], count: int) -> tuple[tuple[int, float], ...]:
+    ranked = sorted((logprob.rank, token, logprob.logprob) for token, logprob in entry.items() if logprob.rank <= count)
+    return tuple((token, value) for _, token, value in ranked)
 
 
 class _VllmBase:
@@ -363,7 +373,7 @@ class AsyncVllmEngine(_VllmBase):
         try:
             prompt = {"prompt_token_ids": prompt_ids}
             async for output in self._engine.generate(prompt, params, request_id, lora_request=lora):
-                self._emit(to_update(output))
+                self._emit(to_update(output, params.logprobs or 0))
         except asyncio.CancelledError:
             raise
         except Exception as error:  # this request failed (or the engine died under it)
