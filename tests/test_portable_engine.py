@@ -1,6 +1,7 @@
 """PortableEngine with the tiny trained model on whichever stack runs the tests (transformers 5.24 here, 4.30.2 in
 the LMI 0.23 tier): requests joining at different steps, the batch bound, per-request seeds and repetition penalty,
-cancellation. Every greedy continuation must equal that stack's own `generate`, token for token."""
+the prompt's log-probabilities, cancellation. Every greedy continuation must equal that stack's own `generate`, token
+for token."""
 
 from __future__ import annotations
 
@@ -159,6 +160,22 @@ def test_ignore_eos_generates_past_eos_as_generate_without_eos(started, referenc
     never = reference.model.config.vocab_size  # an eos id no token has: generate goes on past the real eos
     assert tokens == reference("Why?", 24, check_gaps=False, eos_token_id=never).token_ids
     assert len(tokens) == 24 and set(tokens[:-1]) & engine.tokenizer.eos_token_ids
+
+
+def test_prompt_log_probabilities_are_the_models_own_forward_pass(started, reference: ReferenceModel) -> None:
+    """decoder_input_details: on the request's first update, each prompt token with its log-probability given the
+    tokens before it, as one forward pass of transformers gives them, beside a request of another length."""
+    engine, collector = started
+    prompt = "Once upon a time, there was a little"
+    _submit(engine, "details", prompt, max_new_tokens=2, prompt_logprobs=True)
+    _submit(engine, "plain", "Why?", max_new_tokens=2)
+    collector.wait_finished("details", "plain")
+    first, *rest = collector.updates["details"]
+    expected = reference.prompt_log_probs(prompt)
+    assert [i for i, _ in first.prefill] == [i for i, _ in expected] and first.prefill[0][1] is None
+    assert [lp for _, lp in first.prefill[1:]] == pytest.approx([lp for _, lp in expected[1:]], abs=1e-4)
+    assert all(not update.prefill for update in rest + collector.updates["plain"])
+    assert tuple(collector.tokens("details")) == reference(prompt, 2).token_ids
 
 
 def test_a_cancelled_request_leaves_the_batch_and_frees_its_slot(started, reference: ReferenceModel) -> None:
