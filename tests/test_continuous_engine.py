@@ -142,6 +142,7 @@ REFUSED = [
     pytest.param({"presence_penalty": -1.0}, "parameters.presence_penalty", id="presence_penalty"),
     pytest.param({"logprobs": True}, "logprobs with greedy decoding", id="greedy-logprobs"),
     pytest.param({"do_sample": True, "seed": 7}, "parameters.seed is not supported with do_sample=true", id="seed"),
+    pytest.param({"prompt_logprobs": True}, "parameters.decoder_input_details", id="decoder_input_details"),
 ]
 
 

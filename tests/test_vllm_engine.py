@@ -32,10 +32,9 @@ from lmikit.server.placement import pinned_cpus, thread_masks
 from lmikit.validate import validate_project
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, choose, create_engine
-from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, check, engine_arguments
-from lmistream.errors import ConfigError, InvalidRequest
+from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments
+from lmistream.errors import ConfigError
 from lmistream.formatters import StreamEvent
-from lmistream.params import GenerationParams
 from local_endpoint import connection, make_project, serve
 from project_factory import good_properties, write_properties
 from project_factory import make_project as make_build_project
@@ -57,6 +56,7 @@ SAMPLED = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 24}
 #: smallest log-probability gap between a greedy reference token and its runner-up: batch layout noise is far below
 MIN_MARGIN = 1e-2
 LONG = 400  # tokens: still generating when a test cancels it
+TOP = 3  # top log-probabilities asked for
 PERSON = {
     "type": "object",
     "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "maximum": 120}},
@@ -120,6 +120,13 @@ def offline(model_dir: Path) -> dict[str, Offline]:
                 "max_tokens": 24,
                 "temperature": 0,
                 "ignore_eos": True,
+            },
+            "top": {"prompt_token_ids": fox, "max_tokens": 4, "temperature": 0, "logprobs": TOP},
+            "prompt": {
+                "prompt_token_ids": tokenizer.encode("1, 2, 3,"),
+                "max_tokens": 2,
+                "temperature": 0,
+                "prompt_logprobs": 0,
             },
         }
     )
@@ -282,6 +289,34 @@ def test_djl_and_vllm_parameters_are_vllms_own(shared: SharedEngine, offline: di
     assert lines_newest(results["stop token"][1])[-1]["details"]["finish_reason"] == "stop_sequence"
 
 
+def test_log_probabilities_and_several_sequences_are_vllms_own(
+    shared: SharedEngine, offline: dict[str, Offline]
+) -> None:
+    """TGI's top_n_tokens (vLLM's logprobs=k) on SSE, decoder_input_details (vLLM's prompt_logprobs) in the json
+    answer, and DJL's n as rows of their own (sequence i is vLLM's sample with seed + i), in one batch, each equal to
+    LLM.generate with the same SamplingParams."""
+    sampled = {"do_sample": True, "temperature": 1.0, "top_p": 1.0}
+    payloads = [
+        {**_payload("The quick brown fox", 4, top_n_tokens=TOP), "stream": True},
+        {**_payload("1, 2, 3,", 2, decoder_input_details=True), "stream": False},
+        {**_payload("The quick brown fox", 24, n=2, seed=1, **sampled), "stream": False},
+    ]
+    with sync_frontend(shared, "newest", rolling_batch="vllm", enable_streaming="true") as front:
+        (top_status, sse), (prompt_status, prompt), (n_status, several) = post_all(front, payloads)
+    assert (top_status, prompt_status, n_status) == (200, 200, 200)
+    events = [json.loads(line[5:]) for line in b"".join(sse).split(b"\n\n") if line.startswith(b"data:")]
+    assert [event["token"]["id"] for event in events] == list(offline["top"].token_ids)
+    for event, top in zip(events, offline["top"].top):
+        assert [t["id"] for t in event["top_tokens"]] == [i for i, _ in top]
+        assert [t["logprob"] for t in event["top_tokens"]] == pytest.approx([lp for _, lp in top], abs=1e-3)
+    prefill = json.loads(b"".join(prompt))["details"]["prefill"]
+    assert prefill[0]["log_prob"] is None and len(prefill) == len(offline["prompt"].prompt)
+    assert [t["log_prob"] for t in prefill[1:]] == pytest.approx(list(offline["prompt"].prompt[1:]), abs=1e-3)
+    body = json.loads(b"".join(several))
+    assert body["generated_text"] == offline["seed 1"].text
+    assert [other["generated_text"] for other in body["details"]["best_of_sequences"]] == [offline["seed 2"].text]
+
+
 @pytest.mark.parametrize("version", ["0.23", "newest"])
 def test_a_bad_request_in_a_running_batch_fails_alone(
     shared: SharedEngine, version: str, offline: dict[str, Offline]
@@ -442,12 +477,6 @@ def test_no_engine_argument_of_this_vllm_is_taken_for_a_typo(tmp_path: Path) -> 
     fields = sorted(field.name for field in dataclasses.fields(AsyncEngineArgs))
     write_properties(project, {**good_properties(tmp_path / "weights"), **{f"option.{f}": "1" for f in fields}})
     assert [f for f in validate_project(project) if "did you mean" in f.message] == []
-
-
-def test_top_log_probabilities_are_refused_by_name() -> None:
-    with pytest.raises(InvalidRequest) as caught:
-        check(GenerationParams(max_new_tokens=4, top_logprobs=2))
-    assert caught.value.param == "top_logprobs" and "generation_engine=portable" in caught.value.message
 
 
 def test_a_tensor_parallel_degree_under_mpi_ranks_is_refused(monkeypatch) -> None:

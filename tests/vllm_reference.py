@@ -28,11 +28,15 @@ class Offline:
     text: str
     finish_reason: str
     margin: float | None
+    #: per token, the most likely tokens as (id, log-probability) by rank, where the request gave `logprobs`
+    top: tuple[tuple[tuple[int, float], ...], ...] = ()
+    #: per prompt token, its log-probability (the first None), where the request gave `prompt_logprobs`
+    prompt: tuple[float | None, ...] = ()
 
 
 def offline_generate(model_dir: Path, requests: list[dict]) -> list[Offline]:
-    """Each request ({"prompt_token_ids", "max_tokens", and SamplingParams' own names; `structured_outputs` as
-    StructuredOutputsParams' fields}) through `LLM.generate`."""
+    """Each request ({"prompt_token_ids", "max_tokens", and SamplingParams' own names, `logprobs` and
+    `prompt_logprobs` included; `structured_outputs` as StructuredOutputsParams' fields}) through `LLM.generate`."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "answers.json"
         done = subprocess.run(
@@ -45,7 +49,17 @@ def offline_generate(model_dir: Path, requests: list[dict]) -> list[Offline]:
         if done.returncode != 0:
             raise RuntimeError(f"vLLM's offline generation failed:\n{done.stderr[-4000:]}")
         answers = json.loads(out.read_text())
-    return [Offline(tuple(r["token_ids"]), r["text"], r["finish_reason"], r["margin"]) for r in answers]
+    return [
+        Offline(
+            tuple(r["token_ids"]),
+            r["text"],
+            r["finish_reason"],
+            r["margin"],
+            tuple(tuple((i, lp) for i, lp in top) for top in r["top"]),
+            tuple(r["prompt"]),
+        )
+        for r in answers
+    ]
 
 
 def _margin(logprobs: list[dict]) -> float:
@@ -54,6 +68,20 @@ def _margin(logprobs: list[dict]) -> float:
         top = sorted((value.logprob for value in entry.values()), reverse=True)
         gaps.append(top[0] - top[1] if len(top) > 1 else float("inf"))
     return min(gaps, default=float("inf"))
+
+
+def _ranked(entry: dict, count: int) -> list[tuple[int, float]]:
+    ranked = sorted((value.rank, token, value.logprob) for token, value in entry.items() if value.rank <= count)
+    return [(token, logprob) for _, token, logprob in ranked]
+
+
+def _prompt(output) -> list[float | None]:
+    if not output.prompt_logprobs:
+        return []
+    return [
+        None if entry is None else entry[token].logprob
+        for token, entry in zip(output.prompt_token_ids, output.prompt_logprobs)
+    ]
 
 
 def _main(model_dir: str, out: str) -> None:
@@ -66,11 +94,13 @@ def _main(model_dir: str, out: str) -> None:
     for request in requests:
         if "structured_outputs" in request:
             request["structured_outputs"] = StructuredOutputsParams(**request["structured_outputs"])
+    asked = [request.get("logprobs") or 0 for request in requests]
     params = [
-        SamplingParams(**request, logprobs=2 if request.get("temperature") == 0 else None) for request in requests
+        SamplingParams(**{"logprobs": 2 if request.get("temperature") == 0 else None, **request})
+        for request in requests
     ]
     results = []
-    for output in llm.generate(prompts, params, use_tqdm=False):
+    for output, top in zip(llm.generate(prompts, params, use_tqdm=False), asked):
         completion = output.outputs[0]
         margin = _margin(completion.logprobs) if completion.logprobs else None
         results.append(
@@ -79,6 +109,8 @@ def _main(model_dir: str, out: str) -> None:
                 "text": completion.text,
                 "finish_reason": completion.finish_reason,
                 "margin": margin,
+                "top": [_ranked(entry, top) for entry in completion.logprobs or ()] if top else [],
+                "prompt": _prompt(output),
             }
         )
     Path(out).write_text(json.dumps(results))
