@@ -39,6 +39,14 @@ def test_members_updates_reach_the_group_and_the_answer_is_their_array_in_order(
     assert answer.rows_to_cancel() == []
 
 
+def test_a_member_that_finished_at_an_earlier_step_keeps_its_answer() -> None:
+    answer, hub = group(2)
+    hub.publish(EngineUpdate("g.0", (ord("A"), EOS), finished=True))
+    assert answer.absorb(hub.take("g")) == ""
+    hub.publish(EngineUpdate("g.1", (ord("B"), EOS), finished=True))
+    assert json.loads(answer.absorb(hub.take("g"))) == [{"generated_text": "A"}, {"generated_text": "B"}]
+
+
 def test_one_members_failure_is_the_answer_and_the_others_are_cancelled() -> None:
     answer, hub = group(3)
     hub.publish(EngineUpdate("g.0", (ord("A"), EOS), finished=True))

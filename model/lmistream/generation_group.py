@@ -1,10 +1,10 @@
-"""GenerationGroup: one request answered by several rows of the batch (a list of `inputs`, OpenAI's `n` choices).
-Pure, like `generation`.
+"""GenerationGroup: one request answered by several rows of the batch (a list of `inputs`, OpenAI's `n` choices, DJL's
+`n` and TGI's `best_of` sequences). Pure, like `generation`.
 
 Each member is a `Generation` of its own, generated as its own row; the group's mailbox in the update hub receives all
 their updates (the hub routes the members' ids to it), hands each member its own, and answers once they have all
 finished: the members' answers composed in order (by default the JSON array of them, as DJL's non-streaming
-handlers answer a batch). A member that fails fails the request (its error alone is the answer; the others are
+handlers answer a batch; several sequences of one prompt: `formatters.sequences_answer`). A member that fails fails the request (its error alone is the answer; the others are
 cancelled on release).
 """
 
@@ -53,6 +53,8 @@ class GenerationGroup:
         for member in self.members:
             if self.finished:
                 break
+            if member.request_id in self._answers:  # answered at an earlier step: absorbing again would empty it
+                continue
             answer = member.absorb(by_member.get(member.request_id, ()))
             if member.error is not None:
                 self.error = member.error
