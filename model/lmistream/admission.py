@@ -1,9 +1,9 @@
 """Admissions: what every DJL protocol adapter does to a request besides speaking the protocol.
 
 It validates and tokenizes a request Input, picks its formatter (the API it speaks: LMI, TGI, OpenAI chat or
-completions), submits it to the engine (a list of `inputs`: each prompt as its own row, `generation_group`) and opens
-its mailbox in the update hub; it releases it (cancelling it in the engine if needed) and
-shapes whole-response errors. The adapters in `protocols` get one through their constructor.
+completions), submits it to the engine (a list of `inputs`, or several sequences of one prompt: each its own row,
+`generation_group`) and opens its mailbox in the update hub; it releases it (cancelling it in the engine if needed)
+and shapes whole-response errors. The adapters in `protocols` get one through their constructor.
 """
 
 from __future__ import annotations

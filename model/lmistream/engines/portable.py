@@ -5,7 +5,8 @@ loop thread runs steps. At each step boundary it takes a `StepPlan` from the `Sc
 batch, and new requests (within `max_rolling_batch_size` rows and the prefill token budget) are prefilled together and
 concatenated to it (`DecodeBatch`); then one forward pass decodes every row. Rows that end on eos or length leave at
 once, so a slot is free at the next boundary. Sampling is per request (`sampling`), seed and repetition penalty
-included.
+included. A request asking for its prompt's log-probabilities (`decoder_input_details`) gets them from a pass of its
+own over its prompt when it joins (`prompt_log_probs`).
 
 Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admissions carry
 their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the sampled
