@@ -8,6 +8,7 @@ and shapes whole-response errors. The adapters in `protocols` get one through th
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import logging
@@ -39,7 +40,7 @@ from .formatters import (
 from .generation import Generation
 from .generation_group import Admitted, GenerationGroup
 from .hub import UpdateHub
-from .params import GenerationRequest, batch_inputs, decode_body, request_from_payload
+from .params import GenerationParams, GenerationRequest, batch_inputs, decode_body, request_from_payload
 
 log = logging.getLogger(__name__)
 #: the field holding the prompt, per API (for the errors that name it)
@@ -151,7 +152,7 @@ class Admissions:
         for index in range(n):
             choice = replace(
                 request,
-                params=replace(request.params, seed=_seed(request, index)),
+                params=replace(request.params, seed=_seed(request.params.seed, index)),
                 chat=replace(request.chat, index=index),
             )
             formatter = self._formatter(choice, rolling, request_id, len(prompt_ids), client)
@@ -161,9 +162,9 @@ class Admissions:
         return self._start_group(GenerationGroup(request_id, members, merge_choices), [prompt_ids] * n)
 
     def _admit_sequences(self, request: GenerationRequest, rolling: bool, client: ClientHeaders) -> GenerationGroup:
-        """DJL's `n` and TGI's `best_of` on the LMI body: the prompt once, each sequence its own row (a given seed:
-        seed + i for sequence i; best_of's rows report their tokens' log-probabilities, which rank them); one answer
-        in DJL newest's shape (`sequences_answer`), so only where the json formatter answers whole."""
+        """DJL's `n` and TGI's `best_of` on the LMI body: the prompt once, each sequence its own row
+        (`_sequence_params`); one answer in DJL newest's shape (`sequences_answer`), so only where the json formatter
+        answers whole."""
         params = request.params
         name, count = ("best_of", params.best_of) if params.best_of > 1 else ("n", params.n)
         field = f"parameters.{name}"
@@ -177,31 +178,19 @@ class Admissions:
             )
         prompt_ids = self._prompt_ids(request)
         request_id = f"req-{next(self._ids)}"
-        tgi = isinstance(shape, TgiJson)
-        members = []
-        for index in range(count):
-            member = replace(
-                params,
-                seed=_seed(request, index),
-                n=1,
-                best_of=1,
-                logprobs=params.logprobs or name == "best_of",  # best_of ranks by them
-                prompt_logprobs=params.prompt_logprobs and index == 0,
+        tgi, likeliest = isinstance(shape, TgiJson), name == "best_of"
+        members = [
+            Generation(
+                f"{request_id}.{index}",
+                replace(request, params=_sequence_params(params, index, likeliest)),
+                self.engine.tokenizer,
+                SequenceJson(tgi, top_tokens=params.top_logprobs > 0),
+                True,
+                len(prompt_ids),
             )
-            members.append(
-                Generation(
-                    f"{request_id}.{index}",
-                    replace(request, params=member),
-                    self.engine.tokenizer,
-                    SequenceJson(tgi, top_tokens=params.top_logprobs > 0),
-                    True,
-                    len(prompt_ids),
-                )
-            )
-
-        def compose(answers: list[str]) -> str:
-            return sequences_answer(answers, request.inputs, likeliest=name == "best_of", tgi=tgi)
-
+            for index in range(count)
+        ]
+        compose = functools.partial(sequences_answer, inputs=request.inputs, likeliest=likeliest, tgi=tgi)
         return self._start_group(GenerationGroup(request_id, members, compose), [prompt_ids] * count)
 
     def _check_rows(self, count: int, field: str) -> None:
@@ -294,8 +283,9 @@ class Admissions:
         formatter = self._shape(request, rolling, request_id, prompt_tokens, client)
         if request.params.prompt_logprobs and not formatter.prefill:
             raise InvalidRequest(
-                "parameters.decoder_input_details is answered in one body (newest LMI's json or jsonlines, TGI's "
-                "json), not when streaming tokens (TGI's rule) nor in LMI 0.23's formats: send \"stream\": false",
+                "parameters.decoder_input_details is answered in newest LMI's json and jsonlines formats and TGI's "
+                "json, not in TGI's server-sent events (TGI's rule: not when streaming tokens) nor in LMI 0.23's "
+                'formats: send "stream": false',
                 param="parameters.decoder_input_details",
             )
         if request.params.top_logprobs and not formatter.top_tokens:
@@ -400,9 +390,22 @@ class ClientHeaders:
         return None
 
 
-def _seed(request: GenerationRequest, index: int) -> int | None:
+def _sequence_params(params: GenerationParams, index: int, ranked: bool) -> GenerationParams:
+    """Sequence `index`'s row: one sequence, seed + index for a given seed, its tokens' log-probabilities where they
+    rank it (`best_of`), the prompt's computed by the first row alone."""
+    return replace(
+        params,
+        seed=_seed(params.seed, index),
+        n=1,
+        best_of=1,
+        logprobs=params.logprobs or ranked,
+        prompt_logprobs=params.prompt_logprobs and index == 0,
+    )
+
+
+def _seed(seed: int | None, index: int) -> int | None:
     """Row `index`'s seed among several of one request: the request's seed + index (None: each row draws its own)."""
-    return None if request.params.seed is None else (request.params.seed + index) % 2**63
+    return None if seed is None else (seed + index) % 2**63
 
 
 def _sequence_limit(config: HandlerConfig, model_limit: int) -> int:
