@@ -121,6 +121,12 @@ def offline(model_dir: Path) -> dict[str, Offline]:
                 "temperature": 0,
                 "ignore_eos": True,
             },
+            "stop token": {
+                "prompt_token_ids": tokenizer.encode("1, 2, 3,"),
+                "max_tokens": 12,
+                "temperature": 0,
+                "stop_token_ids": [tokenizer.convert_tokens_to_ids(",")],
+            },
             "top": {"prompt_token_ids": fox, "max_tokens": 4, "temperature": 0, "logprobs": TOP},
             "prompt": {
                 "prompt_token_ids": tokenizer.encode("1, 2, 3,"),
@@ -269,23 +275,23 @@ def test_sampling_is_per_request_seed_and_repetition_penalty_included(
 def test_djl_and_vllm_parameters_are_vllms_own(shared: SharedEngine, offline: dict[str, Offline]) -> None:
     """min_p (sampling without do_sample, as on DJL), frequency / presence penalties, ignore_eos and stop_token_ids in
     one batch, each equal to LLM.generate with the same SamplingParams."""
-    capital = offline["The capital of France is"].token_ids
+    comma = offline["stop token"].token_ids[-1]
     payloads = {
         "penalties": _payload("1, 2, 3,", 24, frequency_penalty=1.0, presence_penalty=0.5),
         "min_p": _payload("The quick brown fox", 24, seed=3, temperature=1.5, min_p=0.2),
         "ignore_eos": _payload("The capital of France is", 24, ignore_eos=True),
-        "stop token": _payload("The capital of France is", 12, stop_token_ids=[capital[2]], details=True),
+        "stop token": _payload("1, 2, 3,", 12, stop_token_ids=[comma], details=True),
     }
     with sync_frontend(shared, "newest", rolling_batch="vllm", output_formatter="jsonlines") as front:
         results = dict(zip(payloads, post_all(front, list(payloads.values()))))
     tokens = {
         name: tuple(line["token"]["id"] for line in lines_newest(chunks)) for name, (_, chunks) in results.items()
     }
-    for name in ("penalties", "min_p", "ignore_eos"):
+    for name in ("penalties", "min_p", "ignore_eos", "stop token"):
         assert tokens[name] == offline[name].token_ids, name
     assert offline["penalties"].token_ids != offline["1, 2, 3,"].token_ids[: len(offline["penalties"].token_ids)]
     assert len(tokens["ignore_eos"]) == 24
-    assert tokens["stop token"] == capital[:3]
+    assert offline["stop token"].finish_reason == "stop" and len(tokens["stop token"]) < 12
     assert lines_newest(results["stop token"][1])[-1]["details"]["finish_reason"] == "stop_sequence"
 
 
