@@ -2,7 +2,9 @@
 page, against `lmi serve` with the embedded SmolLM2: a typed prompt streams in visibly (sent as chat messages through
 the model's chat template), the answer stays in the history, a second turn follows, the conversation clears, a
 stopped endpoint gives one readable error, and the next prompt is answered once an endpoint is back, one whose model
-has no chat template, so the page falls back to a prompt transcript.
+has no chat template, so the page falls back to a prompt transcript. With an endpoint that serves LoRA adapters (two
+small ones made with PEFT for the tiny model), the sidebar's model picker lists the base model and the adapters, and
+the answer follows the one picked.
 
 Screenshots go to build/test-artifacts/; docs/chat.png (the README's) is refreshed once the whole scenario passed.
 """
@@ -23,6 +25,7 @@ from lmikit.chat.conversation import SUGGESTED_PROMPTS
 from lmikit.embedded_model import ensure_tiny_model
 from lmikit.server.process import free_port
 from local_endpoint import REPO, make_project
+from lora_support import RECIPES, make_adapter
 from playwright.sync_api import Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,6 +48,11 @@ PROPERTIES = "engine=Python\noption.rolling_batch=custom\noption.output_formatte
 FIRST_PROMPT = "Tell me about foxes."
 SECOND_PROMPT = "What do foxes eat?"
 MAX_NEW_TOKENS = 96
+LORA_PROPERTIES = (
+    "engine=Python\noption.rolling_batch=auto\noption.generation_engine=portable\noption.dtype=fp32\n"
+    "option.enable_lora=true\n"
+)
+ADAPTER_TOKENS = 8
 
 #: every distinct text of the last chat message, recorded by the page itself on each DOM change
 RECORD_RENDERS = """() => {
@@ -156,16 +164,16 @@ def wait_for_answer(page: Page, users: int) -> None:
     )
 
 
-def set_generation(page: Page) -> None:
-    """Greedy decoding (the temperature slider at its minimum) and MAX_NEW_TOKENS, through the sidebar."""
+def set_generation(page: Page, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+    """Greedy decoding (the temperature slider at its minimum) and `max_new_tokens`, through the sidebar."""
     temperature = page.get_by_role("slider", name="Temperature")
     temperature.focus()
     temperature.press("Home")
     expect(temperature).to_have_value("0")
     tokens = page.get_by_label("Max new tokens")
-    tokens.fill(str(MAX_NEW_TOKENS))
+    tokens.fill(str(max_new_tokens))
     tokens.press("Enter")
-    expect(tokens).to_have_value(str(MAX_NEW_TOKENS))
+    expect(tokens).to_have_value(str(max_new_tokens))
 
 
 def stats(page: Page) -> tuple[str, str, int]:
@@ -236,3 +244,51 @@ def test_a_person_chats_clears_and_sees_a_readable_error(tmp_path: Path) -> None
         page.screenshot(path=ARTIFACTS / "chat-after-error.png")
     README_SCREENSHOT.parent.mkdir(exist_ok=True)
     README_SCREENSHOT.write_bytes(conversation)
+
+
+def project_with_adapters(root: Path) -> Path:
+    """A project whose model/ holds the repository's handler beside adapters/ with the two adapters of the tiny model."""
+    model = root / "model"
+    model.mkdir(parents=True)
+    for item in (REPO / "model").iterdir():
+        (model / item.name).symlink_to(item)
+    for recipe in RECIPES:
+        make_adapter(ensure_tiny_model(), recipe, model / "adapters" / recipe.name)
+    (root / "serving.properties").write_text(LORA_PROPERTIES)
+    return root
+
+
+def pick_model(page: Page, name: str) -> list[str]:
+    """Pick `name` in the sidebar's model picker; the names it offered."""
+    picker = page.get_by_role("combobox", name="Model")
+    picker.click()
+    options = page.get_by_role("option")
+    expect(options.first).to_be_visible()
+    offered = [text.strip() for text in options.all_inner_texts()]
+    options.filter(has_text=re.compile(f"^{re.escape(name)}$")).click()
+    expect(picker).to_have_value(name)
+    return offered
+
+
+def test_a_person_picks_a_lora_adapter_and_the_answer_follows_it(tmp_path: Path) -> None:
+    tiny = ensure_tiny_model()
+    project = project_with_adapters(tmp_path / "project")
+    endpoint_port = free_port()
+    with (
+        local_endpoint(project, endpoint_port, "--model-id", str(tiny)),
+        chat_page(endpoint_port) as url,
+        browser(tmp_path / "profile") as page,
+    ):
+        page.goto(url)
+        set_generation(page, ADAPTER_TOKENS)
+        answers = []
+        for name in (tiny.name, RECIPES[0].name, RECIPES[1].name, tiny.name):
+            assert pick_model(page, name) == [tiny.name, *(recipe.name for recipe in RECIPES)]
+            send(page, FIRST_PROMPT, users_before=0)
+            expect(page.locator('[data-testid="stChatMessage"] [data-testid="stAlert"]')).to_have_count(0)
+            answers.append(contents(page).last.inner_text().strip())
+            page.get_by_role("button", name="Clear conversation").click()
+            expect(contents(page)).to_have_count(0)
+    base, first, second, base_again = answers
+    assert base_again == base, "greedy answers of the base model repeat"
+    assert len({base, first, second}) == 3, f"each adapter changes the answer: {answers}"

@@ -19,6 +19,7 @@ from lmikit.chat.conversation import (
     transcript,
 )
 from lmikit.chat.target import ENDPOINT_NAME_VARIABLE, ENDPOINT_URL_VARIABLE, LOCAL_URL, ChatTarget
+from lmistream.adapters import AdapterRegistry, AdapterSpec, requested_adapter
 from lmistream.chat import chat_request
 from lmistream.params import parse_request
 
@@ -93,6 +94,22 @@ def test_the_handler_accepts_the_request_as_built(settings: Settings) -> None:
     assert parsed.inputs == request.prompt
     assert parsed.params.stop_sequences == (STOP_SEQUENCE,)
     assert parsed.params.do_sample is (settings.temperature > 0)
+
+
+@pytest.mark.parametrize(("mode", "adapter"), [("chat", "summarize"), (PROMPT, "summarize"), ("chat", None)])
+def test_the_handler_serves_the_adapter_picked_in_either_mode(mode: str, adapter: str | None) -> None:
+    registry = AdapterRegistry(True, [AdapterSpec("summarize", "/a", 4, 16.0, ("q_proj",))])
+    request = build_request(HISTORY, Settings(adapter=adapter), mode)
+    if isinstance(request, ChatRequest):
+        body = {"messages": request.messages, **request.options}
+    else:
+        body = {"inputs": request.prompt, "parameters": request.parameters}
+    assert requested_adapter(body, None, registry, chat=mode == "chat")[1] == adapter
+
+
+def test_a_sagemaker_endpoint_or_a_url_that_does_not_answer_lists_no_models() -> None:
+    assert ChatTarget("my-llm", None).models() == []
+    assert ChatTarget("local", "http://127.0.0.1:9").models() == []
 
 
 def test_an_echoed_stop_sequence_and_surrounding_space_leave_the_answer() -> None:

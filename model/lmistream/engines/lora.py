@@ -1,11 +1,13 @@
 """LoraLayers: several LoRA adapters applied in one batched forward pass, each row with its own (or none).
 
-Every linear layer an adapter targets gets a forward hook. Before each forward pass the engine routes the batch
-(`route`: one adapter name or None per row); the hook then adds `scaling * (x @ A.T) @ B.T` to the rows of each adapter,
-computed on those rows alone, so rows on the base model pay nothing but the hook's check, and a batch with no adapter
-rows skips every hook at once. At most `max_loras` adapters hold weights on the model's device (the scheduler lets no
-batch hold more); `max_cpu_loras` more stay in host memory, and the others are read again from their directory when
-a request names them.
+Every linear layer an adapter targets gets a forward hook. The resident adapters' weights are stacked per module, one
+slot per adapter (A transposed, B transposed with its scaling folded in, ranks zero-padded to the largest). Before
+each forward pass the engine routes the batch (`route`: one adapter name or None per row), which gathers each adapter
+row's slot once per batch composition; the hook then adds `(x @ A) @ B` for all adapter rows in two batched matmuls
+(`torch.bmm`), whatever the number of adapters, so rows on the base model pay nothing but the hook's check, and a
+batch with no adapter rows skips every hook at once. At most `max_loras` adapters hold weights on the model's device
+(the scheduler lets no batch hold more); `max_cpu_loras` more stay in host memory, and the others are read again
+from their directory when a request names them.
 
 Written by hand rather than through PEFT: PEFT's LoRA layers replace the model's modules (`PeftModel` wraps the model
 and changes its forward signature, which the batch code inspects), its mixed-batch `adapter_names` forward arrived
@@ -104,15 +106,19 @@ class LoraLayers:
         self._specs: dict[str, AdapterSpec] = {}
         self._host: OrderedDict[str, Weights] = OrderedDict()
         self._resident: OrderedDict[str, Weights] = OrderedDict()
+        self._stale = False  # an adapter was re-registered: the stacks may hold its old weights
+        self._slots: dict[str, int] = {}
+        self._stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooked: set[str] = set()
-        self._groups: list[tuple[torch.Tensor, Weights]] = []
+        self._routes: OrderedDict[tuple[str | None, ...], _Route | None] = OrderedDict()
+        self._route: _Route | None = None
 
     def add(self, spec: AdapterSpec) -> None:
         """Validate an adapter against the model and serve it (any thread); ConfigError leaves the others as they were."""
         weights = load_weights(spec, self._modules, self._dtype)
         with self._lock:
             self._specs[spec.name] = spec
-            self._resident.pop(spec.name, None)
+            self._stale = self._stale or spec.name in self._resident
             self._keep(self._host, spec.name, weights, self._max_cpu_loras)
 
     def remove(self, name: str) -> None:
@@ -123,22 +129,41 @@ class LoraLayers:
 
     def route(self, adapters: Sequence[str | None]) -> None:
         """Set the adapter of each row of the next forward pass (the engine's loop thread)."""
-        rows: dict[str, list[int]] = {}
-        for row, name in enumerate(adapters):
-            if name is not None:
-                rows.setdefault(name, []).append(row)
-        groups = []
-        for name, indices in rows.items():
-            weights = self._on_device(name)
-            self._hook(weights)
-            groups.append((torch.tensor(indices, dtype=torch.long, device=self._device), weights))
-        self._groups = groups
+        with self._lock:
+            stale, self._stale = self._stale, False
+        if stale:
+            self._resident.clear()
+        key = tuple(adapters)
+        if key not in self._routes:
+            self._routes[key] = self._new_route(key)
+            while len(self._routes) > _ROUTES_KEPT:
+                self._routes.popitem(last=False)
+        self._route = self._routes[key]
 
-    def _on_device(self, name: str) -> Weights:
-        weights = self._resident.get(name)
-        if weights is not None:
+    def _new_route(self, adapters: tuple[str | None, ...]) -> _Route | None:
+        """Each adapter row's slice of the stacked weights of every module its adapter targets."""
+        names = list(dict.fromkeys(name for name in adapters if name is not None))
+        if not names:
+            return None
+        if any(name not in self._resident for name in names):
+            for name in names:
+                self._make_resident(name)
+            self._restack()
+        rows = [(row, name) for row, name in enumerate(adapters) if name is not None]
+        slots = torch.tensor([self._slots[name] for _, name in rows], dtype=torch.long, device=self._device)
+        pairs = {}
+        for module in sorted({module for name in names for module in self._resident[name]}):
+            a, b = self._stacks[module]
+            pairs[module] = (a.index_select(0, slots), b.index_select(0, slots))
+        every = len(rows) == len(adapters)
+        index = None if every else torch.tensor([row for row, _ in rows], dtype=torch.long, device=self._device)
+        return _Route(index, pairs)
+
+    def _make_resident(self, name: str) -> None:
+        """The adapter's host weights among the `max_loras` that the stacks hold (read again if no longer cached)."""
+        if name in self._resident:
             self._resident.move_to_end(name)
-            return weights
+            return
         with self._lock:
             host, spec = self._host.get(name), self._specs.get(name)
         if host is None:
@@ -147,9 +172,31 @@ class LoraLayers:
             host = load_weights(spec, self._modules, self._dtype)
             with self._lock:
                 self._keep(self._host, name, host, self._max_cpu_loras)
-        weights = {m: (a.to(self._device), b.to(self._device), s) for m, (a, b, s) in host.items()}
-        self._keep(self._resident, name, weights, self._max_loras)
-        return weights
+        self._keep(self._resident, name, host, self._max_loras)
+
+    def _restack(self) -> None:
+        """Every targeted module's resident adapters as two stacks on the device, one slot per adapter: A transposed
+        (slots, in, rank) and B transposed with its scaling folded in (slots, rank, out), ranks zero-padded to the
+        largest, zeros for an adapter that leaves the module alone."""
+        names = list(self._resident)
+        self._slots = {name: slot for slot, name in enumerate(names)}
+        rank = max(a.shape[0] for weights in self._resident.values() for a, _, _ in weights.values())
+        self._stacks = {}
+        for module in sorted({module for weights in self._resident.values() for module in weights}):
+            linear = self._modules[module]
+            a_stack = torch.zeros(len(names), linear.in_features, rank, dtype=self._dtype)
+            b_stack = torch.zeros(len(names), rank, linear.out_features, dtype=self._dtype)
+            for slot, name in enumerate(names):
+                pair = self._resident[name].get(module)
+                if pair is not None:
+                    a, b, scaling = pair
+                    a_stack[slot, :, : a.shape[0]] = a.t()
+                    b_stack[slot, : b.shape[1]] = b.t() * scaling
+            self._stacks[module] = (a_stack.to(self._device), b_stack.to(self._device))
+            if module not in self._hooked:
+                linear.register_forward_hook(self._delta(module))
+                self._hooked.add(module)
+        self._routes.clear()
 
     @staticmethod
     def _keep(cache: OrderedDict[str, Weights], name: str, weights: Weights, capacity: int) -> None:
@@ -159,20 +206,29 @@ class LoraLayers:
         while len(cache) > capacity:
             cache.popitem(last=False)
 
-    def _hook(self, weights: Weights) -> None:
-        for name in weights:
-            if name not in self._hooked:
-                self._modules[name].register_forward_hook(self._delta(name))
-                self._hooked.add(name)
-
     def _delta(self, module_name: str) -> Any:
         def hook(_module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-            for index, weights in self._groups:
-                pair = weights.get(module_name)
-                if pair is not None:
-                    a, b, scaling = pair
-                    rows = inputs[0].index_select(0, index)
-                    output.index_add_(0, index, (rows @ a.t()) @ b.t(), alpha=scaling)
-            return output
+            route = self._route
+            pair = route.pairs.get(module_name) if route is not None else None
+            if route is None or pair is None:
+                return output
+            a, b = pair
+            x = inputs[0] if route.rows is None else inputs[0].index_select(0, route.rows)
+            delta = torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b)
+            if route.rows is None:
+                return output.add_(delta.view(output.shape))
+            return output.index_add_(0, route.rows, delta.view((-1, *output.shape[1:])))
 
         return hook
+
+
+#: routings kept ready (a step's prefill and the running batch's decode alternate)
+_ROUTES_KEPT = 4
+
+
+class _Route:
+    """One forward pass's adapter rows (None: every row) and, per module, those rows' A and B slices."""
+
+    def __init__(self, rows: torch.Tensor | None, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.rows = rows
+        self.pairs = pairs

@@ -36,6 +36,20 @@ def runtime_client(target: ChatTarget) -> Any:
     return target.client()
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def served_models(target: ChatTarget) -> list[str]:
+    return target.models()
+
+
+def adapter_picker(target: ChatTarget) -> str | None:
+    """The sidebar's model picker, shown when the endpoint lists LoRA adapters; the adapter picked (None: the base)."""
+    models = served_models(target)
+    if len(models) < 2:
+        return None
+    picked = st.selectbox("Model", models, help="The base model, or one of its LoRA adapters")
+    return None if picked == models[0] else picked
+
+
 def clear_conversation() -> None:
     st.session_state.history = []
     st.session_state.stats = None
@@ -44,12 +58,14 @@ def clear_conversation() -> None:
 def sidebar(target: ChatTarget) -> Settings:
     with st.sidebar:
         st.caption(f"Endpoint: {target.describe()}")
+        adapter = adapter_picker(target)
         st.session_state.format = st.selectbox("Request format", list(FORMATS), format_func=FORMATS.__getitem__)
         settings = Settings(
             max_new_tokens=st.number_input("Max new tokens", min_value=1, max_value=4096, value=256, step=16),
             temperature=st.slider("Temperature (0: greedy)", 0.0, 2.0, 0.7, step=0.05),
             top_p=st.slider("Top p", 0.05, 1.0, 0.9, step=0.05),
             system_prompt=st.text_area("System prompt", DEFAULT_SYSTEM_PROMPT),
+            adapter=adapter,
         )
         st.button("Clear conversation", on_click=clear_conversation)
     return settings

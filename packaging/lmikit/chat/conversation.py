@@ -8,7 +8,8 @@ Two modes:
 
 An answer that failed, and the question it answered, are left out of later requests. Prompt-mode parameters are the
 ones LMI and TGI both read: temperature 0 means greedy (no `do_sample`, no `temperature`, which TGI requires to be
-positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1). Chat mode sends OpenAI's names.
+positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1). Chat mode sends OpenAI's names. A LoRA
+adapter picked in the sidebar goes as the chat body's `model`, or as TGI's `parameters.adapter_id` in prompt mode.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Settings:
     temperature: float = 0.7
     top_p: float = 0.9
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    adapter: str | None = None  # None: the base model
 
     def parameters(self) -> dict[str, Any]:
         """The request's `parameters`, valid for LMI and TGI alike."""
@@ -57,6 +59,8 @@ class Settings:
             parameters.update(do_sample=True, temperature=self.temperature)
             if self.top_p < 1:
                 parameters["top_p"] = self.top_p
+        if self.adapter is not None:
+            parameters["adapter_id"] = self.adapter
         return parameters
 
     def chat_options(self) -> dict[str, Any]:
@@ -64,6 +68,8 @@ class Settings:
         options: dict[str, Any] = {"max_tokens": self.max_new_tokens, "temperature": self.temperature}
         if self.temperature > 0 and self.top_p < 1:
             options["top_p"] = self.top_p
+        if self.adapter is not None:
+            options["model"] = self.adapter
         return options
 
 
