@@ -145,15 +145,18 @@ def check_image(project: Project, image: str, gpus: int | None = None) -> list[F
         *check_model(project, stack, props.get("option.model_id", ""), shipped),
         *check_tensor_parallel(stack, props),
         *check_device(stack, props, gpus),
-        *(check_options(project, props, _auto_engine(stack, shipped, gpus)) if engine == "auto" else []),
+        *(check_options(project, props, _auto_engine(project, stack, shipped, gpus)) if engine == "auto" else []),
     ]
 
 
-def _auto_engine(stack: ImageStack, shipped: list[Requirement], gpus: int | None) -> str:
-    """The engine option.generation_engine=auto picks on the image."""
-    if stack.runs_vllm(_transformers(stack, shipped)):
-        return "vllm"
-    return "continuous" if _continuous_ready(stack, shipped) and gpus != 0 else "portable"
+def _auto_engine(project: Project, stack: ImageStack, shipped: list[Requirement], gpus: int | None) -> str:
+    """The engine option.generation_engine=auto picks on the image: the handler's own rule over what it ships."""
+    engine: str = handler_module(project.model_dir, "engine_choice").automatic(
+        lambda: None if stack.runs_vllm(_transformers(stack, shipped)) else "no vLLM that runs the vllm engine",
+        lambda: None if _continuous_ready(stack, shipped) else "transformers 5.24 does not run there",
+        lambda: gpus == 0,
+    )[0]
+    return engine
 
 
 def check_options(project: Project, props: dict[str, str], engine: str) -> list[Finding]:
@@ -168,8 +171,8 @@ def check_options(project: Project, props: dict[str, str], engine: str) -> list[
 def generation_engine(project: Project, props: dict[str, str]) -> str:
     """The engine the options ask for, as the handler's own `requested` reads them (ConfigError when they
     disagree)."""
-    engines = handler_module(project.model_dir, "engines")
-    engine: str = engines.requested(props.get("option.rolling_batch"), props.get("option.generation_engine", "auto"))[0]
+    choice = handler_module(project.model_dir, "engine_choice")
+    engine: str = choice.requested(props.get("option.rolling_batch"), props.get("option.generation_engine", "auto"))[0]
     return engine
 
 
@@ -192,16 +195,17 @@ def shipped_requirements(stack: ImageStack | None, own: str, engine: str) -> str
     )
 
 
-def engine_note(stack: ImageStack | None, engine: str, requirements: str) -> str:
+def engine_note(
+    project: Project, stack: ImageStack | None, engine: str, requirements: str, gpus: int | None = None
+) -> str:
     """Which engine the handler will run there, for the build report."""
     if stack is None:
         return "unknown image: the handler picks its engine when the model loads"
     if engine != "auto":
         return f"option.generation_engine={engine}"
-    shipped = parse_requirements(requirements)[0]
-    if stack.runs_vllm(_transformers(stack, shipped)):
+    chosen = _auto_engine(project, stack, parse_requirements(requirements)[0], gpus)
+    if chosen == "vllm":
         return f"option.generation_engine=auto will use the vllm engine (the image's vLLM {stack.packages['vllm']})"
-    chosen = "continuous" if _continuous_ready(stack, shipped) else "portable"
     return f"option.generation_engine=auto will use the {chosen} engine"
 
 

@@ -34,6 +34,7 @@ from .properties import init_properties, read_serving_properties
 from .server.endpoint import LocalEndpoint
 from .server.placement import keep_off_pinned_cpus
 from .server.runtime import RuntimeConfig
+from .validate import handler_module
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: engines for which DJL starts one mpirun job of tensor_parallel_degree ranks
@@ -135,9 +136,10 @@ def _dtype_for_this_device(
         )
 
 
-def served_model(props: dict[str, str]) -> str:
-    """The model id OpenAI clients see (`/v1/models`): the last part of option.model_id, as the handler names it."""
-    return props.get("option.model_id", "model").rstrip("/").rsplit("/", 1)[-1]
+def served_model(props: dict[str, str], project: Project) -> str:
+    """The model id OpenAI clients see (`/v1/models`): option.model_id as the handler names it in its answers."""
+    naming = handler_module(project.model_dir, "config").served_model_name
+    return str(naming(props.get("option.model_id", "model")))
 
 
 def served_adapters(props: dict[str, str], project: Project) -> tuple[str, ...]:
@@ -205,13 +207,14 @@ def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> N
     """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
     props = serving_properties(settings, say)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    project = Project.at(settings.project_dir)
     runtime = RuntimeConfig(
         endpoint_name=settings.endpoint_name,
         stream_time_limit=settings.stream_time_limit,
-        adapters=served_adapters(props, Project.at(settings.project_dir)),
+        adapters=served_adapters(props, project),
     )
     try:
-        endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(props))
+        endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(props, project))
     except OSError as error:
         raise click.ClickException(
             f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); pass another --port"

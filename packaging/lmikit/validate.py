@@ -134,12 +134,10 @@ def _closest(name: str, known: tuple[str, ...]) -> str | None:
 def _refused_options(project: Project, props: dict[str, str], options_module: ModuleType) -> list[Finding]:
     """Options the engine these options ask for refuses at load; with the engine left to auto, those every engine
     refuses (`lmi build --image` adds those of the engine that image runs)."""
-    engines_module = handler_module(project.model_dir, "engines")
+    choice = handler_module(project.model_dir, "engine_choice")
     try:
-        engine = engines_module.requested(
-            props.get("option.rolling_batch"), props.get("option.generation_engine", "auto")
-        )[0]
-    except engines_module.ConfigError:
+        engine = choice.requested(props.get("option.rolling_batch"), props.get("option.generation_engine", "auto"))[0]
+    except choice.ConfigError:
         return []  # images.check_image reports the disagreement
     if engine != "auto" and engine not in options_module.ENGINES:
         return []  # the option's own check names the bad engine

@@ -37,7 +37,7 @@ def validated_build(
         console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries) for {image}; "
-        f"{images.engine_note(stack, engine, requirements)}",
+        f"{images.engine_note(project, stack, engine, requirements, gpus)}",
         markup=False,
         soft_wrap=True,
     )
