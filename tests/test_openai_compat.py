@@ -252,7 +252,7 @@ def test_huggingface_hub_text_generation_streams_tgi_sse_unmodified(version: str
 
 def shipped_options() -> dict[str, str]:
     """The repository's serving.properties as `lmi serve` runs it here: its options, on the tiny model in fp32."""
-    props = Project.at(REPO).properties()
+    props = Project.at(REPO).properties
     options = {key[len("option.") :]: value for key, value in props.items() if key.startswith("option.")}
     return {**options, "model_id": str(ensure_tiny_model()), "dtype": "fp32", "entryPoint": None}
 
