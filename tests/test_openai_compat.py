@@ -347,14 +347,12 @@ def _peak_rows(tools: Any) -> Callable[[], int]:
     """The most rows the engine held at once while the requests ran (sampled on every engine update)."""
     peak = {"rows": len(tools.engine._rows)}
     lock = threading.Lock()
-    publish = tools.engine._on_update
 
     def noted(update: Any) -> None:
         with lock:
             peak["rows"] = max(peak["rows"], len(tools.engine._rows))
-        publish(update)
 
-    tools.engine._on_update = noted
+    tools.hub.observe(noted)
     return lambda: peak["rows"]
 
 
