@@ -345,12 +345,12 @@ def test_smollm2_answers_a_factual_question_through_its_chat_template(tmp_path: 
 
 def _peak_rows(tools: Any) -> Callable[[], int]:
     """The most rows the engine held at once while the requests ran (sampled on every engine update)."""
-    peak = {"rows": len(tools.engine._rows)}
+    peak = {"rows": tools.engine.batch_rows}
     lock = threading.Lock()
 
     def noted(update: Any) -> None:
         with lock:
-            peak["rows"] = max(peak["rows"], len(tools.engine._rows))
+            peak["rows"] = max(peak["rows"], tools.engine.batch_rows)
 
     tools.hub.observe(noted)
     return lambda: peak["rows"]

@@ -87,7 +87,7 @@ def test_at_most_max_rolling_batch_size_rows_run_and_waiting_requests_join_later
 ) -> None:
     running_counts = []
     engine, collector = _engine(
-        tiny_dir, lambda engine: running_counts.append(engine._scheduler.running), max_rolling_batch_size="2"
+        tiny_dir, lambda engine: running_counts.append(engine.running), max_rolling_batch_size="2"
     )
     try:
         for index, (prompt, max_new_tokens) in enumerate(PROMPTS):
@@ -96,7 +96,7 @@ def test_at_most_max_rolling_batch_size_rows_run_and_waiting_requests_join_later
     finally:
         engine.stop()
     assert max(running_counts) == 2
-    assert engine._scheduler.running == 0 and engine._batch is None
+    assert engine.idle()
     for index, (prompt, max_new_tokens) in enumerate(PROMPTS):
         assert tuple(collector.tokens(f"r{index}")) == reference(prompt, max_new_tokens).token_ids, prompt
 
@@ -173,7 +173,7 @@ def test_a_cancelled_request_leaves_the_batch_and_frees_its_slot(started, refere
     assert collector.wait_for(lambda: len(collector.tokens("long")) >= 3)
     engine.cancel("long")
     collector.wait_finished("short")
-    assert collector.wait_for(lambda: engine._scheduler.running == 0)
+    assert collector.wait_for(lambda: engine.running == 0)
     assert not collector.finished("long") and len(collector.tokens("long")) < 200
     assert tuple(collector.tokens("short")) == reference("Hello, my name is", 14).token_ids
 
