@@ -9,19 +9,20 @@ from typing import Any
 from djl_python import Input, Output
 from lmistream.service import StreamingService
 
-_service = StreamingService(Output, namespace=globals())
+#: the handler's service (its engine, its update hub), public for the tools that drive this file
+service = StreamingService(Output, namespace=globals())
 
 
 def handle(inputs: Input) -> Any:
     """Return None for the init/warm-up call, else an Output (a coroutine in async mode)."""
-    return _service.handle(inputs)
+    return service.handle(inputs)
 
 
 def register_adapter(inputs: Input) -> Any:
     """DJL's LoRA adapter registration (newest LMI): properties `name` and `src` (the adapter's directory)."""
-    return _service.register_adapter_input(inputs)
+    return service.register_adapter_input(inputs)
 
 
 def unregister_adapter(inputs: Input) -> Any:
     """DJL's LoRA adapter removal: property `name`."""
-    return _service.unregister_adapter_input(inputs)
+    return service.unregister_adapter_input(inputs)

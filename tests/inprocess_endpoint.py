@@ -20,13 +20,13 @@ class Instruments:
     """Counts the engine's forward passes, remembers the step of each request's last update, and fails a step on
     demand."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine, self.steps, self.fault, self.prefill_fault = engine, 0, None, None
+    def __init__(self, engine: Any, hub: Any) -> None:
+        self.engine, self.hub, self.steps, self.fault, self.prefill_fault = engine, hub, 0, None, None
         self.last_update: dict[str, int] = {}
         self.prompts: dict[str, str] = {}  # engine request id -> prompt
         self.response_prompts: dict[str, str] = {}  # HTTP response id -> prompt
         self._lock = threading.Lock()
-        call, publish, submit = engine._call, engine._on_update, engine.submit
+        call, submit = engine._call, engine.submit
 
         def counted(input_ids: Any, mask: Any, cache: Any) -> Any:
             with self._lock:
@@ -41,13 +41,13 @@ class Instruments:
 
         def noted(update: Any) -> None:
             self.last_update[update.request_id] = self.steps
-            publish(update)
 
         def named(request_id: str, prompt_ids: list[int], params: Any) -> None:
             self.prompts[request_id] = engine.tokenizer.decode(prompt_ids)
             submit(request_id, prompt_ids, params)
 
-        engine._call, engine._on_update, engine.submit = counted, noted, named
+        engine._call, engine.submit = counted, named
+        hub.observe(noted)
 
 
 @contextmanager
@@ -65,8 +65,8 @@ def served(version: str = "0.23", **options: str) -> Iterator[tuple[LocalEndpoin
     }
     settings = {key: value for key, value in settings.items() if value is not None}  # None: leave the option unset
     with frontend(version, **settings) as front:
-        engine = front.entry.module._service.engine
-        instruments = Instruments(engine)
+        service = front.entry.module.service
+        instruments = Instruments(service.engine, service.hub)
         submit = front.submit
 
         def noted_submit(headers: Any, body: bytes, *args: Any, **kwargs: Any) -> Any:
@@ -82,7 +82,7 @@ def served(version: str = "0.23", **options: str) -> Iterator[tuple[LocalEndpoin
             with http_endpoint(front, "tiny") as endpoint:
                 yield endpoint, instruments
         finally:
-            engine.stop()
+            service.engine.stop()
 
 
 @contextmanager

@@ -204,6 +204,29 @@ def test_rolling_batch_vllm_beside_another_engine_is_the_loaders_error(project: 
     assert "option.rolling_batch=vllm picks the vLLM engine" in message and "drop one of them" in message
 
 
+def test_lmi_build_refuses_rolling_batch_vllm_beside_portable_with_the_containers_error(
+    project: Path, tmp_path: Path
+) -> None:
+    from lmistream.config import HandlerConfig
+    from lmistream.engines import choose
+    from lmistream.errors import ConfigError
+
+    _setup(project, rolling_batch="vllm", generation_engine="portable", model_id=HUB_ID)
+    with pytest.raises(ConfigError) as loading:
+        choose(HandlerConfig(model_id=HUB_ID, rolling_batch="vllm", generation_engine="portable"))
+    result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.36.0")
+    assert result.exit_code == 1 and not (tmp_path / "m.tar.gz").exists()
+    assert f"error: option.generation_engine: {loading.value.message}" in result.stderr
+
+
+def test_the_build_report_names_the_engine_auto_takes_on_a_cpu_instance(project: Path, tmp_path: Path) -> None:
+    """The report and the option checks apply the handler's one rule: on a CPU, auto takes the portable engine."""
+    _setup(project, requirements="transformers==5.24.0\n", dtype="fp32")
+    result = _build(project, tmp_path / "m.tar.gz", "--image", "djl-lmi:0.36.0", "--instance-type", "ml.c7i.2xlarge")
+    assert result.exit_code == 0, result.output
+    assert "option.generation_engine=auto will use the portable engine" in result.stderr
+
+
 @pytest.mark.parametrize("engine", ["auto", "portable"])
 def test_auto_and_portable_run_on_0_23(project: Path, engine: str) -> None:
     _setup(project, generation_engine=engine, model_id=HUB_ID)

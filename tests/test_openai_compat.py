@@ -252,7 +252,7 @@ def test_huggingface_hub_text_generation_streams_tgi_sse_unmodified(version: str
 
 def shipped_options() -> dict[str, str]:
     """The repository's serving.properties as `lmi serve` runs it here: its options, on the tiny model in fp32."""
-    props = Project.at(REPO).properties()
+    props = Project.at(REPO).properties
     options = {key[len("option.") :]: value for key, value in props.items() if key.startswith("option.")}
     return {**options, "model_id": str(ensure_tiny_model()), "dtype": "fp32", "entryPoint": None}
 
@@ -345,16 +345,14 @@ def test_smollm2_answers_a_factual_question_through_its_chat_template(tmp_path: 
 
 def _peak_rows(tools: Any) -> Callable[[], int]:
     """The most rows the engine held at once while the requests ran (sampled on every engine update)."""
-    peak = {"rows": len(tools.engine._rows)}
+    peak = {"rows": tools.engine.batch_rows}
     lock = threading.Lock()
-    publish = tools.engine._on_update
 
     def noted(update: Any) -> None:
         with lock:
-            peak["rows"] = max(peak["rows"], len(tools.engine._rows))
-        publish(update)
+            peak["rows"] = max(peak["rows"], tools.engine.batch_rows)
 
-    tools.engine._on_update = noted
+    tools.hub.observe(noted)
     return lambda: peak["rows"]
 
 

@@ -5,7 +5,7 @@ for token."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ import transformers
 from engine_support import Collector
 from lmikit.embedded_model import ensure_tiny_model
 from lmistream.config import HandlerConfig
+from lmistream.engine import EngineUpdate
 from lmistream.engines.portable import PortableEngine
 from lmistream.errors import ConfigError
 from lmistream.params import GenerationParams
@@ -41,10 +42,19 @@ def reference(tiny_dir: Path) -> ReferenceModel:
     return ReferenceModel(tiny_dir)
 
 
-def _engine(model_dir: Path, **options: str) -> tuple[PortableEngine, Collector]:
+def _engine(
+    model_dir: Path, observe: Callable[[PortableEngine], None] | None = None, **options: str
+) -> tuple[PortableEngine, Collector]:
+    """A started engine whose updates the collector gathers, `observe` seeing the engine at each of them."""
     engine = PortableEngine(HandlerConfig.from_properties({"model_id": str(model_dir), "dtype": "fp32", **options}))
     collector = Collector()
-    engine.start(collector)
+
+    def on_update(update: EngineUpdate) -> None:
+        if observe is not None:
+            observe(engine)
+        collector(update)
+
+    engine.start(on_update)
     return engine, collector
 
 
@@ -76,15 +86,10 @@ def test_requests_joining_at_different_steps_each_equal_generate(started, refere
 def test_at_most_max_rolling_batch_size_rows_run_and_waiting_requests_join_later(
     tiny_dir: Path, reference: ReferenceModel
 ) -> None:
-    engine, collector = _engine(tiny_dir, max_rolling_batch_size="2")
     running_counts = []
-    inner = collector.__call__
-
-    def observe(update):
-        running_counts.append(engine._scheduler.running)
-        inner(update)
-
-    engine._on_update = observe
+    engine, collector = _engine(
+        tiny_dir, lambda engine: running_counts.append(engine.running), max_rolling_batch_size="2"
+    )
     try:
         for index, (prompt, max_new_tokens) in enumerate(PROMPTS):
             _submit(engine, f"r{index}", prompt, max_new_tokens=max_new_tokens)
@@ -92,7 +97,7 @@ def test_at_most_max_rolling_batch_size_rows_run_and_waiting_requests_join_later
     finally:
         engine.stop()
     assert max(running_counts) == 2
-    assert engine._scheduler.running == 0 and engine._batch is None
+    assert engine.idle()
     for index, (prompt, max_new_tokens) in enumerate(PROMPTS):
         assert tuple(collector.tokens(f"r{index}")) == reference(prompt, max_new_tokens).token_ids, prompt
 
@@ -185,7 +190,7 @@ def test_a_cancelled_request_leaves_the_batch_and_frees_its_slot(started, refere
     assert collector.wait_for(lambda: len(collector.tokens("long")) >= 3)
     engine.cancel("long")
     collector.wait_finished("short")
-    assert collector.wait_for(lambda: engine._scheduler.running == 0)
+    assert collector.wait_for(lambda: engine.running == 0)
     assert not collector.finished("long") and len(collector.tokens("long")) < 200
     assert tuple(collector.tokens("short")) == reference("Hello, my name is", 14).token_ids
 

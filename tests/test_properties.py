@@ -1,6 +1,6 @@
 """serving.properties read like Java's Properties, with OPTION_* env filling only what the file leaves out."""
 
-from lmikit.properties import init_properties, parse_properties, read_serving_properties
+from lmikit.properties import init_properties, parse_properties, with_option_environment
 
 TEXT = """# comment
 ! also a comment
@@ -25,11 +25,10 @@ def test_java_properties_syntax():
     }
 
 
-def test_option_env_fills_gaps_but_the_file_wins(tmp_path):
-    path = tmp_path / "serving.properties"
-    path.write_text("option.dtype=fp16\n")
+def test_option_env_fills_gaps_but_the_file_wins():
     env = {"OPTION_DTYPE": "fp32", "OPTION_MAX_ROLLING_BATCH_SIZE": "4", "HOME": "/x"}
-    assert read_serving_properties(path, env) == {"option.dtype": "fp16", "option.max_rolling_batch_size": "4"}
+    serving = parse_properties("option.dtype=fp16\n")
+    assert with_option_environment(serving, env) == {"option.dtype": "fp16", "option.max_rolling_batch_size": "4"}
 
 
 def test_init_properties_strip_option_and_add_djl_keys(tmp_path):

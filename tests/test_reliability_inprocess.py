@@ -69,7 +69,7 @@ def test_dropped_clients_stop_costing_the_engine_within_two_steps(
         reused = [post(endpoint, {"inputs": p, "parameters": {"max_new_tokens": 8}}) for p in PROMPTS * 5]
         reused_texts = [(response.status, _text(response.read())) for response in reused]
         engine = tools.engine
-        assert wait_until(lambda: engine._scheduler.running == 0 and engine._batch is None), "every slot is free again"
+        assert wait_until(engine.idle), "every slot is free again"
     engine_ids = {prompt: rid for rid, prompt in tools.prompts.items() if prompt.startswith("Story ")}
     cancel_steps = {
         tools.response_prompts[rid]: step
@@ -129,8 +129,8 @@ def test_a_failing_engine_step_ends_its_streams_in_band_and_the_server_goes_on(
         )["Body"]
         runtime_parts = [next(iter(events))["PayloadPart"]["Bytes"]]
         whole = _post_later(endpoint, {**LONG, "stream": False})
-        assert wait_until(lambda: len(tools.engine._rows) == 4), (
-            len(tools.engine._rows),
+        assert wait_until(lambda: tools.engine.batch_rows == 4), (
+            tools.engine.batch_rows,
             tools.prompts,
             tools.last_update,
             tools.steps,
@@ -164,7 +164,7 @@ def test_a_failing_prefill_fails_the_joining_request_alone(reference: ReferenceM
     with served("newest") as (endpoint, tools):
         running = post(endpoint, {"inputs": "1, 2, 3,", "parameters": {"max_new_tokens": 400, "ignore_eos": True}})
         first = running.read1(65536)
-        assert wait_until(lambda: len(tools.engine._rows) == 1)
+        assert wait_until(lambda: tools.engine.batch_rows == 1)
         tools.prefill_fault = RuntimeError("injected prefill fault")
         joining = post(endpoint, {"inputs": PROMPTS[1], "parameters": {"max_new_tokens": 14}, "stream": False})
         joining_status, joining_body = joining.status, joining.read()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.serve import ServeSettings, serving_properties
+from lmikit.serve import ServeSettings, local_project
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +21,10 @@ def _project(tmp_path: Path, dtype_line: str) -> Path:
     return tmp_path
 
 
-def _props(project: Path, overrides=()) -> tuple[dict[str, str], list[str]]:
+def _props(project: Path, overrides=()) -> tuple[Mapping[str, str], list[str]]:
     said: list[str] = []
     settings = ServeSettings(project, model_id=ensure_tiny_model(), overrides=tuple(overrides))
-    return serving_properties(settings, said.append), said
+    return local_project(settings, said.append).properties, said
 
 
 @pytest.mark.parametrize("line", ["option.dtype=fp16", "option.dtype=BF16", "option.data_type=fp16"])

@@ -191,7 +191,7 @@ def sync_frontend(shared: SharedEngine, version: str, **options: str) -> Iterato
 def async_front(model_dir: Path, offline: dict[str, Offline]) -> Iterator[Any]:
     """model.py in newest DJL's async mode: the handler creates its AsyncLLM engine on the frontend's event loop."""
     with frontend("newest", model_id=str(model_dir), async_mode="true", enable_streaming="true", **OPTIONS) as front:
-        engine = front.entry.module._service.engine
+        engine = front.entry.module.service.engine
         assert isinstance(engine, AsyncVllmEngine)
         yield front
         engine.stop()
@@ -371,7 +371,7 @@ def shout(event: StreamEvent) -> str:
 def test_a_cancelled_stream_is_aborted_in_vllm_and_the_engine_goes_on(
     shared: SharedEngine, async_front: Any, path: str, offline: dict[str, Offline]
 ) -> None:
-    engine = shared.engine._engine if path == "rolling" else async_front.entry.module._service.engine._engine
+    engine = shared.engine._engine if path == "rolling" else async_front.entry.module.service.engine._engine
 
     def cancel_then_ask(front: Any) -> tuple[int, list[bytes]]:
         response = post(front, _payload("Tell me a long story.", LONG))
@@ -526,7 +526,7 @@ def test_stopping_the_engine_ends_the_running_streams_with_an_error(model_dir: P
     with frontend(
         "0.23", model_id=str(model_dir), rolling_batch="vllm", output_formatter="jsonlines", **OPTIONS
     ) as front:
-        engine = front.entry.module._service.engine
+        engine = front.entry.module.service.engine
         response = post(front, _payload("1, 2, 3,", LONG))  # counts on well past its first chunk
         next(response.chunks(30))
         engine.stop()
@@ -548,7 +548,7 @@ def test_tensor_parallelism_is_vllms_own(model_dir: Path, offline: dict[str, Off
         tensor_parallel_degree="3",
         **OPTIONS,
     ) as front:
-        engine = front.entry.module._service.engine
+        engine = front.entry.module.service.engine
         try:
             results = post_all(front, [_payload(prompt, n) for prompt, n in GREEDY])
         finally:

@@ -60,7 +60,7 @@ def front(handler_dir: Path, expected: dict) -> Iterator:
     options = {"model_id": str(ensure_smollm2()), "dtype": "fp32", "enforce_eager": "true", "enable_lora": "true"}
     with frontend("newest", handler_dir, rolling_batch="vllm", output_formatter="jsonlines", **options) as running:
         yield running
-        running.entry.module._service.engine.stop()
+        running.entry.module.service.engine.stop()
 
 
 def _payload(prompt: str, n: int, adapter: str | None) -> dict:

@@ -23,7 +23,7 @@ from .chat import chat_request, is_chat
 from .chat_output import ChatCompletion, ChatCompletionChunks, merge_choices
 from .completion_output import Completion, CompletionChunks
 from .completions import completion_request, is_completion
-from .config import HandlerConfig
+from .config import HandlerConfig, served_model_name
 from .engine import Engine
 from .errors import ConfigError, HandlerError, InvalidRequest
 from .formatters import (
@@ -354,8 +354,7 @@ class Admissions:
 
     @property
     def _model_name(self) -> str:
-        """The name answers carry when the request names none: the model directory's or hub id's last part."""
-        return self.config.model_id.rstrip("/").rsplit("/", 1)[-1]
+        return served_model_name(self.config.model_id)
 
     def _resolve_custom(self, name: str | None) -> Callable[[StreamEvent], str] | None:
         if name is None or (name.lower(), self.generation) in REGISTRY:

@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidRequest
-from .params import MAX_TOP_LOGPROBS, ChatOptions, GenerationParams, GenerationRequest, Reader, check_text
+from .params import (
+    MAX_NEW_TOKENS,
+    MAX_TOP_LOGPROBS,
+    ChatOptions,
+    GenerationParams,
+    GenerationRequest,
+    Reader,
+    check_text,
+)
 from .structured import from_response_format, one_of
 from .tool_calls import for_template, message_calls, read_tools
 
@@ -122,8 +130,8 @@ def choices(r: Reader, stream: bool) -> int:
 
 def max_tokens(r: Reader, default: int) -> int:
     """`max_completion_tokens`, else the older `max_tokens`, else the handler's default."""
-    newer = r.integer("max_completion_tokens", 1, 1_000_000, None)
-    older = r.integer("max_tokens", 1, 1_000_000, None)
+    newer = r.integer("max_completion_tokens", 1, MAX_NEW_TOKENS, None)
+    older = r.integer("max_tokens", 1, MAX_NEW_TOKENS, None)
     return next((value for value in (newer, older) if value is not None), default)
 
 

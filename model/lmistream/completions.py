@@ -14,7 +14,7 @@ from typing import Any
 
 from .chat import MAX_STOP, OPENAI_FIELDS, choices, include_usage, text_field
 from .errors import InvalidRequest
-from .params import ChatOptions, GenerationParams, GenerationRequest, Reader, check_text
+from .params import MAX_NEW_TOKENS, ChatOptions, GenerationParams, GenerationRequest, Reader, check_text
 
 #: OpenAI's default `max_tokens` for completions
 DEFAULT_MAX_TOKENS = 16
@@ -48,7 +48,7 @@ def completion_request(payload: Mapping[str, Any]) -> GenerationRequest:
             param="echo",
         )
     params = GenerationParams(
-        max_new_tokens=r.integer("max_tokens", 1, 1_000_000, DEFAULT_MAX_TOKENS),
+        max_new_tokens=r.integer("max_tokens", 1, MAX_NEW_TOKENS, DEFAULT_MAX_TOKENS),
         do_sample=temperature > 0,
         temperature=temperature or 1.0,
         top_p=r.number("top_p", 0.0, 1.0, 1.0, open_low=True),

@@ -13,6 +13,7 @@ from typing import Any, Literal, overload
 
 from .dialect import DjlGeneration
 from .errors import ConfigError
+from .params import MAX_NEW_TOKENS
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 #: DJL's other spellings of the dtypes (its vLLM properties take torch's names too)
@@ -77,7 +78,7 @@ class HandlerConfig:
             max_rolling_batch_prefill_tokens=p.integer("max_rolling_batch_prefill_tokens", minimum=1),
             enable_streaming=p.choice("enable_streaming", STREAMING_VALUES, default="false"),
             output_formatter=p.text("output_formatter"),
-            max_new_tokens=p.integer("max_new_tokens", minimum=1, maximum=1_000_000, default=256),
+            max_new_tokens=p.integer("max_new_tokens", minimum=1, maximum=MAX_NEW_TOKENS, default=256),
             async_mode=p.boolean("async_mode", default=False),
             device_id=p.integer("device_id", minimum=-1, default=-1),
             generation_engine=p.choice("generation_engine", GENERATION_ENGINES, default="auto"),
@@ -106,6 +107,12 @@ class HandlerConfig:
     def streaming(self) -> bool:
         """Whether a non-rolling-batch response streams (0.23 treats any value but 'false' as on)."""
         return self.enable_streaming != "false"
+
+
+def served_model_name(model_id: str) -> str:
+    """The model name answers carry, and `/v1/models` lists, when a request names none: the model directory's or hub
+    id's last part."""
+    return model_id.rstrip("/").rsplit("/", 1)[-1]
 
 
 class _Props:

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 
-from .engine import EngineUpdate
+from .engine import EngineUpdate, UpdateCallback
 
 
 class UpdateHub:
@@ -25,6 +25,12 @@ class UpdateHub:
         self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         self._routes: dict[str, str] = {}  # a member's id -> the mailbox its updates go to
         self._members: dict[str, list[str]] = {}
+        self._observers: list[UpdateCallback] = []
+
+    def observe(self, observer: UpdateCallback) -> None:
+        """Call `observer` with every update the engine publishes, in the engine's thread, before it is filed
+        (instrumentation: a benchmark's or a test's view of the engine's pace)."""
+        self._observers.append(observer)
 
     def open(self, request_id: str, members: Iterable[str] = ()) -> None:
         """A mailbox for a request; the updates of its `members` (rows of one request) go to it too."""
@@ -41,7 +47,9 @@ class UpdateHub:
                 self._routes.pop(member, None)
 
     def publish(self, update: EngineUpdate) -> None:
-        """Engine callback: file the update and wake its waiters."""
+        """Engine callback: show the update to the observers, file it and wake its waiters."""
+        for observer in self._observers:
+            observer(update)
         with self._cond:
             request_id = self._routes.get(update.request_id, update.request_id)
             box = self._boxes.get(request_id)

@@ -18,6 +18,8 @@ from typing import Any
 from .errors import InvalidRequest
 from .structured import Constraint, from_response_format, from_structured_outputs, from_tgi_grammar, one_of
 
+#: the most tokens one request may ask to generate, and the most option.max_new_tokens may default to
+MAX_NEW_TOKENS = 1_000_000
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_CHARS = 256
 #: every parameter name the LMI body may carry (TGI's neutral-only ones aside)
@@ -202,7 +204,7 @@ def parse_parameters(raw: Mapping[str, Any], default_max_new_tokens: int) -> Gen
     stops = r.stop_sequences("stop" if "stop" in raw else "stop_sequences")
     do_sample, temperature = _sampling(r, raw)
     params = GenerationParams(
-        max_new_tokens=r.integer("max_new_tokens", 1, 1_000_000, default_max_new_tokens),
+        max_new_tokens=r.integer("max_new_tokens", 1, MAX_NEW_TOKENS, default_max_new_tokens),
         do_sample=do_sample,
         temperature=temperature,
         top_p=r.number("top_p", 0.0, 1.0, 1.0, open_low=True),

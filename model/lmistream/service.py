@@ -46,14 +46,14 @@ class StreamingService:
     def initialize(self, properties: Mapping[str, Any]) -> None:
         """Parse the config, load the engine and start its loop (DJL's init call)."""
         self.config = replace(HandlerConfig.from_properties(properties), djl_generation=self.generation)
-        hub = UpdateHub()
+        self.hub = UpdateHub()
         self.engine = (self._engine_factory or create_engine)(self.config)
         self.adapters = AdapterRegistry(self.config.enable_lora)
         if self.config.enable_lora:
             for spec in discover(self.config.model_dir or self.config.model_id, self.config.max_lora_rank):
                 self.register_adapter(spec)
-        self.requests = Admissions(self.config, self.engine, hub, self.output_cls, self._namespace, self.adapters)
-        self.engine.start(hub.publish)
+        self.requests = Admissions(self.config, self.engine, self.hub, self.output_cls, self._namespace, self.adapters)
+        self.engine.start(self.hub.publish)
         self.rolling = RollingBatch(self.requests)
         self.plain = PlainRequests(self.requests)
         self.asynchronous = AsyncRequests(self.requests)

@@ -18,6 +18,8 @@ from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
+from .project import TensorParallelDegree
+
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 logging.getLogger("sagemaker.deprecations").setLevel(logging.ERROR)  # the v2-to-v3 nudge, logged beside its warning
 
@@ -117,11 +119,11 @@ def resolve_image(image: str, region: str) -> str:
             raise DeployError(f"--image {image!r}: {exc}") from None
 
 
-def check_gpus(instance_type: str, tensor_parallel_degree: str | None) -> None:
-    """DeployError when the instance has fewer GPUs than option.tensor_parallel_degree asks for."""
+def check_gpus(instance_type: str, degree: TensorParallelDegree) -> None:
+    """DeployError when the instance has fewer GPUs than option.tensor_parallel_degree (`Project`'s reading) asks
+    for."""
     gpus = INSTANCE_GPUS.get(instance_type)
-    degree = (tensor_parallel_degree or "1").strip()
-    if gpus is not None and degree.isdigit() and int(degree) > gpus:
+    if gpus is not None and isinstance(degree, int) and degree > gpus:
         raise DeployError(
             f"option.tensor_parallel_degree={degree} needs {degree} GPUs; {instance_type} has {gpus}: "
             "pick a larger --instance-type or a smaller degree"

@@ -10,6 +10,7 @@ warning.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from packaging.version import Version
 
 from .project import Project
 from .properties import init_properties
-from .validate import Finding, handler_module, local_model_dir, read_json, refusal_findings
+from .validate import Finding, local_model_dir, read_json, refusal_findings
 
 #: transformers' continuous batching (the continuous engine) needs this transformers, Python and torch.
 CONTINUOUS_TRANSFORMERS = Version("5.24.0")
@@ -132,10 +133,10 @@ def check_image(project: Project, image: str, gpus: int | None = None) -> list[F
                 "requirements.txt, the engine and the model are not checked against its Python stack",
             )
         ]
-    props = project.properties() if project.serving_properties.is_file() else {}
+    props = project.properties
     try:
-        engine = generation_engine(project, props)
-    except handler_module(project.model_dir, "errors").ConfigError as error:
+        engine = generation_engine(project)
+    except project.handler_module("errors").ConfigError as error:
         return [Finding("error", error.param, error.message)]
     own = requirements_text(project)
     shipped = parse_requirements(shipped_requirements(stack, own, engine))[0]
@@ -143,33 +144,37 @@ def check_image(project: Project, image: str, gpus: int | None = None) -> list[F
         *check_requirements(stack, own),
         *check_engine(stack, engine, shipped),
         *check_model(project, stack, props.get("option.model_id", ""), shipped),
-        *check_tensor_parallel(stack, props),
+        *check_tensor_parallel(stack, project),
         *check_device(stack, props, gpus),
-        *(check_options(project, props, _auto_engine(stack, shipped, gpus)) if engine == "auto" else []),
+        *(check_options(project, _auto_engine(project, stack, shipped, gpus)) if engine == "auto" else []),
     ]
 
 
-def _auto_engine(stack: ImageStack, shipped: list[Requirement], gpus: int | None) -> str:
-    """The engine option.generation_engine=auto picks on the image."""
-    if stack.runs_vllm(_transformers(stack, shipped)):
-        return "vllm"
-    return "continuous" if _continuous_ready(stack, shipped) and gpus != 0 else "portable"
+def _auto_engine(project: Project, stack: ImageStack, shipped: list[Requirement], gpus: int | None) -> str:
+    """The engine option.generation_engine=auto picks on the image: the handler's own rule over what it ships."""
+    engine: str = project.handler_module("engine_choice").automatic(
+        lambda: None if stack.runs_vllm(_transformers(stack, shipped)) else "no vLLM that runs the vllm engine",
+        lambda: None if _continuous_ready(stack, shipped) else "transformers 5.24 does not run there",
+        lambda: gpus == 0,
+    )[0]
+    return engine
 
 
-def check_options(project: Project, props: dict[str, str], engine: str) -> list[Finding]:
+def check_options(project: Project, engine: str) -> list[Finding]:
     """The options `engine` (the one `auto` picks on the image) refuses, less those every engine refuses (the
     project check reports those, and those of an engine asked for by name)."""
-    options = handler_module(project.model_dir, "options")
-    init = init_properties(props, project.model_dir)
+    options = project.handler_module("options")
+    init = init_properties(project.properties, project.model_dir)
     everywhere = {error.param for error in options.refusals(init, "auto")}
     return refusal_findings([error for error in options.refusals(init, engine) if error.param not in everywhere])
 
 
-def generation_engine(project: Project, props: dict[str, str]) -> str:
+def generation_engine(project: Project) -> str:
     """The engine the options ask for, as the handler's own `requested` reads them (ConfigError when they
     disagree)."""
-    engines = handler_module(project.model_dir, "engines")
-    engine: str = engines.requested(props.get("option.rolling_batch"), props.get("option.generation_engine", "auto"))[0]
+    props = project.properties
+    choice = project.handler_module("engine_choice")
+    engine: str = choice.requested(props.get("option.rolling_batch"), props.get("option.generation_engine", "auto"))[0]
     return engine
 
 
@@ -192,16 +197,17 @@ def shipped_requirements(stack: ImageStack | None, own: str, engine: str) -> str
     )
 
 
-def engine_note(stack: ImageStack | None, engine: str, requirements: str) -> str:
+def engine_note(
+    project: Project, stack: ImageStack | None, engine: str, requirements: str, gpus: int | None = None
+) -> str:
     """Which engine the handler will run there, for the build report."""
     if stack is None:
         return "unknown image: the handler picks its engine when the model loads"
     if engine != "auto":
         return f"option.generation_engine={engine}"
-    shipped = parse_requirements(requirements)[0]
-    if stack.runs_vllm(_transformers(stack, shipped)):
+    chosen = _auto_engine(project, stack, parse_requirements(requirements)[0], gpus)
+    if chosen == "vllm":
         return f"option.generation_engine=auto will use the vllm engine (the image's vLLM {stack.packages['vllm']})"
-    chosen = "continuous" if _continuous_ready(stack, shipped) else "portable"
     return f"option.generation_engine=auto will use the {chosen} engine"
 
 
@@ -307,7 +313,7 @@ def check_model(project: Project, stack: ImageStack, model_id: str, shipped: lis
     return findings
 
 
-def check_device(stack: ImageStack, props: dict[str, str], gpus: int | None) -> list[Finding]:
+def check_device(stack: ImageStack, props: Mapping[str, str], gpus: int | None) -> list[Finding]:
     """A half dtype on an instance without a GPU: fp16 where the image's torch has no fp16 matrix multiply on a CPU
     (torch 2.0: the handler refuses it at load), else slow."""
     dtype = props.get("option.dtype", props.get("option.data_type", "")).strip().lower()
@@ -328,10 +334,9 @@ def check_device(stack: ImageStack, props: dict[str, str], gpus: int | None) -> 
     ]
 
 
-def check_tensor_parallel(stack: ImageStack, props: dict[str, str]) -> list[Finding]:
+def check_tensor_parallel(stack: ImageStack, project: Project) -> list[Finding]:
     """`option.tensor_parallel_degree=max` exists only from LMI 0.24 (0.23 fails to parse it)."""
-    degree = props.get("option.tensor_parallel_degree", "").strip().lower()
-    if degree != "max" or Version(stack.version) >= TP_MAX_SINCE:
+    if project.tensor_parallel_degree != "max" or Version(stack.version) >= TP_MAX_SINCE:
         return []
     return [
         Finding(

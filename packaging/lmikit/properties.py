@@ -51,9 +51,9 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text)
 
 
-def read_serving_properties(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A serving.properties file (if it exists) with `OPTION_*` env overlaid (file wins), keys as written."""
-    props = parse_properties(path.read_text(encoding="utf-8")) if path.exists() else {}
+def with_option_environment(serving: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """serving.properties' keys (as written) with `OPTION_*` env overlaid as DJL does (the file wins)."""
+    props = dict(serving)
     env = os.environ if environ is None else environ
     for name, value in env.items():
         if name.startswith("OPTION_"):

@@ -30,7 +30,7 @@ from .djl.ranks import RankError, RankGroup
 from .djl.recommender import recommended
 from .embedded_model import EmbeddedModelError, ensure_smollm2
 from .project import Project
-from .properties import init_properties, read_serving_properties
+from .properties import init_properties, with_option_environment
 from .server.endpoint import LocalEndpoint
 from .server.placement import keep_off_pinned_cpus
 from .server.runtime import RuntimeConfig
@@ -64,9 +64,11 @@ class ServeSettings:
 SWITCH_INTERVAL_S = 0.0005
 
 
-def serving_properties(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> dict[str, str]:
-    """The project's serving.properties with the local model choice applied, said out loud."""
-    props = read_serving_properties(Project.at(settings.project_dir).serving_properties)
+def local_project(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> Project:
+    """The project, its serving.properties read like DJL (OPTION_* env overlaid) and the local model choice applied,
+    said out loud."""
+    project = Project.at(settings.project_dir)
+    props = with_option_environment(project.properties)
     target = props.get("option.model_id", "(none)")
     if settings.model_id is not None:
         props["option.model_id"] = str(settings.model_id.resolve())
@@ -85,7 +87,7 @@ def serving_properties(settings: ServeSettings, say: Callable[[str], object] = c
         _replay_recommender(props, say)
     if props.get("option.trust_remote_code", "false").strip().lower() == "true":
         say("Warning: option.trust_remote_code=true runs Python code from the model repository in this process")
-    return props
+    return project.with_properties(props)
 
 
 def _replay_recommender(props: dict[str, str], say: Callable[[str], object]) -> None:
@@ -135,28 +137,29 @@ def _dtype_for_this_device(
         )
 
 
-def served_model(props: dict[str, str]) -> str:
-    """The model id OpenAI clients see (`/v1/models`): the last part of option.model_id, as the handler names it."""
-    return props.get("option.model_id", "model").rstrip("/").rsplit("/", 1)[-1]
+def served_model(project: Project) -> str:
+    """The model id OpenAI clients see (`/v1/models`): option.model_id as the handler names it in its answers."""
+    naming = project.handler_module("config").served_model_name
+    return str(naming(project.properties.get("option.model_id", "model")))
 
 
-def served_adapters(props: dict[str, str], project: Project) -> tuple[str, ...]:
+def served_adapters(project: Project) -> tuple[str, ...]:
     """The LoRA adapters the handler will serve (`adapters/<name>/` in the model directory, with option.enable_lora)."""
-    if props.get("option.enable_lora", "false").strip().lower() != "true":
+    if project.properties.get("option.enable_lora", "false").strip().lower() != "true":
         return ()
     return tuple(sorted(d.name for d in project.adapters_dir.glob("*") if d.is_dir()))
 
 
-def tensor_parallel_ranks(props: dict[str, str]) -> int:
+def tensor_parallel_ranks(project: Project) -> int:
     """How many ranks DJL would start: option.tensor_parallel_degree with an MPI engine, else one process."""
-    if props.get("engine") not in MPI_ENGINES:
+    if project.properties.get("engine") not in MPI_ENGINES:
         return 1
-    degree = props.get("option.tensor_parallel_degree", "1").strip()
-    if degree.lower() == "max":
+    degree = project.tensor_parallel_degree
+    if degree == "max":
         raise click.ClickException(
             "option.tensor_parallel_degree=max means every GPU; lmi serve runs ranks on the CPU here: give a number"
         )
-    return int(degree) if degree.isdigit() and int(degree) > 0 else 1
+    return degree if degree else 1
 
 
 def local_device_id() -> int:
@@ -169,13 +172,12 @@ def local_device_id() -> int:
     return 0 if torch.cuda.is_available() else -1
 
 
-def start_frontend(settings: ServeSettings, props: dict[str, str], device_id: int) -> tuple[Frontend, RankGroup | None]:
+def start_frontend(settings: ServeSettings, project: Project, device_id: int) -> tuple[Frontend, RankGroup | None]:
     """Load model.py the way DJL does (in this process, or in N rank processes) and send it the init Input."""
-    project = Project.at(settings.project_dir)
-    entry_name, _ = project.entry_point(props)
-    init = init_properties(props, project.model_dir, device_id)
+    entry_name, _ = project.entry_point()
+    init = init_properties(project.properties, project.model_dir, device_id)
     handler = init.get("handler", "handle")
-    degree = tensor_parallel_ranks(props)
+    degree = tensor_parallel_ranks(project)
     group = None
     if degree > 1:
         if derive_mode(settings.djl_version, init) != "rolling_batch":
@@ -203,15 +205,15 @@ def start_frontend(settings: ServeSettings, props: dict[str, str], device_id: in
 
 def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> None:
     """Serve until SIGINT/SIGTERM; /ping answers 503 while the model loads."""
-    props = serving_properties(settings, say)
+    project = local_project(settings, say)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     runtime = RuntimeConfig(
         endpoint_name=settings.endpoint_name,
         stream_time_limit=settings.stream_time_limit,
-        adapters=served_adapters(props, Project.at(settings.project_dir)),
+        adapters=served_adapters(project),
     )
     try:
-        endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(props))
+        endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(project))
     except OSError as error:
         raise click.ClickException(
             f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); pass another --port"
@@ -228,7 +230,7 @@ def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> N
         "until ready..."
     )
     try:
-        frontend, group = start_frontend(settings, props, device_id)
+        frontend, group = start_frontend(settings, project, device_id)
     except (InitError, RankError) as error:
         click.echo(f"Error: {error}", err=True)
         _exit(1)

@@ -53,12 +53,13 @@ class BuildReport:
     excluded: list[str] = field(default_factory=list)
 
 
-def build_tarball(project_dir: Path | str, out_path: Path | str, requirements: str | None = None) -> BuildReport:
-    """Write the project's model.tar.gz to `out_path` (atomically) and report its contents.
+def build_tarball(project: Project | Path | str, out_path: Path | str, requirements: str | None = None) -> BuildReport:
+    """Write the model.tar.gz of the project (or of the one in that directory) to `out_path` (atomically) and report
+    its contents.
 
     `requirements` is the requirements.txt to ship; None ships the project's own file, if it has one.
     """
-    project = Project.at(project_dir)
+    project = Project.load(project)
     report = BuildReport(path=Path(out_path))
     sources = _collect(project, report)
     if requirements is not None:
@@ -82,7 +83,7 @@ def _collect(project: Project, report: BuildReport) -> dict[str, Path | bytes]:
     sources: dict[str, Path | bytes] = {"serving.properties": project.serving_properties}
     if project.requirements is not None:
         sources["requirements.txt"] = project.requirements
-    name, entry_file = project.entry_point(project.properties())
+    name, entry_file = project.entry_point()
     if entry_file is not None:
         sources[name] = entry_file
     for package in project.handler_packages():

@@ -7,10 +7,8 @@ container agree. Each finding names the key it is about.
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -69,20 +67,19 @@ class Finding:
         return f"{self.level}: {self.key}: {self.message}"
 
 
-def validate_project(project_dir: Path | str) -> list[Finding]:
-    """All findings for the project at `project_dir` (empty when it is ready to build)."""
-    project = Project.at(project_dir)
+def validate_project(project: Project | Path | str) -> list[Finding]:
+    """All findings for the project (or the one in that directory); empty when it is ready to build."""
+    project = Project.load(project)
     if not project.serving_properties.is_file():
         return [Finding("error", "serving.properties", f"not found in {project.root} or {project.model_dir}")]
-    props = project.properties()
-    config_module = handler_module(project.model_dir, "config")
-    options_module = handler_module(project.model_dir, "options")
+    props = project.properties
+    options_module = project.handler_module("options")
     checks: list[Callable[[], list[Finding]]] = [
         lambda: _unknown_keys(props, tuple(option.key for option in options_module.TABLE)),
-        lambda: _refused_options(project, props, options_module),
+        lambda: _refused_options(project, options_module),
         lambda: _server_values(props),
-        lambda: _entry_point(project, props),
-        lambda: _handler_options(project, props, config_module),
+        lambda: _entry_point(project),
+        lambda: _handler_options(project),
     ]
     return [finding for check in checks for finding in check()]
 
@@ -91,20 +88,7 @@ def errors(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.level == "error"]
 
 
-def handler_module(model_dir: Path, name: str) -> ModuleType:
-    """`lmistream.<name>` as importable here, else the copy in the project's model dir."""
-    qualified = f"lmistream.{name}"
-    try:
-        return importlib.import_module(qualified)
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(model_dir))
-        try:
-            return importlib.import_module(qualified)
-        finally:
-            sys.path.remove(str(model_dir))
-
-
-def _unknown_keys(props: dict[str, str], options: tuple[str, ...]) -> list[Finding]:
+def _unknown_keys(props: Mapping[str, str], options: tuple[str, ...]) -> list[Finding]:
     findings = []
     for key in props:
         is_option = key.startswith("option.")
@@ -131,15 +115,14 @@ def _closest(name: str, known: tuple[str, ...]) -> str | None:
     return by_lower[matches[0]] if matches else None
 
 
-def _refused_options(project: Project, props: dict[str, str], options_module: ModuleType) -> list[Finding]:
+def _refused_options(project: Project, options_module: ModuleType) -> list[Finding]:
     """Options the engine these options ask for refuses at load; with the engine left to auto, those every engine
     refuses (`lmi build --image` adds those of the engine that image runs)."""
-    engines_module = handler_module(project.model_dir, "engines")
+    props = project.properties
+    choice = project.handler_module("engine_choice")
     try:
-        engine = engines_module.requested(
-            props.get("option.rolling_batch"), props.get("option.generation_engine", "auto")
-        )[0]
-    except engines_module.ConfigError:
+        engine = choice.requested(props.get("option.rolling_batch"), props.get("option.generation_engine", "auto"))[0]
+    except choice.ConfigError:
         return []  # images.check_image reports the disagreement
     if engine != "auto" and engine not in options_module.ENGINES:
         return []  # the option's own check names the bad engine
@@ -151,7 +134,7 @@ def refusal_findings(refused: list[Any]) -> list[Finding]:
     return [Finding("error", error.param, error.message) for error in refused]
 
 
-def _server_values(props: dict[str, str]) -> list[Finding]:
+def _server_values(props: Mapping[str, str]) -> list[Finding]:
     findings = []
     engine = props.get("engine")
     if engine is not None and engine not in ENGINES:
@@ -163,12 +146,12 @@ def _server_values(props: dict[str, str]) -> list[Finding]:
     return findings
 
 
-def _entry_point(project: Project, props: dict[str, str]) -> list[Finding]:
-    name, path = project.entry_point(props)
-    key = "option.entryPoint" if "option.entryPoint" in props else "model.py"
+def _entry_point(project: Project) -> list[Finding]:
+    name, path = project.entry_point()
+    key = "option.entryPoint" if "option.entryPoint" in project.properties else "model.py"
     if path is not None and not path.is_file():
         return [Finding("error", key, f"entry point {name} not found in {project.model_dir}")]
-    if path is not None and "engine" not in props:
+    if path is not None and "engine" not in project.properties:
         return [
             Finding(
                 "error",
@@ -180,12 +163,12 @@ def _entry_point(project: Project, props: dict[str, str]) -> list[Finding]:
     return []
 
 
-def _handler_options(project: Project, props: dict[str, str], config_module: ModuleType) -> list[Finding]:
+def _handler_options(project: Project) -> list[Finding]:
     try:
-        config = config_module.HandlerConfig.from_properties(init_properties(props, project.model_dir))
-    except config_module.ConfigError as exc:
+        config = project.config
+    except project.handler_module("errors").ConfigError as exc:
         return [Finding("error", exc.param or "serving.properties", exc.message)]
-    findings = _tensor_parallel(project, config) + _python_engine_ranks(props, config) + _adapters(project, config)
+    findings = _tensor_parallel(project, config) + _python_engine_ranks(project, config) + _adapters(project, config)
     if config.trust_remote_code:
         findings.append(
             Finding(
@@ -202,7 +185,7 @@ def _tensor_parallel(project: Project, config: Any) -> list[Finding]:
     model_config = _model_config(project, config.model_id)
     if tp is None or model_config is None:
         return []
-    heads = handler_module(project.model_dir, "heads")
+    heads = project.handler_module("heads")
     undivided = heads.undivided_heads(model_config.get, tp)
     return [Finding("error", "option.tensor_parallel_degree", heads.heads_error(tp, undivided))] if undivided else []
 
@@ -213,7 +196,7 @@ def _adapters(project: Project, config: Any) -> list[Finding]:
         return []
     if not config.enable_lora:
         return [Finding("warning", "option.enable_lora", "adapters/ ships, but is served only with true")]
-    module = handler_module(project.model_dir, "adapters")
+    module = project.handler_module("adapters")
     base = local_model_dir(project, config.model_id)
     problems = check_adapters(module, project.adapters_dir, base, config.max_lora_rank)
     findings = [Finding("error", "adapters", problem) for problem in problems]
@@ -224,10 +207,10 @@ def _adapters(project: Project, config: Any) -> list[Finding]:
     return findings
 
 
-def _python_engine_ranks(props: dict[str, str], config: Any) -> list[Finding]:
+def _python_engine_ranks(project: Project, config: Any) -> list[Finding]:
     """engine=Python with a degree above 1 starts no ranks in DJL: one process sees all N GPUs."""
     degree = config.tensor_parallel_degree
-    if props.get("engine") != "Python" or (degree is not None and degree <= 1):
+    if project.properties.get("engine") != "Python" or (degree is not None and degree <= 1):
         return []
     shown = "max" if degree is None else degree
     return [

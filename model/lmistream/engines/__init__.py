@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ..config import HandlerConfig
 from ..engine import Engine
+from ..engine_choice import automatic, requested
 from ..errors import ConfigError
 from ..options import check as check_options
 from ..options import unread
@@ -89,36 +90,18 @@ def available() -> list[str]:
     return engines if vllm_unavailable() else ["vllm", *engines]
 
 
-def requested(rolling_batch: str | None, generation_engine: str) -> tuple[str, str]:
-    """The engine the options ask for (`auto`: the stack decides) and which option asks; the part of `choose` that
-    reads only options, so `lmi build` makes the same choice without loading anything."""
-    engine = generation_engine.strip().lower()
-    if (rolling_batch or "").strip().lower() == "vllm":
-        if engine not in ("auto", "vllm"):
-            raise ConfigError(
-                f"option.rolling_batch=vllm picks the vLLM engine, but option.generation_engine={engine} picks "
-                "another: drop one of them",
-                param="option.generation_engine",
-            )
-        return "vllm", "option.rolling_batch=vllm"
-    return engine, "option.generation_engine"
-
-
 def choose(config: HandlerConfig) -> tuple[str, str]:
-    """The engine name for this config and the reason."""
+    """The engine name for this config and the reason (`engine_choice`'s rule over what this stack has)."""
     engine, reason = requested(config.rolling_batch, config.generation_engine)
     if engine != "auto":
         return engine, reason
-    if not vllm_unavailable():
-        return "vllm", "vLLM is installed"
-    missing = continuous_unavailable()
-    if missing:
-        return "portable", f"transformers' continuous batching is unavailable here ({missing})"
+    return automatic(vllm_unavailable, continuous_unavailable, lambda: _device(config).type == "cpu")
+
+
+def _device(config: HandlerConfig) -> Any:
     from .loading import device_for
 
-    if device_for(config.device_id).type == "cpu":
-        return "portable", "on CPU it outruns transformers' continuous batching"
-    return "continuous", "transformers' continuous batching is available"
+    return device_for(config.device_id)
 
 
 def create_engine(config: HandlerConfig) -> Engine:
@@ -141,14 +124,12 @@ def create_engine(config: HandlerConfig) -> Engine:
         )
     if degree == 1:
         engine = FACTORIES[name](config)
-        from .loading import device_for
-
         log.info(
             "lmistream engine: %s (%s), %s on %s, %d parameter bytes",
             name,
             reason,
             engine.load_path,
-            device_for(config.device_id),
+            _device(config),
             engine.parameter_bytes,
         )
         return engine

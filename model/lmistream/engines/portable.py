@@ -138,6 +138,21 @@ class PortableEngine:
         self._scheduler.stop()
         thread.join(timeout=STOP_TIMEOUT_S)
 
+    # -- what observers (tests, benchmarks) read of the batch ---------------------------------------------------------
+    @property
+    def running(self) -> int:
+        """Requests holding a slot of the running batch."""
+        return self._scheduler.running
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows the decode batch holds."""
+        return len(self._rows)
+
+    def idle(self) -> bool:
+        """Whether every slot is free and no decode batch is kept."""
+        return self.running == 0 and self._batch is None
+
     # -- the loop ------------------------------------------------------------------------------------------------
     def _next_plan(self) -> StepPlan:
         """Rank 0 (or a lone engine) plans and tells the other ranks; they execute what they are told."""

@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 
 from .. import aws_deploy
+from ..project import Project
 from .common import DEFAULT_TARBALL, validated_build
 
 
@@ -31,5 +32,6 @@ from .common import DEFAULT_TARBALL, validated_build
 def build_command(project_dir: Path, out: Path | None, image: str, instance_type: str | None) -> None:
     """Validate the project for the image, then write a deterministic model.tar.gz."""
     console = Console(stderr=True)
-    report = validated_build(project_dir, out or project_dir / DEFAULT_TARBALL, image, console, instance_type)
+    project = Project.at(project_dir)
+    report = validated_build(project, out or project_dir / DEFAULT_TARBALL, image, console, instance_type)
     click.echo(str(report.path))

@@ -19,25 +19,24 @@ DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
 
 
 def validated_build(
-    project_dir: Path, out: Path, image: str, console: Console, instance_type: str | None = None
+    project: Project, out: Path, image: str, console: Console, instance_type: str | None = None
 ) -> BuildReport:
     """Validate the project for the image and instance type (findings printed), then write the tarball;
     ClickException on errors."""
-    project = Project.at(project_dir)
     gpus = None if instance_type is None else aws_deploy.instance_gpus(instance_type)
-    findings = validate_project(project_dir) + images.check_image(project, image, gpus)
+    findings = validate_project(project) + images.check_image(project, image, gpus)
     for finding in findings:
         console.print(str(finding), style="red" if finding.level == "error" else "yellow", markup=False, soft_wrap=True)
     if errors(findings):
-        raise click.ClickException(f"{len(errors(findings))} error(s) in {project_dir}; nothing built")
-    stack, engine = images.stack_for(image), images.generation_engine(project, project.properties())
+        raise click.ClickException(f"{len(errors(findings))} error(s) in {project.root}; nothing built")
+    stack, engine = images.stack_for(image), images.generation_engine(project)
     requirements = images.shipped_requirements(stack, images.requirements_text(project), engine)
-    report = build_tarball(project_dir, out, requirements)
+    report = build_tarball(project, out, requirements)
     for entry in report.entries:
         console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"Built {report.path} ({report.size:,} bytes, {len(report.entries)} entries) for {image}; "
-        f"{images.engine_note(stack, engine, requirements)}",
+        f"{images.engine_note(project, stack, engine, requirements, gpus)}",
         markup=False,
         soft_wrap=True,
     )

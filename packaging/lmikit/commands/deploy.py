@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from .. import autoscaling, aws_deploy, components, endpoint_logs
-from ..project import Project
+from ..project import Project, TensorParallelDegree
 from .common import DEFAULT_TARBALL, aws_errors, validated_build
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -129,11 +129,13 @@ def deploy_command(
             "--inference-components creates the components once the endpoint is InService: drop --no-wait; "
             "--autoscale scales a variant's instances, not components: drop it"
         )
-    degree = Project.at(project_dir).properties().get("option.tensor_parallel_degree") if tarball is None else None
+    degree: TensorParallelDegree = None
     with aws_errors():
         if tarball is None:
+            project = Project.at(project_dir)
+            degree = project.tensor_parallel_degree
             aws_deploy.check_gpus(instance_type, degree)
-            tarball = validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console, instance_type).path
+            tarball = validated_build(project, project_dir / DEFAULT_TARBALL, image, console, instance_type).path
         session = boto3.session.Session()
         if not session.region_name:
             raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")
@@ -204,7 +206,7 @@ def update_command(
         live = sm_client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
         version = aws_deploy.next_version(endpoint_name, live)
         if tarball is None:
-            tarball = validated_build(project_dir, project_dir / DEFAULT_TARBALL, image, console).path
+            tarball = validated_build(Project.at(project_dir), project_dir / DEFAULT_TARBALL, image, console).path
         image_uri = aws_deploy.resolve_image(image, session.region_name)
         bucket = bucket or aws_deploy.default_bucket(session)
         key = "/".join(part for part in (prefix.strip("/"), endpoint_name, version, "model.tar.gz") if part)
@@ -246,13 +248,14 @@ def _scale_range(autoscale: str | None, instance_count: int, wait: bool) -> tupl
     return low, high
 
 
-def _accelerators(instance_type: str, degree: str | None) -> int:
+def _accelerators(instance_type: str, degree: TensorParallelDegree) -> int:
     """The GPUs the base component takes: option.tensor_parallel_degree's (every GPU for max), none without GPUs."""
     gpus = aws_deploy.instance_gpus(instance_type)
     if not gpus:
         return 0
-    value = (degree or "1").strip()
-    return int(value) if value.isdigit() else gpus
+    if degree == "max":
+        return gpus
+    return 1 if degree is None else degree
 
 
 def _upload_bytes(s3_client: Any, content: bytes, bucket: str, key: str) -> str:
