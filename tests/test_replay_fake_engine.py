@@ -126,7 +126,11 @@ def test_truncate_keeps_the_prompts_end_and_a_stop_token_ends_the_request(script
             front,
             [
                 {"inputs": "abcdef", "parameters": {"truncate": 3}},
-                {"inputs": "abcdef", "parameters": {"stop_token_ids": [ord("c")], "details": True}},
+                # the echo answers "fedc" and then 2,000 more tokens: the stop token, not the script's end, ends it
+                {
+                    "inputs": "x" * 2000 + "cdef",
+                    "parameters": {"stop_token_ids": [ord("c")], "max_new_tokens": 2000, "details": True},
+                },
             ],
         )
     assert [jsonlines_newest(chunks) for _, chunks in results] == ["fed", "fed"]
