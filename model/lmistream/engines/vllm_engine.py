@@ -81,7 +81,7 @@ DJL_PREFILL = "max_rolling_batch_prefill_tokens"
 #: passed through again
 OWN_FIELDS = frozenset(
     {"model", "revision", "trust_remote_code", "dtype", "tensor_parallel_size", "max_model_len", "enforce_eager"}
-    | {"gpu_memory_utilization", "disable_log_stats", "kv_cache_memory_bytes"}
+    | {"gpu_memory_utilization", "disable_log_stats", "kv_cache_memory_bytes", "enable_prefix_caching"}
     | {"enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras"}
 )
 STOP_TIMEOUT_S = 30.0  # seconds stop() waits for the engine's loop to wind down
@@ -101,6 +101,7 @@ def engine_arguments(config: HandlerConfig) -> dict[str, Any]:
         "tensor_parallel_size": config.tensor_parallel_degree or max(torch.cuda.device_count(), 1),
         "max_num_seqs": config.max_rolling_batch_size,
         "max_num_batched_tokens": config.max_rolling_batch_prefill_tokens,
+        "enable_prefix_caching": config.enable_prefix_caching,
         "max_model_len": config.max_model_len,
         "enforce_eager": config.enforce_eager,
         "disable_log_stats": True,
@@ -248,7 +249,8 @@ def to_update(output: Any) -> EngineUpdate:
     log_probs: tuple[float | None, ...] = (None,) * len(tokens)
     if completion.logprobs:
         log_probs = tuple(entry[token].logprob for entry, token in zip(completion.logprobs, tokens))
-    return EngineUpdate(output.request_id, tokens, log_probs, finished=output.finished)
+    cached = getattr(output, "num_cached_tokens", None) or 0  # vLLM's prefix-cache hit (newer vLLM only)
+    return EngineUpdate(output.request_id, tokens, log_probs, finished=output.finished, cached_tokens=cached)
 
 
 class _VllmBase:
