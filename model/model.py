@@ -26,3 +26,8 @@ def register_adapter(inputs: Input) -> Any:
 def unregister_adapter(inputs: Input) -> Any:
     """DJL's LoRA adapter removal: property `name`."""
     return service.unregister_adapter_input(inputs)
+
+
+def engine_stats() -> dict[str, float]:
+    """The engine's prefix-cache figures for a server's /metrics (not a DJL call: `lmi serve` reads it)."""
+    return service.engine_stats()

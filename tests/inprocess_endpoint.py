@@ -46,6 +46,7 @@ class Instruments:
             self.prompts[request_id] = engine.tokenizer.decode(prompt_ids)
             submit(request_id, prompt_ids, params)
 
+        counted.cache_of = call.cache_of  # a prefill from a cached prefix builds its past through the caller
         engine._call, engine.submit = counted, named
         hub.observe(noted)
 

@@ -66,7 +66,12 @@ def test_usage_chunk_comes_last_when_asked_for_and_other_chunks_carry_null_usage
         "created": 1700000000,
         "model": "tiny",
         "choices": [],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        "usage": {
+            "prompt_tokens": 5,
+            "completion_tokens": 2,
+            "total_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     }
 
 
@@ -92,7 +97,12 @@ def test_one_completion_when_not_streaming_with_logprobs_of_each_token() -> None
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+        "usage": {
+            "prompt_tokens": 5,
+            "completion_tokens": 4,
+            "total_tokens": 9,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     }
 
 
@@ -130,3 +140,14 @@ def test_each_api_has_its_own_error_shape(api, expected) -> None:
     error = InvalidRequest("temperature must be in [0, 2], got 5", param="temperature")
     error.api = api
     assert error.body() == expected == error_body(api, error.message, 400, "temperature")
+
+
+def test_usage_and_the_log_line_report_the_prompt_tokens_the_engine_had_cached() -> None:
+    options = ChatOptions()
+    request = GenerationRequest("prompt", GenerationParams(max_new_tokens=2), stream=False, api="chat", chat=options)
+    formatter = ChatCompletion("chatcmpl-1", 1700000000, "tiny", 40, options)
+    generation = Generation("r", request, TOK, formatter, buffered=True, prompt_tokens=40)
+    assert generation.absorb([EngineUpdate("r", (72,), cached_tokens=32)]) == ""
+    body = json.loads(generation.absorb([EngineUpdate("r", (73,), finished=True, cached_tokens=32)]))
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
+    assert "prompt_tokens=40 cached_tokens=32 " in generation.summary()

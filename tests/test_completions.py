@@ -88,7 +88,12 @@ def test_one_text_completion_carries_the_text_legacy_logprobs_and_usage() -> Non
             "finish_reason": "stop",
         }
     ]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_chunks_stream_the_echoed_prompt_then_each_token_then_the_finish_reason_usage_and_done() -> None:
@@ -112,7 +117,12 @@ def test_several_choices_merge_into_one_answer_in_order_with_their_usage_summed(
         answers.append(generation.absorb([EngineUpdate("r", tuple(tokens), finished=True)]))
     merged = json.loads(merge_choices(answers))
     assert [(c["index"], c["text"]) for c in merged["choices"]] == [(0, "H"), (1, "ii")]
-    assert merged["usage"] == {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+    assert merged["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 5,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_echo_puts_the_prompt_before_a_whole_completion() -> None:

@@ -1,5 +1,5 @@
 """`/metrics` after real traffic through `lmi serve`, parsed with prometheus_client's own parser: the counts match the
-requests sent and the tokens they streamed."""
+requests sent and the tokens they streamed, and the prefix cache's figures show the repeated prompt's hits."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ option.rolling_batch=custom
 option.output_formatter=jsonlines
 option.max_rolling_batch_size=4
 """
+#: a prompt of a few full blocks, sent three times: the second and third find them cached
+REPEATED = "Hello, my name is Ada and I like to write programs for the analytical engine. " * 3
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -37,7 +39,7 @@ def test_metrics_count_the_traffic_sent(tmp_path) -> None:
             conn.request(
                 "POST",
                 "/invocations",
-                json.dumps({"inputs": "Hello, my name is", "parameters": {"max_new_tokens": max_new_tokens}}),
+                json.dumps({"inputs": REPEATED, "parameters": {"max_new_tokens": max_new_tokens}}),
                 {"Content-Type": "application/json"},
             )
             tokens += len(conn.getresponse().read().splitlines())
@@ -69,3 +71,5 @@ def test_metrics_count_the_traffic_sent(tmp_path) -> None:
     assert samples[("lmi_inter_token_latency_seconds_count", ())] == tokens - 4
     assert samples[("lmi_requests_in_flight", ())] == 0
     assert samples[("lmi_batch_occupancy", ())] == 0
+    assert 0 < samples[("lmi_prefix_cache_hit_rate", ())] < 1
+    assert samples[("lmi_prefix_cache_bytes", ())] > 0

@@ -83,6 +83,8 @@ def test_the_openai_client_streams_and_completes_exactly_the_reference(version: 
     assert len([d for d in deltas if d]) >= 2 and "".join(deltas) == expected.text
     assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == finish
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+    prompt_tokens = whole.usage.prompt_tokens  # the same prompt again: its full blocks but the last token's are cached
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 16 * ((prompt_tokens - 1) // 16) > 0
     logprobs = with_logprobs.choices[0].logprobs.content
     assert len(logprobs) == 3 and all(entry.logprob <= 0 for entry in logprobs)
 

@@ -98,6 +98,8 @@ SETTINGS: dict[str, tuple[str, Callable[[HandlerConfig], Any], Any]] = {
     "quantization": ("bitsandbytes8", lambda c: c.quantize, "bitsandbytes8"),
     "device_id": ("0", lambda c: c.device_id, 0),
     "max_rolling_batch_prefill_tokens": ("512", lambda c: c.max_rolling_batch_prefill_tokens, 512),
+    "enable_prefix_caching": ("false", lambda c: c.enable_prefix_caching, False),
+    "prefix_cache_bytes": ("4096", lambda c: c.prefix_cache_bytes, 4096),
     "chat_template": (TEMPLATE, lambda c: c.chat_template, TEMPLATE),
     "max_model_len": ("64", lambda c: c.max_model_len, 64),
     "gpu_memory_utilization": ("0.5", lambda c: c.gpu_memory_utilization, 0.5),

@@ -1,7 +1,7 @@
 """Tensor parallelism through `lmi serve`: engine=MPI with tensor_parallel_degree=2 starts two rank processes that
 hold the tiny model between them (transformers' tp_plan over gloo on this CPU), on both engines and under both DJL
 generations. Each rank holds about half the parameters, 8 concurrent greedy requests get exactly the single-device
-texts, and a rank killed mid-stream ends the open request with an error and turns /ping unhealthy."""
+texts (and a repeated prompt too, taken from every rank's prefix cache on the portable engine), and a rank killed mid-stream ends the open request with an error and turns /ping unhealthy."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ PROMPTS = [
     "The capital of France is",
 ]
 MAX_NEW_TOKENS = 12
+#: a prompt of a few full blocks (16 tokens each)
+REPEATED = "Hello, my name is Ada and I like to write programs for the analytical engine. " * 3
 RANK_LINE = re.compile(r"rank (\d) of 2, sharded by ([^,]+), (\d+) parameter bytes")
 
 
@@ -86,11 +88,16 @@ def test_two_ranks_shard_the_model_and_answer_exactly_as_one_device(
             payloads = [{"inputs": p, "parameters": {"max_new_tokens": MAX_NEW_TOKENS}} for p in PROMPTS]
             with ThreadPoolExecutor(len(payloads)) as pool:
                 results = list(pool.map(lambda payload: stream(endpoint, payload, time.monotonic()), payloads))
+            # one after the other: the second finds the first's blocks in every rank's prefix cache
+            repeated = {"inputs": REPEATED, "parameters": {"max_new_tokens": MAX_NEW_TOKENS}}
+            results += [stream(endpoint, repeated, time.monotonic()) for _ in range(2)]
         log.seek(0)
         output = log.read()
-    for prompt, result in zip(PROMPTS, results):
+    for prompt, result in zip([*PROMPTS, REPEATED, REPEATED], results):
         assert result.status == 200, result.body
         assert _text(result.body) == reference(prompt, MAX_NEW_TOKENS).text, (prompt, output[-3000:])
+    if engine == "portable":
+        assert re.search(r"cached_tokens=[1-9]", output), output[-3000:]
     ranks = {int(rank): (path, int(size)) for rank, path, size in RANK_LINE.findall(output)}
     assert set(ranks) == {0, 1}, output[-3000:]
     single = _single_device_parameter_bytes(tiny_dir)

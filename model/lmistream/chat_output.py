@@ -52,11 +52,13 @@ class ChatFormatter(Formatter):
     def _envelope(self, kind: str) -> dict[str, Any]:
         return {"id": self._id, "object": kind, "created": self._created, "model": self._model}
 
-    def _usage(self, completion_tokens: int) -> dict[str, int]:
+    def _usage(self, event: StreamEvent) -> dict[str, Any]:
+        """OpenAI's usage block of the last event; `cached_tokens` as vLLM reports its prefix-cache hits."""
         return {
             "prompt_tokens": self._prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": self._prompt_tokens + completion_tokens,
+            "completion_tokens": event.generated_tokens,
+            "total_tokens": self._prompt_tokens + event.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
         }
 
     def _logprob(self, token: Token | None) -> list[dict[str, Any]]:
@@ -99,7 +101,7 @@ class ChatCompletionChunks(ChatFormatter):
                         {
                             **self._envelope("chat.completion.chunk"),
                             "choices": [],
-                            "usage": self._usage(event.generated_tokens),
+                            "usage": self._usage(event),
                         }
                     )
                 )
@@ -158,7 +160,7 @@ class ChatCompletion(ChatFormatter):
             "finish_reason": self._finish_reason(event, calls),
         }
         return json.dumps(
-            {**self._envelope("chat.completion"), "choices": [choice], "usage": self._usage(event.generated_tokens)},
+            {**self._envelope("chat.completion"), "choices": [choice], "usage": self._usage(event)},
             ensure_ascii=False,
         )
 

@@ -73,7 +73,7 @@ class CompletionChunks(CompletionFormatter):
                 usage = {
                     **self._envelope("text_completion"),
                     "choices": [],
-                    "usage": self._usage(event.generated_tokens),
+                    "usage": self._usage(event),
                 }
                 out.append(sse(usage))
             out.append("data: [DONE]\n\n")
@@ -104,5 +104,5 @@ class Completion(CompletionFormatter):
         if not event.last:
             return ""
         choice = self._choice(event.generated_text or "", self._legacy_logprobs(self._tokens), finish_reason(event))
-        body = {**self._envelope("text_completion"), "choices": [choice], "usage": self._usage(event.generated_tokens)}
+        body = {**self._envelope("text_completion"), "choices": [choice], "usage": self._usage(event)}
         return json.dumps(body, ensure_ascii=False)

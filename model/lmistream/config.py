@@ -33,6 +33,9 @@ class HandlerConfig:
     rolling_batch: str | None = None
     max_rolling_batch_size: int = 32
     max_rolling_batch_prefill_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    #: bytes of prompt-prefix KV the portable engine keeps; None: its default
+    prefix_cache_bytes: int | None = None
     enable_streaming: str = "false"
     output_formatter: str | None = None
     max_new_tokens: int = 256
@@ -76,6 +79,8 @@ class HandlerConfig:
             rolling_batch=p.text("rolling_batch"),
             max_rolling_batch_size=p.integer("max_rolling_batch_size", minimum=1, default=32),
             max_rolling_batch_prefill_tokens=p.integer("max_rolling_batch_prefill_tokens", minimum=1),
+            enable_prefix_caching=p.boolean("enable_prefix_caching", default=True),
+            prefix_cache_bytes=p.integer("prefix_cache_bytes", minimum=0),
             enable_streaming=p.choice("enable_streaming", STREAMING_VALUES, default="false"),
             output_formatter=p.text("output_formatter"),
             max_new_tokens=p.integer("max_new_tokens", minimum=1, maximum=MAX_NEW_TOKENS, default=256),

@@ -56,6 +56,8 @@ class EngineUpdate:
     error: str | None = None
     #: the HTTP status of an error update (DJL's 424; 507 when the engine ran out of memory)
     code: int = 424
+    #: prompt tokens whose KV the engine took from its prefix cache instead of computing them
+    cached_tokens: int = 0
 
 
 UpdateCallback = Callable[[EngineUpdate], None]

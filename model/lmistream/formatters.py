@@ -27,6 +27,7 @@ class StreamEvent:
     generated_text: str | None = None  # the whole text, on the last event (prompt first if return_full_text)
     finish_reason: FinishReason | None = None
     generated_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache held, on the last event
     inputs: str | None = None  # the prompt, for details
     details: bool = False  # whether the request asked for details
     error: str | None = None

@@ -44,6 +44,7 @@ class Generation:
         self.buffered = buffered  # a non-streaming request: hand out the whole output at the end
         self.error: HandlerError | None = None  # why it failed, once it has
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0  # prompt tokens the engine's prefix cache held
         self._clock = clock
         self.started = clock()
         self.first_token_at: float | None = None
@@ -116,7 +117,7 @@ class Generation:
         ttft = "-" if self.first_token_at is None else f"{1000 * (self.first_token_at - self.started):.0f}"
         reason = self.finish_reason.value if self.finish_reason is not None else "abandoned"
         return (
-            f"{self.request_id} {reason}: prompt_tokens={self.prompt_tokens} "
+            f"{self.request_id} {reason}: prompt_tokens={self.prompt_tokens} cached_tokens={self.cached_tokens} "
             f"generated_tokens={self._stream.count} ttft_ms={ttft} "
             f"total_ms={1000 * (self._clock() - self.started):.0f}"
         )
@@ -126,6 +127,7 @@ class Generation:
             self.first_token_at = self._clock()
         if update.prefill:
             self._prefill = self._prefill_tokens(update.prefill)
+        self.cached_tokens = max(self.cached_tokens, update.cached_tokens)
         out = []
         log_probs = update.log_probs or (None,) * len(update.token_ids)
         tops = update.top_log_probs or ((),) * len(update.token_ids)
@@ -172,6 +174,7 @@ class Generation:
             generated_text=text,
             finish_reason=self._stream.finish_reason,
             generated_tokens=self._stream.count,
+            cached_tokens=self.cached_tokens,
             inputs=self.request.inputs,
             details=self.request.params.details or self.request.params.prompt_logprobs,  # TGI's rule
             seed=self.request.params.seed,

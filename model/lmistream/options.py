@@ -219,7 +219,8 @@ TABLE: tuple[Option, ...] = (
         "max_rolling_batch_prefill_tokens",
         "most prompt tokens in one step (vLLM: max_num_batched_tokens)",
         ALL,
-        "the prefill budget of a step; vLLM's max_num_batched_tokens",
+        "the prefill budget of a step: the portable engine prefills a longer prompt in chunks of it between decode "
+        "steps; transformers' max_batch_tokens; vLLM's max_num_batched_tokens",
     ),
     _vllm_only(
         "max_num_batched_tokens",
@@ -297,16 +298,26 @@ TABLE: tuple[Option, ...] = (
         neutral=("auto", "string"),
     ),
     # vLLM engine arguments DJL passes through by name (any other field of EngineArgs passes through too)
-    _vllm_only(
+    Option(
         "enable_prefix_caching",
         "vLLM: reuse the KV cache of shared prompt prefixes",
-        "the transformers engines do not cache prefixes yet; " + _USE_VLLM,
-        ("false",),
+        ALL,
+        "on by default: the portable engine's prefix cache, transformers' continuous batching's block sharing, "
+        "vLLM's own prefix caching",
+    ),
+    Option(
+        "prefix_cache_bytes",
+        "(this handler) bytes of prompt-prefix KV the portable engine keeps (default 1 GiB)",
+        ("portable",),
+        "bounds its prefix cache (least recently used blocks go first)",
+        "transformers' continuous batching and vLLM share prefix blocks inside their own paged KV cache, sized by "
+        "its own memory options; drop it",
     ),
     _vllm_only(
         "enable_chunked_prefill",
         "vLLM: split long prompts across steps",
-        "the transformers engines prefill each prompt whole; " + _USE_VLLM,
+        "on the transformers engines give option.max_rolling_batch_prefill_tokens, which splits longer prompts; "
+        + _USE_VLLM,
         ("false",),
     ),
     _vllm_only("max_num_seqs", "vLLM's name for max_rolling_batch_size", "use option.max_rolling_batch_size"),

@@ -109,6 +109,14 @@ class StreamingService:
             remove(name)
         return self.output_cls(message=f"Adapter {name} unregistered")
 
+    def engine_stats(self) -> dict[str, float]:
+        """The engine's prefix-cache figures (hit rate over prompt tokens, bytes cached), where it keeps a cache."""
+        engine = getattr(self.engine, "inner", self.engine) if self.initialized else None
+        cache = getattr(engine, "prefix_cache", None)
+        if cache is None:
+            return {}
+        return {"prefix_cache_hit_rate": cache.hit_rate, "prefix_cache_bytes": float(cache.cached_bytes)}
+
     def close(self) -> None:
         """Stop the engine's loop and free what it holds (DJL stops the worker; tests and tools call this)."""
         if self.initialized:

@@ -2,7 +2,8 @@
 
 Rows are left-padded so that every row's newest token sits in the last column: one forward pass then decodes them
 all. Joining rows are prefilled together, then concatenated (`extend`): the shorter cache is padded on the left with
-masked zeros. Finished or cancelled rows leave with `keep` (an index select on the batch dimension of every tensor),
+masked zeros. A row may join with the KV of its first tokens already known (a cached prefix, or its earlier chunks):
+those columns come first, padded per row, and the mask leaves a gap between them and the rest of the prompt. Finished or cancelled rows leave with `keep` (an index select on the batch dimension of every tensor),
 after which columns that are padding in every remaining row are cut, so memory follows the live rows. This is the
 filter / concatenate scheme of TGI's non-flash `CausalLMBatch`, over the cache object of whichever transformers is
 installed: a tuple of `(keys, values)` per layer before transformers 4.36's cache classes, or a `DynamicCache` whose
@@ -12,6 +13,7 @@ other layout is refused at load (`check_layout`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
@@ -31,6 +33,8 @@ class ModelCaller:
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         self._positions = "position_ids" in accepted
         self._keep = next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in accepted), None)
+        #: a cache the model made (set at load), the pattern `cache_of` copies
+        self.template: Any = None
 
     def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         """Logits of the last position of every row, and the updated cache."""
@@ -55,6 +59,12 @@ class ModelCaller:
         if self._keep is not None:
             kwargs[self._keep] = 0  # every position
         return self.model(**kwargs).logits
+
+    def cache_of(self, tensors: list[LayerKV]) -> Any:
+        """A cache holding these tensors, of the class this model's transformers uses."""
+        if self.template is None or isinstance(self.template, (tuple, list)):
+            return tuple(tensors)
+        return with_layers(copy.deepcopy(self.template), tensors)
 
 
 def layers(cache: Any) -> list[LayerKV]:
@@ -101,17 +111,34 @@ class DecodeBatch:
 
     @classmethod
     def prefill(
-        cls, call: ModelCaller, prompts: list[list[int]], pad_id: int, device: torch.device
+        cls,
+        call: ModelCaller,
+        prompts: list[list[int]],
+        pad_id: int,
+        device: torch.device,
+        pasts: list[list[LayerKV] | None] | None = None,
     ) -> tuple[DecodeBatch, torch.Tensor]:
-        """Run the prompts (left-padded) through the model; the batch and each row's next-token logits."""
+        """Run the prompts (left-padded) through the model; the batch and each row's next-token logits. A row's
+        `pasts` entry is the KV, per layer `(heads, tokens, head_dim)`, of tokens before its prompt (a cached
+        prefix, or the chunks already prefilled): those columns come first, each row's left-padded apart."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
         mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long, device=device)
             mask[row, width - len(prompt) :] = 1
-        logits, cache = call(ids, mask, None)
+        known = [past for past in pasts or () if past is not None]
+        cache = None
+        if known:
+            past_mask, tensors = _stack_pasts(pasts or [], known[0])
+            mask, cache = torch.cat([past_mask, mask], dim=1), call.cache_of(tensors)
+        logits, cache = call(ids, mask, cache)
         return cls(mask, cache, ids[:, -1:]), logits
+
+    def row_kv(self, row: int) -> list[LayerKV]:
+        """One row's KV per layer `(heads, tokens, head_dim)`, its padding left out, oldest token first."""
+        columns = self.mask[row].nonzero().squeeze(-1)
+        return [(k[row].index_select(1, columns), v[row].index_select(1, columns)) for k, v in layers(self.cache)]
 
     def decode(self, call: ModelCaller) -> torch.Tensor:
         """One step for every row: feed `next_tokens`; returns the next-token logits."""
@@ -154,6 +181,27 @@ class DecodeBatch:
                 for (k, v), (ok, ov) in zip(layers(self.cache), layers(other.cache))
             ],
         )
+
+
+def _stack_pasts(pasts: list[list[LayerKV] | None], like: list[LayerKV]) -> tuple[torch.Tensor, list[LayerKV]]:
+    """The rows' past KV as batch tensors, each row left-padded to the longest (a row without one: all padding),
+    and the mask of those columns."""
+    width = max(past[0][0].size(1) for past in pasts if past is not None)
+    mask = torch.zeros((len(pasts), width), dtype=torch.long, device=like[0][0].device)
+    for row, past in enumerate(pasts):
+        if past is not None:
+            mask[row, width - past[0][0].size(1) :] = 1
+    tensors = []
+    for layer, (keys, values) in enumerate(like):
+        empty = keys[:, :0], values[:, :0]
+        rows = [past[layer] if past is not None else empty for past in pasts]
+        tensors.append(
+            (
+                torch.stack([_pad_left(k, width, 1) for k, _ in rows]),
+                torch.stack([_pad_left(v, width, 1) for _, v in rows]),
+            )
+        )
+    return mask, tensors
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -11,7 +11,9 @@ three explicitly. A greedy request samples with top_k=1, which is argmax. On CPU
 processors are swapped for row-skipping ones (`cb_processors`). transformers' continuous batching samples every request
 from one shared generator and has no per-request repetition, frequency or presence penalty nor min-p, so `seed` (with
 sampling) and those are refused (`validate`). `ignore_eos` gives the request no eos token; stop token ids and
-`truncate` are the handler's.
+`truncate` are the handler's. option.enable_prefix_caching maps onto transformers' own block sharing
+(`allow_block_sharing`: prompt blocks shared in its paged cache), option.max_rolling_batch_prefill_tokens onto its
+`max_batch_tokens`, by which its scheduler splits long prompts.
 
 With tensor parallelism the model is sharded by transformers' `tp_plan` and the manager keeps the ranks in step by
 itself: rank 0's manager takes the requests and broadcasts them, the other ranks' managers follow (`ranked`).
@@ -209,6 +211,7 @@ class ContinuousBatchingEngine:
             "return_logprobs": True,
             "max_requests_per_batch": self._config.max_rolling_batch_size,
             "max_batch_tokens": self._config.max_rolling_batch_prefill_tokens,
+            "allow_block_sharing": self._config.enable_prefix_caching,
         }
         if self._device.type == "cpu":
             settings["max_batch_tokens"] = self._config.max_rolling_batch_prefill_tokens or CPU_MAX_BATCH_TOKENS

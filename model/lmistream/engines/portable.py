@@ -8,9 +8,17 @@ once, so a slot is free at the next boundary. Sampling is per request (`sampling
 included. A request asking for its prompt's log-probabilities (`decoder_input_details`) gets them from a pass of its
 own over its prompt when it joins (`prompt_log_probs`).
 
+A prompt starts from the longest prefix of it whose KV the prefix cache holds (`prefix_cache`,
+option.enable_prefix_caching, on by default; not for LoRA rows, whose KV depends on the adapter) and prefills only the
+rest; once prefilled whole, its full blocks are stored, so a request cancelled or failed before that stores nothing.
+With option.max_rolling_batch_prefill_tokens, a prompt whose uncached part is longer is prefilled a chunk of that many
+tokens per step, each step also decoding the running rows, so a long prompt does not stall their streams for its whole
+prefill.
+
 Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admissions carry
 their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the sampled
-tokens, which every rank computes alike. So one rank plans and every rank executes the same sequence of plans: with tensor parallelism (`distributed`) rank 0's
+tokens, which every rank computes alike; the prefix cache sees the same admissions in the same order on every rank, so
+each rank's cache of its own shard finds the same hits. So one rank plans and every rank executes the same sequence of plans: with tensor parallelism (`distributed`) rank 0's
 loop sends each plan over a broadcast channel before executing it, and the other ranks' loops execute the plans they
 receive (their own scheduler stays empty).
 """
@@ -30,7 +38,7 @@ from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback, deliver
 from ..errors import ConfigError, EngineError, HandlerError
 from ..params import GenerationParams
-from .batch import DecodeBatch, ModelCaller, check_layout
+from .batch import DecodeBatch, LayerKV, ModelCaller, check_layout, layers
 from .constraints import GrammarCompiler
 from .distributed import TensorParallel, load_sharded, parameter_bytes
 from .loading import (
@@ -44,6 +52,7 @@ from .loading import (
     text_config,
 )
 from .lora import LoraLayers
+from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
 from .sampling import RequestSampler, select_tokens
 from .scheduler import Admission, Scheduler, StepPlan
 
@@ -60,6 +69,23 @@ class _Row:
     remaining: int
     adapter: str | None = None
     prefill: tuple[tuple[int, float | None], ...] = ()  # the prompt's log-probabilities, for the first update
+    #: prompt tokens whose KV came from the prefix cache
+    cached_tokens: int = 0
+
+
+@dataclass
+class _Prefill:
+    """An admitted request on its way through prefill: the KV of its first `done` prompt tokens (from the prefix
+    cache, or from the chunks prefilled so far) and the chain keys its prompt is stored under once prefilled whole
+    (none when it is not cached)."""
+
+    row: _Row
+    prompt: tuple[int, ...]
+    keys: list[bytes]
+    past: list[LayerKV] | None = None
+    done: int = 0
+    #: whether the request asks for its prompt's log-probabilities (`decoder_input_details`)
+    prompt_logprobs: bool = False
 
 
 class PortableEngine:
@@ -82,13 +108,21 @@ class PortableEngine:
         self._scheduler = Scheduler(
             config.max_rolling_batch_size, config.max_rolling_batch_prefill_tokens, config.max_loras
         )
+        self._chunk_tokens = config.max_rolling_batch_prefill_tokens
         self._batch: DecodeBatch | None = None
         self._rows: list[_Row] = []
+        self._chunking: list[_Prefill] = []  # admitted prompts longer than a chunk, first in line first
         self._on_update: UpdateCallback | None = None
         self._thread: threading.Thread | None = None
-        in_setup_thread(self._check_cache_layout)
+        token_bytes = in_setup_thread(self._check_cache_layout)
+        self.prefix_cache = (
+            PrefixCache(config.prefix_cache_bytes or DEFAULT_PREFIX_CACHE_BYTES, token_bytes)
+            if config.enable_prefix_caching
+            else None
+        )
 
-    def _check_cache_layout(self) -> None:
+    def _check_cache_layout(self) -> int:
+        """Refuse a cache layout the batch surgery cannot handle; the KV bytes of one token on this rank."""
         with torch.inference_mode():
             _, cache = self._call(
                 torch.zeros((1, 2), dtype=torch.long, device=self._device),
@@ -96,6 +130,8 @@ class PortableEngine:
                 None,
             )
         check_layout(cache, batch=1, length=2)
+        self._call.template = cache
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers(cache)) // 2
 
     # -- the Engine protocol -------------------------------------------------------------------------------------
     def start(self, on_update: UpdateCallback) -> None:
@@ -171,9 +207,11 @@ class PortableEngine:
                     plan = self._next_plan()
                 except Exception as error:  # another rank is gone: nothing more can run here
                     logger.error("portable engine: the tensor-parallel group broke (%s)", error)
+                    self._fail([p.row for p in self._chunking], f"a tensor-parallel rank failed: {error}")
                     self._fail(self._rows, f"a tensor-parallel rank failed: {error}")
                     return
                 if plan.stop:
+                    self._fail([p.row for p in self._chunking], "the engine stopped")
                     self._fail(self._rows, "the engine stopped")
                     return
                 try:
@@ -186,55 +224,100 @@ class PortableEngine:
                     self._fail(self._rows, f"generation failed: {error}")
 
     def step(self, plan: StepPlan) -> None:
-        """Apply one plan: drop cancelled rows, prefill and join admitted ones, decode every row once."""
+        """Apply one plan: drop cancelled rows, prefill and join admitted ones (a prompt longer than a chunk: its
+        next chunk), decode every row once."""
         if plan.cancel:
             cancelled = set(plan.cancel)
             self._keep([i for i, row in enumerate(self._rows) if row.request_id not in cancelled])
+            self._chunking = [p for p in self._chunking if p.row.request_id not in cancelled]
         if plan.admit:
             self._join(plan.admit)
+        if self._chunking:
+            self._prefill_chunk()
         if self._batch is not None:
             self._route([row.adapter for row in self._rows])
             logits = self._batch.decode(self._call)
             self._advance(self._batch, self._rows, logits)
 
     def _join(self, admissions: tuple[Admission, ...]) -> None:
-        """Prefill the admitted requests together and pick their first tokens; a failure there fails them alone, and
-        the running rows go on."""
-        rows = [
-            _Row(
-                a.request_id,
-                RequestSampler(
-                    a.params,
-                    a.seed,
-                    list(a.prompt_ids),
-                    self._device,
-                    self._grammars.matcher(a.params.constraint) if a.params.constraint else None,
-                ),
-                a.params.max_new_tokens,
-                a.params.adapter,
-            )
-            for a in admissions
-        ]
+        """Start the admitted requests from their cached prefixes; prefill together those that fit in a chunk, and
+        queue the others to be prefilled a chunk per step."""
+        pending = [self._from_cache(a) for a in admissions]
+        chunk = self._chunk_tokens
+        whole = [p for p in pending if chunk is None or len(p.prompt) - p.done <= chunk]
+        self._chunking.extend(p for p in pending if chunk is not None and len(p.prompt) - p.done > chunk)
+        if whole:
+            self._prefill(whole)
+
+    def _from_cache(self, admission: Admission) -> _Prefill:
+        """The request's row and what the prefix cache holds of its prompt (LoRA rows are not cached: their KV
+        depends on the adapter)."""
+        params = admission.params
+        grammar = self._grammars.matcher(params.constraint) if params.constraint else None
+        sampler = RequestSampler(params, admission.seed, list(admission.prompt_ids), self._device, grammar)
+        row = _Row(admission.request_id, sampler, params.max_new_tokens, params.adapter)
+        prompt = admission.prompt_ids
+        if self.prefix_cache is None or params.adapter is not None:
+            return _Prefill(row, prompt, [], prompt_logprobs=params.prompt_logprobs)
+        keys = self.prefix_cache.keys(prompt)
+        past = self.prefix_cache.match(keys, len(prompt))
+        row.cached_tokens = 0 if past is None else past[0][0].size(1)
+        return _Prefill(row, prompt, keys, past, row.cached_tokens, params.prompt_logprobs)
+
+    def _prefill_chunk(self) -> None:
+        """The next chunk of the first prompt in line; its last chunk joins it to the batch."""
+        pending = self._chunking.pop(0)
+        assert self._chunk_tokens is not None  # prompts queue for chunks only when chunks have a size
+        end = pending.done + self._chunk_tokens
+        if end >= len(pending.prompt):
+            self._prefill([pending])
+        elif self._prefill([pending], end):
+            self._chunking.insert(0, pending)
+
+    def _prefill(self, pending: list[_Prefill], end: int | None = None) -> bool:
+        """Prefill these prompts from where each stands: up to `end` (a chunk of one prompt, its KV kept for the next)
+        or whole, then store them in the prefix cache, pick their first tokens and join them to the batch. A failure
+        fails them alone, and the running rows go on; False then."""
+        rows = [p.row for p in pending]
         try:
             with oom_as_handler_error("prefilling"):
-                for row, admission in zip(rows, admissions):
-                    if admission.params.prompt_logprobs:
-                        self._route([row.adapter])
-                        row.prefill = prompt_log_probs(self._prompt_logits, list(admission.prompt_ids), self._device)
+                for p in pending:
+                    if end is None and p.prompt_logprobs:  # once, over the whole prompt, when it joins the batch
+                        self._route([p.row.adapter])
+                        p.row.prefill = prompt_log_probs(self._prompt_logits, list(p.prompt), self._device)
                 self._route([row.adapter for row in rows])
                 batch, logits = DecodeBatch.prefill(
-                    self._call, [list(a.prompt_ids) for a in admissions], self.tokenizer.pad_token_id, self._device
+                    self._call,
+                    [list(p.prompt[p.done : end]) for p in pending],
+                    self.tokenizer.pad_token_id,
+                    self._device,
+                    [p.past for p in pending],
                 )
+                if end is not None:
+                    pending[0].past, pending[0].done = batch.row_kv(0), end
+                    return True
+                self._store(batch, pending)
                 self._advance(batch, rows, logits)
         except HandlerError as error:
             self._fail(rows, error.message, error.status)
-            return
+            return False
         except Exception as error:
             logger.exception("portable engine prefill failed")
             self._fail(rows, f"prefill failed: {error}")
+            return False
+        if rows:
+            self._extend(batch, rows)
+        return True
+
+    def _store(self, batch: DecodeBatch, pending: list[_Prefill]) -> None:
+        """Keep the full blocks of prompts prefilled whole, before any of them can leave the batch."""
+        if self.prefix_cache is None:
             return
-        if not rows:
-            return
+        for index, item in enumerate(pending):
+            if item.keys:
+                self.prefix_cache.store(item.keys, batch.row_kv(index))
+
+    def _extend(self, batch: DecodeBatch, rows: list[_Row]) -> None:
         if self._batch is None:
             self._batch, self._rows = batch, rows
         else:
@@ -256,7 +339,13 @@ class PortableEngine:
             if done:
                 finished.append(row.request_id)
             update = EngineUpdate(
-                row.request_id, (token,), (log_prob,), (top,) if top else (), prefill=row.prefill, finished=done
+                row.request_id,
+                (token,),
+                (log_prob,),
+                (top,) if top else (),
+                prefill=row.prefill,
+                finished=done,
+                cached_tokens=row.cached_tokens,
             )
             row.prefill = ()
             deliver(self._on_update, update)

@@ -82,7 +82,7 @@ DJL_PREFILL = "max_rolling_batch_prefill_tokens"
 #: passed through again
 OWN_FIELDS = frozenset(
     {"model", "revision", "trust_remote_code", "dtype", "tensor_parallel_size", "max_model_len", "enforce_eager"}
-    | {"gpu_memory_utilization", "disable_log_stats", "kv_cache_memory_bytes"}
+    | {"gpu_memory_utilization", "disable_log_stats", "kv_cache_memory_bytes", "enable_prefix_caching"}
     | {"enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras"}
 )
 STOP_TIMEOUT_S = 30.0  # seconds stop() waits for the engine's loop to wind down
@@ -102,6 +102,7 @@ def engine_arguments(config: HandlerConfig) -> dict[str, Any]:
         "tensor_parallel_size": config.tensor_parallel_degree or max(torch.cuda.device_count(), 1),
         "max_num_seqs": config.max_rolling_batch_size,
         "max_num_batched_tokens": config.max_rolling_batch_prefill_tokens,
+        "enable_prefix_caching": config.enable_prefix_caching,
         "max_model_len": config.max_model_len,
         "enforce_eager": config.enforce_eager,
         "disable_log_stats": True,
@@ -253,7 +254,10 @@ def to_update(output: Any, top: int = 0) -> EngineUpdate:
             (token, None if entry is None else entry[token].logprob)
             for token, entry in zip(output.prompt_token_ids, output.prompt_logprobs)
         )
-    return EngineUpdate(output.request_id, tokens, log_probs, tops, prefill=prefill, finished=output.finished)
+    cached = getattr(output, "num_cached_tokens", None) or 0  # vLLM's prefix-cache hit (newer vLLM only)
+    return EngineUpdate(
+        output.request_id, tokens, log_probs, tops, prefill=prefill, finished=output.finished, cached_tokens=cached
+    )
 
 
 def _top(entry: dict[int, Any], count: int) -> tuple[tuple[int, float], ...]:

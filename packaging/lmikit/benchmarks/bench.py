@@ -203,6 +203,32 @@ def run_compare(options: dict[str, Any], console: Console) -> tuple[dict[str, An
     return meta, results
 
 
+def run_chat(options: dict[str, Any], console: Console) -> None:
+    """`--compare --workload chat`: the stack with its prefix cache on against off (and vLLM), on chats."""
+    from .chat_bench import later_turn_ratios, ratio_table, run_chat_compare, write_chat_results
+    from .compare import Plan
+
+    if not options["compare"]:
+        raise click.UsageError("--workload chat runs with --compare")
+    levels = _levels(options["concurrency"])
+    model_dir = compare_model(options["model_id"])
+    vllm = options["vllm_python"] or os.environ.get("LMI_BENCH_VLLM_PYTHON")
+    plan = Plan(
+        model_dir, options["project_dir"], options["threads"], max(levels), vllm_python=Path(vllm) if vllm else None
+    )
+    replays = run_chat_compare(options, plan, levels, console)
+    ratios = later_turn_ratios(replays)
+    setup = (
+        f"{options['conversations']} conversations of {options['turns']} turns, a shared system prompt of "
+        f"{options['system_tokens']} tokens, {options['max_new_tokens']} new tokens per turn, {options['repeats']} "
+        f"repeat(s), {machine()}"
+    )
+    meta = {"model": model_dir.name, "command": options["command"], "setup": setup, "threads": options["threads"]}
+    write_chat_results(options["out"], meta, replays, ratios)
+    console.print(ratio_table(ratios))
+    console.print(f"Wrote {options['out'] / 'chat.json'} and chat.md")
+
+
 def run_endpoint(options: dict[str, Any], console: Console) -> tuple[dict[str, Any], list[LevelResult]]:
     levels = _levels(options["concurrency"])
     target = endpoint_target(
@@ -298,6 +324,16 @@ def _meta(options: dict[str, Any], target: str, model: str, threads: dict[str, s
 @click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--compare", is_flag=True, help="Stack against static-batch generate, peers and a naive handler.")
 @click.option(
+    "--workload",
+    type=click.Choice(["single", "chat"]),
+    default="single",
+    show_default=True,
+    help="--compare: single prompts, or multi-turn chats sharing a system prompt (prefix cache on against off).",
+)
+@click.option("--conversations", default=16, show_default=True, type=click.IntRange(min=1), help="--workload chat.")
+@click.option("--turns", default=6, show_default=True, type=click.IntRange(min=1), help="--workload chat.")
+@click.option("--system-tokens", default=1000, show_default=True, type=click.IntRange(min=1), help="--workload chat.")
+@click.option(
     "--model-id",
     default="smollm2",
     show_default=True,
@@ -332,6 +368,9 @@ def bench_command(**options: Any) -> None:
     options["command"] = "lmi " + " ".join(sys.argv[1:])
     if not options["compare"] and options["url"] is None and options["route"] != "runtime":
         raise click.UsageError("give --url, or --route runtime for a SageMaker endpoint, or --compare")
+    if options["workload"] == "chat":
+        run_chat(options, console)
+        return
     meta, results = (run_compare if options["compare"] else run_endpoint)(options, console)
     ratios = compare_ratios(results) if options["compare"] else []
     overheads = stack_overheads(results) if options["compare"] else []

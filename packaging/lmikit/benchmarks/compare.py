@@ -178,7 +178,10 @@ class System:
     threads: str
 
 
-def lmi_stack(plan: Plan, protocol: DjlVersion, engine: str) -> AbstractContextManager[RunningEndpoint]:
+def lmi_stack(
+    plan: Plan, protocol: DjlVersion, engine: str, options: Sequence[str] = ()
+) -> AbstractContextManager[RunningEndpoint]:
+    """`lmi serve` of the project on this protocol and engine, with these extra `key=value` options."""
     args = [
         "--project-dir",
         str(plan.project_dir),
@@ -192,6 +195,7 @@ def lmi_stack(plan: Plan, protocol: DjlVersion, engine: str) -> AbstractContextM
         f"max_rolling_batch_size={plan.max_batch}",
         "--option",
         "dtype=fp32",
+        *(part for option in options for part in ("--option", option)),
     ]
     return running_endpoint(args, thread_env(plan.threads), ready_timeout=START_TIMEOUT_S)
 

@@ -61,10 +61,14 @@ class HttpTarget:
         self._headers = {"Content-Type": "application/json", **(headers or {})}
 
     def request(self, prompt: str, max_new_tokens: int) -> RequestRecord:
+        return self.post(self._body(prompt, max_new_tokens))
+
+    def post(self, body: dict[str, Any]) -> RequestRecord:
+        """Send this body and record the streamed answer."""
         conn = self._connection(self._netloc, timeout=REQUEST_TIMEOUT_S)
         sent = time.perf_counter()
         try:
-            conn.request("POST", self._path, json.dumps(self._body(prompt, max_new_tokens)), self._headers)
+            conn.request("POST", self._path, json.dumps(body), self._headers)
             response = conn.getresponse()
             if response.status != 200:
                 return RequestRecord(sent, error=f"HTTP {response.status}: {response.read()[:200]!r}")

@@ -166,6 +166,11 @@ class Frontend:
         """Requests in the rolling batch right now (0 in other modes)."""
         return self._rolling.active() if self._rolling else 0
 
+    def engine_stats(self) -> dict[str, float]:
+        """The handler's engine figures where its model.py offers them in this process (`engine_stats`), else {}."""
+        stats = getattr(getattr(self.entry, "module", None), "engine_stats", None)
+        return dict(stats()) if callable(stats) else {}
+
     def close(self) -> None:
         """Stop the threads (idempotent); queued and rolling-batch responses end with BackendError."""
         with self._jobs_ready:

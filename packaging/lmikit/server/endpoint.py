@@ -77,7 +77,10 @@ class LocalEndpoint:
         self._socket.bind(address)
         self._socket.listen(BACKLOG)  # connections queue from now on, before the server thread takes them
         self._waker: LoopWaker | None = None
-        self.metrics = ServeMetrics(lambda: self.frontend.active_requests() if self.frontend is not None else 0)
+        self.metrics = ServeMetrics(
+            lambda: self.frontend.active_requests() if self.frontend is not None else 0,
+            lambda: self.frontend.engine_stats() if self.frontend is not None else {},
+        )
         routes = [
             Route("/ping", self._ping, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),

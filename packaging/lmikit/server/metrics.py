@@ -1,5 +1,6 @@
 """Prometheus metrics of `lmi serve`, through prometheus_client: requests by route and status, requests in flight,
-rolling-batch occupancy, time to first token and between tokens, tokens out.
+rolling-batch occupancy, time to first token and between tokens, tokens out, and the engine's prefix-cache hit rate
+and cached bytes (NaN where the engine keeps no such cache or runs in other processes).
 
 Tokens are counted on the container's response stream with the client library's own parser, so every output format
 (LMI 0.23 and newest jsonlines, json, TGI sse) counts alike; the SageMaker runtime route counts the container stream
@@ -8,8 +9,9 @@ beneath its event-stream frames.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,11 +23,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class ServeMetrics:
-    """One registry per endpoint; `occupancy` reads the rolling batch's active requests."""
+    """One registry per endpoint; `occupancy` reads the rolling batch's active requests, `engine_stats` the engine's
+    figures (`prefix_cache_hit_rate`, `prefix_cache_bytes`)."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, occupancy: Callable[[], int]) -> None:
+    def __init__(self, occupancy: Callable[[], int], engine_stats: Callable[[], Mapping[str, float]] = dict) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lmi_requests", "Answered requests by route and HTTP status", ["route", "status"], registry=self.registry
@@ -46,12 +49,22 @@ class ServeMetrics:
             registry=self.registry,
         )
         self.tokens = Counter("lmi_tokens_out", "Tokens sent to clients", registry=self.registry)
+        for name, help_text in (
+            ("prefix_cache_hit_rate", "Share of prompt tokens the prefix cache held"),
+            ("prefix_cache_bytes", "Bytes of KV the prefix cache holds"),
+        ):
+            gauge = Gauge(f"lmi_{name}", help_text, registry=self.registry)
+            gauge.set_function(_reading(engine_stats, name))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
     def start(self, route: str) -> RequestTrack:
         return RequestTrack(self, route)
+
+
+def _reading(engine_stats: Callable[[], Mapping[str, float]], name: str) -> Callable[[], float]:
+    return lambda: engine_stats().get(name, math.nan)
 
 
 class RequestTrack:
