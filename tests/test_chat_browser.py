@@ -191,9 +191,9 @@ def set_tools(page: Page, tools: str, choice: str) -> None:
     field.fill(tools)
     field.press("Control+Enter")
     expect(field).to_have_value(tools)
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Tool choice").click()
-    page.get_by_role("option", name=choice, exact=True).click()
-    expect(page.locator('[data-testid="stSelectbox"]').filter(has_text="Tool choice")).to_contain_text(choice)
+    radio = page.get_by_role("radio", name=choice, exact=True)
+    page.locator('[data-testid="stRadio"]').filter(has_text="Tool choice").get_by_text(choice, exact=True).click()
+    expect(radio).to_be_checked()
 
 
 def stats(page: Page) -> tuple[str, str, int]:

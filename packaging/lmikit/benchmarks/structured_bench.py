@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,12 +44,12 @@ class MaskTimer:
     def __init__(self) -> None:
         from lmistream.engines import sampling
 
-        self._sampling = sampling
-        self._original = sampling.apply_masks
+        self._names = vars(sampling)  # the module's namespace, where `select_tokens` looks `apply_masks` up
+        self._original: Callable[..., None] = self._names["apply_masks"]
         self._lock = threading.Lock()
         self.calls = 0
         self.seconds = 0.0
-        sampling.apply_masks = self._timed
+        self._names["apply_masks"] = self._timed
 
     def _timed(self, *args: Any) -> None:
         start = time.perf_counter()
@@ -63,7 +63,7 @@ class MaskTimer:
             self.calls, self.seconds = 0, 0.0
 
     def close(self) -> None:
-        self._sampling.apply_masks = self._original
+        self._names["apply_masks"] = self._original
 
 
 def run_structured(model_dir: Path, streams: int, max_new_tokens: int, threads: int, repeats: int) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def resolve_model(name: str, tmp: Path) -> Path:
     """tiny (the test model), smollm2 (embedded), random (SmolLM2-shaped random weights) or a model directory."""
     from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 
-    named = {"tiny": ensure_tiny_model, "smollm2": ensure_smollm2, "random": lambda: build_bench_model(tmp)}
+    named: dict[str, Callable[[], Path]] = {"tiny": ensure_tiny_model, "smollm2": ensure_smollm2, "random": lambda: build_bench_model(tmp)}
     return named[name]() if name in named else Path(name)
 
 

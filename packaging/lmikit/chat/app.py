@@ -63,7 +63,7 @@ def structured_settings() -> dict[str, Any]:
     """The tools and the JSON schema a chat request carries (a field that is not valid JSON is shown and left out)."""
     with st.expander("Tools and JSON output (chat)"):
         tools, tools_error = json_setting(st.text_area("Tools (OpenAI JSON list)", ""), list, "Tools")
-        choice = st.selectbox("Tool choice", TOOL_CHOICES)
+        choice = st.radio("Tool choice", TOOL_CHOICES, horizontal=True)
         schema, schema_error = json_setting(st.text_area("Answer JSON schema", ""), dict, "The JSON schema")
         for error in (tools_error, schema_error):
             if error is not None:
