@@ -152,7 +152,11 @@ def resolve_model(name: str, tmp: Path) -> Path:
     """tiny (the test model), smollm2 (embedded), random (SmolLM2-shaped random weights) or a model directory."""
     from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 
-    named: dict[str, Callable[[], Path]] = {"tiny": ensure_tiny_model, "smollm2": ensure_smollm2, "random": lambda: build_bench_model(tmp)}
+    named: dict[str, Callable[[], Path]] = {
+        "tiny": ensure_tiny_model,
+        "smollm2": ensure_smollm2,
+        "random": lambda: build_bench_model(tmp),
+    }
     return named[name]() if name in named else Path(name)
 
 
