@@ -91,3 +91,20 @@ def test_compare_runs_the_limit_the_stack_a_peer_and_the_naive_handler(tmp_path)
     pairs = {(r["top"], r["bottom"]) for r in document["ratios"]}
     assert ("lmi-newest-portable", "lmi-0.23-portable") in pairs and ("lmi-0.23-portable", "naive") in pairs
     assert {o["system"] for o in document["overheads"]} == {"lmi-0.23-portable", "lmi-newest-portable"}
+
+
+@pytest.mark.slow
+def test_structured_runs_half_the_rows_under_a_schema_and_reports_the_ratio_and_the_masks_cost(tmp_path) -> None:
+    from click.testing import CliRunner
+    from lmikit.cli import main
+
+    out = tmp_path / "structured"
+    args = ["bench", "--structured", "--model-id", "tiny", "--concurrency", "4", "--max-new-tokens", "4"]
+    result = CliRunner().invoke(main, [*args, "--repeats", "1", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "structured.json").read_text())
+    assert report["stack"]["streams"] == 4 and report["stack"]["constrained_streams"] == 2
+    assert set(report["tok_s"]) == {"unconstrained", "half constrained"} and min(report["tok_s"].values()) > 0
+    assert report["ratio"]["low"] == report["ratio"]["best"] == report["ratio"]["high"] > 0  # one repeat
+    assert report["mask_ms_per_step"] > 0 and 0 < report["mask_share"] < 1
+    assert "ratio half constrained / unconstrained" in result.stderr and "ms per step" in result.stderr

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from lmikit.chat.answer import Answer, readable_error
-from lmikit.chat.conversation import ASSISTANT, PROMPT, USER, Message, Settings, build_request
+from lmikit.chat.conversation import ASSISTANT, PROMPT, USER, Message, Settings, ToolCall, build_request
 from lmikit.invoke import runtime_client
 from lmikit.server.eventstream import exception_frame, payload_part
 from lmikit.server.process import free_port
@@ -67,6 +67,22 @@ def test_a_chat_answer_sends_messages_and_streams_the_deltas(runtime_server) -> 
         "temperature": 0,
         "stream": True,
     }
+
+
+def test_a_streamed_tool_call_is_put_together_for_the_message(runtime_server) -> None:
+    first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"ci'}}
+    deltas = [{"role": "assistant", "content": None}, {"tool_calls": [first]}]
+    deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": 'ty": 1}'}}]})
+    chunks = [
+        b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n" for delta in deltas
+    ]
+    chunks.append(CHAT_CHUNKS[-1].replace(b'"stop"', b'"tool_calls"'))
+    runtime_server.container.response = FakeResponse(
+        [(0.0, chunk) for chunk in chunks], headers={"Content-Type": "text/event-stream"}
+    )
+    answer = Answer(partial(client_for, runtime_server.url), "local", CHAT_REQUEST)
+    assert _read(answer) == []
+    assert answer.message() == Message(ASSISTANT, "", None, (ToolCall("get_weather", '{"city": 1}'),))
 
 
 def test_an_endpoint_that_refuses_chat_bodies_is_told_apart(runtime_server) -> None:

@@ -1,6 +1,7 @@
 """`lmi chat` as a person uses it: Debian's Chromium (driven by Playwright, nothing downloaded) on the real Streamlit
 page, against `lmi serve` with the embedded SmolLM2: a typed prompt streams in visibly (sent as chat messages through
-the model's chat template), the answer stays in the history, a second turn follows, the conversation clears, a
+the model's chat template), the answer stays in the history, a second turn follows, a third with a tool given in
+the sidebar (tool choice "required") shows the call's name and arguments, the conversation clears, a
 stopped endpoint gives one readable error, and the next prompt is answered once an endpoint is back, one whose model
 has no chat template, so the page falls back to a prompt transcript. With an endpoint that serves LoRA adapters (two
 small ones made with PEFT for the tiny model), the sidebar's model picker lists the base model and the adapters, and
@@ -12,6 +13,7 @@ Screenshots go to build/test-artifacts/; docs/chat.png (the README's) is refresh
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import subprocess
 import sys
@@ -53,6 +55,18 @@ LORA_PROPERTIES = (
     "option.enable_lora=true\n"
 )
 ADAPTER_TOKENS = 8
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 #: every distinct text of the last chat message, recorded by the page itself on each DOM change
 RECORD_RENDERS = """() => {
@@ -176,6 +190,20 @@ def set_generation(page: Page, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
     expect(tokens).to_have_value(str(max_new_tokens))
 
 
+def set_tools(page: Page, tools: str, choice: str) -> None:
+    """The sidebar's tools (typed into its text area, applied with Ctrl+Enter) and tool choice."""
+    expander = page.get_by_text("Tools and JSON output (chat)")
+    if not page.get_by_label("Tools (OpenAI JSON list)").is_visible():
+        expander.click()
+    field = page.get_by_label("Tools (OpenAI JSON list)")
+    field.fill(tools)
+    field.press("Control+Enter")
+    expect(field).to_have_value(tools)
+    radio = page.get_by_role("radio", name=choice, exact=True)
+    page.locator('[data-testid="stRadio"]').filter(has_text="Tool choice").get_by_text(choice, exact=True).click()
+    expect(radio).to_be_checked()
+
+
 def stats(page: Page) -> tuple[str, str, int]:
     ttft, rate = (metric.inner_text() for metric in page.locator('[data-testid="stMetricValue"]').all())
     tokens = page.get_by_text(re.compile(r"^\d+ tokens$")).inner_text()
@@ -215,6 +243,15 @@ def test_a_person_chats_clears_and_sees_a_readable_error(tmp_path: Path) -> None
             assert contents(page).last.inner_text().strip(), "the second answer is shown"
             conversation = page.screenshot()
             (ARTIFACTS / "chat-conversation.png").write_bytes(conversation)
+
+            set_tools(page, json.dumps([WEATHER_TOOL]), "required")
+            send(page, "Weather in Paris?", users_before=2)
+            last = page.locator('[data-testid="stChatMessage"]').last
+            expect(last.get_by_text("Tool call: get_weather")).to_be_visible()
+            arguments = json.loads(last.locator('[data-testid="stCode"]').inner_text())
+            assert set(arguments) == {"city"} and isinstance(arguments["city"], str), arguments
+            page.screenshot(path=ARTIFACTS / "chat-tool-call.png")
+            set_tools(page, "", "auto")
 
             page.get_by_role("button", name="Clear conversation").click()
             expect(contents(page)).to_have_count(0)

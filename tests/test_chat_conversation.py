@@ -16,6 +16,7 @@ from lmikit.chat.conversation import (
     answered,
     build_request,
     finished_answer,
+    json_setting,
     transcript,
 )
 from lmikit.chat.target import ENDPOINT_NAME_VARIABLE, ENDPOINT_URL_VARIABLE, LOCAL_URL, ChatTarget
@@ -71,6 +72,24 @@ def test_the_handler_accepts_the_chat_request_as_built(settings: Settings) -> No
     parsed = chat_request({"messages": request.messages, **request.options, "stream": True}, 256)
     assert [m["content"] for m in parsed.messages][-1] == "And of Italy?"
     assert parsed.params.do_sample is (settings.temperature > 0) and parsed.params.max_new_tokens == 256
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def test_the_sidebars_tools_and_json_schema_reach_the_handler_as_a_constraint() -> None:
+    for settings, field in (
+        (Settings(tools=[WEATHER], tool_choice="required"), "tools[0].function.parameters"),
+        (Settings(json_schema={"type": "object"}), "response_format.json_schema.schema"),
+    ):
+        request = build_request(HISTORY, settings)
+        parsed = chat_request({"messages": request.messages, **request.options, "stream": True}, 256)
+        assert parsed.params.constraint is not None and parsed.params.constraint.field == field
+    assert "tools" not in Settings(tool_choice="required").chat_options()
+    assert json_setting("  ", list, "Tools") == (None, None)
+    assert json_setting("[1]", list, "Tools") == ([1], None)
+    assert json_setting("{", list, "Tools")[1].startswith("Tools is not JSON: ")
+    assert json_setting("[]", dict, "The JSON schema") == (None, "The JSON schema must be a JSON object")
 
 
 def test_greedy_settings_send_no_sampling_parameters() -> None:

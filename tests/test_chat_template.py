@@ -3,6 +3,7 @@ transformers 4.30 (LMI 0.23), the same prompt from both, and a 400 naming `messa
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -68,3 +69,30 @@ def test_a_model_without_a_template_is_a_400_naming_messages(tiny_dir: Path, tmp
     with pytest.raises(InvalidRequest) as caught:
         tokenizer.render_chat(MESSAGES)
     assert caught.value.param == "messages" and "no chat template" in caught.value.message
+
+
+#: a chat template with tool support, in the style of Qwen2.5's (the `hermes` call syntax)
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    "</tools>\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{{ '<|im_start|>assistant\\n' }}"
+)
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+def test_a_template_with_tool_support_renders_the_tools_and_the_tiny_models_has_none(tiny_dir: Path) -> None:
+    tokenizer = adapter(tiny_dir)
+    assert not tokenizer.renders_tools
+    tokenizer.chat_template = TOOL_TEMPLATE
+    tokenizer.renders_tools = True
+    prompt = tokenizer.render_chat(MESSAGES[1:2], [WEATHER])
+    assert prompt.startswith("<|im_start|>system\n# Tools\n<tools>\n{") and "<tool_call></tool_call>" in prompt
+    rendered_tool = prompt.split("<tools>\n")[1].split("\n</tools>")[0]
+    assert json.loads(rendered_tool) == WEATHER
+    assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert "<tools>" not in tokenizer.render_chat(MESSAGES[1:2])

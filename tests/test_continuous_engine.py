@@ -256,3 +256,4 @@ def test_structured_output_is_refused_naming_the_field_and_the_engines_that_have
         engine.validate(GenerationParams(max_new_tokens=4, constraint=constraint))
     assert refused.value.param == "parameters.structured_outputs.regex"
     assert "option.generation_engine=portable" in refused.value.message
+    assert "structured output is not supported by the continuous-batching engine" in refused.value.message

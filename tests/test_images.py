@@ -250,12 +250,17 @@ def test_tokenizers_backend_needs_transformers_5(project: Path) -> None:
     assert _findings(project, "djl-lmi:0.36.0") == [], "continuous ships transformers 5.24 there"
 
 
-def test_build_for_0_23_ships_the_project_requirements_as_written(project: Path, tmp_path: Path) -> None:
+def test_build_for_0_23_ships_the_project_requirements_as_written_and_llguidance(project: Path, tmp_path: Path) -> None:
     _setup(project, requirements="# ours\nsentencepiece  # tokenizer\n", model_id=HUB_ID)
     result = _build(project, tmp_path / "m.tar.gz")
     assert result.exit_code == 0, result.output
-    assert _shipped_requirements(tmp_path / "m.tar.gz") == "# ours\nsentencepiece  # tokenizer\n"
+    shipped = _shipped_requirements(tmp_path / "m.tar.gz")
+    assert shipped.startswith("# ours\nsentencepiece  # tokenizer\n# added by `lmi build --image djl-deepspeed:0.23.0`")
+    assert shipped.endswith("structured output on the portable engine\nllguidance==1.3.0\n")
     assert "for djl-deepspeed:0.23.0; option.generation_engine=auto will use the portable engine" in result.stderr
+    _setup(project, requirements="llguidance==1.2.0\n", model_id=HUB_ID)
+    assert _build(project, tmp_path / "p.tar.gz").exit_code == 0
+    assert _shipped_requirements(tmp_path / "p.tar.gz") == "llguidance==1.2.0\n", "the project's own pin is kept"
 
 
 def test_build_continuous_for_0_36_adds_transformers_5_24(project: Path, tmp_path: Path) -> None:

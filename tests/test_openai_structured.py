@@ -1,7 +1,7 @@
 """Structured output and tool calls through official clients over real HTTP, on the tiny model and the portable
 engine: the `openai` client's `response_format` (json_schema, strict, and `parse` with a Pydantic model; greedy and
 seeded), its forced tool calls (required and named, streamed and not: the arguments always parse and match the tool's
-schema), `huggingface_hub`'s `text_generation(grammar=...)` on `/invocations`, `lmi invoke --json-schema`, and a bad schema or tool refused with a
+schema), tool_choice "auto" through a tool-aware chat template, `huggingface_hub`'s `text_generation(grammar=...)` on `/invocations`, `lmi invoke --json-schema`, and a bad schema or tool refused with a
 400 naming its field while a stream beside it goes on to exactly its reference tokens."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lmikit.cli import main
 from lmikit.embedded_model import ensure_tiny_model
 from pydantic import BaseModel, Field
 from reference import ReferenceModel
+from test_chat_template import TOOL_TEMPLATE
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +161,7 @@ def test_bad_schemas_and_tools_get_named_400s_while_a_stream_beside_them_goes_on
             ],
             "tool_choice": "required",
         },
-        "tool_choice": {"tools": [WEATHER]},
+        "tool_choice": {"tools": [WEATHER]},  # "auto", which the tiny model's template (no tools) cannot render
     }.items():
         with pytest.raises(openai.BadRequestError) as caught:
             api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=4, **request)
@@ -169,6 +170,25 @@ def test_bad_schemas_and_tools_get_named_400s_while_a_stream_beside_them_goes_on
     assert first.choices[0].delta.role == "assistant" and rest == expected.text
     for field, error in refused.items():
         assert error.status_code == 400 and field in error.message, error.message
+    assert "set option.chat_template" in refused["tool_choice"].message
+
+
+def test_auto_renders_the_tools_through_a_tool_aware_template_and_reads_a_text_answer_back_as_content() -> None:
+    with served(
+        "newest", output_formatter=None, enable_streaming="true", chat_template=TOOL_TEMPLATE, tool_call_parser="hermes"
+    ) as (endpoint, instruments):
+        tiny = openai.OpenAI(base_url=endpoint.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        request: dict[str, Any] = {"model": "tiny", "messages": QUESTION, "max_tokens": 6, "temperature": 0}
+        answer = tiny.chat.completions.create(**request, tools=[WEATHER], tool_choice="auto")
+        chunks = list(tiny.chat.completions.create(**request, tools=[WEATHER], stream=True))
+        tokenizer = instruments.engine.tokenizer
+    prompt = tokenizer.render_chat(QUESTION, [WEATHER])
+    assert "get_weather" in prompt and "<tool_call></tool_call>" in prompt
+    assert answer.usage is not None and answer.usage.prompt_tokens == len(tokenizer.encode(prompt, False))
+    choice = answer.choices[0]  # the tiny model writes no call: its text is the content
+    assert choice.finish_reason in ("stop", "length") and choice.message.tool_calls is None
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert choice.message.content and streamed == choice.message.content
 
 
 @pytest.fixture

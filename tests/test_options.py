@@ -111,6 +111,8 @@ SETTINGS: dict[str, tuple[str, Callable[[HandlerConfig], Any], Any]] = {
     "max_loras": ("2", lambda c: c.max_loras, 2),
     "max_lora_rank": ("8", lambda c: c.max_lora_rank, 8),
     "max_cpu_loras": ("3", lambda c: c.max_cpu_loras, 3),
+    "tool_call_parser": ("hermes", lambda c: c.auto_tool_parser, "hermes"),
+    "enable_auto_tool_choice": ("true", lambda c: c.enable_auto_tool_choice, True),
 }
 #: key -> (a value, vLLM's engine argument and the value it then takes) on the vLLM engine
 VLLM_ARGUMENTS: dict[str, tuple[str, str, Any]] = {

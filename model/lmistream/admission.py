@@ -210,7 +210,9 @@ class Admissions:
         """The validated request of a body, its adapter set, checked by the engine."""
         if is_chat(payload):
             tokenizer = self.engine.tokenizer
-            request = chat_request(payload, self.config.max_new_tokens, tokenizer.renders_tools)
+            request = chat_request(
+                payload, self.config.max_new_tokens, tokenizer.renders_tools, self.config.auto_tool_parser
+            )
             self._check_characters(sum(len(m["content"]) for m in request.messages), "messages")
             request = replace(request, inputs=tokenizer.render_chat(request.messages, request.tools))
         elif is_completion(payload):

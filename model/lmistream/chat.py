@@ -2,8 +2,9 @@
 
 Pure (no torch, no I/O). The fields follow OpenAI's chat completions API; `n` choices are answered whole (not
 streamed), and `top_logprobs` lists each token's most likely alternatives where the engine computes them. What this
-handler cannot honour (tool_choice "auto") is refused with an error naming the field, never ignored.
-`response_format` and a forced tool call constrain the answer (`structured`, `tool_calls`). The
+handler cannot honour (tool_choice "auto" without a tool-aware chat template and option.tool_call_parser) is refused
+with an error naming the field, never ignored. `response_format` and a forced tool call constrain the answer
+(`structured`, `tool_calls`); under "auto" the answer is read back for calls (`tool_parsers`). The
 sampling defaults are OpenAI's: temperature 1 samples, temperature 0 is greedy. The conversation is rendered into
 the prompt later, by the model's chat template (`Tokenizer.render_chat`).
 """
@@ -66,10 +67,14 @@ def is_chat(payload: Mapping[str, Any]) -> bool:
 
 
 def chat_request(
-    payload: Mapping[str, Any], default_max_new_tokens: int, renders_tools: bool = False
+    payload: Mapping[str, Any],
+    default_max_new_tokens: int,
+    renders_tools: bool = False,
+    tool_parser: str | None = None,
 ) -> GenerationRequest:
     """Validate a chat body; `inputs` stays empty until the chat template renders `messages` (and the tools, where
-    `renders_tools`: the model's template has tool support)."""
+    `renders_tools`: the model's template has tool support). `tool_parser` (option.tool_call_parser) reads calls
+    back under tool_choice "auto"."""
     unknown = sorted(set(payload) - set(_FIELDS))
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}; supported: {', '.join(_FIELDS)}", param=unknown[0])
@@ -77,7 +82,11 @@ def chat_request(
     stream = r.boolean("stream", False)
     temperature = r.number("temperature", 0.0, 2.0, 1.0)
     tools = read_tools(
-        payload.get("tools"), payload.get("tool_choice"), r.boolean("parallel_tool_calls", True), renders_tools
+        payload.get("tools"),
+        payload.get("tool_choice"),
+        r.boolean("parallel_tool_calls", True),
+        renders_tools,
+        tool_parser,
     )
     params = GenerationParams(
         max_new_tokens=max_tokens(r, default_max_new_tokens),
@@ -97,6 +106,7 @@ def chat_request(
         include_usage=include_usage(payload, stream),
         logprobs=params.logprobs,
         tool_calls=tools.constraint is not None,
+        tool_parser=tools.parser,
         n=choices(r, stream),
     )
     text_field(payload, "user")

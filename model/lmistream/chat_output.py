@@ -7,6 +7,9 @@ an `{"error": {...}}` event, as OpenAI-compatible servers send it, which the `op
 Log-probabilities list each non-special token with the text it released. A forced tool call's answer (a JSON array of
 calls, `tool_calls`) is given back as the message's `tool_calls`: streamed as OpenAI streams them, each call's id and
 name first and then its arguments text in pieces, under `delta.tool_calls[].index`; finish reason "tool_calls".
+Under tool_choice "auto" the answer is read with the model's call syntax (`tool_parsers.ToolTextStream`): its content
+streams as content, each call comes whole in one delta once it closed, and the finish reason is "tool_calls" when
+the answer holds a call.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .formatters import Formatter, StreamEvent
 from .params import ChatOptions
 from .textstream import FinishReason, Token
 from .tool_calls import CallDelta, CallScanner
+from .tool_parsers import ToolTextStream, parse
 
 
 class ChatFormatter(Formatter):
@@ -42,12 +46,13 @@ class ChatFormatter(Formatter):
     def _call_id(self, index: int) -> str:
         return f"call_{self._id[-16:]}_{index}"
 
-    def _finish_reason(self, event: StreamEvent, calls: CallScanner | None) -> str:
-        """OpenAI's name for why the answer ended: "tool_calls" for a complete call array, "length", else "stop" (an
-        eos token or a stop sequence)."""
-        if calls is not None and calls.complete:
-            return "tool_calls"
-        return finish_reason(event)
+    def _finish_reason(self, event: StreamEvent, called: bool) -> str:
+        """OpenAI's name for why the answer ended: "tool_calls" when it holds calls, "length", else "stop" (an eos
+        token or a stop sequence)."""
+        return "tool_calls" if called else finish_reason(event)
+
+    def _call(self, index: int, name: str | None, arguments: str) -> dict[str, Any]:
+        return {"id": self._call_id(index), "type": "function", "function": {"name": name, "arguments": arguments}}
 
     def _envelope(self, kind: str) -> dict[str, Any]:
         return {"id": self._id, "object": kind, "created": self._created, "model": self._model}
@@ -85,6 +90,8 @@ class ChatCompletionChunks(ChatFormatter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._calls = CallScanner() if self._options.tool_calls else None
+        parser = self._options.tool_parser
+        self._parsed = ToolTextStream(parser) if parser is not None else None
 
     def write(self, event: StreamEvent) -> str:
         out = []
@@ -94,7 +101,10 @@ class ChatCompletionChunks(ChatFormatter):
         if delta:
             out.append(self._chunk(delta, logprobs=self._logprob(event.token)))
         if event.last:
-            out.append(self._chunk({}, finish_reason=self._finish_reason(event, self._calls)))
+            rest = self._parsed_delta(*self._parsed.finish()) if self._parsed is not None else {}
+            if rest:
+                out.append(self._chunk(rest))
+            out.append(self._chunk({}, finish_reason=self._finish_reason(event, self._called())))
             if self._options.include_usage:
                 out.append(
                     sse(
@@ -112,17 +122,30 @@ class ChatCompletionChunks(ChatFormatter):
         return "data: " + super().error(event) + "\n\ndata: [DONE]\n\n"
 
     def _delta(self, text: str) -> dict[str, Any]:
-        """The text's delta: its content, or the calls it adds to (none while it spells only the array's syntax)."""
+        """The text's delta: its content, or the calls it adds to (none while it spells only the array's syntax, or
+        while it may still start a call in the model's syntax)."""
+        if self._parsed is not None:
+            return self._parsed_delta(*self._parsed.feed(text))
         if self._calls is None:
             return {"content": text}
         calls = [self._call_delta(delta) for delta in self._calls.feed(text)]
         return {"tool_calls": calls} if calls else {}
 
+    def _parsed_delta(self, content: str, deltas: list[CallDelta]) -> dict[str, Any]:
+        delta: dict[str, Any] = {"content": content} if content else {}
+        if deltas:
+            delta["tool_calls"] = [self._call_delta(call) for call in deltas]
+        return delta
+
+    def _called(self) -> bool:
+        if self._parsed is not None:
+            return bool(self._parsed.calls)
+        return self._calls is not None and self._calls.complete
+
     def _call_delta(self, delta: CallDelta) -> dict[str, Any]:
         if delta.name is None:
             return {"index": delta.index, "function": {"arguments": delta.arguments}}
-        function = {"name": delta.name, "arguments": delta.arguments}
-        return {"index": delta.index, "id": self._call_id(delta.index), "type": "function", "function": function}
+        return {"index": delta.index, **self._call(delta.index, delta.name, delta.arguments)}
 
     def _chunk(
         self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: list[dict[str, Any]] | None = None
@@ -152,38 +175,40 @@ class ChatCompletion(ChatFormatter):
         self._logprobs.extend(self._logprob(event.token))
         if not event.last:
             return ""
-        calls = self._scanned(event.generated_text or "")
+        message = self._message(event.generated_text or "")
         choice = {
             "index": self._options.index,
-            "message": self._message(event.generated_text, calls),
+            "message": message,
             "logprobs": {"content": self._logprobs} if self._options.logprobs else None,
-            "finish_reason": self._finish_reason(event, calls),
+            "finish_reason": self._finish_reason(event, "tool_calls" in message),
         }
         return json.dumps(
             {**self._envelope("chat.completion"), "choices": [choice], "usage": self._usage(event)},
             ensure_ascii=False,
         )
 
-    def _scanned(self, text: str) -> CallScanner | None:
+    def _message(self, text: str) -> dict[str, Any]:
+        """The assistant's message: its text, and the calls it holds (a forced call's array, or calls in the model's
+        syntax under "auto")."""
+        if self._options.tool_parser is not None:
+            content, parsed = parse(self._options.tool_parser, text)
+            calls = [self._call(index, call.name, call.arguments) for index, call in enumerate(parsed)]
+            return _assistant(content.strip() or None if calls else content, calls)
         if not self._options.tool_calls:
-            return None
-        calls = CallScanner()
-        calls.feed(text)
-        return calls
+            return _assistant(text, [])
+        scanner = CallScanner()
+        scanner.feed(text)
+        if not scanner.complete:
+            return _assistant(text, [])
+        calls = [self._call(index, call.name, scanner.arguments(index)) for index, call in enumerate(scanner.calls)]
+        return _assistant(None, calls)
 
-    def _message(self, text: str | None, calls: CallScanner | None) -> dict[str, Any]:
-        """The assistant's message: its calls where the answer is a complete call array, else its text."""
-        if calls is None or not calls.complete:
-            return {"role": "assistant", "content": text}
-        tool_calls = [
-            {
-                "id": self._call_id(index),
-                "type": "function",
-                "function": {"name": call.name, "arguments": calls.arguments(index)},
-            }
-            for index, call in enumerate(calls.calls)
-        ]
-        return {"role": "assistant", "content": None, "tool_calls": tool_calls}
+
+def _assistant(content: str | None, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return message
 
 
 def merge_choices(answers: list[str]) -> str:

@@ -20,6 +20,8 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 STREAMING_VALUES = ("true", "false", "huggingface")
 GENERATION_ENGINES = ("auto", "continuous", "portable", "vllm")
+#: option.tool_call_parser's values (vLLM's names; `lmistream.tool_parsers` reads them)
+TOOL_CALL_PARSERS = ("hermes", "llama3_json")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class HandlerConfig:
     tgi_compat: bool = False
     #: option.quantize (or vLLM's name, option.quantization) as given
     quantize: str | None = None
+    #: option.tool_call_parser: the parser reading tool_choice "auto" answers back (None: "auto" is refused)
+    tool_call_parser: str | None = None
+    #: option.enable_auto_tool_choice as given (None: not given); false turns tool_choice "auto" off
+    enable_auto_tool_choice: bool | None = None
     #: every init property as given (strings), for the option table's checks and vLLM's pass-through
     options: tuple[tuple[str, str], ...] = ()
     #: not an option: the DJL generation driving the handler, set by the service
@@ -99,6 +105,8 @@ class HandlerConfig:
             chat_template=p.text("chat_template"),
             tgi_compat=p.boolean("tgi_compat", default=False),
             quantize=None if quantize is None or quantize.lower() == "none" else quantize,
+            tool_call_parser=_tool_call_parser(p),
+            enable_auto_tool_choice=p.boolean("enable_auto_tool_choice", default=None),
             options=tuple((str(key), str(value)) for key, value in props.items()),
         )
 
@@ -107,6 +115,11 @@ class HandlerConfig:
         if self.rolling_batch is None:
             return False
         return self.rolling_batch.lower() != "disable" or not self.djl_generation.dialect.honours_rolling_disable
+
+    @property
+    def auto_tool_parser(self) -> str | None:
+        """The parser tool_choice "auto" answers are read with, unless option.enable_auto_tool_choice=false."""
+        return None if self.enable_auto_tool_choice is False else self.tool_call_parser
 
     @property
     def streaming(self) -> bool:
@@ -118,6 +131,11 @@ def served_model_name(model_id: str) -> str:
     """The model name answers carry, and `/v1/models` lists, when a request names none: the model directory's or hub
     id's last part."""
     return model_id.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _tool_call_parser(p: _Props) -> str | None:
+    value = p.choice("tool_call_parser", (*TOOL_CALL_PARSERS, "none"), default="none")
+    return None if value == "none" else value
 
 
 class _Props:
@@ -152,7 +170,13 @@ class _Props:
             raise ConfigError(f"option.{key}={value!r} is not one of {shown}", param=f"option.{key}")
         return name
 
-    def boolean(self, key: str, default: bool) -> bool:
+    @overload
+    def boolean(self, key: str, default: bool) -> bool: ...
+
+    @overload
+    def boolean(self, key: str, default: None) -> bool | None: ...
+
+    def boolean(self, key: str, default: bool | None) -> bool | None:
         value = self.text(key)
         if value is None:
             return default

@@ -252,15 +252,16 @@ TABLE: tuple[Option, ...] = (
     Option(
         "enable_auto_tool_choice",
         "vLLM chat: parse tool calls",
-        NONE,
-        way_out="this handler's chat API does not parse tool calls; drop it",
+        ALL,
+        'false turns tool_choice "auto" off; "auto" reads calls with option.tool_call_parser',
         neutral=("false",),
     ),
     Option(
         "tool_call_parser",
         "vLLM chat: the tool-call parser",
-        NONE,
-        way_out="this handler's chat API does not parse tool calls; drop it",
+        ALL,
+        'hermes or llama3_json: tool_choice "auto" answers read back as tool_calls (the handler\'s own parser, on '
+        "every engine)",
         neutral=("none",),
     ),
     Option(

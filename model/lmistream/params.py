@@ -102,6 +102,7 @@ class ChatOptions:
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
     logprobs: bool = False
     tool_calls: bool = False  # the answer is a forced tool call (`tool_calls`), given back as `tool_calls`
+    tool_parser: str | None = None  # tool_choice "auto": the answer's calls in the model's syntax (`tool_parsers`)
     echo: bool = False  # completions: the prompt comes before the completion
     n: int = 1  # choices asked for, each generated as its own row (`generation_group`)
     index: int = 0  # which choice this row's answer is

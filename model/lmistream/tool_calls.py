@@ -9,8 +9,9 @@ is fixed by the schema, so tracking string and nesting state is all it takes, on
 installs on LMI 0.23's Python 3.9 beside the handler).
 
 `tool_choice` "auto" lets the model choose between text and a call in its own tool-call syntax, which only a model
-whose chat template renders tools can produce; reading each model family's syntax back is not done here, so "auto"
-is refused, naming what works instead.
+whose chat template renders tools can produce: the tools go into the prompt through that template and the answer is
+read back by the parser `option.tool_call_parser` names (`tool_parsers`). Without such a template, or without a
+parser, "auto" is refused, naming what works instead.
 """
 
 from __future__ import annotations
@@ -38,10 +39,15 @@ class ToolChoice:
 
     tools: tuple[dict[str, Any], ...] = ()
     constraint: Constraint | None = None
+    #: "auto": the parser that reads the model's own call syntax back (`tool_parsers`)
+    parser: str | None = None
 
 
-def read_tools(raw_tools: Any, raw_choice: Any, parallel: bool, template_has_tools: bool) -> ToolChoice:
-    """Validate `tools`, `tool_choice` and `parallel_tool_calls` (each error names its field)."""
+def read_tools(
+    raw_tools: Any, raw_choice: Any, parallel: bool, template_has_tools: bool, parser: str | None = None
+) -> ToolChoice:
+    """Validate `tools`, `tool_choice` and `parallel_tool_calls` (each error names its field); `parser` is the
+    handler's option.tool_call_parser."""
     if raw_tools is None:
         if raw_choice not in (None, "none"):
             raise InvalidRequest("tool_choice needs tools: give the functions the model may call", param="tool_choice")
@@ -51,7 +57,9 @@ def read_tools(raw_tools: Any, raw_choice: Any, parallel: bool, template_has_too
     if choice == "none":
         return ToolChoice()
     if choice == "auto":
-        raise InvalidRequest(_auto_refusal(template_has_tools), param="tool_choice")
+        if not template_has_tools or parser is None:
+            raise InvalidRequest(_auto_refusal(template_has_tools), param="tool_choice")
+        return ToolChoice(tuple(tools), parser=parser)
     if choice == "required":
         chosen = tools
     else:
@@ -83,16 +91,18 @@ def calls_schema(tools: Sequence[Mapping[str, Any]], single: bool) -> dict[str, 
 
 
 def _auto_refusal(template_has_tools: bool) -> str:
+    forced = (
+        'or give tool_choice "required" or {"type": "function", "function": {"name": ...}} to have a call decoded '
+        'under the tools\' schema, or "none"'
+    )
     if not template_has_tools:
         return (
             'tool_choice "auto" (the default when tools are given) needs a chat template that renders tools, and this '
-            'model\'s has none; give tool_choice "required" or {"type": "function", "function": {"name": ...}} to '
-            'have a call decoded under the tools\' schema, or "none"'
+            "model's has none: set option.chat_template to one that does (and option.tool_call_parser), " + forced
         )
     return (
-        'tool_choice "auto" is not supported: reading the model\'s own tool-call syntax back is not implemented; give '
-        'tool_choice "required" or {"type": "function", "function": {"name": ...}} to have a call decoded under the '
-        'tools\' schema, or "none"'
+        'tool_choice "auto" (the default when tools are given) reads the model\'s own tool-call syntax back, which '
+        "needs option.tool_call_parser (hermes or llama3_json) on this endpoint, " + forced
     )
 
 

@@ -31,6 +31,9 @@ CONTINUOUS_TORCH = Version("2.6")
 TRANSFORMERS_5_PYTHON = (3, 10)
 #: the oldest vLLM the vllm engine runs on: its v1 API (delta outputs, AsyncLLM); tested on 0.32.
 VLLM_ENGINE_VLLM = Version("0.10")
+#: llguidance, the portable engine's grammar library: its last release for Python 3.9, and the one tested after it
+LLGUIDANCE_PYTHON_3_9 = "1.3.0"
+LLGUIDANCE = "1.9.1"
 #: shipped packages a requirement must never replace (CUDA builds the image's other packages are tied to).
 PINNED_BY_IMAGE = ("torch", "torchvision", "deepspeed", "vllm")
 #: model types and the first transformers release that has them.
@@ -139,7 +142,7 @@ def check_image(project: Project, image: str, gpus: int | None = None) -> list[F
     except project.handler_module("errors").ConfigError as error:
         return [Finding("error", error.param, error.message)]
     own = requirements_text(project)
-    shipped = parse_requirements(shipped_requirements(stack, own, engine))[0]
+    shipped = parse_requirements(shipped_requirements(project, stack, own, engine))[0]
     return [
         *check_requirements(stack, own),
         *check_engine(stack, engine, shipped),
@@ -182,19 +185,32 @@ def requirements_text(project: Project) -> str:
     return project.requirements.read_text(encoding="utf-8") if project.requirements else ""
 
 
-def shipped_requirements(stack: ImageStack | None, own: str, engine: str) -> str:
+def shipped_requirements(project: Project, stack: ImageStack | None, own: str, engine: str) -> str:
     """The tarball's requirements.txt: the project's lines as written, plus transformers 5.24 when the continuous
-    engine is forced on an image that can run it but ships another transformers (and the project pins none)."""
-    if stack is None or engine != "continuous" or not stack.runs_continuous():
+    engine is forced on an image that can run it but ships another transformers (and the project pins none), plus
+    llguidance where the portable engine runs (its structured output; the images ship it only beside vLLM)."""
+    if stack is None:
         return own
     names = {canonicalize_name(req.name) for req in parse_requirements(own)[0]}
-    if "transformers" in names or Version(stack.transformers) == CONTINUOUS_TRANSFORMERS:
+    added = []
+    continuous = engine == "continuous" and stack.runs_continuous() and "transformers" not in names
+    if continuous and Version(stack.transformers) != CONTINUOUS_TRANSFORMERS:
+        added.append(
+            f"# added by `lmi build --image {stack.image}` for option.generation_engine=continuous\n"
+            f"transformers=={CONTINUOUS_TRANSFORMERS}\n"
+        )
+    shipped = parse_requirements(own + "".join(added))[0]
+    runs = engine if engine != "auto" else _auto_engine(project, stack, shipped, None)
+    if runs == "portable" and "llguidance" not in names:
+        pin = LLGUIDANCE_PYTHON_3_9 if stack.python < (3, 10) else LLGUIDANCE
+        added.append(
+            f"# added by `lmi build --image {stack.image}`: structured output on the portable engine\n"
+            f"llguidance=={pin}\n"
+        )
+    if not added:
         return own
     separator = "\n" if own and not own.endswith("\n") else ""
-    return (
-        f"{own}{separator}# added by `lmi build --image {stack.image}` for option.generation_engine=continuous\n"
-        f"transformers=={CONTINUOUS_TRANSFORMERS}\n"
-    )
+    return own + separator + "".join(added)
 
 
 def engine_note(

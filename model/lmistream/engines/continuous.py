@@ -119,8 +119,10 @@ class ContinuousBatchingEngine:
         """Refuse what transformers' continuous batching cannot honour instead of silently ignoring it."""
         if params.constraint is not None:
             raise InvalidRequest(
-                f"{params.constraint.field}: structured output is not supported by the continuous-batching engine; "
-                "option.generation_engine=portable (or vllm, where the image has vLLM) decodes it",
+                f"{params.constraint.field}: structured output is not supported by the continuous-batching engine "
+                "(transformers' continuous batching gives a per-request logits processor one number per row, not a "
+                "token mask kept in step with the row's tokens); option.generation_engine=portable (or vllm, where "
+                "the image has vLLM) decodes it",
                 param=params.constraint.field,
             )
         for name, neutral in UNSUPPORTED_PER_REQUEST.items():

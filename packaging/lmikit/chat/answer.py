@@ -2,7 +2,8 @@
 
 No Streamlit here: the page hands `Answer.pieces()` to `st.write_stream`, then shows `error` and `stats`. Every way
 an answer can fail (the endpoint missing, unreachable, refusing the request, timing out, or breaking the stream)
-ends the pieces early and leaves a readable `error`, so the page never shows a traceback.
+ends the pieces early and leaves a readable `error`, so the page never shows a traceback. Tool calls come in pieces
+under `delta.tool_calls[].index` (OpenAI's stream) and are put together per call for the message.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .conversation import (
     ChatRequest,
     Message,
     PromptRequest,
+    ToolCall,
     finished_answer,
 )
 
@@ -62,6 +64,7 @@ class Answer:
         self._endpoint_name = endpoint_name
         self._request = request
         self._texts: list[str] = []
+        self._calls: dict[int, dict[str, str]] = {}  # index -> name, arguments so far
         self.error: str | None = None
         self.refused = False  # the endpoint answered the request itself with a 4xx, before any text
         self.stats: AnswerStats | None = None
@@ -72,6 +75,8 @@ class Answer:
         try:
             stream = self._open(self._connect())
             for event in stream:
+                for piece in event.tool_calls:
+                    self._add_call_piece(piece)
                 if event.text and not event.special:
                     self._texts.append(event.text)
                     yield event.text
@@ -88,9 +93,16 @@ class Answer:
             return invoke_chat_stream(client, self._endpoint_name, request.messages, request.options)
         return invoke_stream(client, self._endpoint_name, request.prompt, request.parameters)
 
+    def _add_call_piece(self, piece: dict[str, Any]) -> None:
+        call = self._calls.setdefault(int(piece.get("index", 0)), {"name": "", "arguments": ""})
+        function = piece.get("function") or {}
+        call["name"] += function.get("name") or ""
+        call["arguments"] += function.get("arguments") or ""
+
     def message(self) -> Message:
         """The answer as a history entry (after `pieces()` is exhausted)."""
-        return Message(ASSISTANT, finished_answer("".join(self._texts)), self.error)
+        calls = tuple(ToolCall(call["name"], call["arguments"]) for _, call in sorted(self._calls.items()))
+        return Message(ASSISTANT, finished_answer("".join(self._texts)), self.error, calls)
 
 
 def readable_error(error: BaseException) -> str:

@@ -3,7 +3,8 @@
 Only layout lives here; the request comes from `conversation`, the streaming and its errors from `answer`, the
 endpoint from `target` (the environment `lmi chat` sets, or `endpoint_name` as in the blog's chatbot).
 The request format is `auto` by default: chat messages (the model's chat template) first; an endpoint that refuses
-them before answering gets the prompt transcript instead, for the rest of the session.
+them before answering gets the prompt transcript instead, for the rest of the session. The sidebar's "Tools and JSON
+output" takes OpenAI tools and a JSON schema for chat requests; an answer's tool calls show under it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from lmikit.chat.conversation import (
     DEFAULT_SYSTEM_PROMPT,
     PROMPT,
     SUGGESTED_PROMPTS,
+    TOOL_CHOICES,
     USER,
     Message,
     Settings,
     build_request,
+    json_setting,
 )
 from lmikit.chat.target import ChatTarget
 
@@ -66,9 +69,22 @@ def sidebar(target: ChatTarget) -> Settings:
             top_p=st.slider("Top p", 0.05, 1.0, 0.9, step=0.05),
             system_prompt=st.text_area("System prompt", DEFAULT_SYSTEM_PROMPT),
             adapter=adapter,
+            **structured_settings(),
         )
         st.button("Clear conversation", on_click=clear_conversation)
     return settings
+
+
+def structured_settings() -> dict[str, Any]:
+    """The tools and the JSON schema a chat request carries (a field that is not valid JSON is shown and left out)."""
+    with st.expander("Tools and JSON output (chat)"):
+        tools, tools_error = json_setting(st.text_area("Tools (OpenAI JSON list)", ""), list, "Tools")
+        choice = st.radio("Tool choice", TOOL_CHOICES, horizontal=True)
+        schema, schema_error = json_setting(st.text_area("Answer JSON schema", ""), dict, "The JSON schema")
+        for error in (tools_error, schema_error):
+            if error is not None:
+                st.error(error)
+    return {"tools": tools or [], "tool_choice": choice, "json_schema": schema}
 
 
 def show_message(message: Message) -> None:
@@ -78,10 +94,13 @@ def show_message(message: Message) -> None:
 
 
 def show_outcome(message: Message) -> None:
-    """Under an answer: its error, or a note that it holds no text."""
+    """Under an answer: its tool calls, then its error, or a note that it holds no text."""
+    for call in message.tool_calls:
+        st.markdown(f"Tool call: `{call.name}`")
+        st.code(call.arguments, language="json")
     if message.error is not None:
         st.error(message.error)
-    elif message.role == ASSISTANT and not message.content:
+    elif message.role == ASSISTANT and not message.content and not message.tool_calls:
         st.caption(EMPTY_ANSWER)
 
 

@@ -8,14 +8,17 @@ Two modes:
 
 An answer that failed, and the question it answered, are left out of later requests. Prompt-mode parameters are the
 ones LMI and TGI both read: temperature 0 means greedy (no `do_sample`, no `temperature`, which TGI requires to be
-positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1). Chat mode sends OpenAI's names. A LoRA
-adapter picked in the sidebar goes as the chat body's `model`, or as TGI's `parameters.adapter_id` in prompt mode.
+positive), and `top_p` is sent only when sampling below 1 (TGI refuses 1). Chat mode sends OpenAI's names, and the
+tools and the JSON schema the sidebar holds (`tools`, `tool_choice`, `response_format`); an answer's tool calls are
+kept with it (`ToolCall`). A LoRA adapter picked in the sidebar goes as the chat body's `model`, or as TGI's
+`parameters.adapter_id` in prompt mode.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 USER = "user"
@@ -33,6 +36,17 @@ SUGGESTED_PROMPTS = (
 _SPEAKERS = {USER: "User", ASSISTANT: "Assistant"}
 
 
+TOOL_CHOICES = ("auto", "required", "none")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call an answer holds: the function's name and its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
 @dataclass(frozen=True)
 class Message:
     """One turn of the conversation; an assistant turn that failed keeps its partial text and the error line."""
@@ -40,6 +54,7 @@ class Message:
     role: str
     content: str
     error: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,10 @@ class Settings:
     top_p: float = 0.9
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     adapter: str | None = None  # None: the base model
+    #: chat mode only: OpenAI's `tools`, `tool_choice` and a JSON schema for `response_format`
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str = "auto"
+    json_schema: dict[str, Any] | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The request's `parameters`, valid for LMI and TGI alike."""
@@ -70,7 +89,25 @@ class Settings:
             options["top_p"] = self.top_p
         if self.adapter is not None:
             options["model"] = self.adapter
+        if self.tools:
+            options.update(tools=self.tools, tool_choice=self.tool_choice)
+        if self.json_schema is not None:
+            schema = {"name": "answer", "schema": self.json_schema, "strict": True}
+            options["response_format"] = {"type": "json_schema", "json_schema": schema}
         return options
+
+
+def json_setting(text: str, kind: type, what: str) -> tuple[Any, str | None]:
+    """A sidebar field's JSON (None when blank), or the line saying why it is not a JSON `kind`."""
+    if not text.strip():
+        return None, None
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        return None, f"{what} is not JSON: {error}"
+    if not isinstance(value, kind):
+        return None, f"{what} must be a JSON {'list' if kind is list else 'object'}"
+    return value, None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class TokenEvent:
     generated_text: str | None = None  # the full text, on the last event of formats that send it
     details: dict[str, Any] | None = None  # LMI/TGI `details` (finish_reason, generated_tokens, ...)
     finish_reason: str | None = None
+    #: an OpenAI chat chunk's `delta.tool_calls` pieces (or a whole message's `tool_calls`), as sent
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,9 @@ def _chat_event(choices: list[dict[str, Any]]) -> TokenEvent | None:
     choice = choices[0]
     message = choice.get("delta") or choice.get("message") or {}  # a chunk's delta, a whole completion's message
     text = message.get("content") or choice.get("text") or ""
-    return TokenEvent(text, finish_reason=choice.get("finish_reason"))
+    calls = message.get("tool_calls")
+    calls = tuple(call for call in calls if isinstance(call, dict)) if isinstance(calls, list) else ()
+    return TokenEvent(text, finish_reason=choice.get("finish_reason"), tool_calls=calls)
 
 
 def _event_from_json(text: str) -> Event | None:

@@ -30,7 +30,7 @@ def validated_build(
     if errors(findings):
         raise click.ClickException(f"{len(errors(findings))} error(s) in {project.root}; nothing built")
     stack, engine = images.stack_for(image), images.generation_engine(project)
-    requirements = images.shipped_requirements(stack, images.requirements_text(project), engine)
+    requirements = images.shipped_requirements(project, stack, images.requirements_text(project), engine)
     report = build_tarball(project, out, requirements)
     for entry in report.entries:
         console.print(f"  {entry}", markup=False, highlight=False, soft_wrap=True)
