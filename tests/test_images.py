@@ -397,16 +397,16 @@ def test_fp16_elsewhere_is_a_warning_or_nothing(
     ("image", "expected"),
     [
         ("djl-lmi:0.36.0", []),  # auto picks vLLM there, which takes it
-        ("djl-deepspeed:0.23.0", [("error", "option.enable_prefix_caching", "portable")]),
+        ("djl-deepspeed:0.23.0", [("error", "option.kv_cache_dtype", "portable")]),
     ],
 )
 def test_an_option_the_engine_auto_picks_on_the_image_refuses_is_an_error(
     project: Path, image: str, expected: list[tuple[str, str, str]]
 ) -> None:
-    _setup(project, dtype="fp32", model_id=HUB_ID, enable_prefix_caching="true")
+    _setup(project, dtype="fp32", model_id=HUB_ID, kv_cache_dtype="fp8")
     findings = [
-        (level, key, message) for level, key, message in _findings(project, image) if key.startswith("option.e")
+        (level, key, message) for level, key, message in _findings(project, image) if key.startswith("option.k")
     ]
     assert [(level, key) for level, key, _ in findings] == [(level, key) for level, key, _ in expected]
     for (_, _, message), (_, _, engine) in zip(findings, expected):
-        assert f"option.enable_prefix_caching=true is not supported by the {engine} engine" in message
+        assert f"option.kv_cache_dtype=fp8 is not supported by the {engine} engine" in message
