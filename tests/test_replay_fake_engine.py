@@ -285,7 +285,7 @@ def test_each_finished_request_logs_one_line_of_numbers_and_never_its_prompt(cap
         status, _ = collect(post(front, {"inputs": prompt, "parameters": {"max_new_tokens": 5}}))
     assert status == 200
     [line] = [r.getMessage() for r in caplog.records if "prompt_tokens=" in r.getMessage()]
-    assert " length: prompt_tokens=13 generated_tokens=5 ttft_ms=" in line and "total_ms=" in line
+    assert " length: prompt_tokens=13 cached_tokens=0 generated_tokens=5 ttft_ms=" in line and "total_ms=" in line
     assert prompt not in caplog.text
 
 

@@ -23,6 +23,7 @@ TORCH_MODULES = {
     "ranked.py",
     "vllm_engine.py",
     "lora.py",
+    "prefix_cache.py",
 }
 
 
