@@ -13,7 +13,8 @@ LMI023_TESTS := tests/test_stack_compat.py tests/test_scheduler.py tests/test_po
 	tests/test_bad_requests_fail_alone.py tests/test_params.py tests/test_formatters.py tests/test_config.py \
 	tests/test_chat_request.py tests/test_chat_output.py tests/test_chat_template.py \
 	tests/test_structured_request.py tests/test_constrained_engine.py tests/test_tool_calls.py tests/test_tool_parsers.py \
-	tests/test_lora_engine.py tests/test_lora_requests.py tests/test_completions.py tests/test_generation_group.py
+	tests/test_lora_engine.py tests/test_lora_requests.py tests/test_completions.py tests/test_generation_group.py \
+	tests/test_prefix_caching.py
 # The vLLM tier: the handler on the vLLM engine, in a venv with vLLM's CPU build (about 3.5 GB, built once). Its tests
 # need vLLM, so the main run does not collect them (tests/conftest.py) and this tier runs them.
 VLLM := .venv-vllm

@@ -108,3 +108,9 @@ def test_structured_runs_half_the_rows_under_a_schema_and_reports_the_ratio_and_
     assert report["ratio"]["low"] == report["ratio"]["best"] == report["ratio"]["high"] > 0  # one repeat
     assert report["mask_ms_per_step"] > 0 and 0 < report["mask_share"] < 1
     assert "ratio half constrained / unconstrained" in result.stderr and "ms per step" in result.stderr
+
+
+@pytest.mark.parametrize("workload", ["chat", "lora"])
+def test_the_compare_workloads_say_they_need_compare(tmp_path, workload) -> None:
+    result = lmi_bench("--workload", workload, "--out", str(tmp_path))
+    assert result.returncode == 2 and f"--workload {workload} runs with --compare" in result.stderr

@@ -208,8 +208,6 @@ def run_chat(options: dict[str, Any], console: Console) -> None:
     from .chat_bench import later_turn_ratios, ratio_table, run_chat_compare, write_chat_results
     from .compare import Plan
 
-    if not options["compare"]:
-        raise click.UsageError("--workload chat runs with --compare")
     levels = _levels(options["concurrency"])
     model_dir = compare_model(options["model_id"])
     vllm = options["vllm_python"] or os.environ.get("LMI_BENCH_VLLM_PYTHON")
@@ -227,6 +225,24 @@ def run_chat(options: dict[str, Any], console: Console) -> None:
     write_chat_results(options["out"], meta, replays, ratios)
     console.print(ratio_table(ratios))
     console.print(f"Wrote {options['out'] / 'chat.json'} and chat.md")
+
+
+def run_lora(options: dict[str, Any], console: Console) -> None:
+    """`--compare --workload lora`: streams over LoRA adapters against streams on the base model."""
+    from .lora_bench import LoraWorkload, run_lora_bench
+
+    vllm = options["vllm_python"] or os.environ.get("LMI_BENCH_VLLM_PYTHON")
+    workload = LoraWorkload(
+        options["adapters"],
+        options["lora_rank"],
+        _levels(options["concurrency"]),
+        options["prompt_tokens"],
+        options["max_new_tokens"],
+        options["repeats"],
+        options["threads"],
+    )
+    model_dir = compare_model(options["model_id"])
+    console.print(run_lora_bench(model_dir, workload, vllm_python=Path(vllm) if vllm else None, out=options["out"]))
 
 
 def run_endpoint(options: dict[str, Any], console: Console) -> tuple[dict[str, Any], list[LevelResult]]:
@@ -325,11 +341,14 @@ def _meta(options: dict[str, Any], target: str, model: str, threads: dict[str, s
 @click.option("--compare", is_flag=True, help="Stack against static-batch generate, peers and a naive handler.")
 @click.option(
     "--workload",
-    type=click.Choice(["single", "chat"]),
+    type=click.Choice(["single", "chat", "lora"]),
     default="single",
     show_default=True,
-    help="--compare: single prompts, or multi-turn chats sharing a system prompt (prefix cache on against off).",
+    help="--compare: single prompts, multi-turn chats sharing a system prompt (prefix cache on against off), or "
+    "streams dealt over random LoRA adapters against streams on the base model (lmi serve and vLLM's server).",
 )
+@click.option("--adapters", default=4, show_default=True, type=click.IntRange(min=1), help="--workload lora.")
+@click.option("--lora-rank", default=8, show_default=True, type=click.IntRange(min=1), help="--workload lora.")
 @click.option("--conversations", default=16, show_default=True, type=click.IntRange(min=1), help="--workload chat.")
 @click.option("--turns", default=6, show_default=True, type=click.IntRange(min=1), help="--workload chat.")
 @click.option("--system-tokens", default=1000, show_default=True, type=click.IntRange(min=1), help="--workload chat.")
@@ -380,10 +399,15 @@ def bench_command(**options: Any) -> None:
         args = (options["model_id"], streams, options["max_new_tokens"], options["threads"], options["repeats"])
         console.print(structured_main(*args, options["out"]))
         return
+    if options["workload"] != "single" and not options["compare"]:
+        raise click.UsageError(f"--workload {options['workload']} runs with --compare")
     if not options["compare"] and options["url"] is None and options["route"] != "runtime":
         raise click.UsageError("give --url, or --route runtime for a SageMaker endpoint, or --compare")
     if options["workload"] == "chat":
         run_chat(options, console)
+        return
+    if options["workload"] == "lora":
+        run_lora(options, console)
         return
     meta, results = (run_compare if options["compare"] else run_endpoint)(options, console)
     ratios = compare_ratios(results) if options["compare"] else []

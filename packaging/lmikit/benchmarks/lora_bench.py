@@ -238,6 +238,54 @@ def prepared(model_dir: Path, count: int, rank: int, codes: dict[str, Path], **s
         yield Plan(model_dir, tuple(adapters), rank, projects=projects, **settings)
 
 
+@dataclass(frozen=True)
+class LoraWorkload:
+    """What the mixed-adapter benchmark runs: `adapters` random adapters of `rank`, at each concurrency level."""
+
+    adapters: int
+    rank: int
+    levels: list[int]
+    prompt_tokens: int
+    max_new_tokens: int
+    repeats: int
+    threads: int
+
+
+def run_lora_bench(
+    model_dir: Path,
+    workload: LoraWorkload,
+    code: Path = REPO_CODE,
+    baseline_code: Path | None = None,
+    vllm_python: Path | None = None,
+    out: Path = Path("bench-results"),
+) -> str:
+    """Run every system in turn, `repeats` times, write lora_bench.json and .md under `out`; the printed report."""
+    from transformers import AutoTokenizer
+
+    w = workload
+    codes = {"lmi": code, **({"lmi@baseline": baseline_code} if baseline_code else {})}
+    prompts = make_prompts(max(w.levels), w.prompt_tokens, AutoTokenizer.from_pretrained(str(model_dir)))
+    settings = {"max_batch": max(w.levels), "threads": w.threads, "vllm_python": vllm_python}
+    with prepared(model_dir, w.adapters, w.rank, codes, **settings) as plan:
+        names = list(systems(plan))
+        results = [
+            result
+            for repeat in range(w.repeats)
+            for name in names
+            for result in run_system(name, plan, prompts, w.levels, w.max_new_tokens, repeat)
+        ]
+    found = ratios(results, names, w.levels)
+    text = report(results, found, plan, w.max_new_tokens)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lora_bench.md").write_text(text + "\n", encoding="utf-8")
+    run: dict[str, Any] = {"adapters": w.adapters, "rank": w.rank, "prompt_tokens": w.prompt_tokens}
+    run.update(repeats=w.repeats, model=model_dir.name, max_new_tokens=w.max_new_tokens, threads=w.threads)
+    run.update(systems=names)
+    document = {"settings": run, "results": [asdict(r) for r in results], "ratios": [asdict(r) for r in found]}
+    (out / "lora_bench.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    return text
+
+
 @click.command()
 @click.option("--model-id", type=click.Path(exists=True, file_okay=False, path_type=Path), help="default: SmolLM2")
 @click.option("--adapters", "count", default=4, show_default=True, type=click.IntRange(1))
@@ -266,30 +314,9 @@ def main(
     out: Path,
 ) -> None:
     """Streams over LoRA adapters against streams on the base model, on lmi serve and vLLM's server."""
-    from transformers import AutoTokenizer
-
-    model_dir = model_id or ensure_smollm2()
     levels = [int(c) for c in concurrency.split(",")]
-    codes = {"lmi": code, **({"lmi@baseline": baseline_code} if baseline_code else {})}
-    prompts = make_prompts(max(levels), prompt_tokens, AutoTokenizer.from_pretrained(str(model_dir)))
-    settings = {"max_batch": max(levels), "threads": threads, "vllm_python": vllm_python}
-    with prepared(model_dir, count, rank, codes, **settings) as plan:
-        names = list(systems(plan))
-        results = [
-            result
-            for repeat in range(repeats)
-            for name in names
-            for result in run_system(name, plan, prompts, levels, max_new_tokens, repeat)
-        ]
-    found = ratios(results, names, levels)
-    text = report(results, found, plan, max_new_tokens)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lora_bench.md").write_text(text + "\n", encoding="utf-8")
-    run: dict[str, Any] = {"adapters": count, "rank": rank, "prompt_tokens": prompt_tokens, "repeats": repeats}
-    run.update(model=model_dir.name, max_new_tokens=max_new_tokens, threads=threads, systems=names)
-    document = {"settings": run, "results": [asdict(r) for r in results], "ratios": [asdict(r) for r in found]}
-    (out / "lora_bench.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    click.echo(text)
+    workload = LoraWorkload(count, rank, levels, prompt_tokens, max_new_tokens, repeats, threads)
+    click.echo(run_lora_bench(model_id or ensure_smollm2(), workload, code, baseline_code, vllm_python, out))
 
 
 if __name__ == "__main__":
