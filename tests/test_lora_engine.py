@@ -10,17 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from engine_support import Collector
 from lmikit.embedded_model import ensure_tiny_model
 from lmistream.adapters import discover, read_adapter
 from lmistream.config import HandlerConfig
 from lmistream.engines import check_lora
+from lmistream.engines.lora import Shards
 from lmistream.engines.portable import PortableEngine
 from lmistream.errors import ConfigError
 from lmistream.params import GenerationParams
 from lora_support import RECIPES, merged_model_dir, model_with_adapters
 from reference import ReferenceModel
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +170,16 @@ def test_lora_over_tensor_parallel_ranks_is_refused_where_the_shards_are_not_tra
     else:
         with pytest.raises(ConfigError, match="DeepSpeed AutoTP.*option.tensor_parallel_degree=1"):
             check_lora(config, "portable", 2)
+
+
+@pytest.mark.skipif(
+    not hasattr(PreTrainedModel, "tp_plan"), reason="no tp_plan in this transformers: the test above refuses TP there"
+)
+def test_an_adapter_of_a_module_sharded_in_a_layout_it_cannot_follow_is_refused_naming_it(tiny_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    shards = Shards(model, (0, 2))
+    head = model.lm_head
+    pair = (torch.zeros(4, head.in_features), torch.zeros(head.out_features, 4), 1.0)
+    with pytest.raises(ConfigError, match="lm_head, which tensor parallelism shards as 'colwise_gather_output'"):
+        shards.slice("adapter 'x'", "lm_head", pair)
+    assert shards.layout("model.layers.1.self_attn.o_proj") == "rowwise"
