@@ -10,16 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from engine_support import Collector
 from lmikit.embedded_model import ensure_tiny_model
 from lmistream.adapters import discover, read_adapter
 from lmistream.config import HandlerConfig
-from lmistream.engines import check_lora, choose
+from lmistream.engines import check_lora
+from lmistream.engines.lora import Shards
 from lmistream.engines.portable import PortableEngine
 from lmistream.errors import ConfigError
 from lmistream.params import GenerationParams
 from lora_support import RECIPES, merged_model_dir, model_with_adapters
 from reference import ReferenceModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 pytestmark = pytest.mark.integration
 
@@ -151,10 +154,32 @@ def test_a_bad_adapter_directory_is_refused_and_the_served_ones_go_on(
     assert tuple(collector.tokens("running")) == references[RECIPES[0].name](prompt, max_new_tokens).token_ids
 
 
-def test_lora_over_tensor_parallel_ranks_is_refused_before_loading() -> None:
-    """(The engines that apply no adapters at all refuse option.enable_lora through the option table.)"""
+def test_lora_over_tensor_parallel_ranks_is_refused_where_the_shards_are_not_transformers_own(tiny_dir: Path) -> None:
+    """Over two ranks the portable engine shards adapters where transformers has a tp_plan for the model (the newest
+    stack: test_tensor_parallel runs it); LMI 0.23's transformers has none (DeepSpeed AutoTP shards), and there it
+    is refused before the load, as it is on the continuous engine. (The engines that apply no adapters at all refuse
+    option.enable_lora through the option table.)"""
     config = HandlerConfig.from_properties(
-        {"model_id": "/nowhere", "enable_lora": "true", "tensor_parallel_degree": "2"}
+        {"model_id": str(tiny_dir), "enable_lora": "true", "tensor_parallel_degree": "2"}
     )
-    with pytest.raises(ConfigError, match="option.tensor_parallel_degree=1"):
-        check_lora(config, choose(config)[0], 2)
+    with pytest.raises(ConfigError, match="the continuous engine does not shard LoRA adapters"):
+        check_lora(config, "continuous", 2)
+    check_lora(config, "portable", 1)
+    if getattr(AutoConfig.from_pretrained(tiny_dir), "base_model_tp_plan", None):
+        check_lora(config, "portable", 2)
+    else:
+        with pytest.raises(ConfigError, match="DeepSpeed AutoTP.*option.tensor_parallel_degree=1"):
+            check_lora(config, "portable", 2)
+
+
+@pytest.mark.skipif(
+    not hasattr(PreTrainedModel, "tp_plan"), reason="no tp_plan in this transformers: the test above refuses TP there"
+)
+def test_an_adapter_of_a_module_sharded_in_a_layout_it_cannot_follow_is_refused_naming_it(tiny_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    shards = Shards(model, (0, 2))
+    head = model.lm_head
+    pair = (torch.zeros(4, head.in_features), torch.zeros(head.out_features, 4), 1.0)
+    with pytest.raises(ConfigError, match="lm_head, which tensor parallelism shards as 'colwise_gather_output'"):
+        shards.slice("adapter 'x'", "lm_head", pair)
+    assert shards.layout("model.layers.1.self_attn.o_proj") == "rowwise"

@@ -1,7 +1,9 @@
 """Tensor parallelism through `lmi serve`: engine=MPI with tensor_parallel_degree=2 starts two rank processes that
 hold the tiny model between them (transformers' tp_plan over gloo on this CPU), on both engines and under both DJL
 generations. Each rank holds about half the parameters, 8 concurrent greedy requests get exactly the single-device
-texts (and a repeated prompt too, taken from every rank's prefix cache on the portable engine), and a rank killed mid-stream ends the open request with an error and turns /ping unhealthy."""
+texts (and a repeated prompt too, taken from every rank's prefix cache on the portable engine), two PEFT adapters
+sharded with the model answer in one mixed batch as PEFT's merged models do, and a rank killed mid-stream ends the
+open request with an error and turns /ping unhealthy."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import pytest
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
 from lmikit.server.process import ping, running_endpoint
 from lmistream.engines import available
-from local_endpoint import START_TIMEOUT, make_project, stream
+from local_endpoint import REPO, START_TIMEOUT, make_project, stream
+from lora_support import RECIPES, merged_model_dir, model_with_adapters
 from reference import DTYPE_KEYWORD, ReferenceModel
 
 pytestmark = pytest.mark.integration
@@ -62,8 +65,8 @@ def _text(body: bytes) -> str:
     return "".join(line["outputs"][0] if "outputs" in line else line["token"]["text"] for line in lines)
 
 
-def _serve(tmp_path: Path, engine: str, version: str, model: Path, log, launcher: str = "auto"):
-    project = make_project(tmp_path / "project", PROPERTIES.format(engine=engine))
+def _serve(tmp_path: Path, engine: str, version: str, model: Path, log, launcher: str = "auto", project=None):
+    project = project or make_project(tmp_path / "project", PROPERTIES.format(engine=engine))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = ["--project-dir", str(project), "--model-id", str(model), "--djl-version", version, "--launcher", launcher]
     return running_endpoint(args, env, log, START_TIMEOUT)
@@ -105,6 +108,43 @@ def test_two_ranks_shard_the_model_and_answer_exactly_as_one_device(
         print(f"rank {rank}: {size:,} parameter bytes ({size / single:.1%} of one device's {single:,}), {path}")
         assert path == "transformers tp_plan"
         assert 0.45 * single <= size <= 0.6 * single
+
+
+def test_two_ranks_shard_lora_adapters_and_each_row_answers_as_its_merged_model(tiny_dir: Path, tmp_path: Path) -> None:
+    """On the newest stack (transformers' tp_plan): base rows and both adapters' rows in one batch, over two ranks.
+    The adapters target colwise (q/k/v/up) and rowwise (o/down) modules."""
+    project = tmp_path / "lora-project"
+    model = model_with_adapters(tiny_dir, project / "model")  # DJL's model dir: adapters/ beside model.py
+    for name in ("model.py", "lmistream"):
+        (model / name).symlink_to(REPO / "model" / name)
+    (project / "serving.properties").write_text(PROPERTIES.format(engine="portable") + "option.enable_lora=true\n")
+    references = {
+        None: ReferenceModel(tiny_dir),
+        **{
+            r.name: ReferenceModel(merged_model_dir(tiny_dir, model / "adapters" / r.name, tmp_path / r.name))
+            for r in RECIPES
+        },
+    }
+    rows = [(prompt, adapter) for prompt in PROMPTS[:2] for adapter in references]
+    payloads = [
+        {"inputs": prompt, "parameters": {"max_new_tokens": 6}, **({"adapters": adapter} if adapter else {})}
+        for prompt, adapter in rows
+    ]
+    with tempfile.TemporaryFile("w+") as log:
+        with (
+            _serve(tmp_path, "portable", "newest", tiny_dir, log, project=project) as endpoint,
+            ThreadPoolExecutor(len(payloads)) as pool,
+        ):
+            results = list(pool.map(lambda payload: stream(endpoint, payload, time.monotonic()), payloads))
+        log.seek(0)
+        output = log.read()
+    assert {(rank, path) for rank, path, _ in RANK_LINE.findall(output)} == {
+        ("0", "transformers tp_plan"),
+        ("1", "transformers tp_plan"),
+    }, output[-3000:]
+    for (prompt, adapter), result in zip(rows, results):
+        assert result.status == 200, result.body
+        assert _text(result.body) == references[adapter](prompt, 6).text, (prompt, adapter, output[-3000:])
 
 
 @pytest.mark.parametrize("launcher", ["mpirun", "processes"])

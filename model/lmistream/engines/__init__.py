@@ -167,12 +167,24 @@ def _warn_unread(config: HandlerConfig, name: str) -> None:
 
 
 def check_lora(config: HandlerConfig, name: str, degree: int) -> None:
-    """Refuse LoRA adapters where this engine cannot apply them, before the model loads."""
-    if config.enable_lora and degree > 1:
+    """Refuse LoRA adapters where this engine cannot apply them, before the model loads: over tensor-parallel ranks
+    only the portable engine on a model transformers shards itself (its tp_plan) slices adapters to the shards."""
+    if not config.enable_lora or degree == 1:
+        return
+    if name != "portable":
         raise ConfigError(
             f"option.enable_lora: the {name} engine does not shard LoRA adapters across tensor-parallel ranks "
-            f"(option.tensor_parallel_degree={degree}); serve adapters with option.tensor_parallel_degree=1, or "
-            "on the vLLM engine"
+            f"(option.tensor_parallel_degree={degree}); use option.generation_engine=portable, "
+            "option.tensor_parallel_degree=1, or the vLLM engine"
+        )
+    from .distributed import has_tp_plan
+
+    if not has_tp_plan(config):
+        raise ConfigError(
+            f"option.enable_lora: this transformers has no tp_plan for the model, so its tensor-parallel shards "
+            f"(option.tensor_parallel_degree={degree}) come from DeepSpeed AutoTP, whose sharded layers adapters do "
+            "not follow; serve adapters with option.tensor_parallel_degree=1, a transformers with tp_plan (LMI's "
+            "newest image), or the vLLM engine"
         )
 
 

@@ -94,17 +94,18 @@ def check_heads(config: HandlerConfig, degree: int) -> None:
         raise ConfigError(heads_error(degree, undivided), param="option.tensor_parallel_degree")
 
 
+def has_tp_plan(config: HandlerConfig) -> bool:
+    """Whether the installed transformers shards this model itself (a `base_model_tp_plan`), else DeepSpeed does."""
+    model_config = AutoConfig.from_pretrained(
+        config.model_id, local_files_only=os.path.isdir(config.model_id), trust_remote_code=config.trust_remote_code
+    )
+    return bool(getattr(model_config, "base_model_tp_plan", None))
+
+
 def load_sharded(config: HandlerConfig, device: torch.device, tp: TensorParallel) -> tuple[Any, Any, str]:
     """Tokenizer, this rank's shard of the model, and which path sharded it."""
     check_heads(config, tp.degree)
-    plan = getattr(
-        AutoConfig.from_pretrained(
-            config.model_id, local_files_only=os.path.isdir(config.model_id), trust_remote_code=config.trust_remote_code
-        ),
-        "base_model_tp_plan",
-        None,
-    )
-    if plan:
+    if has_tp_plan(config):
         tokenizer, model = load(config, device, tp_plan="auto")
         return tokenizer, model, "transformers tp_plan"
     return _deepspeed(config, device, tp)

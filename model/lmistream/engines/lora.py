@@ -9,6 +9,13 @@ batch with no adapter rows skips every hook at once. At most `max_loras` adapter
 (the scheduler lets no batch hold more); `max_cpu_loras` more stay in host memory, and the others are read again
 from their directory when a request names them.
 
+Under transformers' tensor parallelism (`tp_plan`) each rank's linear holds a shard, and each adapter is sliced to
+match from the model's plan: a `colwise` module keeps a slice of its output features, so B keeps those rows; a
+`rowwise` module keeps a slice of its input features and transformers all-reduces its output inside the module's
+forward (which a forward hook runs after), so A keeps those columns and the rank-partial `x @ A` is summed over the
+ranks (one all_reduce of the small rank-wide tensor) before `@ B`. Every rank routes the same rows, so the ranks
+meet in the same all_reduces. An adapter of a module with another layout is refused.
+
 Written by hand rather than through PEFT: PEFT's LoRA layers replace the model's modules (`PeftModel` wraps the model
 and changes its forward signature, which the batch code inspects), its mixed-batch `adapter_names` forward arrived
 in releases that need a newer accelerate than LMI 0.23's image ships, and its adapter loading goes through
@@ -20,6 +27,7 @@ with PEFT's own `merge_and_unload()` model.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,6 +41,8 @@ from ..errors import ConfigError
 _PREFIX = "base_model.model."
 #: module name -> (A, B, scaling)
 Weights = dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+#: the tp_plan layouts whose shards an adapter can follow
+COLWISE, ROWWISE = "colwise", "rowwise"
 
 
 def load_weights(spec: AdapterSpec, modules: dict[str, Any], dtype: torch.dtype) -> Weights:
@@ -96,8 +106,12 @@ def _check(spec: AdapterSpec, where: str, name: str, module: Any, a: torch.Tenso
 class LoraLayers:
     """The registered adapters of one model and the per-row routing of its next forward pass."""
 
-    def __init__(self, model: Any, device: torch.device, max_loras: int, max_cpu_loras: int) -> None:
+    def __init__(
+        self, model: Any, device: torch.device, max_loras: int, max_cpu_loras: int, shard: tuple[int, int] | None = None
+    ) -> None:
+        """`shard`: (rank, degree) when the model is sharded by transformers' tp_plan."""
         self._modules = dict(model.named_modules())
+        self._shards = Shards(model, shard)
         self._dtype = next(model.parameters()).dtype
         self._device = device
         self._max_loras = max_loras
@@ -115,11 +129,19 @@ class LoraLayers:
 
     def add(self, spec: AdapterSpec) -> None:
         """Validate an adapter against the model and serve it (any thread); ConfigError leaves the others as they were."""
-        weights = load_weights(spec, self._modules, self._dtype)
+        weights = self._load(spec)
         with self._lock:
             self._specs[spec.name] = spec
             self._stale = self._stale or spec.name in self._resident
             self._keep(self._host, spec.name, weights, self._max_cpu_loras)
+
+    def _load(self, spec: AdapterSpec) -> Weights:
+        """The adapter's weights, checked at their full shapes, then sliced to this rank's shards."""
+        where = f"adapter {spec.name!r} ({spec.path})"
+        return {
+            name: self._shards.slice(where, name, pair)
+            for name, pair in load_weights(spec, self._modules, self._dtype).items()
+        }
 
     def remove(self, name: str) -> None:
         """Forget an adapter (any thread); rows still generating with it finish with the weights they have."""
@@ -169,7 +191,7 @@ class LoraLayers:
         if host is None:
             if spec is None:
                 raise ConfigError(f"adapter {name!r} was unregistered while a request still needed it")
-            host = load_weights(spec, self._modules, self._dtype)
+            host = self._load(spec)
             with self._lock:
                 self._keep(self._host, name, host, self._max_cpu_loras)
         self._keep(self._resident, name, host, self._max_loras)
@@ -183,9 +205,13 @@ class LoraLayers:
         rank = max(a.shape[0] for weights in self._resident.values() for a, _, _ in weights.values())
         self._stacks = {}
         for module in sorted({module for weights in self._resident.values() for module in weights}):
-            linear = self._modules[module]
-            a_stack = torch.zeros(len(names), linear.in_features, rank, dtype=self._dtype)
-            b_stack = torch.zeros(len(names), rank, linear.out_features, dtype=self._dtype)
+            width_in, width_out = next(
+                (pair[0].shape[1], pair[1].shape[0])
+                for weights in self._resident.values()
+                if (pair := weights.get(module))
+            )
+            a_stack = torch.zeros(len(names), width_in, rank, dtype=self._dtype)
+            b_stack = torch.zeros(len(names), rank, width_out, dtype=self._dtype)
             for slot, name in enumerate(names):
                 pair = self._resident[name].get(module)
                 if pair is not None:
@@ -194,7 +220,7 @@ class LoraLayers:
                     b_stack[slot, : b.shape[1]] = b.t() * scaling
             self._stacks[module] = (a_stack.to(self._device), b_stack.to(self._device))
             if module not in self._hooked:
-                linear.register_forward_hook(self._delta(module))
+                self._modules[module].register_forward_hook(self._delta(module, self._shards.layout(module)))
                 self._hooked.add(module)
         self._routes.clear()
 
@@ -206,7 +232,9 @@ class LoraLayers:
         while len(cache) > capacity:
             cache.popitem(last=False)
 
-    def _delta(self, module_name: str) -> Any:
+    def _delta(self, module_name: str, layout: str | None) -> Any:
+        reduce = layout == ROWWISE
+
         def hook(_module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
             route = self._route
             pair = route.pairs.get(module_name) if route is not None else None
@@ -214,12 +242,56 @@ class LoraLayers:
                 return output
             a, b = pair
             x = inputs[0] if route.rows is None else inputs[0].index_select(0, route.rows)
-            delta = torch.bmm(torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a), b)
+            low = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a)
+            if reduce:  # this rank's input features only: the sum over the ranks is the whole x @ A
+                torch.distributed.all_reduce(low)
+            delta = torch.bmm(low, b)
             if route.rows is None:
                 return output.add_(delta.view(output.shape))
             return output.index_add_(0, route.rows, delta.view((-1, *output.shape[1:])))
 
         return hook
+
+
+class Shards:
+    """This rank's slice of each adapted module under transformers' tp_plan (every module whole without one)."""
+
+    def __init__(self, model: Any, shard: tuple[int, int] | None) -> None:
+        self._modules = dict(model.named_modules())
+        self._plan: dict[str, str] = dict(getattr(model, "tp_plan", None) or {}) if shard is not None else {}
+        self._rank, self._degree = shard or (0, 1)
+
+    def layout(self, module: str) -> str | None:
+        """The module's tp_plan style (its layer numbers are the plan's `*`), None when it is not sharded."""
+        return self._plan.get(re.sub(r"\.\d+(\.|$)", r".*\1", module)) if self._plan else None
+
+    def slice(
+        self, where: str, module: str, pair: tuple[torch.Tensor, torch.Tensor, float]
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """A and B cut to the module's shard on this rank: B's rows for colwise, A's columns for rowwise."""
+        a, b, scaling = pair
+        layout = self.layout(module)
+        if layout is None:
+            return pair
+        if layout not in (COLWISE, ROWWISE):
+            raise ConfigError(
+                f"{where}: it adapts {module}, which tensor parallelism shards as {layout!r}; adapters follow only "
+                f"{COLWISE!r} and {ROWWISE!r} modules (serve it with option.tensor_parallel_degree=1)"
+            )
+        weight = self._modules[module].weight
+        local = weight.to_local() if hasattr(weight, "to_local") else weight
+        dim = 0 if layout == COLWISE else 1
+        full = b if layout == COLWISE else a.t()
+        pieces = torch.arange(full.shape[0]).chunk(self._degree)
+        rows = pieces[self._rank] if self._rank < len(pieces) else torch.arange(0)
+        if len(rows) != local.shape[dim]:
+            raise ConfigError(
+                f"{where}: {module}'s shard on rank {self._rank} holds {local.shape[dim]} of {full.shape[0]} features, "
+                f"not the {len(rows)} an even split gives; adapters cannot follow this sharding"
+            )
+        if layout == COLWISE:
+            return a, b.index_select(0, rows).contiguous(), scaling
+        return a.index_select(1, rows).contiguous(), b, scaling
 
 
 #: routings kept ready (a step's prefill and the running batch's decode alternate)

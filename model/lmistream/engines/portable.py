@@ -102,9 +102,10 @@ class PortableEngine:
         self._grammars = GrammarCompiler(hf_tokenizer, text_config(model).vocab_size)
         self._call = ModelCaller(model)
         self._prompt_logits = self._call.prompt_logits
-        # LoRA with tensor parallelism was refused before the load (`engines.check_lora`)
+        # with tensor parallelism only transformers' tp_plan shards adapters (`engines.check_lora`, before the load)
         cpu_loras = config.max_cpu_loras or config.max_loras
-        self._lora = LoraLayers(model, self._device, config.max_loras, cpu_loras) if config.enable_lora else None
+        shard = (tp.ranks.rank, tp.degree) if tp is not None else None
+        self._lora = LoraLayers(model, self._device, config.max_loras, cpu_loras, shard) if config.enable_lora else None
         self._scheduler = Scheduler(
             config.max_rolling_batch_size, config.max_rolling_batch_prefill_tokens, config.max_loras
         )

@@ -9,6 +9,10 @@ other ranks' handlers see depends on DJL:
   to the others over a broadcast channel, and each follower hands them to its handler once its handler has admitted
   that request (DJL gives every rank the same requests in the same order, so the request ids agree). Updates that
   arrive first wait in an inbox; updates of a request its handler has dropped are discarded.
+
+LoRA adapters are served by every rank's engine (each slices them to its shards), so every rank must hold the same
+ones: those of `adapters/`, which every rank's handler registers before the engines start. Registrations after the
+start are refused: DJL sends them to one handler, and the other ranks would not have the adapter.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import threading
 from collections import deque
 from typing import Any
 
+from ..adapters import AdapterSpec
 from ..engine import Engine, EngineUpdate, UpdateCallback, deliver
+from ..errors import ConfigError
 from ..params import GenerationParams
 from .distributed import Channel, TensorParallel
 
@@ -62,6 +68,18 @@ class RankedEngine:
 
     def validate(self, params: GenerationParams) -> None:
         self.inner.validate(params)
+
+    def add_adapter(self, spec: AdapterSpec) -> None:
+        """An adapter of `adapters/` on this rank (before the start only: every rank must hold the same adapters)."""
+        if self._on_update is not None:
+            raise ConfigError(
+                f"adapter {spec.name!r}: with option.tensor_parallel_degree={self.tp.degree} adapters load from the "
+                "model's adapters/ folder at start on every rank; a registration at run time reaches one rank only"
+            )
+        add = getattr(self.inner, "add_adapter", None)
+        if add is None:
+            raise ConfigError(f"option.enable_lora: the {type(self.inner).__name__} does not serve LoRA adapters")
+        add(spec)
 
     def submit(self, request_id: str, prompt_ids: list[int], params: GenerationParams) -> None:
         if self.tp.leader:
