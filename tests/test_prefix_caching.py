@@ -145,12 +145,13 @@ def test_running_rows_decode_between_the_chunks_of_a_long_prompt_and_its_output_
 def test_a_prompt_cancelled_between_its_chunks_stores_nothing(plain, chunked) -> None:
     engine, collector = chunked
     assert engine.prefix_cache is not None
-    long_prompt = engine.tokenizer.encode("Cancelled before it was ever prefilled whole. " * 10)
+    long_prompt = engine.tokenizer.encode("Cancelled before it was ever prefilled whole. " * 40)  # 28 chunks
     engine.submit("busy", engine.tokenizer.encode("Why?"), GenerationParams(max_new_tokens=60, ignore_eos=True))
     assert collector.wait_for(lambda: len(collector.tokens("busy")) >= 1)
     stored = engine.prefix_cache.cached_bytes
     engine.submit("cut", long_prompt, GenerationParams(max_new_tokens=NEW_TOKENS))
-    # the running row's tokens wake the wait while the prompt goes through its chunks
+    # the running row's tokens wake the wait while the prompt goes through its chunks (after its second, well
+    # before its last)
     assert collector.wait_for(lambda: bool(engine._chunking) and engine._chunking[0].done >= 32)
     engine.cancel("cut")
     collector.wait_finished("busy")
