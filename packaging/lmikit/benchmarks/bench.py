@@ -245,6 +245,34 @@ def run_lora(options: dict[str, Any], console: Console) -> None:
     console.print(run_lora_bench(model_dir, workload, vllm_python=Path(vllm) if vllm else None, out=options["out"]))
 
 
+def run_prefill(options: dict[str, Any], console: Console) -> None:
+    """`--compare --workload long-prompt | no-prefix`: chunked prefill and the prefix cache's cost, on the stack."""
+    from transformers import AutoTokenizer
+
+    from . import prefill_bench
+    from .compare import Plan
+
+    levels = _levels(options["concurrency"])
+    model_dir = compare_model(options["model_id"])
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if options["workload"] == "no-prefix":
+        plan = Plan(model_dir, options["project_dir"], options["threads"], max(levels))
+        args = (options["prompt_tokens"], options["rounds"], options["max_new_tokens"], options["repeats"])
+        results = prefill_bench.run_no_prefix(plan, levels, *args, tokenizer, console)
+        ratios = prefill_bench.cache_ratios(results)
+        write_results(options["out"], _meta(options, "no shared prefix", model_dir.name, {}), results, ratios, [])
+        console.print(ratio_table(ratios))
+        return
+    chunks = [int(size) for size in options["prefill_chunks"].split(",")]
+    workload = prefill_bench.LongPromptWorkload(
+        options["streams"], options["long_tokens"], chunks, options["before_s"], options["repeats"]
+    )
+    plan = Plan(model_dir, options["project_dir"], options["threads"], options["streams"] + 1)
+    windows = prefill_bench.run_long_prompt(plan, workload, tokenizer, console)
+    meta = {"model": model_dir.name, "command": options["command"], "machine": machine()}
+    console.print(prefill_bench.write_long_prompt_results(options["out"], meta, windows))
+
+
 def run_endpoint(options: dict[str, Any], console: Console) -> tuple[dict[str, Any], list[LevelResult]]:
     levels = _levels(options["concurrency"])
     target = endpoint_target(
@@ -341,11 +369,30 @@ def _meta(options: dict[str, Any], target: str, model: str, threads: dict[str, s
 @click.option("--compare", is_flag=True, help="Stack against static-batch generate, peers and a naive handler.")
 @click.option(
     "--workload",
-    type=click.Choice(["single", "chat", "lora"]),
+    type=click.Choice(["single", "chat", "lora", "long-prompt", "no-prefix"]),
     default="single",
     show_default=True,
-    help="--compare: single prompts, multi-turn chats sharing a system prompt (prefix cache on against off), or "
-    "streams dealt over random LoRA adapters against streams on the base model (lmi serve and vLLM's server).",
+    help="--compare: single prompts; multi-turn chats sharing a system prompt (prefix cache on against off); "
+    "streams dealt over random LoRA adapters against streams on the base model (lmi serve and vLLM's server); "
+    "running streams' ITL while one long prompt is prefilled whole or in chunks; or prompts sharing no prefix "
+    "(prefix cache on against off).",
+)
+@click.option("--streams", default=16, show_default=True, type=click.IntRange(min=1), help="--workload long-prompt.")
+@click.option(
+    "--long-tokens", default=4000, show_default=True, type=click.IntRange(min=1), help="--workload long-prompt."
+)
+@click.option(
+    "--prefill-chunks",
+    default="256,64",
+    show_default=True,
+    help="--workload long-prompt: option.max_rolling_batch_prefill_tokens of each chunked system.",
+)
+@click.option(
+    "--before-s",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="--workload long-prompt: seconds of running streams measured before the long prompt.",
 )
 @click.option("--adapters", default=4, show_default=True, type=click.IntRange(min=1), help="--workload lora.")
 @click.option("--lora-rank", default=8, show_default=True, type=click.IntRange(min=1), help="--workload lora.")
@@ -408,6 +455,9 @@ def bench_command(**options: Any) -> None:
         return
     if options["workload"] == "lora":
         run_lora(options, console)
+        return
+    if options["workload"] in ("long-prompt", "no-prefix"):
+        run_prefill(options, console)
         return
     meta, results = (run_compare if options["compare"] else run_endpoint)(options, console)
     ratios = compare_ratios(results) if options["compare"] else []

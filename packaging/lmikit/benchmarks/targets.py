@@ -30,13 +30,20 @@ class Target(Protocol):
     def request(self, prompt: str, max_new_tokens: int) -> RequestRecord: ...
 
 
-def record(sent: float, stream: Iterator[Any]) -> RequestRecord:
-    """Consume a client `Stream`, stamping each non-special token with its arrival time; errors end the record."""
+#: a test of a record so far, after each of its tokens: true ends the stream there
+Until = Callable[[RequestRecord], bool]
+
+
+def record(sent: float, stream: Iterator[Any], until: Until | None = None) -> RequestRecord:
+    """Consume a client `Stream`, stamping each non-special token with its arrival time; errors end the record, and
+    so does `until` once it holds."""
     result = RequestRecord(sent)
     try:
         for event in stream:
             if event.text and not event.special:
                 result.token_times.append(time.perf_counter())
+                if until is not None and until(result):
+                    break
     except (StreamError, ClientError, BotoCoreError, OSError, ValueError) as error:
         result.error = f"{type(error).__name__}: {error}"
     return result
@@ -63,8 +70,9 @@ class HttpTarget:
     def request(self, prompt: str, max_new_tokens: int) -> RequestRecord:
         return self.post(self._body(prompt, max_new_tokens))
 
-    def post(self, body: dict[str, Any]) -> RequestRecord:
-        """Send this body and record the streamed answer."""
+    def post(self, body: dict[str, Any], until: Until | None = None) -> RequestRecord:
+        """Send this body and record the streamed answer (up to where `until` holds: then the connection closes,
+        which cancels the request)."""
         conn = self._connection(self._netloc, timeout=REQUEST_TIMEOUT_S)
         sent = time.perf_counter()
         try:
@@ -73,9 +81,8 @@ class HttpTarget:
             if response.status != 200:
                 return RequestRecord(sent, error=f"HTTP {response.status}: {response.read()[:200]!r}")
             parts = iter(lambda: response.read1(65536), b"")
-            return record(
-                sent, iter(Stream(parts, fmt=self._fmt, content_type=response.getheader("Content-Type"), start=sent))
-            )
+            events = Stream(parts, fmt=self._fmt, content_type=response.getheader("Content-Type"), start=sent)
+            return record(sent, iter(events), until)
         except OSError as error:
             return RequestRecord(sent, error=f"{type(error).__name__}: {error}")
         finally:
