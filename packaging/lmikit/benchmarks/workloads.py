@@ -93,6 +93,33 @@ def level_prompts(load: Load, tokenizer: Any) -> list[str]:
     return make_prompts(max(load.levels) * load.rounds, load.prompt_tokens, tokenizer)
 
 
+def write_sweep(settings: BenchSettings, meta: dict[str, Any], results: list[LevelResult], console: Console) -> None:
+    """bench.json, .md and .png; under `--compare` with the ratios between systems and the stack's overheads."""
+    ratios = compare_ratios(results) if settings.compare else []
+    overheads = stack_overheads(results) if settings.compare else []
+    write_results(settings.out, meta, results, ratios, overheads)
+    if ratios:
+        console.print(ratio_table(ratios))
+    console.print(f"Wrote {settings.out / 'bench.json'}, bench.md and bench.png")
+
+
+def sweep_meta(settings: BenchSettings, target: str, model: str, threads: dict[str, str]) -> dict[str, Any]:
+    """What bench.json and bench.md record of a sweep: its target, model, load, machine and command."""
+    load = settings.load
+    prompt = f"from {load.prompt_file.name}" if load.prompt_file else f"{load.prompt_tokens} tokens"
+    return {
+        "target": target,
+        "model": model,
+        "prompt": prompt,
+        "max_new_tokens": load.max_new_tokens,
+        "rounds": load.rounds,
+        "repeats": load.repeats,
+        "machine": machine(),
+        "threads": threads,
+        "command": settings.command,
+    }
+
+
 def run_endpoint(settings: BenchSettings, console: Console) -> None:
     """A plain run: the one endpoint, over its route."""
     endpoint = settings.endpoint
@@ -102,11 +129,10 @@ def run_endpoint(settings: BenchSettings, console: Console) -> None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(endpoint.tokenizer)
-    results = sweep(
-        [(endpoint.route, ClosedLoop(target))], level_prompts(settings.load, tokenizer), settings.load, console
-    )
-    meta = _meta(settings, f"{endpoint.name} ({endpoint.route})", endpoint.model, {})
-    _write_sweep(settings, meta, results, console)
+    prompts = level_prompts(settings.load, tokenizer)
+    results = sweep([(endpoint.route, ClosedLoop(target))], prompts, settings.load, console)
+    meta = sweep_meta(settings, f"{endpoint.name} ({endpoint.route})", endpoint.model, {})
+    write_sweep(settings, meta, results, console)
 
 
 def run_single(settings: BenchSettings, console: Console) -> None:
@@ -130,8 +156,8 @@ def run_single(settings: BenchSettings, console: Console) -> None:
         prompts = level_prompts(settings.load, tokenizer)
         results = sweep([(s.name, s.runner) for s in started], prompts, settings.load, console)
         threads = {s.name: s.threads for s in started}
-    meta = _meta(settings, f"--compare on {model_dir.name}", model_dir.name, threads)
-    _write_sweep(settings, meta, results, console)
+    meta = sweep_meta(settings, f"--compare on {model_dir.name}", model_dir.name, threads)
+    write_sweep(settings, meta, results, console)
 
 
 def run_chat(settings: BenchSettings, console: Console) -> None:
@@ -195,29 +221,3 @@ def run_bench(settings: BenchSettings, console: Console) -> None:
         COMPARE_WORKLOADS[settings.workload](settings, console)
     else:
         run_endpoint(settings, console)
-
-
-def _write_sweep(settings: BenchSettings, meta: dict[str, Any], results: list[LevelResult], console: Console) -> None:
-    """bench.json, .md and .png; under `--compare` with the ratios between systems and the stack's overheads."""
-    ratios = compare_ratios(results) if settings.compare else []
-    overheads = stack_overheads(results) if settings.compare else []
-    write_results(settings.out, meta, results, ratios, overheads)
-    if ratios:
-        console.print(ratio_table(ratios))
-    console.print(f"Wrote {settings.out / 'bench.json'}, bench.md and bench.png")
-
-
-def _meta(settings: BenchSettings, target: str, model: str, threads: dict[str, str]) -> dict[str, Any]:
-    load = settings.load
-    prompt = f"from {load.prompt_file.name}" if load.prompt_file else f"{load.prompt_tokens} tokens"
-    return {
-        "target": target,
-        "model": model,
-        "prompt": prompt,
-        "max_new_tokens": load.max_new_tokens,
-        "rounds": load.rounds,
-        "repeats": load.repeats,
-        "machine": machine(),
-        "threads": threads,
-        "command": settings.command,
-    }
