@@ -7,7 +7,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from lmikit.benchmarks.bench import make_prompts
+from lmikit.benchmarks.prompts import make_prompts
 from lmikit.benchmarks.report import compare_ratios, markdown_report, stack_overheads
 from lmikit.benchmarks.stats import (
     LevelResult,

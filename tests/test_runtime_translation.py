@@ -1,4 +1,5 @@
-"""runtime.py without HTTP: paths, validation, header mapping, frames, time limits and error answers."""
+"""The runtime API without HTTP: paths, validation and header mapping (runtime_request), frames, time limits and
+error answers (runtime)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,20 @@ from client_support import botocore_stream
 from lmikit.server import runtime
 from lmikit.server.eventstream import MAX_PAYLOAD_BYTES
 from lmikit.server.runtime import (
-    INVOKE,
-    STREAM,
     RuntimeConfig,
     answer_runtime_request,
-    container_headers,
     fault_response,
     model_error,
-    parse_runtime_path,
     stream_frames,
     stream_headers,
+)
+from lmikit.server.runtime_request import (
+    INVOKE,
+    STREAM,
+    container_headers,
+    input_members,
+    parse_runtime_path,
+    python_pattern,
     validate,
 )
 from runtime_support import FakeResponse
@@ -147,9 +152,9 @@ def test_validate_unknown_endpoint_after_constraints() -> None:
 
 def test_every_modeled_pattern_translates_to_a_python_regex_without_java_classes() -> None:
     translated = {
-        runtime._pattern(shape.metadata["pattern"]).pattern
+        python_pattern(shape.metadata["pattern"]).pattern
         for operation in (STREAM, INVOKE)
-        for shape in runtime._input_members(operation).values()
+        for shape in input_members(operation).values()
         if "pattern" in shape.metadata
     }
     assert r"\A\S[\x20-\x7e]*\Z" in translated and r"[\x00-\x7f]*" in translated

@@ -24,6 +24,8 @@ from rich.console import Console
 
 from ..djl.dialect import DjlVersion
 from .compare import Plan, lmi_stack, vllm_missing, vllm_server
+from .prompts import make_prompts
+from .settings import Chats, Load
 from .stats import RequestRecord, percentile, summarize
 from .targets import openai_target
 
@@ -62,8 +64,6 @@ class Replay:
 
 def system_prompt(tokens: int, tokenizer: Any) -> str:
     """A system prompt of `tokens` tokens (of this tokenizer), the same for every conversation."""
-    from .bench import make_prompts
-
     return "You are the assistant of a lighthouse museum. " + make_prompts(1, tokens, tokenizer)[0]
 
 
@@ -116,31 +116,31 @@ def replay(
     return by_turn
 
 
-def run_chat_compare(options: dict[str, Any], plan: Plan, levels: Sequence[int], console: Console) -> list[Replay]:
+def run_chat_compare(workload: Chats, load: Load, plan: Plan, console: Console) -> list[Replay]:
     """Every system at every level, alternating within each repeat; each answers one unrecorded chat first."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(plan.model_dir), local_files_only=True)
-    system = system_prompt(options["system_tokens"], tokenizer)
-    chats = conversations(options["conversations"], options["turns"])
+    system = system_prompt(workload.system_tokens, tokenizer)
+    chats = conversations(workload.conversations, workload.turns)
     replays = []
     with ExitStack() as stack:
         senders = {}
         for name, extra in STACKS.items():
             console.print(f"starting {name} ...")
             endpoint = stack.enter_context(lmi_stack(plan, DjlVersion.NEWEST, "portable", extra))
-            senders[name] = chat_target(endpoint.url, "model", options["max_new_tokens"])
+            senders[name] = chat_target(endpoint.url, "model", load.max_new_tokens)
         missing = vllm_missing(plan.vllm_python)
         if missing is None:
             console.print("starting vllm ...")
             endpoint = stack.enter_context(vllm_server(plan))
-            senders["vllm"] = chat_target(endpoint.url, str(plan.model_dir), options["max_new_tokens"])
+            senders["vllm"] = chat_target(endpoint.url, str(plan.model_dir), load.max_new_tokens)
         else:
             console.print(f"vllm: {missing}")
         for send in senders.values():
             send(messages("Warm up.", ["Hello?"], 0))
-        for repeat in range(options["repeats"]):
-            for concurrency in levels:
+        for repeat in range(load.repeats):
+            for concurrency in load.levels:
                 for name, send in senders.items():
                     # a fresh system prompt per level: no level starts from the cache a level before it left
                     level_system = f"[{repeat}.{concurrency}] {system}"

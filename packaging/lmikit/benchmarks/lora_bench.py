@@ -40,8 +40,8 @@ import click
 from ..djl.dialect import DjlVersion
 from ..embedded_model import ensure_smollm2
 from ..server.process import RunningEndpoint, running_endpoint, running_server
-from .bench import make_prompts
 from .compare import thread_env
+from .prompts import make_prompts
 from .stats import LevelResult, Ratio, markdown_table, ratio, ratio_table, summarize
 from .targets import HttpTarget, Target, closed_loop
 from .vllm_bench import KV_CACHE_BYTES, START_TIMEOUT_S

@@ -26,6 +26,8 @@ from rich.console import Console
 
 from ..djl.dialect import DjlVersion
 from .compare import Plan, lmi_stack
+from .prompts import make_prompts
+from .settings import Load, LongPrompt
 from .stats import LevelResult, RequestRecord, percentile, ratio, summarize
 from .targets import ClosedLoop, HttpTarget, container_target
 
@@ -33,17 +35,6 @@ from .targets import ClosedLoop, HttpTarget, container_target
 CACHE_STACKS = {"lmi-cache-on": (), "lmi-cache-off": ("enable_prefix_caching=false",)}
 READY_TIMEOUT_S = 600.0
 STREAM_PROMPT_TOKENS = 32
-
-
-@dataclass(frozen=True)
-class LongPromptWorkload:
-    """Running streams, then one long prompt among them."""
-
-    streams: int
-    long_tokens: int
-    chunk_sizes: Sequence[int]
-    before_s: float
-    repeats: int
 
 
 @dataclass(frozen=True)
@@ -125,6 +116,12 @@ def long_prompt_round(
     return results, ready, long
 
 
+def _tokenizer(plan: Plan) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(plan.model_dir), local_files_only=True)
+
+
 def _wait(condition: Callable[[], bool]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not condition():
@@ -133,10 +130,9 @@ def _wait(condition: Callable[[], bool]) -> None:
         time.sleep(0.05)
 
 
-def run_long_prompt(plan: Plan, workload: LongPromptWorkload, tokenizer: Any, console: Console) -> list[PrefillWindow]:
+def run_long_prompt(plan: Plan, workload: LongPrompt, repeats: int, console: Console) -> list[PrefillWindow]:
     """Every system in every repeat (a fresh long prompt each time, so the prefix cache never holds it)."""
-    from .bench import make_prompts
-
+    tokenizer = _tokenizer(plan)
     systems = {"lmi-whole": ()} | {
         f"lmi-chunk-{size}": (f"max_rolling_batch_prefill_tokens={size}",) for size in workload.chunk_sizes
     }
@@ -149,7 +145,7 @@ def run_long_prompt(plan: Plan, workload: LongPromptWorkload, tokenizer: Any, co
         with lmi_stack(plan, DjlVersion.NEWEST, "portable", extra) as endpoint:
             target = HttpTarget(endpoint.url, "/invocations", decoding_body)
             target.post(decoding_body("Warm up.", 2))
-            for repeat in range(workload.repeats):
+            for repeat in range(repeats):
                 long_prompt = f"[{name} {repeat}] " + make_prompts(1, workload.long_tokens, tokenizer)[0]
                 streams, ready, long = long_prompt_round(target, prompts, long_prompt, workload.before_s, budget)
                 if long.error or any(r.error and not r.token_times for r in streams):
@@ -159,27 +155,18 @@ def run_long_prompt(plan: Plan, workload: LongPromptWorkload, tokenizer: Any, co
     return windows
 
 
-def run_no_prefix(
-    plan: Plan,
-    levels: Sequence[int],
-    prompt_tokens: int,
-    rounds: int,
-    max_new_tokens: int,
-    repeats: int,
-    tokenizer: Any,
-    console: Console,
-) -> list[LevelResult]:
+def run_no_prefix(plan: Plan, load: Load, console: Console) -> list[LevelResult]:
     """The stack with its prefix cache on and off at every level, on prompts no other request shares a block with."""
-    from .bench import make_prompts
-
+    tokenizer = _tokenizer(plan)
     results = []
     with _cache_stacks(plan, console) as loops:
-        for repeat in range(repeats):
-            for concurrency in levels:
+        for repeat in range(load.repeats):
+            for concurrency in load.levels:
                 salt = f"[{repeat}.{concurrency}]"
-                prompts = [f"{salt} {p}" for p in make_prompts(concurrency * rounds, prompt_tokens, tokenizer)]
+                count = concurrency * load.rounds
+                prompts = [f"{salt} {p}" for p in make_prompts(count, load.prompt_tokens, tokenizer)]
                 for name, loop in loops.items():
-                    records = loop.run_level(prompts, concurrency, rounds, max_new_tokens, lambda _: None)
+                    records = loop.run_level(prompts, concurrency, load.rounds, load.max_new_tokens, lambda _: None)
                     results.append(summarize(name, concurrency, records, repeat))
                     console.print(f"{name:>14} c={concurrency:<3} repeat {repeat + 1}  {results[-1].tok_s:7.1f} tok/s")
     return results

@@ -4,11 +4,10 @@
 `get_batches` parses, the default `Output.error` message, and the newest-only `Output.binary_encode`,
 `get_properties` and `get_property`. Handlers feature-detect with `hasattr(Output, "binary_encode")`.
 
-`install(version)` registers the flavour as `djl_python` (plus `djl_python.inputs`, `.outputs`, `.pair_list`)
-unless a real djl_python is importable, in which case the real package is returned untouched.
-
-One module of about 450 lines, because it mirrors the public surface of three djl_python modules method by method
-(a handler may call any of them); splitting it would scatter one API across files that do not match the real ones.
+This module holds `Output` (and `decode_binary`, the Java side's reading of `binary_encode`) and assembles the
+package; `PairList` and `Input`, the request side, are in `standin_inputs`. `install(version)` registers the flavour
+as `djl_python` (plus `djl_python.inputs`, `.outputs`, `.pair_list`) unless a real djl_python is importable, in which
+case the real package is returned untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import importlib.util
 import io
 import json
 import logging
-import re
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -27,196 +25,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from lmikit.djl.dialect import DjlVersion
+from lmikit.djl.standin_inputs import Input023, InputNewest, PairList
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
 
 _MARK = "__lmikit_standin__"
-_BATCH_KEY_023 = re.compile(r"batch_(\d+)\.(.*)")
-
-
-class PairList:
-    """Ordered key/value list; `add` silently ignores a None value, like djl_python."""
-
-    def __init__(
-        self,
-        keys: list[Any] | None = None,
-        values: list[Any] | None = None,
-        pair_list: list[tuple[Any, Any]] | None = None,
-        pair_map: dict[Any, Any] | None = None,
-    ) -> None:
-        self.keys: list[Any] = []
-        self.values: list[Any] = []
-        if keys and values:
-            if len(keys) != len(values):
-                raise ValueError("key value size mismatch.")
-            self.keys, self.values = keys, values
-        for key, value in pair_list or []:
-            self.add(key, value)
-        for key, value in (pair_map or {}).items():
-            self.add(key, value)
-
-    def add(
-        self, key: Any = None, value: Any = None, index: int | None = None, pair: tuple[Any, Any] | None = None
-    ) -> None:
-        if index is not None and value is not None:
-            self.keys.insert(index, key)
-            self.values.insert(index, value)
-        elif pair:
-            self.keys.append(pair[0])
-            self.values.append(pair[1])
-        elif value is not None:
-            self.keys.append(key)
-            self.values.append(value)
-
-    def add_all(self, other: PairList | None) -> None:
-        if other:
-            self.keys.extend(other.keys)
-            self.values.extend(other.values)
-
-    def size(self) -> int:
-        return len(self.keys)
-
-    def is_empty(self) -> bool:
-        return self.size() == 0
-
-    def get(self, key: Any) -> Any:
-        if key not in self.keys:
-            return None
-        return self.values[self.keys.index(key)]
-
-    def key_at(self, index: int) -> Any:
-        return self.keys[index]
-
-    def value_at(self, index: int) -> Any:
-        return self.values[index]
-
-    def get_keys(self) -> list[Any]:
-        return self.keys
-
-    def get_values(self) -> list[Any]:
-        return self.values
-
-
-class _InputBase:
-    """What both flavours of `djl_python.Input` share; subclasses define `get_batches`."""
-
-    def __init__(self) -> None:
-        self.function_name: str | None = None
-        self.properties: dict[str, Any] = {}
-        self.content = PairList()
-
-    def is_batch(self) -> bool:
-        return "batch_size" in self.properties
-
-    def get_batch_size(self) -> int:
-        return int(self.properties.get("batch_size", "1"))
-
-    def get_function_name(self) -> str | None:
-        return self.function_name
-
-    def get_properties(self) -> dict[str, Any]:
-        return self.properties
-
-    def get_content(self) -> PairList:
-        return self.content
-
-    def get_property(self, key: str) -> Any:
-        return next((v for k, v in self.properties.items() if k.lower() == key.lower()), None)
-
-    def contains_key(self, key: str) -> bool:
-        return self.content.get(key) is not None
-
-    def is_empty(self) -> bool:
-        return self.content.is_empty()
-
-    def get_data(self, key: str | None = None) -> Any:
-        content_type = self.get_property("content-type")
-        if content_type == "tensor/ndlist":
-            return self.get_as_numpy(key)
-        if content_type == "tensor/npz":
-            return self.get_as_npz(key)
-        if content_type is not None and content_type.startswith("application/json"):
-            return self.get_as_json(key)
-        if content_type is not None and content_type.startswith("text/"):
-            return self.get_as_string(key)
-        if content_type is not None and content_type.startswith("image/"):
-            return self.get_as_image(key)
-        if self.content.is_empty():
-            return None
-        return self.get_as_bytes(key=key)
-
-    def get_as_bytes(self, key: str | None = None) -> Any:
-        if self.content.is_empty():
-            return None
-        if key:
-            value = self.content.get(key)
-            if value is None:
-                raise KeyError(f"requested data for key:{key} is not found!")
-            return value
-        value = self.content.get("data")
-        return self.content.value_at(0) if value is None else value
-
-    def get_as_string(self, key: str | None = None) -> str:
-        text: str = self.get_as_bytes(key=key).decode("utf-8")
-        return text
-
-    def get_as_json(self, key: str | None = None) -> Any:
-        return json.loads(self.get_as_bytes(key=key).decode("utf-8"))
-
-    def get_as_image(self, key: str | None = None) -> Any:
-        from PIL import Image
-
-        return Image.open(io.BytesIO(self.get_as_bytes(key=key)))
-
-    def get_as_numpy(self, key: str | None = None) -> list[Any]:
-        raise NotImplementedError("the tensor/ndlist codec is not emulated by the djl_python stand-in")
-
-    def get_as_npz(self, key: str | None = None) -> list[Any]:
-        import numpy
-
-        npz = numpy.load(io.BytesIO(self.get_as_bytes(key=key)))
-        return [npz[name] for name in npz.files]
-
-    def get_as_csv(self, key: str | None = None) -> list[dict[str | Any, str | Any]]:
-        import csv
-
-        return list(csv.DictReader(io.StringIO(self.get_as_string(key=key))))
-
-
-class _Input023(_InputBase):
-    """0.23.0-dlc: keys `batch_<i>.<name>` (unpadded), regex-parsed; item i gets the `batch_<i>.` properties."""
-
-    def get_batches(self) -> list[_Input023]:
-        if not self.is_batch():
-            return [self]
-        batch = [type(self)() for _ in range(self.get_batch_size())]
-        for i, item in enumerate(batch):
-            prefix = f"batch_{i}."
-            for key, value in self.properties.items():
-                if key.startswith(prefix):
-                    item.properties[key[len(prefix) :]] = value
-        for key, value in zip(self.content.keys, self.content.values):
-            match = _BATCH_KEY_023.match(key)
-            if match is None:
-                raise ValueError(f"Unexpected key in batch input: {key}")
-            batch[int(match.group(1))].content.add(match.group(2), value)
-        return batch
-
-
-class _InputNewest(_InputBase):
-    """Newest: keys `batch_%03d<sep><name>` parsed by position (index = key[6:9], name = key[10:])."""
-
-    def get_batches(self) -> list[_InputNewest]:
-        if not self.is_batch():
-            return [self]
-        batch = [type(self)() for _ in range(self.get_batch_size())]
-        for key, value in self.properties.items():
-            if key.startswith("batch_") and key != "batch_size":
-                batch[int(key[6:9])].properties[key[10:]] = value
-        for key, value in zip(self.content.keys, self.content.values):
-            batch[int(key[6:9])].content.add(key[10:], value)
-        return batch
 
 
 class _JSONEncoder(json.JSONEncoder):
@@ -242,7 +56,7 @@ def _default_stream_output_formatter(token_texts: Any) -> bytearray:
     return bytearray((json.dumps({"outputs": token_texts}) + "\n").encode("utf-8"))
 
 
-class _OutputBase:
+class OutputBase:
     """What both flavours of `djl_python.Output` share; subclasses define `error` with their default message."""
 
     def __init__(self, code: int = 200, message: str = "OK") -> None:
@@ -337,17 +151,17 @@ class _OutputBase:
         return None
 
 
-class _Output023(_OutputBase):
+class Output023(OutputBase):
     """0.23.0-dlc Output: no binary_encode, no get_properties."""
 
-    def error(self, error: str, code: int = 424, message: str = "prediction failure") -> _Output023:
+    def error(self, error: str, code: int = 424, message: str = "prediction failure") -> Output023:
         return self._error(error, code, message)
 
 
-class _OutputNewest(_OutputBase):
+class OutputNewest(OutputBase):
     """Newest Output: adds get_properties/get_property and the static binary_encode used by rolling batch."""
 
-    def error(self, error: str, code: int = 424, message: str = "invoke handler failure") -> _OutputNewest:
+    def error(self, error: str, code: int = 424, message: str = "invoke handler failure") -> OutputNewest:
         return self._error(error, code, message)
 
     def get_properties(self) -> dict[str, Any]:
@@ -360,8 +174,8 @@ class _OutputNewest(_OutputBase):
     def binary_encode(data: dict[str, Any]) -> bytearray:
         msg = bytearray(struct.pack(">h", len(data)))
         for key, value in data.items():
-            _OutputNewest.write_utf8(msg, key)
-            _OutputNewest.write_utf8(msg, str(value))
+            OutputNewest.write_utf8(msg, key)
+            OutputNewest.write_utf8(msg, str(value))
         return msg
 
     @staticmethod
@@ -401,7 +215,7 @@ def _read_utf8(view: memoryview, offset: int) -> tuple[str | None, int]:
     return bytes(view[offset : offset + length]).decode("utf-8"), offset + length
 
 
-_FLAVOURS = {DjlVersion.LMI_0_23: (_Input023, _Output023), DjlVersion.NEWEST: (_InputNewest, _OutputNewest)}
+_FLAVOURS = {DjlVersion.LMI_0_23: (Input023, Output023), DjlVersion.NEWEST: (InputNewest, OutputNewest)}
 _BUILT: dict[DjlVersion, ModuleType] = {}
 
 

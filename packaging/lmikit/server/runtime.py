@@ -1,12 +1,11 @@
 """The SageMaker runtime API on the local endpoint: pure translation between it and the container, on an event loop.
 
-Request side: `parse_runtime_path`, `validate` (the service's ValidationError cases; lengths and patterns
-are read from botocore's own sagemaker-runtime service model, so they are exactly the modeled ones) and
-`container_headers`. Response side: `stream_headers` + `stream_frames` (InvokeEndpointWithResponseStream:
-one PayloadPart frame per container chunk, in-stream ModelStreamError frames), `model_error` and
-`fault_response` (JSON errors with `x-amzn-ErrorType`, which botocore maps to its modeled exception classes).
-`answer_runtime_request` ties them together; the HTTP layer only writes the `RuntimeAnswer` out (a streamed
-answer's body is an async iterator, written chunked).
+`answer_runtime_request` answers one request: it checks it and maps its headers (`runtime_request`), submits it to the
+container, and translates the response: `stream_headers` + `stream_frames` for InvokeEndpointWithResponseStream (one
+PayloadPart frame per container chunk, in-stream ModelStreamError frames), the whole body for InvokeEndpoint, or
+`model_error` and `fault_response` (JSON errors with `x-amzn-ErrorType`, which botocore maps to its modeled exception
+classes). The HTTP layer only writes the `RuntimeAnswer` out (a streamed answer's body is an async iterator, written
+chunked).
 
 The container is read without blocking (`ContainerResponse`), each wait bounded by the time left, so the time
 limit fires while the container is silent, with no thread per request. On a time limit, a failure, or a consumer
@@ -15,27 +14,28 @@ that stops early (`RuntimeAnswer.close`, or the frames closed or cancelled), `ca
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
-
-import botocore.session
-from botocore.model import Shape
+from typing import Protocol
 
 from lmikit.server.eventstream import PayloadTooLarge, exception_frame, payload_part
+from lmikit.server.runtime_request import (
+    ACCOUNT,
+    CUSTOM_ATTRIBUTES,
+    INVOKE,
+    STREAM,
+    Headers,
+    RuntimeFault,
+    container_headers,
+    input_members,
+    lower_headers,
+    parse_runtime_path,
+    validate,
+)
 
-#: the header an adapter inference component adds on SageMaker (the handler reads it; the two never import each other)
-ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
-
-ACCOUNT = "123456789012"
-STREAM = "InvokeEndpointWithResponseStream"
-INVOKE = "InvokeEndpoint"
 EVENTSTREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
 STREAM_TIMEOUT_MESSAGE = "Your model primary did not complete sending the inference response in the allotted time."
 STREAM_BROKEN_MESSAGE = "Your model primary stopped sending the inference response before it was complete."
@@ -43,12 +43,6 @@ INVOKE_TIMEOUT_MESSAGE = (
     "Your invocation timed out while waiting for a response from container primary. Review the latency "
     "metrics for each container in Amazon CloudWatch, resolve the issue, and try again."
 )
-_OPERATIONS = {"invocations-response-stream": STREAM, "invocations": INVOKE}
-_PATH = re.compile(r"/endpoints/([^/]+)/([^/]+)")
-_JAVA_REGEX = {r"[\p{Print}]": r"[\x20-\x7e]", r"\p{ASCII}": r"[\x00-\x7f]", r"\z": r"\Z"}
-_CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-
-Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class ContainerResponse(Protocol):
@@ -85,15 +79,6 @@ class RuntimeConfig:
     adapters: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class RuntimeFault:
-    """An error answer before any body byte: HTTP status, botocore error code, JSON body."""
-
-    status: int
-    code: str
-    body: Mapping[str, Any]
-
-
 @dataclass
 class RuntimeAnswer:
     """What the HTTP layer writes: chunked (no Content-Length) when `streamed`, else one body with a length."""
@@ -115,64 +100,6 @@ class ContainerTimeout(TimeoutError):
 
 class ContainerFailed(Exception):
     """Reading the container response failed; the original exception is the `__cause__`."""
-
-
-# --- request side -----------------------------------------------------------------------------------
-
-
-def parse_runtime_path(path: str) -> tuple[str, str] | None:
-    """(endpoint name, operation) of a runtime API path (query ignored, name URL-decoded); else None."""
-    match = _PATH.fullmatch(urlsplit(path).path)
-    if match is None or match.group(2) not in _OPERATIONS:
-        return None
-    return unquote(match.group(1)), _OPERATIONS[match.group(2)]
-
-
-def validate(
-    endpoint_name: str, configured_name: str, headers: Headers, body_length: int, operation: str = STREAM
-) -> RuntimeFault | None:
-    """The service's 400 ValidationError for this request, or None when it is valid.
-
-    Modeled constraints come first (all violations in one message, worded like the service), then the
-    endpoint lookup: "Endpoint {name} of account 123456789012 not found.".
-    """
-    members = _input_members(operation)
-    present = _lower(headers)
-    checks = [("EndpointName", endpoint_name, len(endpoint_name)), ("Body", None, body_length)]
-    for member, shape in members.items():
-        value = present.get(shape.serialization.get("name", "").lower())
-        if shape.serialization.get("location") == "header" and value is not None:
-            checks.append((member, value, len(value)))
-    problems = [p for member, value, size in checks for p in _violations(member, members[member], value, size)]
-    if problems:
-        count = len(problems)
-        return validation_error(f"{count} validation error{'s' * (count > 1)} detected: {'; '.join(problems)}")
-    if endpoint_name != configured_name:
-        return validation_error(f"Endpoint {endpoint_name} of account {ACCOUNT} not found.")
-    return None
-
-
-def container_headers(
-    runtime_headers: Headers, operation: str = STREAM, adapters: tuple[str, ...] = ()
-) -> dict[str, str]:
-    """The headers the container sees: Content-Type, Accept (the operation's accept header), custom attributes, and
-    the inference component; one that names an adapter sets the adapter header, as an adapter inference component
-    does on SageMaker (any other name is the base model's component)."""
-    present = _lower(runtime_headers)
-    component = _header_name(operation, "InferenceComponentName")
-    wanted = {
-        "Content-Type": "Content-Type",
-        "Accept": _header_name(operation, "Accept"),
-        _CUSTOM_ATTRIBUTES: _CUSTOM_ATTRIBUTES,
-        component: component,
-    }
-    found = {name: present.get(source.lower()) for name, source in wanted.items()}
-    if found[component] in adapters:
-        found[ADAPTER_HEADER] = found[component]
-    return {name: value for name, value in found.items() if value is not None}
-
-
-# --- response side ----------------------------------------------------------------------------------
 
 
 async def stream_frames(
@@ -270,16 +197,11 @@ def _operation(
 
 def warm_up() -> None:
     """Load the service model that validation reads (a fraction of a second, once), so that no request pays it."""
-    for operation in _OPERATIONS.values():
-        _input_members(operation)
+    for operation in (STREAM, INVOKE):
+        input_members(operation)
 
 
 # --- error answers ----------------------------------------------------------------------------------
-
-
-def validation_error(message: str) -> RuntimeFault:
-    """400 ValidationError (botocore: client.exceptions.ValidationError)."""
-    return RuntimeFault(400, "ValidationError", {"message": message})
 
 
 def model_error(status: int, original_message: str, config: RuntimeConfig) -> RuntimeFault:
@@ -353,55 +275,13 @@ def _fault_answer(fault: RuntimeFault, request_id: str) -> RuntimeAnswer:
 
 def _passed_back(container: Mapping[str, str], content_type_header: str) -> dict[str, str]:
     """The container's Content-Type (under `content_type_header`) and custom attributes, when it set them."""
-    present = _lower(container)
+    present = lower_headers(container)
     found = {
         content_type_header: present.get("content-type"),
-        _CUSTOM_ATTRIBUTES: present.get(_CUSTOM_ATTRIBUTES.lower()),
+        CUSTOM_ATTRIBUTES: present.get(CUSTOM_ATTRIBUTES.lower()),
     }
     return {name: value for name, value in found.items() if value is not None}
 
 
-def _lower(headers: Headers) -> dict[str, str]:
-    pairs = headers.items() if hasattr(headers, "items") else headers
-    return {name.lower(): value for name, value in pairs}
-
-
 def _text(body: bytes) -> str:
     return body.decode("utf-8", errors="replace")
-
-
-@functools.cache
-def _input_members(operation: str) -> dict[str, Shape]:
-    model = botocore.session.get_session().get_service_model("sagemaker-runtime")
-    shape = model.operation_model(operation).input_shape
-    assert shape is not None  # both runtime operations have an input
-    return dict(shape.members)
-
-
-def _header_name(operation: str, member: str) -> str:
-    return str(_input_members(operation)[member].serialization["name"])
-
-
-def _violations(member: str, shape: Shape, value: str | None, size: int) -> list[str]:
-    """Constraint failures of one member, worded like the service (sensitive values are not echoed)."""
-    subject = "Value" if value is None or shape.metadata.get("sensitive") else f"Value '{value}'"
-    where = f"{subject} at '{member[0].lower()}{member[1:]}' failed to satisfy constraint: Member must"
-    limits, problems = shape.metadata, []
-    if "max" in limits and size > limits["max"]:
-        problems.append(f"{where} have length less than or equal to {limits['max']}")
-    if "min" in limits and size < limits["min"]:
-        problems.append(f"{where} have length greater than or equal to {limits['min']}")
-    if value is not None and "pattern" in limits and not _pattern(limits["pattern"]).fullmatch(value):
-        problems.append(f"{where} satisfy regular expression pattern: {limits['pattern']}")
-    return problems
-
-
-@functools.cache
-def _pattern(java_pattern: str) -> re.Pattern[str]:
-    """A modeled (Java) pattern as a Python regex: the ASCII classes it uses, and \\z."""
-    python = java_pattern
-    for java, replacement in _JAVA_REGEX.items():
-        python = python.replace(java, replacement)
-    if r"\p{" in python:
-        raise ValueError(f"unsupported character class in modeled pattern {java_pattern!r}")
-    return re.compile(python)
