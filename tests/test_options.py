@@ -16,7 +16,7 @@ import pytest
 from engine_support import Collector
 from fakes import ScriptedEngine, serve_engines
 from lmikit.validate import validate_project
-from lmistream import options
+from lmistream import option_table, options
 from lmistream.admission import ClientHeaders
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, create_engine
@@ -149,7 +149,7 @@ def _pairs(honoured: bool) -> list[tuple[str, str]]:
         (option.key, engine)
         for engine in ENGINES
         for option in options.TABLE
-        if (engine in option.honoured) == honoured and option.how != options.READ_BY_DJL
+        if (engine in option.honoured) == honoured and option.how != option_table.READ_BY_DJL
     ]
 
 

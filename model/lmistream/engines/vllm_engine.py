@@ -68,7 +68,7 @@ from ..adapters import AdapterSpec
 from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback, deliver
 from ..errors import ConfigError, EngineError, InvalidRequest
-from ..options import VLLM_NAMES
+from ..option_table import VLLM_NAMES
 from ..params import GenerationParams
 from ..structured import Constraint
 from .loading import HFTokenizer, in_setup_thread, load_tokenizer
