@@ -161,7 +161,7 @@ def test_every_key_djl_reads_is_in_the_table() -> None:
 @pytest.mark.parametrize(("key", "engine"), _pairs(honoured=True))
 def test_an_honoured_key_takes_effect(key: str, engine: str) -> None:
     if engine == "vllm" and key in VLLM_ARGUMENTS:
-        from lmistream.engines.vllm_engine import engine_arguments
+        from lmistream.engines.vllm_arguments import engine_arguments
 
         value, argument, expected = VLLM_ARGUMENTS[key]
         taken = engine_arguments(HandlerConfig.from_properties({"model_id": "m", key: value}))[argument]
@@ -197,7 +197,7 @@ def test_a_neutral_value_is_taken_everywhere() -> None:
             assert options.refusals({option.key: value}, "auto") == []
             config = HandlerConfig.from_properties({"model_id": "m", option.key: value})
             if "vllm" in ENGINES:
-                from lmistream.engines.vllm_engine import engine_arguments
+                from lmistream.engines.vllm_arguments import engine_arguments
 
                 engine_arguments(config)
 
