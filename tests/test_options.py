@@ -17,10 +17,10 @@ from engine_support import Collector
 from fakes import ScriptedEngine, serve_engines
 from lmikit.validate import validate_project
 from lmistream import option_table, options
-from lmistream.admission import ClientHeaders
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, create_engine
 from lmistream.errors import ConfigError
+from lmistream.formatter_choice import ClientHeaders
 from lmistream.params import GenerationParams
 from project_factory import good_properties, make_project, write_properties
 from replay import collect, frontend, post
