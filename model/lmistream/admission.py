@@ -1,4 +1,4 @@
-"""Admissions: what every DJL protocol adapter does to a request besides speaking the protocol.
+"""EngineRequests: what every DJL protocol adapter does to a request besides speaking the protocol.
 
 It validates and tokenizes a request Input, gives it its formatter (`formatter_choice`: by the API it speaks, LMI,
 TGI, OpenAI chat or completions, and the format asked for), submits it to the engine (a list of `inputs`, or several
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 _PROMPT_FIELDS = {"chat": "messages", "completion": "prompt"}
 
 
-class Admissions:
-    """Admission and release of requests for one engine; `output_cls` is DJL's Output class."""
+class EngineRequests:
+    """The handler's requests to one engine: their admission and release; `output_cls` is DJL's Output class."""
 
     def __init__(
         self,

@@ -51,7 +51,7 @@ from .loading import (
 from .lora import LoraLayers
 from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
 from .sampling import RequestSampler, select_tokens
-from .scheduler import Admission, Scheduler, StepPlan
+from .scheduler import QueuedRequest, Scheduler, StepPlan
 
 logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 30.0
@@ -149,7 +149,7 @@ class PortableEngine:
         if thread is None or not thread.is_alive():
             raise EngineError("the generation loop is not running (stopped or crashed); the request was not queued")
         seed = params.seed if params.seed is not None else random.getrandbits(63)
-        self._scheduler.submit(Admission(request_id, tuple(prompt_ids), params, seed))
+        self._scheduler.submit(QueuedRequest(request_id, tuple(prompt_ids), params, seed))
 
     def cancel(self, request_id: str) -> None:
         self._scheduler.cancel(request_id)
@@ -239,24 +239,24 @@ class PortableEngine:
             logits = self._batch.decode(self._call)
             self._advance(self._batch, self._rows, logits)
 
-    def _join(self, admissions: tuple[Admission, ...]) -> None:
+    def _join(self, admitted: tuple[QueuedRequest, ...]) -> None:
         """Start the admitted requests from their cached prefixes; prefill together those that fit in a chunk, and
         queue the others to be prefilled a chunk per step."""
-        pending = [self._from_cache(a) for a in admissions]
+        pending = [self._from_cache(request) for request in admitted]
         chunk = self._chunk_tokens
         whole = [p for p in pending if chunk is None or len(p.prompt) - p.done <= chunk]
         self._chunking.extend(p for p in pending if chunk is not None and len(p.prompt) - p.done > chunk)
         if whole:
             self._prefill(whole)
 
-    def _from_cache(self, admission: Admission) -> _Prefill:
+    def _from_cache(self, request: QueuedRequest) -> _Prefill:
         """The request's row and what the prefix cache holds of its prompt (LoRA rows are not cached: their KV
         depends on the adapter)."""
-        params = admission.params
+        params = request.params
         grammar = self._grammars.matcher(params.constraint) if params.constraint else None
-        sampler = RequestSampler(params, admission.seed, list(admission.prompt_ids), self._device, grammar)
-        row = _Row(admission.request_id, sampler, params.max_new_tokens, params.adapter)
-        prompt = admission.prompt_ids
+        sampler = RequestSampler(params, request.seed, list(request.prompt_ids), self._device, grammar)
+        row = _Row(request.request_id, sampler, params.max_new_tokens, params.adapter)
+        prompt = request.prompt_ids
         if self.prefix_cache is None or params.adapter is not None:
             return _Prefill(row, prompt, [], prompt_logprobs=params.prompt_logprobs)
         keys = self.prefix_cache.keys(prompt)
