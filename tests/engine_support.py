@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from lmistream.engine import EngineUpdate
 
@@ -21,6 +23,12 @@ class Collector:
         with self._cond:
             self.updates[update.request_id].append(update)
             self._cond.notify_all()
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold every update back while the body runs (the engine's callback waits), so that it sees none arrive."""
+        with self._cond:
+            yield
 
     def wait_for(self, predicate, timeout: float = WAIT_S) -> bool:
         with self._cond:

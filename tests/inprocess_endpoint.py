@@ -26,18 +26,17 @@ class Instruments:
         self.prompts: dict[str, str] = {}  # engine request id -> prompt
         self.response_prompts: dict[str, str] = {}  # HTTP response id -> prompt
         self._lock = threading.Lock()
-        call, submit = engine._call, engine.submit
+        submit = engine.submit
 
-        def counted(input_ids: Any, mask: Any, cache: Any) -> Any:
+        def counted(kind: str) -> None:
             with self._lock:
                 self.steps += 1
-                if cache is not None:  # a decode step of the running batch
+                if kind == "decode":  # a step of the running batch
                     fault, self.fault = self.fault, None
                 else:  # the prefill of joining requests
                     fault, self.prefill_fault = self.prefill_fault, None
             if fault is not None:
                 raise fault
-            return call(input_ids, mask, cache)
 
         def noted(update: Any) -> None:
             self.last_update[update.request_id] = self.steps
@@ -46,8 +45,8 @@ class Instruments:
             self.prompts[request_id] = engine.tokenizer.decode(prompt_ids)
             submit(request_id, prompt_ids, params)
 
-        counted.cache_of = call.cache_of  # a prefill from a cached prefix builds its past through the caller
-        engine._call, engine.submit = counted, named
+        engine.observe_forward_passes(counted)
+        engine.submit = named
         hub.observe(noted)
 
 

@@ -74,7 +74,7 @@ def test_a_cpu_engine_runs_with_the_row_skipping_processors() -> None:
     )
     engine.start(lambda update: None)
     try:
-        kinds = {type(p) for p in engine._manager.logit_processor.logits_processor}
+        kinds = {type(p) for p in engine.logits_processors}
     finally:
         engine.stop()
     assert {_RowwiseTopK, _RowwiseTopP} <= kinds

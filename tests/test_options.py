@@ -16,11 +16,11 @@ import pytest
 from engine_support import Collector
 from fakes import ScriptedEngine, serve_engines
 from lmikit.validate import validate_project
-from lmistream import options
-from lmistream.admission import ClientHeaders
+from lmistream import option_table, options
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, create_engine
 from lmistream.errors import ConfigError
+from lmistream.formatter_choice import ClientHeaders
 from lmistream.params import GenerationParams
 from project_factory import good_properties, make_project, write_properties
 from replay import collect, frontend, post
@@ -149,7 +149,7 @@ def _pairs(honoured: bool) -> list[tuple[str, str]]:
         (option.key, engine)
         for engine in ENGINES
         for option in options.TABLE
-        if (engine in option.honoured) == honoured and option.how != options.READ_BY_DJL
+        if (engine in option.honoured) == honoured and option.how != option_table.READ_BY_DJL
     ]
 
 
@@ -161,7 +161,7 @@ def test_every_key_djl_reads_is_in_the_table() -> None:
 @pytest.mark.parametrize(("key", "engine"), _pairs(honoured=True))
 def test_an_honoured_key_takes_effect(key: str, engine: str) -> None:
     if engine == "vllm" and key in VLLM_ARGUMENTS:
-        from lmistream.engines.vllm_engine import engine_arguments
+        from lmistream.engines.vllm_arguments import engine_arguments
 
         value, argument, expected = VLLM_ARGUMENTS[key]
         taken = engine_arguments(HandlerConfig.from_properties({"model_id": "m", key: value}))[argument]
@@ -197,7 +197,7 @@ def test_a_neutral_value_is_taken_everywhere() -> None:
             assert options.refusals({option.key: value}, "auto") == []
             config = HandlerConfig.from_properties({"model_id": "m", option.key: value})
             if "vllm" in ENGINES:
-                from lmistream.engines.vllm_engine import engine_arguments
+                from lmistream.engines.vllm_arguments import engine_arguments
 
                 engine_arguments(config)
 

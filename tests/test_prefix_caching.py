@@ -131,7 +131,7 @@ def test_running_rows_decode_between_the_chunks_of_a_long_prompt_and_its_output_
     assert chunks >= 6
     engine.submit("running", engine.tokenizer.encode("1, 2, 3,"), GenerationParams(max_new_tokens=60, ignore_eos=True))
     assert collector.wait_for(lambda: len(collector.tokens("running")) >= 1)
-    with collector._cond:
+    with collector.holding():
         submitted = len(collector.order)
         engine.submit("long", long_prompt, GenerationParams(max_new_tokens=NEW_TOKENS))
     collector.wait_finished("long", "running")
@@ -152,7 +152,7 @@ def test_a_prompt_cancelled_between_its_chunks_stores_nothing(plain, chunked) ->
     engine.submit("cut", long_prompt, GenerationParams(max_new_tokens=NEW_TOKENS))
     # the running row's tokens wake the wait while the prompt goes through its chunks (after its second, well
     # before its last)
-    assert collector.wait_for(lambda: bool(engine._chunking) and engine._chunking[0].done >= 32)
+    assert collector.wait_for(lambda: engine.prefilling.get("cut", 0) >= 32)
     engine.cancel("cut")
     collector.wait_finished("busy")
     assert not collector.tokens("cut") and engine.prefix_cache.cached_bytes == stored

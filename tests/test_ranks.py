@@ -33,11 +33,11 @@ def test_without_a_tp_plan_sharding_goes_through_deepspeed_which_needs_cuda(tmp_
     import torch
     from lmikit.embedded_model import ensure_tiny_model
     from lmistream.config import HandlerConfig
-    from lmistream.engines.distributed import TensorParallel, _deepspeed
+    from lmistream.engines.distributed import TensorParallel, shard_with_deepspeed
 
     config = HandlerConfig(model_id=str(ensure_tiny_model()))
     with pytest.raises(ConfigError, match="through DeepSpeed, which needs CUDA GPUs"):
-        _deepspeed(config, torch.device("cpu"), TensorParallel(RankInfo(0, 2, 0), 2))
+        shard_with_deepspeed(config, torch.device("cpu"), TensorParallel(RankInfo(0, 2, 0), 2))
 
 
 @pytest.mark.integration

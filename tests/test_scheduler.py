@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from lmistream.engines.scheduler import Admission, Scheduler
+from lmistream.engines.scheduler import QueuedRequest, Scheduler
 from lmistream.params import GenerationParams
 
 
-def _admission(request_id: str, tokens: int) -> Admission:
-    return Admission(request_id, tuple(range(tokens)), GenerationParams(max_new_tokens=4), seed=1)
+def _queued(request_id: str, tokens: int) -> QueuedRequest:
+    return QueuedRequest(request_id, tuple(range(tokens)), GenerationParams(max_new_tokens=4), seed=1)
 
 
 def _ids(plan) -> list[str]:
@@ -17,7 +17,7 @@ def _ids(plan) -> list[str]:
 def test_admits_in_arrival_order_up_to_the_free_slots() -> None:
     scheduler = Scheduler(max_batch_size=2)
     for name in "abc":
-        scheduler.submit(_admission(name, 3))
+        scheduler.submit(_queued(name, 3))
     assert _ids(scheduler.plan()) == ["a", "b"]
     assert _ids(scheduler.plan(timeout=0)) == []
     scheduler.finished(["a"])
@@ -27,7 +27,7 @@ def test_admits_in_arrival_order_up_to_the_free_slots() -> None:
 def test_the_prefill_budget_splits_admissions_but_never_starves_a_long_prompt() -> None:
     scheduler = Scheduler(max_batch_size=8, max_prefill_tokens=10)
     for name, tokens in (("a", 4), ("b", 5), ("c", 4), ("d", 30)):
-        scheduler.submit(_admission(name, tokens))
+        scheduler.submit(_queued(name, tokens))
     assert _ids(scheduler.plan()) == ["a", "b"]
     assert _ids(scheduler.plan()) == ["c"]
     assert _ids(scheduler.plan()) == ["d"]
@@ -35,8 +35,8 @@ def test_the_prefill_budget_splits_admissions_but_never_starves_a_long_prompt() 
 
 def test_cancel_drops_a_waiting_request_and_plans_a_running_one_out_once() -> None:
     scheduler = Scheduler(max_batch_size=1)
-    scheduler.submit(_admission("a", 2))
-    scheduler.submit(_admission("b", 2))
+    scheduler.submit(_queued("a", 2))
+    scheduler.submit(_queued("b", 2))
     assert _ids(scheduler.plan()) == ["a"]
     scheduler.cancel("b")
     scheduler.cancel("a")
@@ -49,7 +49,7 @@ def test_cancel_drops_a_waiting_request_and_plans_a_running_one_out_once() -> No
 
 def test_stop_cancels_every_running_request() -> None:
     scheduler = Scheduler(max_batch_size=4)
-    scheduler.submit(_admission("a", 2))
+    scheduler.submit(_queued("a", 2))
     scheduler.plan()
     scheduler.stop()
     plan = scheduler.plan()

@@ -46,6 +46,6 @@ def test_other_dtypes_pass_through_to_the_handlers_validation(tmp_path) -> None:
 
 def test_auto_loads_fp32_on_a_cpu() -> None:
     sys.path.insert(0, str(REPO / "model"))
-    from lmistream.engines.loading import _dtype
+    from lmistream.engines.loading import torch_dtype
 
-    assert _dtype("auto", torch.device("cpu")) is torch.float32
+    assert torch_dtype("auto", torch.device("cpu")) is torch.float32

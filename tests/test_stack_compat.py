@@ -22,6 +22,7 @@ TORCH_MODULES = {
     "distributed.py",
     "ranked.py",
     "vllm_engine.py",
+    "vllm_arguments.py",
     "lora.py",
     "prefix_cache.py",
 }

@@ -32,7 +32,8 @@ from lmikit.server.placement import pinned_cpus, thread_masks
 from lmikit.validate import validate_project
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, choose, create_engine
-from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine, engine_arguments
+from lmistream.engines.vllm_arguments import engine_arguments
+from lmistream.engines.vllm_engine import AsyncVllmEngine, VllmEngine
 from lmistream.errors import ConfigError
 from lmistream.formatters import StreamEvent
 from local_endpoint import connection, make_project, serve
@@ -168,7 +169,7 @@ class SharedEngine:
         """The module stops the engine."""
 
     def unfinished(self) -> int:
-        return self.engine._engine.get_num_unfinished_requests()
+        return self.engine.unfinished_requests
 
 
 @pytest.fixture(scope="module")
@@ -371,13 +372,13 @@ def shout(event: StreamEvent) -> str:
 def test_a_cancelled_stream_is_aborted_in_vllm_and_the_engine_goes_on(
     shared: SharedEngine, async_front: Any, path: str, offline: dict[str, Offline]
 ) -> None:
-    engine = shared.engine._engine if path == "rolling" else async_front.entry.module.service.engine._engine
+    engine = shared.engine if path == "rolling" else async_front.entry.module.service.engine
 
     def cancel_then_ask(front: Any) -> tuple[int, list[bytes]]:
         response = post(front, _payload("Tell me a long story.", LONG))
         next(response.chunks(30))
         response.cancel()
-        assert wait_until(lambda: engine.get_num_unfinished_requests() == 0, timeout=10), "not aborted"
+        assert wait_until(lambda: engine.unfinished_requests == 0, timeout=10), "not aborted"
         return collect(post(front, _payload(*GREEDY[0])))
 
     if path == "async":
@@ -532,7 +533,7 @@ def test_stopping_the_engine_ends_the_running_streams_with_an_error(model_dir: P
         engine.stop()
         status, chunks = collect(response)
     assert status == 200 and b"the engine stopped" in b"".join(chunks)
-    assert engine._loop.is_closed() and not engine._tasks
+    assert engine.loop_closed and engine.running == 0
 
 
 def test_tensor_parallelism_is_vllms_own(model_dir: Path, offline: dict[str, Offline], monkeypatch) -> None:

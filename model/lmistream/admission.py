@@ -1,42 +1,30 @@
-"""Admissions: what every DJL protocol adapter does to a request besides speaking the protocol.
+"""EngineRequests: what every DJL protocol adapter does to a request besides speaking the protocol.
 
-It validates and tokenizes a request Input, picks its formatter (the API it speaks: LMI, TGI, OpenAI chat or
-completions), submits it to the engine (a list of `inputs`, or several sequences of one prompt: each its own row,
-`generation_group`) and opens its mailbox in the update hub; it releases it (cancelling it in the engine if needed)
-and shapes whole-response errors. The adapters in `protocols` get one through their constructor.
+It validates and tokenizes a request Input, gives it its formatter (`formatter_choice`: by the API it speaks, LMI,
+TGI, OpenAI chat or completions, and the format asked for), submits it to the engine (a list of `inputs`, or several
+sequences of one prompt: each its own row, `generation_group`) and opens its mailbox in the update hub; it releases
+it (cancelling it in the engine if needed) and shapes whole-response errors. The adapters in `protocols` get one
+through their constructor.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import itertools
 import logging
-import time
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any
 
 from .adapters import ADAPTER_HEADER, AdapterRegistry, requested_adapter
 from .chat import chat_request, is_chat
-from .chat_output import ChatCompletion, ChatCompletionChunks, merge_choices
-from .completion_output import Completion, CompletionChunks
+from .chat_output import merge_choices
 from .completions import completion_request, is_completion
-from .config import HandlerConfig, served_model_name
+from .config import HandlerConfig
 from .engine import Engine
 from .errors import ConfigError, HandlerError, InvalidRequest
-from .formatters import (
-    REGISTRY,
-    Custom,
-    Formatter,
-    JsonNewest,
-    SequenceJson,
-    StreamEvent,
-    TgiJson,
-    builtin_names,
-    sequences_answer,
-)
+from .formatter_choice import ClientHeaders, FormatterChoice
+from .formatters import JsonNewest, SequenceJson, TgiJson, sequences_answer
 from .generation import Generation
 from .generation_group import Admitted, GenerationGroup
 from .hub import UpdateHub
@@ -47,8 +35,8 @@ log = logging.getLogger(__name__)
 _PROMPT_FIELDS = {"chat": "messages", "completion": "prompt"}
 
 
-class Admissions:
-    """Admission and release of requests for one engine; `output_cls` is DJL's Output class."""
+class EngineRequests:
+    """The handler's requests to one engine: their admission and release; `output_cls` is DJL's Output class."""
 
     def __init__(
         self,
@@ -64,10 +52,8 @@ class Admissions:
         self.engine = engine
         self.hub = hub
         self.output_cls = output_cls
-        self.generation = config.djl_generation
         self.dialect = config.djl_generation.dialect
-        self._namespace = namespace
-        self._custom_formatter = self._resolve_custom(config.output_formatter)
+        self.formats = FormatterChoice(config, namespace)
         self.max_sequence_length = _sequence_limit(config, engine.max_sequence_length)
         self._ids = itertools.count()
 
@@ -78,7 +64,7 @@ class Admissions:
         try:
             payload = decode_body(item.get_as_bytes(), item.get_property("Content-Type"))
             client = ClientHeaders(str(item.get_property("Accept") or ""), str(item.get_property("User-Agent") or ""))
-            api = self._api(payload, rolling, client)
+            api = self.formats.api(payload, rolling, client)
             payload, adapter = requested_adapter(
                 payload, item.get_property(ADAPTER_HEADER), self.adapters, _openai(payload)
             )
@@ -107,7 +93,7 @@ class Admissions:
             request_id,
             request,
             self.engine.tokenizer,
-            self._formatter(request, rolling, request_id, len(prompt_ids), client),
+            self.formats.formatter(request, rolling, request_id, len(prompt_ids), client),
             buffered=request.stream is False,  # asked for one body, not a stream
             prompt_tokens=len(prompt_ids),
         )
@@ -155,7 +141,7 @@ class Admissions:
                 params=replace(request.params, seed=_seed(request.params.seed, index)),
                 chat=replace(request.chat, index=index),
             )
-            formatter = self._formatter(choice, rolling, request_id, len(prompt_ids), client)
+            formatter = self.formats.formatter(choice, rolling, request_id, len(prompt_ids), client)
             members.append(
                 Generation(f"{request_id}.{index}", choice, self.engine.tokenizer, formatter, True, len(prompt_ids))
             )
@@ -169,7 +155,7 @@ class Admissions:
         name, count = ("best_of", params.best_of) if params.best_of > 1 else ("n", params.n)
         field = f"parameters.{name}"
         self._check_rows(count, field)
-        shape = self._shape(request, rolling, "", 0, client)
+        shape = self.formats.shape(request, rolling, "", 0, client)
         if not isinstance(shape, JsonNewest):  # the format that answers whole
             raise InvalidRequest(
                 f"{field} > 1 is answered as one JSON body (newest LMI's json format, or TGI's with "
@@ -277,118 +263,6 @@ class Admissions:
                 f"model holds {limit}, so at most {room}",
                 param=name,
             )
-
-    def _formatter(
-        self, request: GenerationRequest, rolling: bool, request_id: str, prompt_tokens: int, client: ClientHeaders
-    ) -> Formatter:
-        """The request's formatter; one that cannot show top tokens refuses a request asking for them."""
-        formatter = self._shape(request, rolling, request_id, prompt_tokens, client)
-        if request.params.prompt_logprobs and not formatter.prefill:
-            raise InvalidRequest(
-                "parameters.decoder_input_details is answered in newest LMI's json and jsonlines formats and TGI's "
-                "json, not in TGI's server-sent events (TGI's rule: not when streaming tokens) nor in LMI 0.23's "
-                'formats: send "stream": false',
-                param="parameters.decoder_input_details",
-            )
-        if request.params.top_logprobs and not formatter.top_tokens:
-            raise InvalidRequest(
-                'parameters.top_n_tokens is answered in TGI\'s server-sent events only ("stream": true, without '
-                "an option.output_formatter that pins another format); OpenAI bodies take top_logprobs",
-                param="parameters.top_n_tokens",
-            )
-        return formatter
-
-    def _shape(
-        self, request: GenerationRequest, rolling: bool, request_id: str, prompt_tokens: int, client: ClientHeaders
-    ) -> Formatter:
-        if request.api == "completion" and request.chat is not None:
-            answer = CompletionChunks if request.stream else Completion
-            return answer(
-                f"cmpl-{uuid.uuid4().hex}",
-                int(time.time()),
-                self._model_name,
-                prompt_tokens,
-                request.chat,
-                request.inputs,
-            )
-        if request.chat is not None:
-            shape = ChatCompletionChunks if request.stream else ChatCompletion
-            return shape(
-                f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self._model_name, prompt_tokens, request.chat
-            )
-        if self._custom_formatter is not None:
-            return Custom(self._custom_formatter)
-        name = self._formatter_name(request.stream, rolling, client)
-        if name == "json" and self.config.tgi_compat:
-            return TgiJson()
-        return REGISTRY[(name, self.generation)]()
-
-    def _formatter_name(self, stream: bool | None, rolling: bool, client: ClientHeaders) -> str:
-        """The format the client's headers ask for, else the pinned option.output_formatter, else TGI's rule
-        (`"stream": true`, or any stream with option.tgi_compat, is SSE), else LMI's defaults: json unless
-        streaming, and 0.23's rolling batch streams its json object in pieces."""
-        streams = self.config.streaming if stream is None else stream
-        asked = client.format_asked(stream)
-        if asked is not None:
-            return asked
-        if self.config.output_formatter is not None:
-            return self.config.output_formatter.lower()
-        if stream is True or (streams and self.config.tgi_compat):
-            return "sse"
-        if not streams or (self.dialect.rolling_streams_json and rolling):
-            return "json"
-        return "jsonlines"
-
-    def _api(self, payload: dict[str, Any], rolling: bool, client: ClientHeaders) -> str:
-        """Whose error shape a request gets: OpenAI's for chat and completions, TGI's where it is answered in TGI SSE,
-        else LMI's."""
-        if is_chat(payload):
-            return "chat"
-        if is_completion(payload):
-            return "completion"
-        stream = payload.get("stream")
-        if (
-            self._custom_formatter is None
-            and self._formatter_name(stream if isinstance(stream, bool) else None, rolling, client) == "sse"
-        ):
-            return "tgi"
-        return "lmi"
-
-    @property
-    def _model_name(self) -> str:
-        return served_model_name(self.config.model_id)
-
-    def _resolve_custom(self, name: str | None) -> Callable[[StreamEvent], str] | None:
-        if name is None or (name.lower(), self.generation) in REGISTRY:
-            return None
-        module_name, _, attr = name.rpartition(":")
-        scope = vars(importlib.import_module(module_name)) if module_name else self._namespace
-        fn: Callable[[StreamEvent], str] | None = scope.get(attr)
-        if not callable(fn):
-            raise ConfigError(
-                f"option.output_formatter={name!r} is neither a built-in ({', '.join(builtin_names())}) nor a "
-                "function defined in model.py (or 'module:function' beside it)"
-            )
-        return fn
-
-
-@dataclass(frozen=True)
-class ClientHeaders:
-    """The request headers that say which formats the client reads."""
-
-    accept: str
-    user_agent: str
-
-    def format_asked(self, stream: bool | None) -> str | None:
-        """SSE for a stream whose Accept names text/event-stream; for huggingface_hub's InferenceClient (its
-        User-Agent names hf_hub: it sends `Accept: */*` and the very body an LMI client sends, so nothing else tells
-        it apart) TGI's rule, SSE for `"stream": true` and one JSON body otherwise, the only shapes it reads; None
-        where the options decide."""
-        if "text/event-stream" in self.accept.lower() and stream is not False:
-            return "sse"
-        if "hf_hub/" in self.user_agent.lower():
-            return "sse" if stream is True else "json"
-        return None
 
 
 def _sequence_params(params: GenerationParams, index: int, ranked: bool) -> GenerationParams:

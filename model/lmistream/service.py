@@ -2,7 +2,7 @@
 
 Which DJL protocol is in use is detected at run time: the LMI generation from `Output.binary_encode`
 (newest only), async mode and rolling batch from the init properties. The adapters in `protocols` speak the
-protocols; `admission` does what they share (validate, tokenize, submit, release).
+protocols; `admission.EngineRequests` does what they share (validate, tokenize, submit, release).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from .adapters import AdapterRegistry, AdapterSpec, discover, read_adapter
-from .admission import Admissions
+from .admission import EngineRequests
 from .config import HandlerConfig
 from .dialect import DjlGeneration
 from .engine import Engine
@@ -52,7 +52,9 @@ class StreamingService:
         if self.config.enable_lora:
             for spec in discover(self.config.model_dir or self.config.model_id, self.config.max_lora_rank):
                 self.register_adapter(spec)
-        self.requests = Admissions(self.config, self.engine, self.hub, self.output_cls, self._namespace, self.adapters)
+        self.requests = EngineRequests(
+            self.config, self.engine, self.hub, self.output_cls, self._namespace, self.adapters
+        )
         self.engine.start(self.hub.publish)
         self.rolling = RollingBatch(self.requests)
         self.plain = PlainRequests(self.requests)

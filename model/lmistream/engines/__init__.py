@@ -155,7 +155,7 @@ def _warn_unread(config: HandlerConfig, name: str) -> None:
     """One warning per option nothing reads (vLLM's engine arguments count on the vLLM engine)."""
     known: frozenset[str] = frozenset()
     if name == "vllm" and not vllm_unavailable():  # else loading it fails, saying why
-        from .vllm_engine import engine_fields
+        from .vllm_arguments import engine_fields
 
         known = engine_fields()
     for key in unread(dict(config.options), known):

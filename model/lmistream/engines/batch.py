@@ -53,12 +53,31 @@ class ModelCaller:
         output = self.model(**kwargs)
         return output.logits[:, -1, :], getattr(output, self._cache_arg)
 
-    def prompt_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The logits at every position of unpadded prompts, with no cache kept (`decoder_input_details`)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False, "return_dict": True}
+    def probe(self, device: torch.device) -> int:
+        """A pass over two tokens at load: refuse a cache layout the batch surgery cannot handle (`check_layout`),
+        keep the cache as the `template`, and return the KV bytes of one token on this rank."""
+        with torch.inference_mode():
+            _, cache = self(
+                torch.zeros((1, 2), dtype=torch.long, device=device),
+                torch.ones((1, 2), dtype=torch.long, device=device),
+                None,
+            )
+        check_layout(cache, batch=1, length=2)
+        self.template = cache
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers(cache)) // 2
+
+    def prompt_log_probs(self, prompt_ids: list[int], device: torch.device) -> tuple[tuple[int, float | None], ...]:
+        """Each prompt token with its log-probability under the model given the tokens before it (the first has
+        none), as TGI's `decoder_input_details` reports them: log_softmax over the logits of the position before it.
+        A pass of its own over the unpadded prompt with no cache kept, apart from the batch's prefill (whose cache
+        may skip the prompt's start), paid only by the requests that ask."""
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": False, "return_dict": True}
         if self._keep is not None:
             kwargs[self._keep] = 0  # every position
-        return self.model(**kwargs).logits
+        log_probs = self.model(**kwargs).logits[0, :-1].float().log_softmax(dim=-1)
+        picked = log_probs.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1).tolist()
+        return tuple(zip(prompt_ids, [None, *picked]))
 
     def cache_of(self, tensors: list[LayerKV]) -> Any:
         """A cache holding these tensors, of the class this model's transformers uses."""

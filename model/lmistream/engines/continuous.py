@@ -197,6 +197,12 @@ class ContinuousBatchingEngine:
             self._reader.join(timeout=STOP_TIMEOUT_S)
             self._reader = None
 
+    @property
+    def logits_processors(self) -> list[Any]:
+        """The logits processors the running manager applies at each step (none before start or after stop)."""
+        manager = self._manager
+        return [] if manager is None else list(manager.logit_processor.logits_processor)
+
     def _generation_config(self) -> GenerationConfig:
         return GenerationConfig(
             do_sample=True,

@@ -108,10 +108,12 @@ def load_sharded(config: HandlerConfig, device: torch.device, tp: TensorParallel
     if has_tp_plan(config):
         tokenizer, model = load(config, device, tp_plan="auto")
         return tokenizer, model, "transformers tp_plan"
-    return _deepspeed(config, device, tp)
+    return shard_with_deepspeed(config, device, tp)
 
 
-def _deepspeed(config: HandlerConfig, device: torch.device, tp: TensorParallel) -> tuple[Any, Any, str]:
+def shard_with_deepspeed(config: HandlerConfig, device: torch.device, tp: TensorParallel) -> tuple[Any, Any, str]:
+    """Tokenizer and this rank's shard of the model by DeepSpeed AutoTP, where transformers has no tp_plan for it
+    (CUDA only)."""
     if device.type != "cuda":
         raise ConfigError(
             "tensor parallelism on this transformers (no tp_plan for this model) goes through DeepSpeed, which needs "

@@ -160,7 +160,8 @@ def cache_memory_share(utilization: float, device: torch.device) -> float:
     return min(1.0, budget / free)
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype | str:
+def torch_dtype(name: str, device: torch.device) -> torch.dtype | str:
+    """option.dtype as `from_pretrained` takes it: `auto` is fp32 on a CPU, the checkpoint's own elsewhere."""
     if name == "auto":
         return torch.float32 if device.type == "cpu" else "auto"
     _check_matmul(name, device)
@@ -246,7 +247,7 @@ def load(config: HandlerConfig, device: torch.device, **placement: Any) -> tuple
         model = AutoModelForCausalLM.from_pretrained(
             config.model_id,
             **(placement or {"device_map": device}),
-            **{_dtype_keyword(): _dtype(config.dtype, device)},
+            **{_dtype_keyword(): torch_dtype(config.dtype, device)},
             **quantization(config.quantize),
             **_pretrained_kwargs(config),
         )

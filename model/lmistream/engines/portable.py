@@ -3,24 +3,21 @@
 For images whose transformers lacks continuous batching (LMI 0.23: transformers 4.30.2, torch 2.0.1, Python 3.9). One
 loop thread runs steps. At each step boundary it takes a `StepPlan` from the `Scheduler`: cancelled rows leave the
 batch, and new requests (within `max_rolling_batch_size` rows and the prefill token budget) are prefilled together and
-concatenated to it (`DecodeBatch`); then one forward pass decodes every row. Rows that end on eos or length leave at
-once, so a slot is free at the next boundary. Sampling is per request (`sampling`), seed and repetition penalty
-included. A request asking for its prompt's log-probabilities (`decoder_input_details`) gets them from a pass of its
-own over its prompt when it joins (`prompt_log_probs`).
+joined to it (`DecodeBatch`); then one forward pass decodes every row. Rows that end on eos or length leave at once,
+so a slot is free at the next boundary. Sampling is per request (`sampling`), seed and repetition penalty included; a
+request asking for its prompt's log-probabilities gets them from a pass of its own when it joins.
 
 A prompt starts from the longest prefix of it whose KV the prefix cache holds (`prefix_cache`,
 option.enable_prefix_caching, on by default; not for LoRA rows, whose KV depends on the adapter) and prefills only the
-rest; once prefilled whole, its full blocks are stored, so a request cancelled or failed before that stores nothing.
-With option.max_rolling_batch_prefill_tokens, a prompt whose uncached part is longer is prefilled a chunk of that many
-tokens per step, each step also decoding the running rows, so a long prompt does not stall their streams for its whole
-prefill.
+rest; its full blocks are stored once it is prefilled whole, so a request cancelled or failed before that stores
+nothing. With option.max_rolling_batch_prefill_tokens a longer prompt
+is prefilled a chunk per step, each step also decoding the running rows, so that it does not stall their streams.
 
-Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admissions carry
-their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the sampled
-tokens, which every rank computes alike; the prefix cache sees the same admissions in the same order on every rank, so
-each rank's cache of its own shard finds the same hits. So one rank plans and every rank executes the same sequence of plans: with tensor parallelism (`distributed`) rank 0's
-loop sends each plan over a broadcast channel before executing it, and the other ranks' loops execute the plans they
-receive (their own scheduler stays empty).
+Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admitted requests
+carry their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the
+sampled tokens, which every rank computes alike; each rank's prefix cache (of its own shard) sees the same requests in
+the same order, so it finds the same hits. So rank 0 plans and sends each plan over a broadcast channel
+(`distributed`) before executing it, and the other ranks execute the plans they receive.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -38,7 +35,7 @@ from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback, deliver
 from ..errors import ConfigError, EngineError, HandlerError
 from ..params import GenerationParams
-from .batch import DecodeBatch, LayerKV, ModelCaller, check_layout, layers
+from .batch import DecodeBatch, LayerKV, ModelCaller
 from .constraints import GrammarCompiler
 from .distributed import TensorParallel, load_sharded, parameter_bytes
 from .loading import (
@@ -54,10 +51,12 @@ from .loading import (
 from .lora import LoraLayers
 from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
 from .sampling import RequestSampler, select_tokens
-from .scheduler import Admission, Scheduler, StepPlan
+from .scheduler import QueuedRequest, Scheduler, StepPlan
 
 logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 30.0
+#: which forward pass over the batch is about to run: joining prompts (a chunk of one included), or the running rows
+ForwardPass = Literal["prefill", "decode"]
 
 
 @dataclass
@@ -101,7 +100,6 @@ class PortableEngine:
         self.max_sequence_length: int = text_config(model).max_position_embeddings
         self._grammars = GrammarCompiler(hf_tokenizer, text_config(model).vocab_size)
         self._call = ModelCaller(model)
-        self._prompt_logits = self._call.prompt_logits
         # with tensor parallelism only transformers' tp_plan shards adapters (`engines.check_lora`, before the load)
         cpu_loras = config.max_cpu_loras or config.max_loras
         shard = (tp.ranks.rank, tp.degree) if tp is not None else None
@@ -114,25 +112,14 @@ class PortableEngine:
         self._rows: list[_Row] = []
         self._chunking: list[_Prefill] = []  # admitted prompts longer than a chunk, first in line first
         self._on_update: UpdateCallback | None = None
+        self._forward_observers: list[Callable[[ForwardPass], None]] = []
         self._thread: threading.Thread | None = None
-        token_bytes = in_setup_thread(self._check_cache_layout)
+        token_bytes = in_setup_thread(lambda: self._call.probe(self._device))
         self.prefix_cache = (
             PrefixCache(config.prefix_cache_bytes or DEFAULT_PREFIX_CACHE_BYTES, token_bytes)
             if config.enable_prefix_caching
             else None
         )
-
-    def _check_cache_layout(self) -> int:
-        """Refuse a cache layout the batch surgery cannot handle; the KV bytes of one token on this rank."""
-        with torch.inference_mode():
-            _, cache = self._call(
-                torch.zeros((1, 2), dtype=torch.long, device=self._device),
-                torch.ones((1, 2), dtype=torch.long, device=self._device),
-                None,
-            )
-        check_layout(cache, batch=1, length=2)
-        self._call.template = cache
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers(cache)) // 2
 
     # -- the Engine protocol -------------------------------------------------------------------------------------
     def start(self, on_update: UpdateCallback) -> None:
@@ -162,7 +149,7 @@ class PortableEngine:
         if thread is None or not thread.is_alive():
             raise EngineError("the generation loop is not running (stopped or crashed); the request was not queued")
         seed = params.seed if params.seed is not None else random.getrandbits(63)
-        self._scheduler.submit(Admission(request_id, tuple(prompt_ids), params, seed))
+        self._scheduler.submit(QueuedRequest(request_id, tuple(prompt_ids), params, seed))
 
     def cancel(self, request_id: str) -> None:
         self._scheduler.cancel(request_id)
@@ -189,6 +176,17 @@ class PortableEngine:
     def idle(self) -> bool:
         """Whether every slot is free and no decode batch is kept."""
         return self.running == 0 and self._batch is None
+
+    @property
+    def prefilling(self) -> dict[str, int]:
+        """The prompts on their way through chunked prefill, first in line first: request id -> prompt tokens whose
+        KV is known so far (cached or prefilled)."""
+        return {p.row.request_id: p.done for p in list(self._chunking)}
+
+    def observe_forward_passes(self, observer: Callable[[ForwardPass], None]) -> None:
+        """Call `observer` in the loop's thread before each forward pass over the batch; an exception it raises fails
+        that pass as the model's own would (instrumentation: a test's count of steps, and its injected faults)."""
+        self._forward_observers.append(observer)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def _next_plan(self) -> StepPlan:
@@ -237,27 +235,28 @@ class PortableEngine:
             self._prefill_chunk()
         if self._batch is not None:
             self._route([row.adapter for row in self._rows])
+            self._before_forward("decode")
             logits = self._batch.decode(self._call)
             self._advance(self._batch, self._rows, logits)
 
-    def _join(self, admissions: tuple[Admission, ...]) -> None:
+    def _join(self, admitted: tuple[QueuedRequest, ...]) -> None:
         """Start the admitted requests from their cached prefixes; prefill together those that fit in a chunk, and
         queue the others to be prefilled a chunk per step."""
-        pending = [self._from_cache(a) for a in admissions]
+        pending = [self._from_cache(request) for request in admitted]
         chunk = self._chunk_tokens
         whole = [p for p in pending if chunk is None or len(p.prompt) - p.done <= chunk]
         self._chunking.extend(p for p in pending if chunk is not None and len(p.prompt) - p.done > chunk)
         if whole:
             self._prefill(whole)
 
-    def _from_cache(self, admission: Admission) -> _Prefill:
+    def _from_cache(self, request: QueuedRequest) -> _Prefill:
         """The request's row and what the prefix cache holds of its prompt (LoRA rows are not cached: their KV
         depends on the adapter)."""
-        params = admission.params
+        params = request.params
         grammar = self._grammars.matcher(params.constraint) if params.constraint else None
-        sampler = RequestSampler(params, admission.seed, list(admission.prompt_ids), self._device, grammar)
-        row = _Row(admission.request_id, sampler, params.max_new_tokens, params.adapter)
-        prompt = admission.prompt_ids
+        sampler = RequestSampler(params, request.seed, list(request.prompt_ids), self._device, grammar)
+        row = _Row(request.request_id, sampler, params.max_new_tokens, params.adapter)
+        prompt = request.prompt_ids
         if self.prefix_cache is None or params.adapter is not None:
             return _Prefill(row, prompt, [], prompt_logprobs=params.prompt_logprobs)
         keys = self.prefix_cache.keys(prompt)
@@ -285,8 +284,9 @@ class PortableEngine:
                 for p in pending:
                     if end is None and p.prompt_logprobs:  # once, over the whole prompt, when it joins the batch
                         self._route([p.row.adapter])
-                        p.row.prefill = prompt_log_probs(self._prompt_logits, list(p.prompt), self._device)
+                        p.row.prefill = self._call.prompt_log_probs(list(p.prompt), self._device)
                 self._route([row.adapter for row in rows])
+                self._before_forward("prefill")
                 batch, logits = DecodeBatch.prefill(
                     self._call,
                     [list(p.prompt[p.done : end]) for p in pending],
@@ -328,6 +328,10 @@ class PortableEngine:
     def _route(self, adapters: list[str | None]) -> None:
         if self._lora is not None:
             self._lora.route(adapters)
+
+    def _before_forward(self, kind: ForwardPass) -> None:
+        for observer in self._forward_observers:
+            observer(kind)
 
     def _advance(self, batch: DecodeBatch, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token, hand it over, and remove the rows that ended (in place)."""
@@ -373,19 +377,6 @@ class PortableEngine:
         self._scheduler.finished(ids)
         for request_id in ids:
             deliver(self._on_update, EngineUpdate(request_id, finished=True, error=message, code=code))
-
-
-def prompt_log_probs(
-    logits_of: Callable[[torch.Tensor], torch.Tensor], prompt_ids: list[int], device: torch.device
-) -> tuple[tuple[int, float | None], ...]:
-    """Each prompt token with its log-probability under the model given the tokens before it (the first has none),
-    as TGI's `decoder_input_details` reports them: log_softmax over the logits of the position before it. A pass of
-    its own over the unpadded prompt, apart from the batch's prefill (whose cache may skip the prompt's start), paid
-    only by the requests that ask."""
-    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    log_probs = logits_of(ids)[0, :-1].float().log_softmax(dim=-1)
-    picked = log_probs.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1).tolist()
-    return tuple(zip(prompt_ids, [None, *picked]))
 
 
 def _load(config: HandlerConfig, device: torch.device, tp: TensorParallel | None) -> tuple[Any, Any, str]:

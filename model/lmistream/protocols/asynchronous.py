@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..admission import Admissions
+from ..admission import EngineRequests
 from ..errors import HandlerError
 from ..generation_group import Admitted
 from .drain import texts
@@ -18,7 +18,7 @@ from .drain import texts
 class AsyncRequests:
     """Adapter for `option.async_mode=true`."""
 
-    def __init__(self, requests: Admissions) -> None:
+    def __init__(self, requests: EngineRequests) -> None:
         self._requests = requests
 
     async def handle(self, inputs: Any) -> Any:

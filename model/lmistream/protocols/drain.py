@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-from ..admission import Admissions
+from ..admission import EngineRequests
 from ..generation_group import Admitted
 
 #: how long one wait for an update lasts before the loop looks again (a wake-up needs no timeout)
 WAIT_SECONDS = 5.0
 
 
-def chunks(requests: Admissions, generation: Admitted) -> Iterator[str]:
+def chunks(requests: EngineRequests, generation: Admitted) -> Iterator[str]:
     """Non-empty pieces of output until the request finishes."""
     try:
         while not generation.finished:
@@ -27,7 +27,7 @@ def chunks(requests: Admissions, generation: Admitted) -> Iterator[str]:
         requests.release(generation)
 
 
-async def texts(requests: Admissions, generation: Admitted) -> AsyncIterator[str]:
+async def texts(requests: EngineRequests, generation: Admitted) -> AsyncIterator[str]:
     """Pieces of output until the request finishes; the last one even when empty (it carries `last`)."""
     try:
         while not generation.finished:
@@ -39,5 +39,5 @@ async def texts(requests: Admissions, generation: Admitted) -> AsyncIterator[str
         requests.release(generation)
 
 
-def _next_text(requests: Admissions, generation: Admitted) -> str:
+def _next_text(requests: EngineRequests, generation: Admitted) -> str:
     return generation.absorb(requests.hub.take(generation.request_id))

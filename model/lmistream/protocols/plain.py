@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..admission import Admissions
+from ..admission import EngineRequests
 from ..errors import HandlerError, InvalidRequest
 from ..generation_group import Admitted
 from .drain import chunks
@@ -17,7 +17,7 @@ from .drain import chunks
 class PlainRequests:
     """Adapter for DJL's plain mode: `option.enable_streaming` and non-streaming models, one request per call."""
 
-    def __init__(self, requests: Admissions) -> None:
+    def __init__(self, requests: EngineRequests) -> None:
         self._requests = requests
 
     def handle(self, inputs: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..admission import Admissions
+from ..admission import EngineRequests
 from ..errors import HandlerError
 from ..generation_group import Admitted
 
@@ -34,7 +34,7 @@ class _Slot:
 class RollingBatch:
     """Per-step bridge between DJL's Java loop and the engine's own loop."""
 
-    def __init__(self, requests: Admissions) -> None:
+    def __init__(self, requests: EngineRequests) -> None:
         self._requests = requests
         self._slots: list[_Slot] = []
 
