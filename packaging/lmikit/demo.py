@@ -17,7 +17,7 @@ import click
 from .client import invoke_chat_stream
 from .embedded_model import ensure_smollm2
 from .invoke import print_stream, runtime_client
-from .server.process import running_endpoint
+from .launch import running_endpoint
 
 QUESTION = "What is the capital of France?"
 
