@@ -4,7 +4,7 @@ It reads serving.properties like DJL (OPTION_* env overlaid, the file wins), ser
 model unless `--model-id` names another local directory, loads model.py through the DJL replay (the real
 djl_python when installed, else the stand-in) and answers `/ping`, `/invocations` and the SageMaker
 runtime routes until interrupted. With `engine=MPI` and `option.tensor_parallel_degree=N` it starts N rank
-processes as DJL does (`djl.ranks`). Once the model has loaded, its threads move off the CPUs the engine's workers
+processes as DJL does (`djl.rank_group`). Once the model has loaded, its threads move off the CPUs the engine's workers
 are pinned to, if any (`server.placement`: vLLM's CPU build).
 """
 
@@ -26,7 +26,7 @@ import click
 from .djl.dialect import DjlVersion, derive_mode
 from .djl.driver import Frontend, InitError
 from .djl.loader import enter_model_environment, load_entry_point
-from .djl.ranks import RankError, RankGroup
+from .djl.rank_group import RankError, RankGroup
 from .djl.recommender import recommended
 from .embedded_model import EmbeddedModelError, ensure_smollm2
 from .project import Project
