@@ -9,9 +9,9 @@ from .chat.command import chat_command
 from .commands.build import build_command
 from .commands.deploy import deploy_command, update_command
 from .commands.endpoints import delete_command, logs_command, status_command
+from .commands.serve import serve_command
 from .demo import demo_command
 from .invoke import invoke_command
-from .serve import serve_command
 
 
 @click.group()
