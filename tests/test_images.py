@@ -386,7 +386,7 @@ def test_fp16_for_a_cpu_instance_on_torch_2_0_is_refused_naming_the_dtype_and_th
 def test_fp16_elsewhere_is_a_warning_or_nothing(
     project: Path, image: str, instance: str | None, expected: list[tuple[str, str]]
 ) -> None:
-    from lmikit.aws_deploy import instance_gpus
+    from lmikit.aws.instances import instance_gpus
 
     _setup(project, dtype="fp16", model_id=HUB_ID)
     gpus = None if instance is None else instance_gpus(instance)

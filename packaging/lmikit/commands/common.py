@@ -10,7 +10,8 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 
-from .. import aws_deploy, endpoint_logs, images
+from .. import images
+from ..aws import endpoint_logs, instances, lifecycle
 from ..project import Project
 from ..tarball import BuildReport, build_tarball
 from ..validate import errors, validate_project
@@ -23,7 +24,7 @@ def validated_build(
 ) -> BuildReport:
     """Validate the project for the image and instance type (findings printed), then write the tarball;
     ClickException on errors."""
-    gpus = None if instance_type is None else aws_deploy.instance_gpus(instance_type)
+    gpus = None if instance_type is None else instances.instance_gpus(instance_type)
     findings = validate_project(project) + images.check_image(project, image, gpus)
     for finding in findings:
         console.print(str(finding), style="red" if finding.level == "error" else "yellow", markup=False, soft_wrap=True)
@@ -48,5 +49,5 @@ def aws_errors() -> Iterator[None]:
     """Turn AWS and deploy errors into a one-line click error (exit 1) instead of a traceback."""
     try:
         yield
-    except (aws_deploy.DeployError, endpoint_logs.LogsMissing, ClientError, BotoCoreError) as exc:
+    except (lifecycle.DeployError, endpoint_logs.LogsMissing, ClientError, BotoCoreError) as exc:
         raise click.ClickException(str(exc)) from exc
