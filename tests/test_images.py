@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from lmikit.cli import main
-from lmikit.images import check_image, stack_for
-from lmikit.project import Project
+from lmikit.project.image_stacks import stack_for
+from lmikit.project.images import check_image
+from lmikit.project.layout import Project
 from project_factory import good_properties, make_project, write_properties
 
 DJL_0_23_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.23.0-deepspeed0.9.5-cu118"

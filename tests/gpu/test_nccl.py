@@ -13,7 +13,7 @@ import pytest
 import torch
 from lmikit.djl.driver import Frontend
 from lmikit.djl.rank_group import RankGroup
-from lmikit.properties import init_properties
+from lmikit.project.properties import init_properties
 
 #: a handler that joins the group on its init call and writes what it saw beside itself
 JOINING_MODEL = """

@@ -3,7 +3,7 @@ rather than after a 15-minute endpoint creation."""
 
 from __future__ import annotations
 
-from ..project import TensorParallelDegree
+from ..project.layout import TensorParallelDegree
 from .lifecycle import DeployError
 
 #: GPUs per instance type, for the tensor-parallel check before a deploy (types not listed are not checked)

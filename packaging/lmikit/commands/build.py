@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from ..aws import lifecycle
-from ..project import Project
+from ..project.layout import Project
 from .common import DEFAULT_TARBALL, validated_build
 
 

@@ -10,11 +10,11 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 
-from .. import images
 from ..aws import endpoint_logs, instances, lifecycle
-from ..project import Project
-from ..tarball import BuildReport, build_tarball
-from ..validate import errors, validate_project
+from ..project import image_stacks, images
+from ..project.layout import Project
+from ..project.tarball import BuildReport, build_tarball
+from ..project.validate import errors, validate_project
 
 DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
 
@@ -30,7 +30,7 @@ def validated_build(
         console.print(str(finding), style="red" if finding.level == "error" else "yellow", markup=False, soft_wrap=True)
     if errors(findings):
         raise click.ClickException(f"{len(errors(findings))} error(s) in {project.root}; nothing built")
-    stack, engine = images.stack_for(image), images.generation_engine(project)
+    stack, engine = image_stacks.stack_for(image), images.generation_engine(project)
     requirements = images.shipped_requirements(project, stack, images.requirements_text(project), engine)
     report = build_tarball(project, out, requirements)
     for entry in report.entries:

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from ..aws import autoscaling, components, endpoint_logs, instances, lifecycle
-from ..project import Project, TensorParallelDegree
+from ..project.layout import Project, TensorParallelDegree
 from .common import DEFAULT_TARBALL, aws_errors, validated_build
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])

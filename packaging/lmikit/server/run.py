@@ -30,8 +30,8 @@ from ..djl.loader import enter_model_environment, load_entry_point
 from ..djl.rank_group import RankError, RankGroup
 from ..djl.recommender import recommended
 from ..embedded_model import ensure_smollm2
-from ..project import Project
-from ..properties import init_properties, with_option_environment
+from ..project.layout import Project
+from ..project.properties import init_properties, with_option_environment
 from .endpoint import LocalEndpoint
 from .placement import keep_off_pinned_cpus
 from .runtime import RuntimeConfig
