@@ -117,7 +117,7 @@ def runtime_server() -> Iterator[RuntimeServer]:
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """moto's server in this process on a free port, for a module's AWS control-plane calls."""
-    from lmikit.server.process import free_port
+    from lmikit.launch import free_port
     from moto.server import ThreadedMotoServer
 
     port = free_port()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmikit.server.process import RunningEndpoint, running_endpoint
+from lmikit.launch import RunningEndpoint, running_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 120.0

@@ -11,7 +11,7 @@ from pathlib import Path
 from lmikit.djl.driver import Frontend
 from lmikit.djl.loader import load_entry_point, model_environment
 from lmikit.djl.response import Response
-from lmikit.properties import init_properties
+from lmikit.project.properties import init_properties
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 TIMEOUT = 30.0

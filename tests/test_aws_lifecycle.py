@@ -19,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from click.testing import CliRunner, Result
-from lmikit import aws_deploy, endpoint_logs
+from lmikit.aws import endpoint_logs, lifecycle
 from lmikit.cli import main
 from lmikit.embedded_model import ensure_tiny_model
 from local_endpoint import REPO, serve
@@ -349,7 +349,7 @@ def test_update_speaks_sagemakers_own_request_shapes(
         "client",
         lambda self, name, *a, **k: sm if name == "sagemaker" else real_client(self, name, *a, **k),
     )
-    image = aws_deploy.resolve_image("djl-lmi:0.36.0", "us-east-1")
+    image = lifecycle.resolve_image("djl-lmi:0.36.0", "us-east-1")
     url = f"s3://{BUCKET}/lmi/blue/blue-v2/model.tar.gz"
     variant = {
         "VariantName": "AllTraffic",
@@ -444,13 +444,13 @@ def test_deploy_rejects_an_unknown_image(aws: boto3.session.Session, tmp_path: P
     ],
 )
 def test_resolve_image(image: str, expected: str) -> None:
-    assert aws_deploy.resolve_image(image, "us-east-1") == expected
+    assert lifecycle.resolve_image(image, "us-east-1") == expected
 
 
 @pytest.mark.parametrize("image", ["tgi:1.0", "djl-lmi", "djl-lmi:9.9"])
 def test_resolve_image_rejects(image: str) -> None:
-    with pytest.raises(aws_deploy.DeployError, match="--image"):
-        aws_deploy.resolve_image(image, "us-east-1")
+    with pytest.raises(lifecycle.DeployError, match="--image"):
+        lifecycle.resolve_image(image, "us-east-1")
 
 
 class _ScriptedEndpoint:
@@ -468,26 +468,26 @@ class _ScriptedEndpoint:
 def test_wait_reports_each_status_until_in_service() -> None:
     seen: list[str] = []
     client = _ScriptedEndpoint("Creating", "Creating", "InService")
-    aws_deploy.wait_for_endpoint(client, "ep", delay=0.01, timeout=5, on_status=seen.append)
+    lifecycle.wait_for_endpoint(client, "ep", delay=0.01, timeout=5, on_status=seen.append)
     assert seen == ["Creating", "Creating", "InService"]
 
 
 def test_wait_raises_with_the_failure_reason() -> None:
     client = _ScriptedEndpoint("Creating", "Failed", reason="health check did not pass in 900 s")
-    with pytest.raises(aws_deploy.DeployError, match="health check did not pass"):
-        aws_deploy.wait_for_endpoint(client, "ep", delay=0.01, timeout=5)
+    with pytest.raises(lifecycle.DeployError, match="health check did not pass"):
+        lifecycle.wait_for_endpoint(client, "ep", delay=0.01, timeout=5)
 
 
 def test_wait_times_out() -> None:
-    with pytest.raises(aws_deploy.DeployError, match="still Creating"):
-        aws_deploy.wait_for_endpoint(_ScriptedEndpoint("Creating"), "ep", delay=0.01, timeout=0.05)
+    with pytest.raises(lifecycle.DeployError, match="still Creating"):
+        lifecycle.wait_for_endpoint(_ScriptedEndpoint("Creating"), "ep", delay=0.01, timeout=0.05)
 
 
 def test_default_bucket_is_the_sdk_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _dummy_credentials(monkeypatch, tmp_path)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():  # decorator mode: STS is intercepted too (server mode would need --bucket)
-        assert aws_deploy.default_bucket(boto3.session.Session()) == "sagemaker-us-east-1-123456789012"
+        assert lifecycle.default_bucket(boto3.session.Session()) == "sagemaker-us-east-1-123456789012"
 
 
 # -- lmi logs ---------------------------------------------------------------------------------------------------
@@ -566,7 +566,7 @@ def test_a_failed_deploy_prints_the_last_container_lines_then_the_reason(aws: bo
             return {"EndpointStatus": "Failed", "FailureReason": "health check failed"}
 
     out = io.StringIO()
-    with pytest.raises(aws_deploy.DeployError, match="health check failed"):
+    with pytest.raises(lifecycle.DeployError, match="health check failed"):
         _wait(FailedEndpoint(), aws.client("logs"), "broken", 0.01, 1.0, Console(file=out, width=200))
     printed = out.getvalue()
     assert "Last container log lines of broken:" in printed

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.server.process import running_endpoint
+from lmikit.launch import running_endpoint
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import pytest
 from botocore.config import Config
 from lmikit.chat.answer import Answer, readable_error
 from lmikit.chat.conversation import ASSISTANT, PROMPT, USER, Message, Settings, ToolCall, build_request
-from lmikit.invoke import runtime_client
+from lmikit.client.runtime_client import runtime_client
+from lmikit.launch import free_port
 from lmikit.server.eventstream import exception_frame, payload_part
-from lmikit.server.process import free_port
 from runtime_support import FakeResponse, client_for
 
 QUESTION = [Message(USER, "What is the capital of France?")]

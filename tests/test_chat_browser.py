@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from lmikit.chat.conversation import SUGGESTED_PROMPTS
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.server.process import free_port
+from lmikit.launch import free_port
 from local_endpoint import REPO, make_project
 from lora_support import RECIPES, make_adapter
 from playwright.sync_api import Page, expect, sync_playwright

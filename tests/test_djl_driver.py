@@ -16,7 +16,7 @@ from lmikit.djl.dialect import derive_mode
 from lmikit.djl.driver import Frontend, InitError
 from lmikit.djl.loader import load_entry_point, model_environment
 from lmikit.djl.response import BackendError
-from lmikit.properties import init_properties
+from lmikit.project.properties import init_properties
 
 WAIT = 5.0
 BOTH = pytest.mark.parametrize("version", ["0.23", "newest"])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from lmikit.benchmarks import http_bench
 from lmikit.embedded_model import ensure_tiny_model
+from lmikit.launch import RunningEndpoint
 from lmikit.server.endpoint import MAX_BODY_BYTES
-from lmikit.server.process import RunningEndpoint
 from local_endpoint import connection, make_project, serve
 
 pytestmark = pytest.mark.integration

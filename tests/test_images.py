@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from lmikit.cli import main
-from lmikit.images import check_image, stack_for
-from lmikit.project import Project
+from lmikit.project.image_stacks import stack_for
+from lmikit.project.images import check_image
+from lmikit.project.layout import Project
 from project_factory import good_properties, make_project, write_properties
 
 DJL_0_23_URI = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.23.0-deepspeed0.9.5-cu118"
@@ -386,7 +387,7 @@ def test_fp16_for_a_cpu_instance_on_torch_2_0_is_refused_naming_the_dtype_and_th
 def test_fp16_elsewhere_is_a_warning_or_nothing(
     project: Path, image: str, instance: str | None, expected: list[tuple[str, str]]
 ) -> None:
-    from lmikit.aws_deploy import instance_gpus
+    from lmikit.aws.instances import instance_gpus
 
     _setup(project, dtype="fp16", model_id=HUB_ID)
     gpus = None if instance is None else instance_gpus(instance)

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import EventStreamError
+from lmikit.client.runtime_client import runtime_client
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.invoke import runtime_client
 from local_endpoint import connection, make_project, serve, stream
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.tarball import build_tarball
-from lmikit.validate import errors, validate_project
+from lmikit.project.tarball import build_tarball
+from lmikit.project.validate import errors, validate_project
 from lora_support import RECIPES, make_adapter
 from replay import MODEL_DIR
 

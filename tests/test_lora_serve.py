@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from lmikit.cli import main
+from lmikit.client.runtime_client import runtime_client
 from lmikit.client.stream import invoke_body_stream
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.invoke import runtime_client
 from local_endpoint import connection, serve
 from lora_support import RECIPES, merged_model_dir, model_with_adapters
 from reference import ReferenceModel

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from lmikit.client.runtime_client import runtime_client
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.invoke import runtime_client
 from local_endpoint import connection, make_project, serve
 from prometheus_client.parser import text_string_to_metric_families
 

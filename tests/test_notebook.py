@@ -15,9 +15,9 @@ import boto3
 import nbformat
 import pytest
 from lmikit.client import invoke_stream
+from lmikit.client.runtime_client import runtime_client
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.invoke import runtime_client
-from lmikit.server.process import free_port
+from lmikit.launch import free_port
 from local_endpoint import REPO, make_project, serve
 from moto.sagemaker.models import FakeEndpointConfig
 from moto.server import ThreadedMotoServer

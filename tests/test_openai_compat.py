@@ -18,7 +18,7 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import BadRequestError, TextGenerationError, ValidationError
 from inprocess_endpoint import post, served
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.project import Project
+from lmikit.project.layout import Project
 from local_endpoint import REPO, make_project, serve
 from reference import ReferenceModel
 from runtime_support import client_for

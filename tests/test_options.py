@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from engine_support import Collector
 from fakes import ScriptedEngine, serve_engines
-from lmikit.validate import validate_project
+from lmikit.project.validate import validate_project
 from lmistream import option_table, options
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, create_engine

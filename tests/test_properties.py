@@ -1,6 +1,6 @@
 """serving.properties read like Java's Properties, with OPTION_* env filling only what the file leaves out."""
 
-from lmikit.properties import init_properties, parse_properties, with_option_environment
+from lmikit.project.properties import init_properties, parse_properties, with_option_environment
 
 TEXT = """# comment
 ! also a comment

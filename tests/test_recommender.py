@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from lmikit.djl.recommender import recommended
-from lmikit.serve import ServeSettings, local_project
+from lmikit.server.run import ServeSettings, local_project
 
 CAUSAL = ["LlamaForCausalLM"]
 

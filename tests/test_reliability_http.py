@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.server.process import RunningEndpoint, running_endpoint
+from lmikit.launch import RunningEndpoint, running_endpoint
 from lmistream.params import NEUTRAL_TGI_PARAMETERS, PARAMETERS
 from local_endpoint import START_TIMEOUT, make_project
 from reference import ReferenceModel

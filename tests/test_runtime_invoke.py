@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner, Result
 from lmikit.cli import main
-from lmikit.server.process import free_port
+from lmikit.launch import free_port
 from runtime_support import REGION, FakeResponse, RuntimeServer
 
 pytestmark = pytest.mark.usefixtures("per_test_timeout")

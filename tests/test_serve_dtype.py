@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from lmikit.embedded_model import ensure_tiny_model
-from lmikit.serve import ServeSettings, local_project
+from lmikit.server.run import ServeSettings, local_project
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from lmikit.tarball import build_tarball
+from lmikit.project.tarball import build_tarball
 from project_factory import good_properties, make_project, write_properties
 
 EXPECTED = [

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from lmikit.embedded_model import ensure_smollm2, ensure_tiny_model
-from lmikit.server.process import ping, running_endpoint
+from lmikit.launch import ping, running_endpoint
 from lmistream.engines import available
 from local_endpoint import REPO, START_TIMEOUT, make_project, stream
 from lora_support import RECIPES, merged_model_dir, model_with_adapters

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from lmikit.cli import main
-from lmikit.validate import validate_project
+from lmikit.project.validate import validate_project
 from project_factory import good_properties, make_project, write_properties
 
 REMOVE = object()

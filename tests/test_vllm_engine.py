@@ -28,8 +28,8 @@ import lmistream.service
 from inprocess_endpoint import http_endpoint, wait_until
 from inprocess_endpoint import post as http_post
 from lmikit.embedded_model import ensure_smollm2
+from lmikit.project.validate import validate_project
 from lmikit.server.placement import pinned_cpus, thread_masks
-from lmikit.validate import validate_project
 from lmistream.config import HandlerConfig
 from lmistream.engines import available, choose, create_engine
 from lmistream.engines.vllm_arguments import engine_arguments

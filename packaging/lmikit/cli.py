@@ -1,17 +1,17 @@
-"""The `lmi` command line: one click group; each command lives in the module that does the work."""
+"""The `lmi` command line: one click group over the commands in `commands/` (and `lmi bench`, in `benchmarks/`)."""
 
 from __future__ import annotations
 
 import click
 
 from .benchmarks.bench import bench_command
-from .chat.command import chat_command
 from .commands.build import build_command
+from .commands.chat import chat_command
+from .commands.demo import demo_command
 from .commands.deploy import deploy_command, update_command
 from .commands.endpoints import delete_command, logs_command, status_command
-from .demo import demo_command
-from .invoke import invoke_command
-from .serve import serve_command
+from .commands.invoke import invoke_command
+from .commands.serve import serve_command
 
 
 @click.group()

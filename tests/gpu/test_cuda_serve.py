@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lmikit.invoke import runtime_client
+from lmikit.client.runtime_client import runtime_client
 from local_endpoint import make_project, serve
 
 PROPERTIES = """engine=Python

@@ -1,4 +1,4 @@
-"""The NCCL process group, started the way `lmi serve` starts tensor-parallel ranks: one mpirun job (`djl.ranks`)
+"""The NCCL process group, started the way `lmi serve` starts tensor-parallel ranks: one mpirun job (`djl.rank_group`)
 at degree 1, whose rank loads a model.py that joins the handler's group (`distributed.join`) on GPU 0 and sums a
 tensor over it. At degree 1 the handler itself joins no group (there is nothing to shard) and one GPU cannot hold
 two NCCL ranks, so this is as far as one GPU goes; sharding over NCCL needs two GPUs and was not run."""
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from lmikit.djl.driver import Frontend
-from lmikit.djl.ranks import RankGroup
-from lmikit.properties import init_properties
+from lmikit.djl.rank_group import RankGroup
+from lmikit.project.properties import init_properties
 
 #: a handler that joins the group on its init call and writes what it saw beside itself
 JOINING_MODEL = """

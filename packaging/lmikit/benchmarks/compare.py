@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..djl.dialect import DjlVersion
-from ..server.process import RunningEndpoint, running_endpoint, running_server
+from ..launch import RunningEndpoint, running_endpoint, running_server
 from .stats import RequestRecord
 from .targets import ClosedLoop, Target, container_target, openai_target
 

@@ -39,7 +39,7 @@ import click
 
 from ..djl.dialect import DjlVersion
 from ..embedded_model import ensure_smollm2
-from ..server.process import RunningEndpoint, running_endpoint, running_server
+from ..launch import RunningEndpoint, running_endpoint, running_server
 from .compare import thread_env
 from .prompts import make_prompts
 from .stats import LevelResult, Ratio, markdown_table, ratio, ratio_table, summarize

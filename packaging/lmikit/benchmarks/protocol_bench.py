@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..embedded_model import ensure_smollm2, ensure_tiny_model
-from ..server.process import RunningEndpoint, running_endpoint
+from ..launch import RunningEndpoint, running_endpoint
 from .compare import thread_env
 from .targets import closed_loop, container_target
 

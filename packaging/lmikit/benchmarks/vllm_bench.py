@@ -32,8 +32,8 @@ import psutil
 
 from ..djl.dialect import DjlVersion
 from ..embedded_model import ensure_smollm2
+from ..launch import RunningEndpoint, running_endpoint, running_server
 from ..server.placement import keep_off_pinned_cpus
-from ..server.process import RunningEndpoint, running_endpoint, running_server
 from .prompts import make_prompts
 from .stats import LevelResult, Ratio, markdown_table, ratio, ratio_table, summarize
 from .targets import Target, closed_loop, container_target, openai_target

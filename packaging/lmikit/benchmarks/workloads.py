@@ -65,7 +65,7 @@ def machine() -> str:
 def endpoint_target(endpoint: Endpoint) -> Target:
     """The target of a plain `lmi bench` run (no URL: a real SageMaker endpoint by name)."""
     if endpoint.route == "runtime" or endpoint.url is None:
-        from ..invoke import runtime_client
+        from ..client.runtime_client import runtime_client
 
         return RuntimeTarget(runtime_client(endpoint.url, endpoint.region), endpoint.endpoint_name)
     if endpoint.route == "container":

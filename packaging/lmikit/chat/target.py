@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..invoke import DEFAULT_ENDPOINT, runtime_client
+from ..client.runtime_client import DEFAULT_ENDPOINT, runtime_client
 
 ENDPOINT_NAME_VARIABLE = "endpoint_name"
 ENDPOINT_URL_VARIABLE = "LMI_ENDPOINT_URL"

@@ -1,6 +1,7 @@
-"""The AWS lifecycle commands of `lmi`, one module per group: `build`, `deploy` (deploy and update) and `endpoints`
-(status, logs, delete); cli.py registers them. The other commands live beside the work they do (serve, invoke, chat).
+"""The commands of `lmi`, one module per command or group: `serve`, `demo`, `invoke`, `chat`, and the AWS lifecycle's
+`build`, `deploy` (deploy and update) and `endpoints` (status, logs, delete); cli.py registers them. Each reads its
+options and calls the package that does the work.
 
-Progress and status go to stderr; stdout carries only the result (archive path, endpoint name), so
-`EP=$(lmi deploy ...)` works in scripts.
+The lifecycle commands send progress and status to stderr; stdout carries only the result (archive path, endpoint
+name), so `EP=$(lmi deploy ...)` works in scripts.
 """

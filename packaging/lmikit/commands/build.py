@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .. import aws_deploy
-from ..project import Project
+from ..aws import lifecycle
+from ..project.layout import Project
 from .common import DEFAULT_TARBALL, validated_build
 
 
@@ -21,7 +21,7 @@ from .common import DEFAULT_TARBALL, validated_build
 )
 @click.option(
     "--image",
-    default=aws_deploy.DEFAULT_IMAGE,
+    default=lifecycle.DEFAULT_IMAGE,
     show_default=True,
     help="The image to build for: its Python stack decides requirements.txt and what is checked.",
 )

@@ -10,10 +10,11 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 
-from .. import aws_deploy, endpoint_logs, images
-from ..project import Project
-from ..tarball import BuildReport, build_tarball
-from ..validate import errors, validate_project
+from ..aws import endpoint_logs, instances, lifecycle
+from ..project import image_stacks, images
+from ..project.layout import Project
+from ..project.tarball import BuildReport, build_tarball
+from ..project.validate import errors, validate_project
 
 DEFAULT_TARBALL = Path("dist") / "model.tar.gz"
 
@@ -23,13 +24,13 @@ def validated_build(
 ) -> BuildReport:
     """Validate the project for the image and instance type (findings printed), then write the tarball;
     ClickException on errors."""
-    gpus = None if instance_type is None else aws_deploy.instance_gpus(instance_type)
+    gpus = None if instance_type is None else instances.instance_gpus(instance_type)
     findings = validate_project(project) + images.check_image(project, image, gpus)
     for finding in findings:
         console.print(str(finding), style="red" if finding.level == "error" else "yellow", markup=False, soft_wrap=True)
     if errors(findings):
         raise click.ClickException(f"{len(errors(findings))} error(s) in {project.root}; nothing built")
-    stack, engine = images.stack_for(image), images.generation_engine(project)
+    stack, engine = image_stacks.stack_for(image), images.generation_engine(project)
     requirements = images.shipped_requirements(project, stack, images.requirements_text(project), engine)
     report = build_tarball(project, out, requirements)
     for entry in report.entries:
@@ -48,5 +49,5 @@ def aws_errors() -> Iterator[None]:
     """Turn AWS and deploy errors into a one-line click error (exit 1) instead of a traceback."""
     try:
         yield
-    except (aws_deploy.DeployError, endpoint_logs.LogsMissing, ClientError, BotoCoreError) as exc:
+    except (lifecycle.DeployError, endpoint_logs.LogsMissing, ClientError, BotoCoreError) as exc:
         raise click.ClickException(str(exc)) from exc

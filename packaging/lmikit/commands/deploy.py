@@ -17,8 +17,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .. import autoscaling, aws_deploy, components, endpoint_logs
-from ..project import Project, TensorParallelDegree
+from ..aws import autoscaling, components, endpoint_logs, instances, lifecycle
+from ..project.layout import Project, TensorParallelDegree
 from .common import DEFAULT_TARBALL, aws_errors, validated_build
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -44,7 +44,7 @@ def artifact_options(command: _Command) -> _Command:
         click.option("--prefix", default="lmi", show_default=True, help="S3 key prefix."),
         click.option(
             "--image",
-            default=aws_deploy.DEFAULT_IMAGE,
+            default=lifecycle.DEFAULT_IMAGE,
             show_default=True,
             help="djl-deepspeed:<version>, djl-lmi:<version> or a full image URI.",
         ),
@@ -56,7 +56,7 @@ def artifact_options(command: _Command) -> _Command:
 
 @click.command("deploy")
 @artifact_options
-@click.option("--instance-type", default=aws_deploy.DEFAULT_INSTANCE_TYPE, show_default=True)
+@click.option("--instance-type", default=lifecycle.DEFAULT_INSTANCE_TYPE, show_default=True)
 @click.option("--instance-count", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--autoscale", metavar="MIN:MAX", help="Scale the instance count between MIN and MAX (needs --wait).")
 @click.option(
@@ -68,7 +68,7 @@ def artifact_options(command: _Command) -> _Command:
 )
 @click.option(
     "--health-check-timeout",
-    default=aws_deploy.DEFAULT_HEALTH_CHECK_TIMEOUT,
+    default=lifecycle.DEFAULT_HEALTH_CHECK_TIMEOUT,
     show_default=True,
     type=click.IntRange(60, 3600),
     help="ContainerStartupHealthCheckTimeoutInSeconds.",
@@ -134,18 +134,18 @@ def deploy_command(
         if tarball is None:
             project = Project.at(project_dir)
             degree = project.tensor_parallel_degree
-            aws_deploy.check_gpus(instance_type, degree)
+            instances.check_gpus(instance_type, degree)
             tarball = validated_build(project, project_dir / DEFAULT_TARBALL, image, console, instance_type).path
         session = boto3.session.Session()
         if not session.region_name:
             raise click.UsageError("no AWS region: set AWS_REGION/AWS_DEFAULT_REGION or a profile region")
-        image_uri = aws_deploy.resolve_image(image, session.region_name)
-        name = endpoint_name or aws_deploy.endpoint_name_from_base()
-        bucket = bucket or aws_deploy.default_bucket(session)
+        image_uri = lifecycle.resolve_image(image, session.region_name)
+        name = endpoint_name or lifecycle.endpoint_name_from_base()
+        bucket = bucket or lifecycle.default_bucket(session)
         key = "/".join(part for part in (prefix.strip("/"), name, "model.tar.gz") if part)
         model_data_url = _upload(session.client("s3"), tarball, bucket, key, console)
         sm_client = session.client("sagemaker")
-        deployment = aws_deploy.deploy(
+        deployment = lifecycle.deploy(
             sm_client,
             endpoint_name=name,
             image_uri=image_uri,
@@ -204,14 +204,14 @@ def update_command(
         session = boto3.session.Session()
         sm_client = session.client("sagemaker")
         live = sm_client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
-        version = aws_deploy.next_version(endpoint_name, live)
+        version = lifecycle.next_version(endpoint_name, live)
         if tarball is None:
             tarball = validated_build(Project.at(project_dir), project_dir / DEFAULT_TARBALL, image, console).path
-        image_uri = aws_deploy.resolve_image(image, session.region_name)
-        bucket = bucket or aws_deploy.default_bucket(session)
+        image_uri = lifecycle.resolve_image(image, session.region_name)
+        bucket = bucket or lifecycle.default_bucket(session)
         key = "/".join(part for part in (prefix.strip("/"), endpoint_name, version, "model.tar.gz") if part)
         url = _upload(session.client("s3"), tarball, bucket, key, console)
-        old_config, old_models = aws_deploy.update(
+        old_config, old_models = lifecycle.update(
             sm_client,
             endpoint_name=endpoint_name,
             model_data_url=url,
@@ -222,12 +222,12 @@ def update_command(
         console.print(f"Updating [bold]{endpoint_name}[/] from {old_config} to {version}")
         try:
             with console.status(f"{endpoint_name}: updating to {version}"):
-                aws_deploy.wait_for_update(sm_client, endpoint_name, version, delay=poll_delay, timeout=wait_timeout)
-        except aws_deploy.DeployError:
-            for item in aws_deploy.retire(sm_client, version, [version]):
+                lifecycle.wait_for_update(sm_client, endpoint_name, version, delay=poll_delay, timeout=wait_timeout)
+        except lifecycle.DeployError:
+            for item in lifecycle.retire(sm_client, version, [version]):
                 console.print(f"deleted {item} (the failed version)")
             raise
-        for item in aws_deploy.retire(sm_client, old_config, old_models):
+        for item in lifecycle.retire(sm_client, old_config, old_models):
             console.print(f"deleted {item}")
     console.print(f"Endpoint [bold]{endpoint_name}[/] serves {version}")
     click.echo(version)
@@ -250,7 +250,7 @@ def _scale_range(autoscale: str | None, instance_count: int, wait: bool) -> tupl
 
 def _accelerators(instance_type: str, degree: TensorParallelDegree) -> int:
     """The GPUs the base component takes: option.tensor_parallel_degree's (every GPU for max), none without GPUs."""
-    gpus = aws_deploy.instance_gpus(instance_type)
+    gpus = instances.instance_gpus(instance_type)
     if not gpus:
         return 0
     if degree == "max":
@@ -265,7 +265,7 @@ def _upload_bytes(s3_client: Any, content: bytes, bucket: str, key: str) -> str:
 
 def _create_components(
     sm_client: Any,
-    deployment: aws_deploy.Deployment,
+    deployment: lifecycle.Deployment,
     footprint: components.Footprint,
     adapters: dict[str, str],
     delay: float,
@@ -292,7 +292,7 @@ def _upload(s3_client: Any, tarball: Path, bucket: str, key: str, console: Conso
     columns = (TextColumn("Uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("upload", total=tarball.stat().st_size)
-        url = aws_deploy.upload_artifact(s3_client, tarball, bucket, key, lambda sent: progress.advance(task, sent))
+        url = lifecycle.upload_artifact(s3_client, tarball, bucket, key, lambda sent: progress.advance(task, sent))
     console.print(f"Uploaded {url}")
     return url
 
@@ -301,10 +301,10 @@ def _wait(sm_client: Any, logs_client: Any, name: str, delay: float, timeout: fl
     """Wait for InService; on failure print the container's last log lines before the FailureReason."""
     try:
         with console.status(f"{name}: waiting") as status:
-            aws_deploy.wait_for_endpoint(
+            lifecycle.wait_for_endpoint(
                 sm_client, name, delay=delay, timeout=timeout, on_status=lambda state: status.update(f"{name}: {state}")
             )
-    except aws_deploy.DeployError:
+    except lifecycle.DeployError:
         lines = endpoint_logs.last_lines(logs_client, name)
         console.print(f"Last container log lines of {name}:" if lines else f"No container logs for {name}.")
         for line in lines:

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .. import autoscaling, aws_deploy, components, endpoint_logs
+from ..aws import autoscaling, components, endpoint_logs, endpoint_status, lifecycle
 from .common import aws_errors
 
 
@@ -19,7 +19,7 @@ def status_command(endpoint_name: str | None) -> None:
     """List endpoints: status, instances, image, creation time and model data."""
     with aws_errors():
         session = boto3.session.Session()
-        statuses = aws_deploy.endpoint_statuses(session.client("sagemaker"), endpoint_name)
+        statuses = endpoint_status.endpoint_statuses(session.client("sagemaker"), endpoint_name)
     table = Table("endpoint", "status", "instances", "image", "created", "model data")
     for item in statuses:
         status = item.status if item.failure_reason is None else f"{item.status}: {item.failure_reason}"
@@ -89,7 +89,7 @@ def delete_command(endpoint_name: str, artifacts: bool, poll_delay: float) -> No
             with console.status(f"{endpoint_name}: deleting its inference components"):
                 removed, models = components.delete_components(sm_client, endpoint_name, delay=poll_delay)
             deleted += removed
-        deleted += aws_deploy.delete(sm_client, session.client("s3"), endpoint_name, artifacts, models)
+        deleted += lifecycle.delete(sm_client, session.client("s3"), endpoint_name, artifacts, models)
     for item in deleted:
         console.print(f"deleted {item}")
     if not deleted:

@@ -47,7 +47,7 @@ class InitError(RuntimeError):
 class Frontend:
     """DJL's Java frontend plus Python engine for one worker, in threads of this process.
 
-    `entry` comes from `loader.load_entry_point`; `init_props` from `properties.init_properties` (they carry
+    `entry` comes from `loader.load_entry_point`; `init_props` from `project.properties.init_properties` (they carry
     `handler`, `device_id`, `model_dir`). `predict_timeout` (seconds) defaults to the `predict_timeout`
     property, then env PREDICT_TIMEOUT, then 120. Call `start()` once, `submit()` per request, `close()` at
     the end. Handler calls run with this process's cwd and sys.path (see `loader.model_environment`).

@@ -1,6 +1,6 @@
 """One tensor-parallel rank of `lmi serve`: model.py in its own process, answering the launcher's handle calls.
 
-Started `mpirun -N <tp>`-style by `ranks.RankGroup` (by mpirun itself where OpenMPI is installed). Like DJL's
+Started `mpirun -N <tp>`-style by `rank_group.RankGroup` (by mpirun itself where OpenMPI is installed). Like DJL's
 `djl_python_engine.py` it copies `OMPI_COMM_WORLD_SIZE/RANK/LOCAL_RANK` into `WORLD_SIZE/RANK/LOCAL_RANK`, then
 connects to the launcher's socket for its rank (`<socket>.<rank>`), loads the entry point with the model dir as cwd
 and on sys.path, and serves calls until the launcher hangs up. Inputs and Outputs cross as plain data (`wire`).

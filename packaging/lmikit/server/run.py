@@ -1,11 +1,12 @@
-"""`lmi serve`: run a project's model.py locally exactly as the LMI container would, on 127.0.0.1:8080.
+"""What `lmi serve` runs: a project's model.py, served locally exactly as the LMI container would serve it.
 
 It reads serving.properties like DJL (OPTION_* env overlaid, the file wins), serves the embedded SmolLM2
 model unless `--model-id` names another local directory, loads model.py through the DJL replay (the real
 djl_python when installed, else the stand-in) and answers `/ping`, `/invocations` and the SageMaker
 runtime routes until interrupted. With `engine=MPI` and `option.tensor_parallel_degree=N` it starts N rank
-processes as DJL does (`djl.ranks`). Once the model has loaded, its threads move off the CPUs the engine's workers
-are pinned to, if any (`server.placement`: vLLM's CPU build).
+processes as DJL does (`djl.rank_group`). Once the model has loaded, its threads move off the CPUs the engine's
+workers are pinned to, if any (`placement`: vLLM's CPU build). `commands/serve.py` reads the options into
+`ServeSettings`.
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ from pathlib import Path
 
 import click
 
-from .djl.dialect import DjlVersion, derive_mode
-from .djl.driver import Frontend, InitError
-from .djl.loader import enter_model_environment, load_entry_point
-from .djl.ranks import RankError, RankGroup
-from .djl.recommender import recommended
-from .embedded_model import EmbeddedModelError, ensure_smollm2
-from .project import Project
-from .properties import init_properties, with_option_environment
-from .server.endpoint import LocalEndpoint
-from .server.placement import keep_off_pinned_cpus
-from .server.runtime import RuntimeConfig
+from ..djl.dialect import DjlVersion, derive_mode
+from ..djl.driver import Frontend, InitError
+from ..djl.loader import enter_model_environment, load_entry_point
+from ..djl.rank_group import RankError, RankGroup
+from ..djl.recommender import recommended
+from ..embedded_model import ensure_smollm2
+from ..project.layout import Project
+from ..project.properties import init_properties, with_option_environment
+from .endpoint import LocalEndpoint
+from .placement import keep_off_pinned_cpus
+from .runtime import RuntimeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: engines for which DJL starts one mpirun job of tensor_parallel_degree ranks
@@ -279,66 +280,3 @@ def _end_children() -> None:
         child.join(CHILD_EXIT_S)
         if child.is_alive():
             child.kill()
-
-
-@click.command("serve")
-@click.option(
-    "--project-dir",
-    default=".",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Project with serving.properties and model/model.py.",
-)
-@click.option(
-    "--model-id",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A local model directory (default: the embedded SmolLM2).",
-)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option(
-    "--djl-version",
-    type=click.Choice([version.value for version in DjlVersion]),
-    default=DjlVersion.LMI_0_23.value,
-    show_default=True,
-    help="Which DJL Serving protocol to replay (0.23 matches the default deploy image).",
-)
-@click.option("--endpoint-name", default="local", show_default=True, help="Name for the SageMaker runtime routes.")
-@click.option("--option", "overrides", multiple=True, metavar="KEY=VALUE", help="Override option.KEY.")
-@click.option(
-    "--stream-time-limit",
-    default=RuntimeConfig.stream_time_limit,
-    show_default=True,
-    type=float,
-    help="Seconds a runtime-API stream may last before ModelInvocationTimeExceeded.",
-)
-@click.option(
-    "--launcher",
-    type=click.Choice(["auto", "mpirun", "processes"]),
-    default="auto",
-    show_default=True,
-    help="How tensor-parallel ranks start (engine=MPI): mpirun as DJL does, or plain processes with the same "
-    "environment; auto takes mpirun when it is on PATH.",
-)
-def serve_command(
-    project_dir: Path,
-    model_id: Path | None,
-    host: str,
-    port: int,
-    djl_version: str,
-    endpoint_name: str,
-    overrides: tuple[str, ...],
-    stream_time_limit: float,
-    launcher: str,
-) -> None:
-    """Run the project's model.py as a local streaming endpoint."""
-    split = [item.split("=", 1) for item in overrides]
-    if any(len(pair) != 2 for pair in split):
-        raise click.BadParameter("expected KEY=VALUE", param_hint="--option")
-    pairs = tuple((pair[0], pair[1]) for pair in split)
-    settings = ServeSettings(
-        project_dir, model_id, host, port, DjlVersion(djl_version), endpoint_name, pairs, stream_time_limit, launcher
-    )
-    try:
-        run(settings)
-    except EmbeddedModelError as error:
-        raise click.ClickException(str(error)) from error

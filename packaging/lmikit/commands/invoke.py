@@ -4,11 +4,10 @@ The body is LMI's `{"inputs", "parameters"}`, or with `--chat` an OpenAI chat bo
 the model's chat template. `--json-schema FILE` has the answer decoded under that JSON schema (`parameters.
 structured_outputs.json`, or the chat body's `response_format`).
 
-Both go through one code path, a boto3 `sagemaker-runtime` client: `--endpoint-url` points it at `lmi serve`,
-otherwise the standard AWS chain picks the endpoint (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME included). For an
-`--endpoint-url` there are no retries, the region defaults to us-east-1 and dummy credentials are used when
-none are configured. Tokens go to stdout; the summary (TTFT, tokens, tok/s) and errors go to stderr, and
-any failure exits 1 with a one-line message.
+Both go through one code path, a boto3 `sagemaker-runtime` client (`lmikit.invoke.runtime_client`):
+`--endpoint-url` points it at `lmi serve`, otherwise the standard AWS chain picks the endpoint
+(AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME included). Tokens go to stdout; the summary (TTFT, tokens, tok/s) and errors go
+to stderr, and any failure exits 1 with a one-line message.
 """
 
 from __future__ import annotations
@@ -19,17 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.session
 import click
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .client import FORMATS, Stream, StreamError, invoke_body_stream
-
-DEFAULT_ENDPOINT = "local"
-LOCAL_REGION = "us-east-1"
-_METADATA_PROVIDERS = ("container-role", "iam-role")
+from ..client import FORMATS, Stream, StreamError, invoke_body_stream
+from ..client.runtime_client import DEFAULT_ENDPOINT, runtime_client
 
 
 @click.command("invoke")
@@ -133,31 +126,6 @@ def _schema(path: Path | None) -> dict[str, Any] | None:
     if not isinstance(schema, dict):
         raise click.BadParameter(f"{path} must hold a JSON schema object", param_hint="--json-schema")
     return schema
-
-
-def runtime_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
-    """A boto3 sagemaker-runtime client; for an `endpoint_url`: no retries, a default region, dummy credentials."""
-    core = botocore.session.get_session()
-    session = boto3.Session(botocore_session=core, region_name=region)
-    if endpoint_url is None:
-        return session.client("sagemaker-runtime")
-    dummy = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-    credentials: dict[str, Any] = {} if _configured_credentials(core) else dummy
-    return session.client(
-        "sagemaker-runtime",
-        endpoint_url=endpoint_url,
-        region_name=session.region_name or LOCAL_REGION,
-        config=Config(retries={"max_attempts": 1}),
-        **credentials,
-    )
-
-
-def _configured_credentials(core: botocore.session.Session) -> bool:
-    """Whether the environment or AWS config files hold credentials (instance metadata is not asked)."""
-    resolver = core.get_component("credential_provider")
-    for name in _METADATA_PROVIDERS:
-        resolver.remove(name)
-    return core.get_credentials() is not None
 
 
 def print_stream(stream: Stream) -> None:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
-from .aws_deploy import DeployError, Deployment, describe, wait_for_status
+from .lifecycle import DeployError, Deployment, describe, wait_for_status
 
 ADAPTERS_DIR = "adapters"
 BASE_SUFFIX = "-base"

@@ -1,4 +1,5 @@
-"""The deploy images' Python stacks, the requirements.txt a build ships for one, and the checks against it.
+"""The requirements.txt a build ships for a deploy image, and the checks of a project against that image's Python
+stack (`image_stacks`).
 
 `lmi build --image` uses them to stop, before a 15-minute deploy, what cannot load in that image: a pin that
 would replace the image's torch or vLLM, the continuous engine where transformers 5.24 cannot run, the vLLM engine
@@ -9,28 +10,30 @@ warning.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import SpecifierSet
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from .project import Project
+from .image_stacks import (
+    CONTINUOUS_TRANSFORMERS,
+    STACKS,
+    TRANSFORMERS_5_PYTHON,
+    VLLM_ENGINE_VLLM,
+    ImageStack,
+    applying,
+    continuous_ready,
+    lowest_allowed,
+    parse_requirements,
+    running_transformers,
+    stack_for,
+)
+from .layout import Project
 from .properties import init_properties
 from .validate import Finding, local_model_dir, read_json, refusal_findings
 
-#: transformers' continuous batching (the continuous engine) needs this transformers, Python and torch.
-CONTINUOUS_TRANSFORMERS = Version("5.24.0")
-CONTINUOUS_PYTHON = (3, 11)
-CONTINUOUS_TORCH = Version("2.6")
-#: the oldest Python transformers 5 installs on.
-TRANSFORMERS_5_PYTHON = (3, 10)
-#: the oldest vLLM the vllm engine runs on: its v1 API (delta outputs, AsyncLLM); tested on 0.32.
-VLLM_ENGINE_VLLM = Version("0.10")
 #: llguidance, the portable engine's grammar library: its last release for Python 3.9, and the one tested after it
 LLGUIDANCE_PYTHON_3_9 = "1.3.0"
 LLGUIDANCE = "1.9.1"
@@ -56,71 +59,6 @@ NEWEST_IMAGE = "djl-lmi:0.36.0"
 CPU_FP16_TORCH = Version("2.1")
 #: the first LMI release that accepts option.tensor_parallel_degree=max
 TP_MAX_SINCE = Version("0.24")
-_URI_TAG = re.compile(r"/djl-inference:(\d+\.\d+\.\d+)-(deepspeed|lmi)")
-
-
-@dataclass(frozen=True)
-class ImageStack:
-    """What one LMI image ships: its Python, torch, transformers and other packages the handler cares about."""
-
-    name: str
-    version: str
-    python: tuple[int, int]
-    torch: str
-    transformers: str
-    packages: dict[str, str] = field(default_factory=dict)
-    #: the transformers versions the image's vLLM takes (its own requirement)
-    vllm_transformers: str = ""
-
-    @property
-    def image(self) -> str:
-        return f"{self.name}:{self.version}"
-
-    @property
-    def python_and_torch(self) -> str:
-        return f"{self.image} has Python {self.python[0]}.{self.python[1]} and torch {self.torch}"
-
-    def versions(self) -> dict[str, str]:
-        """Package name → version for every package this table knows the image ships."""
-        return {"torch": self.torch, "transformers": self.transformers, **self.packages}
-
-    def runs_continuous(self) -> bool:
-        """Whether transformers 5.24 can run on this image's Python and torch."""
-        return self.python >= CONTINUOUS_PYTHON and Version(self.torch) >= CONTINUOUS_TORCH
-
-    def runs_vllm(self, transformers: Version) -> bool:
-        """Whether the image's vLLM runs the vllm engine, with this transformers beside it."""
-        vllm = self.packages.get("vllm")
-        return (
-            vllm is not None
-            and Version(vllm) >= VLLM_ENGINE_VLLM
-            and SpecifierSet(self.vllm_transformers).contains(transformers, prereleases=True)
-        )
-
-
-STACKS = {
-    stack.image: stack
-    for stack in (
-        ImageStack(
-            "djl-deepspeed", "0.23.0", (3, 9), "2.0.1", "4.30.2", {"accelerate": "0.20.3", "deepspeed": "0.9.5"}
-        ),
-        ImageStack(
-            "djl-deepspeed",
-            "0.27.0",
-            (3, 10),
-            "2.1.2",
-            "4.39.0",
-            {"accelerate": "0.28.0", "deepspeed": "0.12.6", "vllm": "0.3.3"},
-        ),
-        ImageStack("djl-lmi", "0.36.0", (3, 12), "2.10.0", "4.57", {"vllm": "0.17"}, vllm_transformers="<5"),
-    )
-}
-
-
-def stack_for(image: str) -> ImageStack | None:
-    """The stack of `djl-deepspeed:<version>`, `djl-lmi:<version>` or a djl-inference image URI, if known."""
-    match = _URI_TAG.search(image)
-    return STACKS.get(f"djl-{match.group(2)}:{match.group(1)}" if match else image)
 
 
 def check_image(project: Project, image: str, gpus: int | None = None) -> list[Finding]:
@@ -156,8 +94,8 @@ def check_image(project: Project, image: str, gpus: int | None = None) -> list[F
 def _auto_engine(project: Project, stack: ImageStack, shipped: list[Requirement], gpus: int | None) -> str:
     """The engine option.generation_engine=auto picks on the image: the handler's own rule over what it ships."""
     engine: str = project.handler_module("engine_choice").automatic(
-        lambda: None if stack.runs_vllm(_transformers(stack, shipped)) else "no vLLM that runs the vllm engine",
-        lambda: None if _continuous_ready(stack, shipped) else "transformers 5.24 does not run there",
+        lambda: None if stack.runs_vllm(running_transformers(stack, shipped)) else "no vLLM that runs the vllm engine",
+        lambda: None if continuous_ready(stack, shipped) else "transformers 5.24 does not run there",
         lambda: gpus == 0,
     )[0]
     return engine
@@ -227,26 +165,12 @@ def engine_note(
     return f"option.generation_engine=auto will use the {chosen} engine"
 
 
-def parse_requirements(text: str) -> tuple[list[Requirement], list[str]]:
-    """(requirements, lines that do not parse) of a requirements.txt; comments, blanks and pip options skipped."""
-    parsed, invalid = [], []
-    for raw in text.splitlines():
-        line = re.sub(r"(^|\s)#.*", "", raw).strip()
-        if not line or line.startswith("-"):
-            continue
-        try:
-            parsed.append(Requirement(line))
-        except InvalidRequirement:
-            invalid.append(line)
-    return parsed, invalid
-
-
 def check_requirements(stack: ImageStack, text: str) -> list[Finding]:
     """Project requirements that would replace a package the image ships, or need a transformers it cannot run."""
     requirements, invalid = parse_requirements(text)
     findings = [Finding("warning", "requirements.txt", f"cannot parse {line!r}; not checked") for line in invalid]
     versions = stack.versions()
-    for req in _applying(stack, requirements):
+    for req in applying(stack, requirements):
         name = canonicalize_name(req.name)
         version = versions.get(name)
         if name == "transformers" and _needs_newer_runtime(stack, req):
@@ -268,12 +192,14 @@ def check_engine(stack: ImageStack, engine: str, shipped: list[Requirement]) -> 
     where it has no vLLM that runs it."""
     if engine == "vllm":
         return _check_vllm(stack, shipped)
-    if engine != "continuous" or _continuous_ready(stack, shipped):
+    if engine != "continuous" or continuous_ready(stack, shipped):
         return []
     if not stack.runs_continuous():
         reason = f"needs transformers 5.24, Python >= 3.11 and torch >= 2.6; {stack.python_and_torch}"
     else:
-        reason = f"needs transformers 5.24, and requirements.txt gives transformers {_transformers(stack, shipped)}"
+        reason = (
+            f"needs transformers 5.24, and requirements.txt gives transformers {running_transformers(stack, shipped)}"
+        )
     return [
         Finding(
             "error",
@@ -284,7 +210,7 @@ def check_engine(stack: ImageStack, engine: str, shipped: list[Requirement]) -> 
 
 
 def _check_vllm(stack: ImageStack, shipped: list[Requirement]) -> list[Finding]:
-    transformers = _transformers(stack, shipped)
+    transformers = running_transformers(stack, shipped)
     if stack.runs_vllm(transformers):
         return []
     vllm = stack.packages.get("vllm")
@@ -313,7 +239,7 @@ def check_model(project: Project, stack: ImageStack, model_id: str, shipped: lis
     directory = local_model_dir(project, model_id) if model_id else None
     if directory is None:
         return []
-    have = _transformers(stack, shipped)
+    have = running_transformers(stack, shipped)
     findings = _model_type(read_json(directory / "config.json") or {}, stack, have)
     tokenizer = read_json(directory / "tokenizer_config.json") or {}
     if tokenizer.get("tokenizer_class") == "TokenizersBackend" and have.major < 5:
@@ -364,13 +290,6 @@ def check_tensor_parallel(stack: ImageStack, project: Project) -> list[Finding]:
     ]
 
 
-def _applying(stack: ImageStack, requirements: list[Requirement]) -> list[Requirement]:
-    """The requirements whose environment markers hold on the image's Python."""
-    python = f"{stack.python[0]}.{stack.python[1]}"
-    environment = {"python_version": python, "python_full_version": f"{python}.0"}
-    return [req for req in requirements if req.marker is None or req.marker.evaluate(environment)]
-
-
 def _replacement(stack: ImageStack, req: Requirement, name: str, version: str) -> Finding:
     if name in PINNED_BY_IMAGE:
         return Finding(
@@ -382,33 +301,12 @@ def _replacement(stack: ImageStack, req: Requirement, name: str, version: str) -
     return Finding("warning", "requirements.txt", f"{req} replaces the image's {name} {version} ({stack.image})")
 
 
-def _lowest_allowed(req: Requirement) -> Version | None:
-    """The lowest version the requirement's specifier admits, where a clause bounds it from below."""
-    bounds = [
-        Version(spec.version.removesuffix(".*")) for spec in req.specifier if spec.operator in ("==", "~=", ">=", ">")
-    ]
-    return max(bounds, default=None)
-
-
 def _needs_newer_runtime(stack: ImageStack, req: Requirement) -> bool:
     """Whether a transformers requirement asks for a version the image's Python and torch cannot run."""
-    lowest = _lowest_allowed(req)
+    lowest = lowest_allowed(req)
     if lowest is None or lowest.major < 5:
         return False
     return stack.python < TRANSFORMERS_5_PYTHON or (lowest >= CONTINUOUS_TRANSFORMERS and not stack.runs_continuous())
-
-
-def _transformers(stack: ImageStack, shipped: list[Requirement]) -> Version:
-    """The transformers the container will run: the image's, or the lowest one a requirement replacing it allows."""
-    image = Version(stack.transformers)
-    for req in _applying(stack, shipped):
-        if canonicalize_name(req.name) == "transformers" and not req.specifier.contains(image, prereleases=True):
-            return _lowest_allowed(req) or image
-    return image
-
-
-def _continuous_ready(stack: ImageStack, shipped: list[Requirement]) -> bool:
-    return stack.runs_continuous() and _transformers(stack, shipped) >= CONTINUOUS_TRANSFORMERS
 
 
 def _model_type(config: dict[str, Any], stack: ImageStack, have: Version) -> list[Finding]:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import click
 
-from .client import invoke_chat_stream
-from .embedded_model import ensure_smollm2
-from .invoke import print_stream, runtime_client
-from .server.process import running_endpoint
+from ..client import invoke_chat_stream
+from ..client.runtime_client import runtime_client
+from ..embedded_model import ensure_smollm2
+from ..launch import running_endpoint
+from .invoke import print_stream
 
 QUESTION = "What is the capital of France?"
 

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from .adapter_check import check_adapters
-from .project import Project
+from .layout import Project
 from .properties import init_properties
 
 #: serving.properties keys without the `option.` prefix that DJL reads (djl-serving-contract §6).

@@ -18,8 +18,6 @@ from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
-from .project import TensorParallelDegree
-
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 logging.getLogger("sagemaker.deprecations").setLevel(logging.ERROR)  # the v2-to-v3 nudge, logged beside its warning
 
@@ -28,46 +26,6 @@ DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
 DEFAULT_HEALTH_CHECK_TIMEOUT = 900
 DEFAULT_NAME_BASE = "lmi-model"
 IMAGE_FRAMEWORKS = ("djl-deepspeed", "djl-lmi")
-#: GPUs per instance type, for the tensor-parallel check before a deploy (types not listed are not checked)
-INSTANCE_GPUS = {
-    "ml.g4dn.xlarge": 1,
-    "ml.g4dn.2xlarge": 1,
-    "ml.g4dn.4xlarge": 1,
-    "ml.g4dn.8xlarge": 1,
-    "ml.g4dn.12xlarge": 4,
-    "ml.g5.xlarge": 1,
-    "ml.g5.2xlarge": 1,
-    "ml.g5.4xlarge": 1,
-    "ml.g5.8xlarge": 1,
-    "ml.g5.16xlarge": 1,
-    "ml.g5.12xlarge": 4,
-    "ml.g5.24xlarge": 4,
-    "ml.g5.48xlarge": 8,
-    "ml.g6.xlarge": 1,
-    "ml.g6.2xlarge": 1,
-    "ml.g6.4xlarge": 1,
-    "ml.g6.8xlarge": 1,
-    "ml.g6.16xlarge": 1,
-    "ml.g6.12xlarge": 4,
-    "ml.g6.24xlarge": 4,
-    "ml.g6.48xlarge": 8,
-    "ml.p4d.24xlarge": 8,
-    "ml.p4de.24xlarge": 8,
-    "ml.p5.48xlarge": 8,
-}
-
-
-#: letters of the SageMaker instance families without a GPU (ml.m5, ml.c7i, ml.r6g, ml.t3: general purpose, compute,
-#: memory optimised, burstable)
-CPU_FAMILIES = ("m", "c", "r", "t")
-
-
-def instance_gpus(instance_type: str) -> int | None:
-    """GPUs of an instance type: INSTANCE_GPUS, 0 for the CPU families, None when not known."""
-    if instance_type in INSTANCE_GPUS:
-        return INSTANCE_GPUS[instance_type]
-    family = (instance_type.split(".") + ["", ""])[1]
-    return 0 if family[:1] in CPU_FAMILIES and family[1:2].isdigit() else None
 
 
 class DeployError(Exception):
@@ -117,17 +75,6 @@ def resolve_image(image: str, region: str) -> str:
             return cast(str, image_uris.retrieve(framework=framework, region=region, version=version))
         except ValueError as exc:
             raise DeployError(f"--image {image!r}: {exc}") from None
-
-
-def check_gpus(instance_type: str, degree: TensorParallelDegree) -> None:
-    """DeployError when the instance has fewer GPUs than option.tensor_parallel_degree (`Project`'s reading) asks
-    for."""
-    gpus = INSTANCE_GPUS.get(instance_type)
-    if gpus is not None and isinstance(degree, int) and degree > gpus:
-        raise DeployError(
-            f"option.tensor_parallel_degree={degree} needs {degree} GPUs; {instance_type} has {gpus}: "
-            "pick a larger --instance-type or a smaller degree"
-        )
 
 
 def endpoint_name_from_base(base: str = DEFAULT_NAME_BASE) -> str:
@@ -322,48 +269,6 @@ def retire(sm_client: Any, config_name: str, model_names: list[str]) -> list[str
         *_delete(sm_client.delete_endpoint_config, "endpoint-config", EndpointConfigName=config_name),
         *(item for name in model_names for item in _delete(sm_client.delete_model, "model", ModelName=name)),
     ]
-
-
-@dataclass(frozen=True)
-class EndpointStatus:
-    """What `lmi status` shows of one endpoint."""
-
-    name: str
-    status: str
-    created: str
-    instance_type: str = "-"
-    instance_count: int = 0
-    image: str = "-"
-    model_data_url: str = "-"
-    failure_reason: str | None = None
-
-
-def endpoint_statuses(sm_client: Any, endpoint_name: str | None = None) -> list[EndpointStatus]:
-    """Every endpoint (or the one named), newest first, with its first variant's instances, image and model data."""
-    if endpoint_name is not None:
-        names = [endpoint_name]
-    else:
-        pages = sm_client.get_paginator("list_endpoints").paginate(SortBy="CreationTime", SortOrder="Descending")
-        names = [item["EndpointName"] for page in pages for item in page["Endpoints"]]
-    return [_status(sm_client, name) for name in names]
-
-
-def _status(sm_client: Any, name: str) -> EndpointStatus:
-    endpoint = sm_client.describe_endpoint(EndpointName=name)
-    config = describe(sm_client.describe_endpoint_config, EndpointConfigName=endpoint.get("EndpointConfigName", ""))
-    variant = (config.get("ProductionVariants") or [{}])[0]
-    container = describe(sm_client.describe_model, ModelName=variant.get("ModelName", "")).get("PrimaryContainer", {})
-    running = (endpoint.get("ProductionVariants") or [{}])[0]
-    return EndpointStatus(
-        name=name,
-        status=endpoint["EndpointStatus"],
-        created=str(endpoint.get("CreationTime", "-")),
-        instance_type=variant.get("InstanceType", "-"),
-        instance_count=running.get("CurrentInstanceCount", variant.get("InitialInstanceCount", 0)),
-        image=container.get("Image", "-"),
-        model_data_url=container.get("ModelDataUrl", "-"),
-        failure_reason=endpoint.get("FailureReason"),
-    )
 
 
 def describe(call: Callable[..., dict[str, Any]], **kwargs: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 from lmikit.djl import standin, wire
 from lmikit.djl.dialect import DjlVersion
 from lmikit.djl.rank_worker import AUTHKEY_ENV
-from lmikit.server.process import free_port
+from lmikit.launch import free_port
 
 logger = logging.getLogger(__name__)
 POLL_S = 0.2

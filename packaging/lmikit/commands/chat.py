@@ -1,6 +1,6 @@
 """`lmi chat`: start the Streamlit chatbot (app.py) for a SageMaker endpoint, a runtime URL or the local endpoint.
 
-The process becomes `streamlit run app.py` (headless, no usage statistics, no developer toolbar, bound to --host),
+The process becomes `streamlit run chat/app.py` (headless, no usage statistics, no developer toolbar, bound to --host),
 with the resolved endpoint in its environment; Ctrl-C stops it.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from .target import LOCAL_URL, ChatTarget
+from ..chat.target import LOCAL_URL, ChatTarget
 
-APP = Path(__file__).with_name("app.py")
+APP = Path(__file__).parents[1] / "chat" / "app.py"
 DEFAULT_PORT = 6006  # the blog's port (SageMaker Studio proxies it)
 
 

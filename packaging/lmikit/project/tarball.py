@@ -18,7 +18,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .project import Project
+from .layout import Project
 
 EXCLUDED_NAMES = (
     ".git",
