@@ -556,7 +556,7 @@ def test_since_formats() -> None:
 
 
 def test_a_failed_deploy_prints_the_last_container_lines_then_the_reason(aws: boto3.session.Session) -> None:
-    from lmikit.commands.deploy import _wait
+    from lmikit.commands.deploy import wait_in_service
     from rich.console import Console
 
     _plant(aws, "broken", ["Python engine started.", "ConfigError: option.model_id is required"])
@@ -567,7 +567,7 @@ def test_a_failed_deploy_prints_the_last_container_lines_then_the_reason(aws: bo
 
     out = io.StringIO()
     with pytest.raises(lifecycle.DeployError, match="health check failed"):
-        _wait(FailedEndpoint(), aws.client("logs"), "broken", 0.01, 1.0, Console(file=out, width=200))
+        wait_in_service(FailedEndpoint(), aws.client("logs"), "broken", 0.01, 1.0, Console(file=out, width=200))
     printed = out.getvalue()
     assert "Last container log lines of broken:" in printed
     assert printed.index("Python engine started.") < printed.index("ConfigError: option.model_id is required")

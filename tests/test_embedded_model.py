@@ -23,7 +23,7 @@ def _no_more_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     def build(target: Path, _build: object) -> None:
         raise AssertionError(f"built {target.name} again instead of using the cached one")
 
-    monkeypatch.setattr(embedded_model, "_build_atomically", build)
+    monkeypatch.setattr(embedded_model, "build_atomically", build)
 
 
 def _assert_hf_directory(directory: Path) -> None:

@@ -94,7 +94,7 @@ def ensure_smollm2(cache_dir: Path | None = None, log: Callable[[str], object] =
         gguf = smollm2_gguf_path()
         tokenizer_dir = _ensure_tokenizer(root)
         log(BUILD_MESSAGE)
-        _build_atomically(target, lambda out: _convert_smollm2(gguf, tokenizer_dir, out))
+        build_atomically(target, lambda out: _convert_smollm2(gguf, tokenizer_dir, out))
     return target
 
 
@@ -104,7 +104,7 @@ def ensure_tiny_model(cache_dir: Path | None = None, seed: int = 0) -> Path:
     target = root / f"tiny-llama-mha-trained-seed{seed}"
     if not _is_complete(target):
         tokenizer_dir = _ensure_tokenizer(root)
-        _build_atomically(target, lambda out: _build_tiny(tokenizer_dir, seed, out))
+        build_atomically(target, lambda out: _build_tiny(tokenizer_dir, seed, out))
     return target
 
 
@@ -113,7 +113,7 @@ def _ensure_tokenizer(root: Path) -> Path:
     target = root / TOKENIZER_DIR
     if not _is_complete(target):
         gguf = smollm2_gguf_path()
-        _build_atomically(target, lambda out: _load_gguf_tokenizer(gguf).save_pretrained(out))
+        build_atomically(target, lambda out: _load_gguf_tokenizer(gguf).save_pretrained(out))
     return target
 
 
@@ -227,7 +227,7 @@ def _make_readable(directory: Path) -> None:
         path.chmod(0o644)
 
 
-def _build_atomically(target: Path, build: Callable[[Path], object]) -> None:
+def build_atomically(target: Path, build: Callable[[Path], object]) -> None:
     """Run `build` into a temporary sibling directory, mark it complete, then rename it to `target`."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -158,7 +158,7 @@ def deploy_command(
         )
         console.print(f"Creating endpoint [bold]{name}[/] ({instance_count} x {instance_type}, {image_uri})")
         if wait:
-            _wait(sm_client, session.client("logs"), name, poll_delay, wait_timeout, console)
+            wait_in_service(sm_client, session.client("logs"), name, poll_delay, wait_timeout, console)
         if inference_components:
             footprint = components.Footprint(component_memory, _accelerators(instance_type, degree))
             artifacts = components.adapter_artifacts(tarball)
@@ -297,7 +297,9 @@ def _upload(s3_client: Any, tarball: Path, bucket: str, key: str, console: Conso
     return url
 
 
-def _wait(sm_client: Any, logs_client: Any, name: str, delay: float, timeout: float, console: Console) -> None:
+def wait_in_service(
+    sm_client: Any, logs_client: Any, name: str, delay: float, timeout: float, console: Console
+) -> None:
     """Wait for InService; on failure print the container's last log lines before the FailureReason."""
     try:
         with console.status(f"{name}: waiting") as status:

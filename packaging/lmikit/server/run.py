@@ -84,7 +84,7 @@ def local_project(settings: ServeSettings, say: Callable[[str], object] = click.
         )
     for key, value in settings.overrides:
         props["option." + key] = value
-    if settings.djl_version == "newest":
+    if settings.djl_version is DjlVersion.NEWEST:
         _replay_recommender(props, say)
     if props.get("option.trust_remote_code", "false").strip().lower() == "true":
         say("Warning: option.trust_remote_code=true runs Python code from the model repository in this process")
