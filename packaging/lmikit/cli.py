@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .benchmarks.bench import bench_command
+from .commands.bench import bench_command
 from .commands.build import build_command
 from .commands.chat import chat_command
 from .commands.demo import demo_command

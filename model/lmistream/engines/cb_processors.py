@@ -1,9 +1,9 @@
 """Row-skipping replacements for transformers' per-request top-k / top-p processors of continuous batching.
 
-On CPU, transformers' per-request top-k and top-p processors sort every row of the logits (the whole vocabulary, for
-every request, greedy ones included) at each step: with SmolLM2's 49k vocabulary that is about 3 ms per processor per
-row on one core, more than the tiny model's whole decode step. `_RowwiseTopK` / `_RowwiseTopP` replace them with
-exact equivalents that skip the rows where the setting is neutral and find the top-k threshold with `torch.topk`.
+Transformers' per-request top-k and top-p processors sort every row of the logits (the whole vocabulary, for every
+request, greedy ones included) at each step, which on a CPU can cost more than a small model's decode step.
+`_RowwiseTopK` / `_RowwiseTopP` replace them with exact equivalents that skip the rows where the setting is neutral
+and find the top-k threshold with `torch.topk`.
 """
 
 from __future__ import annotations

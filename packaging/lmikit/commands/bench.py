@@ -3,7 +3,7 @@
 Each level sends `concurrency x rounds` greedy requests, `--max-new-tokens` each, from `concurrency` clients at once,
 and reports their latencies and tokens/s. Prompts are `--prompt-tokens` long (exact when a tokenizer is at hand) or
 the lines of `--prompt-file`. This module is the command line only: it reads its options once into `BenchSettings`
-(`settings`), refuses what cannot run, and hands them to the workload that runs (`workloads`).
+(`benchmarks.settings`), refuses what cannot run, and hands them to the workload that runs (`benchmarks.workloads`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .settings import Adapters, BenchSettings, Chats, Endpoint, Load, LongPrompt, Systems, parse_levels
-from .targets import ROUTES
-from .workloads import COMPARE_WORKLOADS, run_bench
+from ..benchmarks.settings import Adapters, BenchSettings, Chats, Endpoint, Load, LongPrompt, Systems, parse_levels
+from ..benchmarks.targets import ROUTES
+from ..benchmarks.workloads import COMPARE_WORKLOADS, run_bench
 
 
 def refuse_unrunnable(workload: str, compare: bool, url: str | None, route: str) -> None:
