@@ -49,7 +49,7 @@ from .loading import (
     text_config,
 )
 from .lora import LoraLayers
-from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
+from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache, uniform_layers
 from .sampling import RequestSampler, select_tokens
 from .scheduler import QueuedRequest, Scheduler, StepPlan
 
@@ -115,11 +115,15 @@ class PortableEngine:
         self._forward_observers: list[Callable[[ForwardPass], None]] = []
         self._thread: threading.Thread | None = None
         token_bytes = in_setup_thread(lambda: self._call.probe(self._device))
-        self.prefix_cache = (
-            PrefixCache(config.prefix_cache_bytes or DEFAULT_PREFIX_CACHE_BYTES, token_bytes)
-            if config.enable_prefix_caching
-            else None
-        )
+        self.prefix_cache = self._prefix_cache(config, token_bytes)
+
+    def _prefix_cache(self, config: HandlerConfig, token_bytes: int) -> PrefixCache | None:
+        if not config.enable_prefix_caching:
+            return None
+        if not uniform_layers(self._call.template):
+            logger.warning("prefix caching is off: this model's layers differ in the shape of their KV")
+            return None
+        return PrefixCache(config.prefix_cache_bytes or DEFAULT_PREFIX_CACHE_BYTES, token_bytes)
 
     # -- the Engine protocol -------------------------------------------------------------------------------------
     def start(self, on_update: UpdateCallback) -> None:

@@ -1,7 +1,9 @@
 """PrefixCache: the portable engine's KV of prompt prefixes it has already computed, shared between requests.
 
 A `PrefixIndex` (pure: block keys, longest match, LRU) holds, per full block of `BLOCK_TOKENS` prompt tokens, that
-block's keys and values in every layer, as `(heads, block, head_dim)` tensors on the model's device. Its capacity in
+block's keys and values in every layer, as two `(layers, heads, block, head_dim)` tensors on the model's device (one
+copy per block to store, one concatenation per prefix to read back; the engine caches only models whose layers all
+have one KV shape, `uniform_layers`). Its capacity in
 blocks is `option.prefix_cache_bytes` over the bytes one block takes on this rank, which every tensor-parallel rank
 computes alike (the heads divide evenly between them), so the ranks, executing the same plans, keep the same blocks
 and find the same hits: each rank caches its own shard. A prompt takes the longest cached prefix of its blocks and
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .batch import LayerKV
+from .batch import LayerKV, layers
 from .prefix_index import BLOCK_TOKENS, PrefixIndex, block_keys
 
 #: option.prefix_cache_bytes when not given
@@ -26,7 +28,7 @@ class PrefixCache:
 
     def __init__(self, capacity_bytes: int, token_bytes: int, block_tokens: int = BLOCK_TOKENS) -> None:
         self.block_bytes = token_bytes * block_tokens
-        self._index: PrefixIndex[list[LayerKV]] = PrefixIndex(capacity_bytes // self.block_bytes, block_tokens)
+        self._index: PrefixIndex[LayerKV] = PrefixIndex(capacity_bytes // self.block_bytes, block_tokens)
 
     @property
     def cached_bytes(self) -> int:
@@ -44,20 +46,21 @@ class PrefixCache:
         blocks = self._index.match(keys, prompt_tokens)
         if not blocks:
             return None
-        return [
-            (
-                torch.cat([block[layer][0] for block in blocks], dim=1),
-                torch.cat([block[layer][1] for block in blocks], 1),
-            )
-            for layer in range(len(blocks[0]))
-        ]
+        keys_, values = (torch.cat([block[part] for block in blocks], dim=2) for part in (0, 1))
+        return list(zip(keys_.unbind(0), values.unbind(0)))
 
     def store(self, keys: Sequence[bytes], prompt_kv: list[LayerKV]) -> None:
         """Keep the full blocks of a prompt prefilled whole (`prompt_kv`: its KV per layer, all its tokens)."""
         size = self._index.block_tokens
 
-        def block(position: int) -> list[LayerKV]:
+        def block(position: int) -> LayerKV:
             span = slice(position * size, (position + 1) * size)
-            return [(k[:, span].clone(), v[:, span].clone()) for k, v in prompt_kv]
+            return torch.stack([k[:, span] for k, _ in prompt_kv]), torch.stack([v[:, span] for _, v in prompt_kv])
 
         self._index.insert(keys, block)
+
+
+def uniform_layers(cache: object) -> bool:
+    """Whether every layer of this cache has keys of one shape and values of one shape (so blocks stack)."""
+    tensors = layers(cache)
+    return len({k.shape[1:] for k, _ in tensors}) == 1 and len({v.shape[1:] for _, v in tensors}) == 1
