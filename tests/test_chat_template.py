@@ -71,12 +71,15 @@ def test_a_model_without_a_template_is_a_400_naming_messages(tiny_dir: Path, tmp
     assert caught.value.param == "messages" and "no chat template" in caught.value.message
 
 
-#: a chat template with tool support, in the style of Qwen2.5's (the `hermes` call syntax)
+#: a chat template with tool support, in the style of Qwen2.5's (the `hermes` call syntax, an assistant's earlier
+#: calls written back in it)
 TOOL_TEMPLATE = (
     "{% if tools %}<|im_start|>system\n# Tools\n<tools>\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
     "</tools>\nFor each function call, return a json object with function name and arguments within "
     "<tool_call></tool_call> XML tags.<|im_end|>\n{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for call in m['tool_calls'] or [] %}<tool_call>\n{{ call['function'] | tojson }}\n</tool_call>{% endfor %}"
+    "<|im_end|>\n{% endfor %}"
     "{{ '<|im_start|>assistant\\n' }}"
 )
 WEATHER = {
