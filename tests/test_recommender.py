@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lmikit.djl.dialect import DjlVersion
 from lmikit.djl.recommender import recommended
 from lmikit.server.run import ServeSettings, local_project
 
@@ -91,7 +92,7 @@ def test_lmi_serve_replays_it_under_the_newest_djl_only(version: str, tmp_path: 
 
     (tmp_path / "serving.properties").write_text("engine=Python\noption.entryPoint=model.py\n", encoding="utf-8")
     said: list[str] = []
-    settings = ServeSettings(project_dir=tmp_path, model_id=ensure_tiny_model(), djl_version=version)
+    settings = ServeSettings(project_dir=tmp_path, model_id=ensure_tiny_model(), djl_version=DjlVersion(version))
     props = local_project(settings, said.append).properties
     if version == "0.23":
         assert "option.rolling_batch" not in props and not any("recommender" in line for line in said)
