@@ -84,7 +84,7 @@ def test_the_models_call_comes_back_as_tool_calls(endpoint: tuple[openai.OpenAI,
     assert json.loads(call.function.arguments) == ARGUMENTS
 
 
-def test_a_streamed_call_comes_under_index_0_with_its_id_and_name_once(
+def test_a_streamed_call_comes_under_index_0_with_its_id_and_name_once_then_its_arguments_in_pieces(
     endpoint: tuple[openai.OpenAI, Instruments],
 ) -> None:
     api, _ = endpoint
@@ -95,6 +95,7 @@ def test_a_streamed_call_comes_under_index_0_with_its_id_and_name_once(
         "get_weather"
     ]
     assert json.loads("".join(d.function.arguments or "" for d in deltas)) == ARGUMENTS
+    assert len([d for d in deltas if d.function.arguments]) > 2  # as the model wrote them, token by token
     assert not "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     with api.chat.completions.stream(**_request(ASK)) as stream:

@@ -8,8 +8,8 @@ Log-probabilities list each non-special token with the text it released. A force
 calls, `tool_calls`) is given back as the message's `tool_calls`: streamed as OpenAI streams them, each call's id and
 name first and then its arguments text in pieces, under `delta.tool_calls[].index`; finish reason "tool_calls".
 Under tool_choice "auto" the answer is read with the model's call syntax (`tool_parsers.ToolTextStream`): its content
-streams as content, each call comes whole in one delta once it closed, and the finish reason is "tool_calls" when
-the answer holds a call.
+streams as content, each call as the parser gives it (a hermes call its id and name, then its arguments in pieces;
+another call whole, in one delta, once it closed), and the finish reason is "tool_calls" when the answer holds a call.
 """
 
 from __future__ import annotations

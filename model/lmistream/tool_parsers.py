@@ -12,15 +12,18 @@ pair or a whole-answer JSON object, which `json.JSONDecoder.raw_decode` reads. A
 lacks a name, is given back as content, as vLLM's parsers do.
 
 `ToolTextStream` is the streaming reader: content is released as soon as it cannot be the start of a call (text that
-might still become `<tool_call>` is held back; a `llama3_json` answer that starts with `{` is held to its end), and a
-call is released whole, name and arguments in one delta, once a closing tag ends text that parses as a call (a tag
-inside the call's strings does not), or at the answer's end.
+might still become `<tool_call>` is held back; a `llama3_json` answer that starts with `{` is held to its end). A
+hermes call written as its models write it, `{"name": "...", "arguments": {`, streams as OpenAI streams calls: its name
+once that prefix is read, then its arguments object in pieces, as the model writes them, up to where the object ends
+(`raw_decode` finds it, so a closing tag inside its strings does not end it). Any other call is released whole, name
+and arguments in one delta, once a closing tag ends text that parses as a call, or at the answer's end.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from .tool_calls import CallDelta
 
@@ -28,6 +31,8 @@ PARSERS = ("hermes", "llama3_json")
 HERMES_OPEN = "<tool_call>"
 HERMES_CLOSE = "</tool_call>"
 _DECODER = json.JSONDecoder()
+#: the start of a hermes call as its models write it, up to the `{` that opens the arguments object
+_STREAMABLE = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*\{')
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class ToolTextStream:
         self._in_call = False  # hermes: inside <tool_call>; llama3_json: the answer started with "{"
         self._searched = 0  # hermes: where in the call's text the next closing tag is looked for
         self._started = False  # llama3_json: the answer's first non-whitespace character was seen
+        self._streaming: _StreamedArguments | None = None  # hermes: the call whose arguments stream, once named
         self.calls: list[ParsedCall] = []
 
     def feed(self, text: str) -> tuple[str, list[CallDelta]]:
@@ -116,6 +122,10 @@ class ToolTextStream:
         if not self._in_call:
             return self._content(rest), []
         self._in_call = False
+        if self._streaming is not None:  # named and partly streamed: it stays a call, cut off where the answer ends
+            deltas = self._streamed_piece(rest, len(rest))
+            self._streaming = None
+            return "", deltas
         if self._parser == "llama3_json":
             calls = read_llama3_calls(rest)
             return ("", self._add(calls)) if calls else (rest, [])
@@ -123,8 +133,13 @@ class ToolTextStream:
         return ("", self._add([call])) if call else (HERMES_OPEN + rest, [])
 
     def _hermes(self) -> tuple[str, list[CallDelta]]:
-        content, deltas = [], []
+        content: list[str] = []
+        deltas: list[CallDelta] = []
         while True:
+            if self._in_call and self._stream_arguments(deltas):
+                if self._in_call:
+                    break
+                continue
             if self._in_call:
                 end = self._buffer.find(HERMES_CLOSE, self._searched)
                 if end < 0:
@@ -147,6 +162,42 @@ class ToolTextStream:
             self._buffer = self._buffer[len(self._buffer) - keep :]
             break
         return "".join(content), deltas
+
+    def _stream_arguments(self, deltas: list[CallDelta]) -> bool:
+        """Stream the open call's arguments when it is written as `_STREAMABLE` (announcing its name first); False
+        for a call that is not (it is read whole at its closing tag). Leaves the call once its object and tag end."""
+        if self._streaming is None:
+            opened = _STREAMABLE.match(self._buffer)
+            if opened is None:
+                return False
+            self._streaming = _StreamedArguments(len(self.calls), opened.end() - 1)
+            self.calls.append(ParsedCall(json.loads(opened.group(1)), ""))
+            deltas.append(CallDelta(self._streaming.index, self.calls[-1].name, ""))
+        streaming = self._streaming
+        if streaming.end is None:
+            try:
+                streaming.end = _DECODER.raw_decode(self._buffer, streaming.start)[1]
+            except ValueError:  # the object is still open: all of it so far is arguments
+                deltas += self._streamed_piece(self._buffer, len(self._buffer))
+                return True
+            deltas += self._streamed_piece(self._buffer, streaming.end)
+        close = self._buffer.find(HERMES_CLOSE, streaming.end)
+        if close >= 0:
+            self._buffer, self._in_call, self._streaming = self._buffer[close + len(HERMES_CLOSE) :], False, None
+        return True
+
+    def _streamed_piece(self, text: str, upto: int) -> list[CallDelta]:
+        """The arguments text the open call has gained, `text` being read up to `upto` (no delta when none)."""
+        streaming = self._streaming
+        assert streaming is not None
+        end = upto if streaming.end is None else min(upto, streaming.end)
+        piece = text[streaming.start + streaming.sent : end]
+        if not piece:
+            return []
+        streaming.sent += len(piece)
+        call = self.calls[streaming.index]
+        self.calls[streaming.index] = replace(call, arguments=call.arguments + piece)
+        return [CallDelta(streaming.index, None, piece)]
 
     def _llama3(self) -> tuple[str, list[CallDelta]]:
         if self._in_call:
@@ -172,6 +223,17 @@ class ToolTextStream:
         first = len(self.calls)
         self.calls += calls
         return [CallDelta(first + i, call.name, call.arguments) for i, call in enumerate(calls)]
+
+
+@dataclass
+class _StreamedArguments:
+    """A hermes call whose arguments stream: its index, where its object starts in the buffer, how much of it was
+    sent, and where it ends once `raw_decode` has read it whole."""
+
+    index: int
+    start: int
+    sent: int = 0
+    end: int | None = None
 
 
 def _partial_tag(text: str, tag: str) -> int:
