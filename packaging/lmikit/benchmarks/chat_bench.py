@@ -23,14 +23,12 @@ from typing import Any
 from rich.console import Console
 
 from ..djl.dialect import DjlVersion
-from .compare import Plan, lmi_stack, vllm_missing, vllm_server
+from .compare import CACHE_STACKS, Plan, lmi_stack, vllm_missing, vllm_server
 from .prompts import make_prompts
 from .settings import Chats, Load
 from .stats import RequestRecord, percentile, summarize
 from .targets import openai_target
 
-#: systems of the chat comparison: the stack with the prefix cache on and off (its lmi serve options)
-STACKS = {"lmi-cache-on": (), "lmi-cache-off": ("enable_prefix_caching=false",)}
 REPLY = "Thank you for asking. Here is a short answer to that, in a few plain words, as you asked. "
 Conversation = list[str]  # the user's turns
 
@@ -126,7 +124,7 @@ def run_chat_compare(workload: Chats, load: Load, plan: Plan, console: Console) 
     replays = []
     with ExitStack() as stack:
         senders = {}
-        for name, extra in STACKS.items():
+        for name, extra in CACHE_STACKS.items():
             console.print(f"starting {name} ...")
             endpoint = stack.enter_context(lmi_stack(plan, DjlVersion.NEWEST, "portable", extra))
             senders[name] = chat_target(endpoint.url, "model", load.max_new_tokens)

@@ -178,6 +178,10 @@ class System:
     threads: str
 
 
+#: the stack with its prefix cache on and off (lmi serve options), as the chat and no-prefix workloads compare them
+CACHE_STACKS = {"lmi-cache-on": (), "lmi-cache-off": ("enable_prefix_caching=false",)}
+
+
 def lmi_stack(
     plan: Plan, protocol: DjlVersion, engine: str, options: Sequence[str] = ()
 ) -> AbstractContextManager[RunningEndpoint]:

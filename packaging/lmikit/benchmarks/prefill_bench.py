@@ -25,14 +25,12 @@ from typing import Any
 from rich.console import Console
 
 from ..djl.dialect import DjlVersion
-from .compare import Plan, lmi_stack
+from .compare import CACHE_STACKS, Plan, lmi_stack
 from .prompts import make_prompts
 from .settings import Load, LongPrompt
 from .stats import LevelResult, RequestRecord, percentile, ratio, summarize
 from .targets import ClosedLoop, HttpTarget, container_target
 
-#: the stack with its prefix cache on and off (lmi serve options)
-CACHE_STACKS = {"lmi-cache-on": (), "lmi-cache-off": ("enable_prefix_caching=false",)}
 READY_TIMEOUT_S = 600.0
 STREAM_PROMPT_TOKENS = 32
 

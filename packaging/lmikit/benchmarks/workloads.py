@@ -233,8 +233,9 @@ def run_no_prefix(settings: BenchSettings, console: Console) -> None:
     plan = Plan(model_dir, systems.project_dir, systems.threads, max(settings.load.levels))
     results = prefill_bench.run_no_prefix(plan, settings.load, console)
     meta = sweep_meta(settings, f"no shared prefix on {model_dir.name}", model_dir.name, {})
-    write_results(settings.out, meta, results, prefill_bench.cache_ratios(results), [])
-    console.print(ratio_table(prefill_bench.cache_ratios(results)))
+    ratios = prefill_bench.cache_ratios(results)
+    write_results(settings.out, meta, results, ratios, [])
+    console.print(ratio_table(ratios))
 
 
 #: `--compare --workload NAME`: the runner of each workload, in the order `--workload` lists them
