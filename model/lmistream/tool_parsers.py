@@ -9,7 +9,7 @@ the parser `option.tool_call_parser` names, with vLLM's names for the formats:
 Pure (no torch, no I/O). Hand-written: the maintained parsers of these formats live inside vLLM and SGLang, which
 import torch and their engines, and none installs beside the handler on LMI 0.23's Python 3.9; each format is a tag
 pair or a whole-answer JSON object, which `json.JSONDecoder.raw_decode` reads. A call whose JSON does not parse, or
-lacks a name, is given back as content, as vLLM's parsers do.
+lacks a name, is given back as content, as vLLM's parsers do (a call already named while streaming stays a call).
 
 `ToolTextStream` is the streaming reader: content is released as soon as it cannot be the start of a call (text that
 might still become `<tool_call>` is held back; a `llama3_json` answer that starts with `{` is held to its end). A
@@ -190,12 +190,11 @@ class ToolTextStream:
         """The arguments text the open call has gained, `text` being read up to `upto` (no delta when none)."""
         streaming = self._streaming
         assert streaming is not None
+        call = self.calls[streaming.index]
         end = upto if streaming.end is None else min(upto, streaming.end)
-        piece = text[streaming.start + streaming.sent : end]
+        piece = text[streaming.start + len(call.arguments) : end]
         if not piece:
             return []
-        streaming.sent += len(piece)
-        call = self.calls[streaming.index]
         self.calls[streaming.index] = replace(call, arguments=call.arguments + piece)
         return [CallDelta(streaming.index, None, piece)]
 
@@ -227,12 +226,11 @@ class ToolTextStream:
 
 @dataclass
 class _StreamedArguments:
-    """A hermes call whose arguments stream: its index, where its object starts in the buffer, how much of it was
-    sent, and where it ends once `raw_decode` has read it whole."""
+    """A hermes call whose arguments stream: its index, where its object starts in the buffer, and where it ends
+    once `raw_decode` has read it whole (what was sent is the call's `arguments` so far)."""
 
     index: int
     start: int
-    sent: int = 0
     end: int | None = None
 
 

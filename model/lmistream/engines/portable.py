@@ -10,8 +10,8 @@ request asking for its prompt's log-probabilities gets them from a pass of its o
 A prompt starts from the longest prefix of it whose KV the prefix cache holds (`prefix_cache`,
 option.enable_prefix_caching, on by default; not for LoRA rows, whose KV depends on the adapter) and prefills only the
 rest; its full blocks are stored once it is prefilled whole, so a request cancelled or failed before that stores
-nothing. With option.max_rolling_batch_prefill_tokens a longer prompt
-is prefilled a chunk per step, each step also decoding the running rows, so that it does not stall their streams.
+nothing. With option.max_rolling_batch_prefill_tokens a longer prompt is prefilled a chunk per step, each step also
+decoding the running rows, so that it does not stall their streams.
 
 Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admitted requests
 carry their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the
