@@ -34,3 +34,10 @@ def test_the_ratio_pairs_turns_two_and_later_of_the_same_repeat() -> None:
     assert row["concurrency"] == 2 and (row["low"], row["high"]) == (0.25, 0.75) and row["ratio"] == 0.5
     summary = replays[0].summary()
     assert summary["ttft_p50_ms_by_turn"] == [500, 100, 100] and summary["ttft_p50_ms_later_turns"] == 100
+
+
+def test_the_stack_is_compared_with_vllm_where_vllm_ran_and_not_otherwise() -> None:
+    replays = [_replay("lmi-cache-on", 0, 500, 120), _replay("lmi-cache-off", 0, 500, 400)]
+    assert later_turn_ratios(replays, bottom="vllm") == []
+    [row] = later_turn_ratios([*replays, _replay("vllm", 0, 500, 100)], bottom="vllm")
+    assert (row["top"], row["bottom"], row["ratio"]) == ("lmi-cache-on", "vllm", 1.2)

@@ -132,7 +132,7 @@ def run_chat_compare(workload: Chats, load: Load, plan: Plan, console: Console) 
         if missing is None:
             console.print("starting vllm ...")
             endpoint = stack.enter_context(vllm_server(plan))
-            senders["vllm"] = chat_target(endpoint.url, str(plan.model_dir), load.max_new_tokens)
+            senders["vllm"] = chat_target(endpoint.url, "model", load.max_new_tokens)
         else:
             console.print(f"vllm: {missing}")
         for send in senders.values():

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ from .stats import RequestRecord
 from .targets import ClosedLoop, Target, container_target, openai_target
 
 START_TIMEOUT_S = 600.0
+KV_CACHE_BYTES = 1 << 30
 PROTOCOLS = tuple(DjlVersion)
 
 
@@ -223,13 +224,20 @@ def transformers_serve(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
     return running_server(command, thread_env(plan.threads), ready_timeout=START_TIMEOUT_S, ready_path="/health")
 
 
-def vllm_server(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
+def vllm_openai_server(
+    python: Path | str, model_dir: Path, max_batch: int, env: Mapping[str, str], *extra: str
+) -> AbstractContextManager[RunningEndpoint]:
+    """vLLM's OpenAI server of `model_dir` as the served name `model`, fp32, at most `max_batch` sequences, with a KV
+    cache of KV_CACHE_BYTES (unbounded, vLLM's CPU build takes most of the machine's memory for it); `extra` flags
+    after those."""
     command = lambda port: [
-        str(plan.vllm_python),
+        str(python),
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        str(plan.model_dir),
+        str(model_dir),
+        "--served-model-name",
+        "model",
         "--host",
         "127.0.0.1",
         "--port",
@@ -237,10 +245,28 @@ def vllm_server(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
         "--dtype",
         "float32",
         "--max-num-seqs",
-        str(plan.max_batch),
+        str(max_batch),
+        "--kv-cache-memory-bytes",
+        str(KV_CACHE_BYTES),
+        *extra,
     ]
-    env = {**thread_env(plan.threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{plan.threads - 1}"}
     return running_server(command, env, ready_timeout=START_TIMEOUT_S, ready_path="/health")
+
+
+def vllm_env(threads: int) -> dict[str, str]:
+    """A vLLM server's environment: `threads` intra-op threads, its CPU workers bound to the first `threads` CPUs."""
+    return {**thread_env(threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"}
+
+
+def vllm_completions(url: str) -> Target:
+    """vLLM's server as the benchmarks reach it: streamed `/v1/completions` for the served name `model`."""
+    return openai_target(url, "model", api="completions")
+
+
+def vllm_server(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
+    """vLLM's server as its users start it (compiled, its prefix caching on by default), beside the plan's stacks."""
+    assert plan.vllm_python is not None
+    return vllm_openai_server(plan.vllm_python, plan.model_dir, plan.max_batch, vllm_env(plan.threads))
 
 
 def vllm_missing(python: Path | None) -> str | None:
@@ -270,7 +296,7 @@ def started_systems(plan: Plan, say: Callable[[str], None]) -> Iterator[tuple[li
             servers.append(("transformers-serve", lambda: transformers_serve(plan), completions))
         missing = vllm_missing(plan.vllm_python)
         if missing is None:
-            servers.append(("vllm", lambda: vllm_server(plan), completions))
+            servers.append(("vllm", lambda: vllm_server(plan), vllm_completions))
         else:
             say(f"vllm: {missing}")
         for name, start, target in servers:

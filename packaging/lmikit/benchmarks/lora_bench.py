@@ -39,12 +39,11 @@ import click
 
 from ..djl.dialect import DjlVersion
 from ..embedded_model import ensure_smollm2
-from ..launch import RunningEndpoint, running_endpoint, running_server
-from .compare import thread_env
+from ..launch import RunningEndpoint, running_endpoint
+from .compare import START_TIMEOUT_S, thread_env, vllm_env, vllm_openai_server
 from .prompts import make_prompts
 from .stats import LevelResult, Ratio, markdown_table, ratio, ratio_table, summarize
 from .targets import HttpTarget, Target, closed_loop
-from .vllm_bench import KV_CACHE_BYTES, START_TIMEOUT_S
 
 REPO_CODE = Path(__file__).resolve().parents[3] / "model"
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -108,36 +107,13 @@ def lmi_serve(plan: Plan, project: Path) -> AbstractContextManager[RunningEndpoi
 
 
 def vllm_server(plan: Plan) -> AbstractContextManager[RunningEndpoint]:
+    assert plan.vllm_python is not None
+    lora = ["--enable-lora", "--max-loras", str(len(plan.adapters) + 1), "--max-lora-rank", str(plan.rank)]
     modules = [f"{path.name}={path}" for path in plan.adapters]
-    command = lambda port: [
-        str(plan.vllm_python),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(plan.model_dir),
-        "--served-model-name",
-        "model",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-num-seqs",
-        str(plan.max_batch),
-        "--kv-cache-memory-bytes",
-        str(KV_CACHE_BYTES),
-        "--enable-lora",
-        "--max-loras",
-        str(len(plan.adapters) + 1),
-        "--max-lora-rank",
-        str(plan.rank),
-        "--lora-modules",
-        *modules,
-    ]
-    env = {**thread_env(plan.threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{plan.threads - 1}"}
-    return running_server(command, env, ready_timeout=START_TIMEOUT_S, ready_path="/health")
+    env = vllm_env(plan.threads)
+    return vllm_openai_server(
+        plan.vllm_python, plan.model_dir, plan.max_batch, env, "--enforce-eager", *lora, "--lora-modules", *modules
+    )
 
 
 def lmi_target(url: str, adapter: str | None) -> Target:

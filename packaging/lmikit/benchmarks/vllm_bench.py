@@ -32,14 +32,13 @@ import psutil
 
 from ..djl.dialect import DjlVersion
 from ..embedded_model import ensure_smollm2
-from ..launch import RunningEndpoint, running_endpoint, running_server
+from ..launch import RunningEndpoint, running_endpoint
 from ..server.placement import keep_off_pinned_cpus
+from .compare import START_TIMEOUT_S, vllm_completions, vllm_openai_server
 from .prompts import make_prompts
 from .stats import LevelResult, Ratio, markdown_table, ratio, ratio_table, summarize
-from .targets import Target, closed_loop, container_target, openai_target
+from .targets import Target, closed_loop, container_target
 
-START_TIMEOUT_S = 600.0
-KV_CACHE_BYTES = 1 << 30
 SYSTEMS = ("vllm-openai", "vllm-openai-placed", "lmi-rolling", "lmi-async")
 
 
@@ -54,27 +53,7 @@ def _env() -> dict[str, str]:
 
 
 def vllm_openai(settings: Settings) -> AbstractContextManager[RunningEndpoint]:
-    command = lambda port: [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(settings.model_dir),
-        "--served-model-name",
-        "model",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-num-seqs",
-        str(settings.max_batch),
-        "--kv-cache-memory-bytes",
-        str(KV_CACHE_BYTES),
-    ]
-    return running_server(command, _env(), ready_timeout=START_TIMEOUT_S, ready_path="/health")
+    return vllm_openai_server(sys.executable, settings.model_dir, settings.max_batch, _env(), "--enforce-eager")
 
 
 @contextmanager
@@ -83,11 +62,6 @@ def vllm_openai_placed(settings: Settings) -> Iterator[RunningEndpoint]:
         placed = keep_off_pinned_cpus(endpoint.process.pid)
         click.echo(f"vllm-openai-placed: {placed or 'nothing pinned, nothing moved'}")
         yield endpoint
-
-
-def _completions_target(url: str) -> Target:
-    """vLLM's server as the benchmark reaches it: streamed `/v1/completions` for the served name `model`."""
-    return openai_target(url, "model", api="completions")
 
 
 def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[RunningEndpoint]:
@@ -112,8 +86,8 @@ def lmi_serve(settings: Settings, *options: str) -> AbstractContextManager[Runni
 
 
 STARTERS: dict[str, tuple[Callable[[Settings], AbstractContextManager[RunningEndpoint]], Callable[[str], Target]]] = {
-    "vllm-openai": (vllm_openai, _completions_target),
-    "vllm-openai-placed": (vllm_openai_placed, _completions_target),
+    "vllm-openai": (vllm_openai, vllm_completions),
+    "vllm-openai-placed": (vllm_openai_placed, vllm_completions),
     "lmi-rolling": (lambda s: lmi_serve(s, "rolling_batch=vllm", "output_formatter=jsonlines"), container_target),
     "lmi-async": (
         lambda s: lmi_serve(

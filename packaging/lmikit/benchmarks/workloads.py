@@ -169,7 +169,7 @@ def run_chat(settings: BenchSettings, console: Console) -> None:
     model_dir = compare_model(systems.model_id)
     plan = Plan(model_dir, systems.project_dir, systems.threads, max(load.levels), vllm_python=systems.vllm_python)
     replays = run_chat_compare(chats, load, plan, console)
-    ratios = later_turn_ratios(replays)
+    ratios = later_turn_ratios(replays) + later_turn_ratios(replays, bottom="vllm")
     setup = (
         f"{chats.conversations} conversations of {chats.turns} turns, a shared system prompt of "
         f"{chats.system_tokens} tokens, {load.max_new_tokens} new tokens per turn, {load.repeats} "
