@@ -13,7 +13,7 @@ def _index(capacity: int) -> PrefixIndex[tuple[int, ...]]:
 
 def _store(index: PrefixIndex[tuple[int, ...]], tokens: list[int]) -> None:
     """Cache every full block of `tokens`, each valued by its own tokens."""
-    index.insert(block_keys(tokens, 4), lambda i: tuple(tokens[4 * i : 4 * i + 4]))
+    index.insert(block_keys(tokens, 4), lambda i, _: tuple(tokens[4 * i : 4 * i + 4]))
 
 
 def test_a_key_names_the_whole_prefix_not_only_its_block() -> None:
@@ -61,6 +61,19 @@ def test_a_chain_longer_than_the_capacity_keeps_its_first_blocks() -> None:
     tokens = list(range(17))
     _store(index, tokens)
     assert [block[0] for block in index.match(block_keys(tokens, 4), 17)] == [0, 4]
+
+
+def test_a_new_block_is_handed_the_value_of_the_block_it_evicts() -> None:
+    index: PrefixIndex[int] = PrefixIndex(2, block_tokens=4)
+    handed: list[int | None] = []
+
+    def value_of(position: int, evicted: int | None) -> int:
+        handed.append(evicted)
+        return 10 + len(handed)
+
+    index.insert(block_keys(list(range(8)), 4), value_of)
+    index.insert(block_keys([9] * 4, 4), value_of)  # the full index gives up its chain's leaf, valued 12
+    assert handed == [None, None, 12] and len(index) == 2
 
 
 def test_zero_capacity_caches_nothing() -> None:

@@ -73,16 +73,17 @@ class PrefixIndex(Generic[Value]):
         self.hit_tokens += len(found) * self.block_tokens
         return found
 
-    def insert(self, keys: Sequence[bytes], value_of: Callable[[int], Value]) -> None:
-        """Store the blocks of the chain `keys` not stored yet (`value_of(i)` makes block i's value), evicting the
-        least recently used blocks of other chains; a chain longer than the capacity keeps its first blocks."""
+    def insert(self, keys: Sequence[bytes], value_of: Callable[[int, Value | None], Value]) -> None:
+        """Store the blocks of the chain `keys` not stored yet, evicting the least recently used blocks of other
+        chains first: `value_of(i, evicted)` makes block i's value, given the value of the block it evicts (None
+        while the index has room), whose storage it may reuse. A chain longer than the capacity keeps its first
+        blocks."""
         chain = keys[: self.capacity]
         self._touch(chain)
         for position, key in enumerate(chain):
             if key not in self._blocks:
-                self._blocks[key] = value_of(position)
-                if len(self._blocks) > self.capacity:
-                    self._blocks.popitem(last=False)
+                evicted = self._blocks.popitem(last=False)[1] if len(self._blocks) >= self.capacity else None
+                self._blocks[key] = value_of(position, evicted)
         self._touch(chain)
 
     def _touch(self, chain: Sequence[bytes]) -> None:
