@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from lmikit.djl.dialect import derive_mode
-from lmikit.djl.driver import Frontend, InitError
+from lmikit.djl.dialect import DjlVersion, derive_mode
+from lmikit.djl.driver import Frontend, InitError, chunked_read_timeout
 from lmikit.djl.loader import load_entry_point, model_environment
 from lmikit.djl.response import BackendError
 from lmikit.project.properties import init_properties
@@ -500,3 +500,13 @@ def test_the_disconnect_property_means_the_same_on_both_sides_of_the_wire():
     from lmistream.protocols import rolling_batch as handler
 
     assert replay.DISCONNECTED_PROPERTY == handler.DISCONNECTED_PROPERTY
+
+
+def test_chunked_read_timeout_is_minutes_on_023_and_seconds_on_newest_property_before_env(monkeypatch) -> None:
+    monkeypatch.delenv("SERVING_CHUNKED_READ_TIMEOUT", raising=False)
+    assert chunked_read_timeout({}, DjlVersion.LMI_0_23) == chunked_read_timeout({}, DjlVersion.NEWEST) == 120
+    assert chunked_read_timeout({"chunked_read_timeout": "5"}, DjlVersion.LMI_0_23) == 300
+    assert chunked_read_timeout({"chunked_read_timeout": "5"}, DjlVersion.NEWEST) == 5
+    monkeypatch.setenv("SERVING_CHUNKED_READ_TIMEOUT", "7")
+    assert chunked_read_timeout({}, DjlVersion.NEWEST) == 7
+    assert chunked_read_timeout({"chunked_read_timeout": "5"}, DjlVersion.NEWEST) == 5

@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import EventStreamError
 from lmikit.client.runtime_client import runtime_client
 from lmikit.embedded_model import ensure_tiny_model
-from local_endpoint import connection, make_project, serve, stream
+from local_endpoint import REPO, connection, make_project, serve, stream
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +131,36 @@ def test_stream_time_limit_ends_the_stream_with_model_stream_error(tmp_path, tin
     assert parts, "tokens streamed before the limit"
     assert error.value.response["Error"]["Code"] == "ModelStreamError"
     assert "allotted time" in error.value.response["Error"]["Message"]
+
+
+SLOW_HANDLER = """import time
+
+from djl_python import Output
+
+
+def handle(inputs):
+    if inputs.is_empty():
+        return None
+    time.sleep(2.5)
+    return Output().add("late")
+"""
+
+
+@pytest.mark.parametrize(("version", "status"), [("newest", 500), ("0.23", 200)])
+def test_chunked_read_timeout_bounds_the_wait_for_a_response_in_each_versions_unit(
+    tmp_path, tiny_model, version, status
+):
+    """chunked_read_timeout=1 is one second on newest (the late answer is a 500 naming the wait) and one minute on
+    0.23 (it is answered)."""
+    root = tmp_path / "project"
+    (root / "model").mkdir(parents=True)
+    (root / "serving.properties").write_text("engine=Python\nchunked_read_timeout=1\n")
+    (root / "model" / "model.py").write_text(SLOW_HANDLER)
+    (root / "model" / "lmistream").symlink_to(REPO / "model" / "lmistream", target_is_directory=True)
+    with serve(root, "--model-id", tiny_model, "--djl-version", version) as server:
+        conn = connection(server)
+        conn.request("POST", "/invocations", json.dumps({"inputs": "x"}), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        body = response.read()
+    assert response.status == status, body
+    assert (b"response head not decided within 1.0 s" in body) == (status == 500)

@@ -38,6 +38,7 @@ from lmikit.djl.rolling_batch import RollingBatch
 logger = logging.getLogger(__name__)
 _CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 _DEFAULT_PREDICT_TIMEOUT = 120
+DEFAULT_CHUNKED_READ_TIMEOUT_S = 120.0
 
 
 class InitError(RuntimeError):
@@ -333,6 +334,17 @@ class Frontend:
 
 async def _single(output: Any) -> Any:
     yield output
+
+
+def chunked_read_timeout(properties: Mapping[str, str], version: DjlVersion) -> float:
+    """How long (seconds) the frontend waits for a response's head or next chunk: serving.properties'
+    `chunked_read_timeout`, then env SERVING_CHUNKED_READ_TIMEOUT, in minutes on 0.23 and seconds on newest; the
+    default is two minutes on both."""
+    per_unit = 60.0 if version is DjlVersion.LMI_0_23 else 1.0
+    for value in (properties.get("chunked_read_timeout"), os.environ.get("SERVING_CHUNKED_READ_TIMEOUT")):
+        if value is not None and java_int(str(value)) is not None:
+            return float(value) * per_unit
+    return DEFAULT_CHUNKED_READ_TIMEOUT_S
 
 
 def _predict_timeout(init_props: Mapping[str, str]) -> float:

@@ -31,7 +31,7 @@ from starlette.responses import Response as HTTPResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from lmikit.djl.driver import Frontend
+from lmikit.djl.driver import DEFAULT_CHUNKED_READ_TIMEOUT_S, Frontend
 from lmikit.djl.response import BackendError, Head
 from lmikit.server.h11_protocol import NamingH11Protocol
 from lmikit.server.metrics import RequestTrack, ServeMetrics
@@ -46,7 +46,6 @@ from lmikit.server.runtime import (
 )
 
 log = logging.getLogger(__name__)
-CHUNK_TIMEOUT_SECONDS = 120.0  # DJL's chunked_read_timeout
 MAX_BODY_BYTES = 64 << 20  # DJL's default max_request_size
 MAX_HEADER_BYTES = 64 << 10
 BACKLOG = 2048
@@ -66,8 +65,10 @@ class LocalEndpoint:
         runtime: RuntimeConfig | None = None,
         model_name: str = "model",
         served_model: str = "model",
+        chunk_timeout: float = DEFAULT_CHUNKED_READ_TIMEOUT_S,
     ) -> None:
         self.runtime = runtime or RuntimeConfig()
+        self.chunk_timeout = chunk_timeout  # seconds a response's head or next chunk may take (chunked_read_timeout)
         self.model_name = model_name
         self.served_model = served_model  # the id /v1/models lists
         self._created = int(time.time())
@@ -172,7 +173,7 @@ class LocalEndpoint:
         `content_type` labels a successful one."""
         response = self._submit(headers, body)
         try:
-            head = await response.head(CHUNK_TIMEOUT_SECONDS)
+            head = await response.head(self.chunk_timeout)
         except (BackendError, TimeoutError) as error:
             track.end(500)
             return _json(500, {"code": 500, "type": type(error).__name__, "message": str(error)})
@@ -183,7 +184,7 @@ class LocalEndpoint:
         counted = head.status < 300
         if counted:
             track.begin(content_type or _content_type(head.headers))
-        chunks = _counted(response, track if counted else None)
+        chunks = _counted(response, track if counted else None, self.chunk_timeout)
         reshape = head.status >= 400 and shape_error is not None
         if not head.chunked or reshape:
             content = b"".join([chunk async for chunk in chunks])
@@ -210,7 +211,9 @@ class LocalEndpoint:
             request.url.path,
             dict(request.headers),
             body,
-            lambda headers, data: RuntimeContainer(self._submit(list(headers.items()), data), track),
+            lambda headers, data: RuntimeContainer(
+                self._submit(list(headers.items()), data), track, self.chunk_timeout
+            ),
             self.runtime,
         )
         if not isinstance(answer.body_iter, AsyncIterator):
@@ -257,9 +260,10 @@ class RuntimeContainer:
     track. A wait is bounded by the time the runtime layer has left (ContainerTimeout) and by DJL's
     chunked_read_timeout (a ContainerFailed "Read chunk timeout", as the frontend's own reader raises it)."""
 
-    def __init__(self, response: AsyncResponse, track: RequestTrack) -> None:
+    def __init__(self, response: AsyncResponse, track: RequestTrack, chunk_timeout: float) -> None:
         self._response = response
         self._track = track
+        self._chunk_timeout = chunk_timeout
         self._head: Head | None = None
         self._peeked: list[bytes | None | BaseException] = []
 
@@ -289,12 +293,12 @@ class RuntimeContainer:
             raise ContainerTimeout("no container output before the deadline")
         try:
             if self._head is None:
-                self._head = await self._response.head(min(timeout, CHUNK_TIMEOUT_SECONDS))
+                self._head = await self._response.head(min(timeout, self._chunk_timeout))
                 if self._head.status < 300:
                     self._track.begin(_content_type(self._head.headers))
-            chunk = await self._response.next_chunk(min(timeout, CHUNK_TIMEOUT_SECONDS))
+            chunk = await self._response.next_chunk(min(timeout, self._chunk_timeout))
         except TimeoutError as error:
-            if timeout <= CHUNK_TIMEOUT_SECONDS:
+            if timeout <= self._chunk_timeout:
                 raise ContainerTimeout("no container output before the deadline") from error
             return error
         except BackendError as error:
@@ -307,9 +311,9 @@ class RuntimeContainer:
         return chunk
 
 
-async def _counted(response: AsyncResponse, track: RequestTrack | None) -> AsyncIterator[bytes]:
+async def _counted(response: AsyncResponse, track: RequestTrack | None, timeout: float) -> AsyncIterator[bytes]:
     """A response's non-empty chunks as they come, counted by `track` (when given)."""
-    while (chunk := await response.next_chunk(CHUNK_TIMEOUT_SECONDS)) is not None:
+    while (chunk := await response.next_chunk(timeout)) is not None:
         if track is not None:
             track.see(chunk)
         yield chunk

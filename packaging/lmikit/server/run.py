@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from ..djl.dialect import DjlVersion, derive_mode
-from ..djl.driver import Frontend, InitError
+from ..djl.driver import Frontend, InitError, chunked_read_timeout
 from ..djl.loader import enter_model_environment, load_entry_point
 from ..djl.rank_group import RankError, RankGroup
 from ..djl.recommender import recommended
@@ -214,7 +214,10 @@ def run(settings: ServeSettings, say: Callable[[str], object] = click.echo) -> N
         adapters=served_adapters(project),
     )
     try:
-        endpoint = LocalEndpoint((settings.host, settings.port), runtime, served_model=served_model(project))
+        chunk_timeout = chunked_read_timeout(project.properties, settings.djl_version)
+        endpoint = LocalEndpoint(
+            (settings.host, settings.port), runtime, served_model=served_model(project), chunk_timeout=chunk_timeout
+        )
     except OSError as error:
         raise click.ClickException(
             f"cannot listen on {settings.host}:{settings.port} ({error.strerror}); pass another --port"
