@@ -184,9 +184,10 @@ CACHE_STACKS = {"lmi-cache-on": (), "lmi-cache-off": ("enable_prefix_caching=fal
 
 
 def lmi_stack(
-    plan: Plan, protocol: DjlVersion, engine: str, options: Sequence[str] = ()
+    plan: Plan, protocol: DjlVersion, engine: str, options: Sequence[str] = (), env: Mapping[str, str] | None = None
 ) -> AbstractContextManager[RunningEndpoint]:
-    """`lmi serve` of the project on this protocol and engine, with these extra `key=value` options."""
+    """`lmi serve` of the project on this protocol and engine, with these extra `key=value` options and environment
+    variables."""
     args = [
         "--project-dir",
         str(plan.project_dir),
@@ -202,7 +203,7 @@ def lmi_stack(
         "dtype=fp32",
         *(part for option in options for part in ("--option", option)),
     ]
-    return running_endpoint(args, thread_env(plan.threads), ready_timeout=START_TIMEOUT_S)
+    return running_endpoint(args, {**thread_env(plan.threads), **(env or {})}, ready_timeout=START_TIMEOUT_S)
 
 
 def transformers_serve(plan: Plan) -> AbstractContextManager[RunningEndpoint]:

@@ -3,9 +3,10 @@ and what the prefix cache costs where it cannot help.
 
 long-prompt: `--streams` streams decode (greedy, `ignore_eos`) until one prompt of `--long-tokens` tokens arrives
 among them; their inter-token gaps before it arrives and while it is prefilled (from its send to its first token) are
-compared, per system: the stack prefilling every prompt whole, and the stack with
-`option.max_rolling_batch_prefill_tokens` at each of `--prefill-chunks`. A gap counts as "during" when it overlaps the
-prefill, so a stream stalled through the whole prefill shows as one gap that long. Printed: ITL p95 during over before.
+compared, per system: the stack on each of `--engines` without the chunk option (the portable engine prefills
+every prompt whole) and with `option.max_rolling_batch_prefill_tokens` at each of `--prefill-chunks`. A gap counts as
+"during" when it overlaps the prefill, so a stream stalled through the whole prefill shows as one gap that long.
+Printed: ITL p95 during over before.
 
 no-prefix: closed-loop levels of prompts that share no cache block with any other request of the run (a salt ahead of
 each prompt), the stack with its prefix cache on and off, side by side; printed: the tokens/s ratio, repeat by repeat.
@@ -32,6 +33,9 @@ from .stats import LevelResult, RequestRecord, percentile, ratio, summarize
 from .targets import ClosedLoop, HttpTarget, container_target
 
 READY_TIMEOUT_S = 600.0
+#: the long prompt's response starts with its first token, after its whole prefill, which in small chunks on a CPU
+#: takes longer than DJL's default chunked_read_timeout (120 s, a 500 then)
+STACK_ENV = {"SERVING_CHUNKED_READ_TIMEOUT": str(int(READY_TIMEOUT_S))}
 STREAM_PROMPT_TOKENS = 32
 
 
@@ -128,19 +132,27 @@ def _wait(condition: Callable[[], bool]) -> None:
         time.sleep(0.05)
 
 
+def long_prompt_systems(engines: Sequence[str], chunk_sizes: Sequence[int]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Per engine, the stack without the chunk option (the portable engine then prefills whole, the continuous one
+    on CPU in its default batch of tokens) and with each chunk size: name -> (engine, lmi serve options)."""
+    systems: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for engine in engines:
+        systems[f"lmi-{engine}"] = (engine, ())
+        for size in chunk_sizes:
+            systems[f"lmi-{engine}-chunk-{size}"] = (engine, (f"max_rolling_batch_prefill_tokens={size}",))
+    return systems
+
+
 def run_long_prompt(plan: Plan, workload: LongPrompt, repeats: int, console: Console) -> list[PrefillWindow]:
     """Every system in every repeat (a fresh long prompt each time, so the prefix cache never holds it)."""
     tokenizer = _tokenizer(plan)
-    systems = {"lmi-whole": ()} | {
-        f"lmi-chunk-{size}": (f"max_rolling_batch_prefill_tokens={size}",) for size in workload.chunk_sizes
-    }
     prompts = make_prompts(workload.streams, STREAM_PROMPT_TOKENS, tokenizer)
     context = json.loads((plan.model_dir / "config.json").read_text())["max_position_embeddings"]
     budget = context - 2 * STREAM_PROMPT_TOKENS  # the streams decode until hung up on, within the model's context
     windows = []
-    for name, extra in systems.items():
+    for name, (engine, extra) in long_prompt_systems(plan.engines, workload.chunk_sizes).items():
         console.print(f"starting {name} ...")
-        with lmi_stack(plan, DjlVersion.NEWEST, "portable", extra) as endpoint:
+        with lmi_stack(plan, DjlVersion.NEWEST, engine, extra, STACK_ENV) as endpoint:
             target = HttpTarget(endpoint.url, "/invocations", decoding_body)
             target.post(decoding_body("Warm up.", 2))
             for repeat in range(repeats):
@@ -214,6 +226,6 @@ def long_prompt_table(windows: Sequence[PrefillWindow]) -> str:
 
 def _window_line(w: PrefillWindow) -> str:
     return (
-        f"{w.system:>16} repeat {w.repeat + 1}  prefill {w.prefill_ms:7.0f} ms  ITL p95 before {w.itl_p95_before_ms:6.0f}"
+        f"{w.system:>26} repeat {w.repeat + 1}  prefill {w.prefill_ms:7.0f} ms  ITL p95 before {w.itl_p95_before_ms:6.0f}"
         f" ms, during {w.itl_p95_during_ms:7.0f} ms ({w.p95_ratio:.2f}x, {w.during_gaps} gaps)"
     )

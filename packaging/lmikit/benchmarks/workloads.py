@@ -217,7 +217,7 @@ def run_long_prompt(settings: BenchSettings, console: Console) -> None:
 
     systems, workload = settings.systems, settings.long_prompt
     model_dir = compare_model(systems.model_id)
-    plan = Plan(model_dir, systems.project_dir, systems.threads, workload.streams + 1)
+    plan = Plan(model_dir, systems.project_dir, systems.threads, workload.streams + 1, engines=systems.engines)
     windows = prefill_bench.run_long_prompt(plan, workload, settings.load.repeats, console)
     meta = {"model": model_dir.name, "command": settings.command, "machine": machine()}
     console.print(prefill_bench.write_long_prompt_results(settings.out, meta, windows))
