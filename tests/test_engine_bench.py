@@ -24,3 +24,8 @@ def test_tiny_run_reports_every_engine_against_generate() -> None:
 def test_prompts_differ() -> None:
     texts = engine_bench.prompts(32)
     assert len(set(texts)) == 32 and len({len(t) for t in texts}) > 1
+
+
+def test_context_words_come_before_every_prompt() -> None:
+    plain, long = engine_bench.prompts(4), engine_bench.prompts(4, 50)
+    assert all(text.endswith(p) and len(text.split()) == len(p.split()) + 50 for p, text in zip(plain, long))

@@ -17,6 +17,7 @@ TORCH_MODULES = {
     "constraints.py",
     "loading.py",
     "batch.py",
+    "kv_headroom.py",
     "sampling.py",
     "portable.py",
     "distributed.py",

@@ -8,7 +8,8 @@ after which columns that are padding in every remaining row are cut, so memory f
 filter / concatenate scheme of TGI's non-flash `CausalLMBatch`, over the cache object of whichever transformers is
 installed: a tuple of `(keys, values)` per layer before transformers 4.36's cache classes, or a `DynamicCache` whose
 layers hold `keys` / `values`. Both keep `(batch, heads, sequence, head_dim)` tensors; a model whose cache has any
-other layout is refused at load (`check_layout`).
+other layout is refused at load (`check_layout`). Where the cache has layers, they are `kv_headroom` layers, which
+append a decode step's column in place instead of copying the whole cache as `DynamicLayer` does.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ class ModelCaller:
         self.template: Any = None
 
     def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-        """Logits of the last position of every row, and the updated cache."""
+        """Logits of the last position of every row, and the updated cache (a cache of the template's kind when none
+        is given and there is a template)."""
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": mask,
-            self._cache_arg: cache,
+            self._cache_arg: cache if cache is not None else self._empty_cache(),
             "use_cache": True,
             "return_dict": True,
         }
@@ -63,7 +65,12 @@ class ModelCaller:
                 None,
             )
         check_layout(cache, batch=1, length=2)
-        self.template = cache
+        if isinstance(cache, (tuple, list)):
+            self.template = cache
+        else:
+            from . import kv_headroom  # transformers with cache layers only (4.30's tuples have none)
+
+            self.template = kv_headroom.adopt(cache)
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers(cache)) // 2
 
     def prompt_log_probs(self, prompt_ids: list[int], device: torch.device) -> tuple[tuple[int, float | None], ...]:
@@ -84,6 +91,15 @@ class ModelCaller:
         if self.template is None or isinstance(self.template, (tuple, list)):
             return tuple(tensors)
         return with_layers(copy.deepcopy(self.template), tensors)
+
+    def _empty_cache(self) -> Any:
+        """None (the model makes its own) before the probe and for tuple caches; else an empty copy of the template,
+        so that a prefill from nothing decodes into `kv_headroom` layers too."""
+        if self.template is None or isinstance(self.template, (tuple, list)):
+            return None
+        empty = copy.deepcopy(self.template)
+        empty.layers = [type(layer)() for layer in empty.layers]
+        return empty
 
 
 def layers(cache: Any) -> list[LayerKV]:

@@ -55,12 +55,21 @@ SUBJECTS = (
 REQUEST_TIMEOUT_S = 900.0
 
 
-def prompts(count: int) -> list[str]:
-    """`count` different prompts of a few different lengths."""
+def prompts(count: int, context_words: int = 0) -> list[str]:
+    """`count` different prompts of a few different lengths, each after `context_words` words of notes (a long
+    context makes the decode steps' attention and KV appends count)."""
     return [
-        f"Story {i}: once upon a time {SUBJECTS[i % len(SUBJECTS)]}" + " far away" * (i % 4) + " and then"
+        _notes(i, context_words)
+        + f"Story {i}: once upon a time {SUBJECTS[i % len(SUBJECTS)]}"
+        + " far away" * (i % 4)
+        + " and then"
         for i in range(count)
     ]
+
+
+def _notes(story: int, words: int) -> str:
+    subjects = [subject.split()[-1] for subject in SUBJECTS]
+    return "".join(f"{subjects[(story + j) % len(subjects)]} " for j in range(words))
 
 
 def build_bench_model(out: Path) -> Path:
@@ -171,6 +180,7 @@ def run_benchmark(
     repeats: int,
     dtype: str = "fp32",
     device: str = "cpu",
+    context_words: int = 0,
 ) -> dict[str, Any]:
     """tok/s of every path at every concurrency (best of the repeats), and the ratios with their ranges; every path
     runs on `device` ("cpu" or "cuda", GPU 0) in `dtype` (fp32, fp16, bf16)."""
@@ -188,7 +198,7 @@ def run_benchmark(
     try:
         for run in range(repeats + 1):  # run 0 warms every path up and is not kept
             for c in concurrencies:
-                texts = prompts(c)
+                texts = prompts(c, context_words)
                 measures: dict[str, Callable[[], float]] = {
                     "generate": partial(measure_generate, model, tokenizer, texts, max_new_tokens)
                 }
@@ -211,6 +221,7 @@ def run_benchmark(
             "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
             "dtype": dtype,
             "max_new_tokens": max_new_tokens,
+            "context_words": context_words,
             "repeats": repeats,
             "model": str(model_dir),
         },
@@ -264,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, help="model directory (default: a random SmolLM2-shaped model)")
     parser.add_argument("--concurrency", default="8,32", help="comma-separated (default 8,32)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--context-words", type=int, default=0, help="words of notes before every prompt (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="measured rounds after a warm-up round")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every path runs (cuda: GPU 0)")
@@ -277,7 +289,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_dir = args.model or build_bench_model(Path(tmp))
         concurrencies = [int(c) for c in args.concurrency.split(",")]
         result = run_benchmark(
-            model_dir, concurrencies, args.max_new_tokens, args.threads, args.repeats, args.dtype, args.device
+            model_dir,
+            concurrencies,
+            args.max_new_tokens,
+            args.threads,
+            args.repeats,
+            args.dtype,
+            args.device,
+            args.context_words,
         )
     print(format_report(result))
     if args.out:
