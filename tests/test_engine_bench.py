@@ -4,7 +4,7 @@ timing assertions (CPU timings here are noise; the benchmark prints ratios inste
 from __future__ import annotations
 
 import pytest
-from lmikit.benchmarks import engine_bench
+from lmikit.benchmarks import engine_bench, kv_append_bench
 from lmikit.embedded_model import ensure_tiny_model
 
 
@@ -29,3 +29,13 @@ def test_prompts_differ() -> None:
 def test_context_words_come_before_every_prompt() -> None:
     plain, long = engine_bench.prompts(4), engine_bench.prompts(4, 50)
     assert all(text.endswith(p) and len(text.split()) == len(p.split()) + 50 for p, text in zip(plain, long))
+
+
+@pytest.mark.integration
+def test_kv_append_bench_runs_both_variants(capsys: pytest.CaptureFixture[str]) -> None:
+    if not hasattr(pytest.importorskip("transformers.cache_utils"), "DynamicLayer"):
+        pytest.skip("this transformers keeps tuples, not cache layers")
+    argv = ["--model", str(ensure_tiny_model()), "--rows=2", "--context-words=20", "--max-new-tokens=3", "--repeats=1"]
+    kv_append_bench.main(argv)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("repeat 1: dynamic ") and "headroom / dynamic" in line
