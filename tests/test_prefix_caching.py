@@ -70,7 +70,7 @@ def chunked() -> Iterator[tuple[PortableEngine, Timeline]]:
 
 def _run(started: tuple[PortableEngine, Timeline], request_id: str, prompt: list[int], **params) -> list[int]:
     engine, collector = started
-    engine.submit(request_id, prompt, GenerationParams(max_new_tokens=NEW_TOKENS, **params))
+    engine.submit(request_id, prompt, GenerationParams(**{"max_new_tokens": NEW_TOKENS, **params}))
     collector.wait_finished(request_id)
     return collector.tokens(request_id)
 
@@ -158,3 +158,43 @@ def test_a_prompt_cancelled_between_its_chunks_stores_nothing(plain, chunked) ->
     assert not collector.tokens("cut") and engine.prefix_cache.cached_bytes == stored
     assert _run(chunked, "again", long_prompt) == _run(plain, "again", long_prompt)
     assert _cached_tokens(collector, "again") == 0
+
+
+def test_a_long_prompt_chunked_after_its_cached_prefix_is_unchanged(plain, chunked) -> None:
+    engine, collector = chunked
+    prompts = [engine.tokenizer.encode(SYSTEM * 2 + question) for question in QUESTIONS[:2]]
+    assert len(prompts[1]) > 4 * 16  # chunks after the cached prefix
+    outputs = [_run(chunked, f"chunked-{i}", prompt) for i, prompt in enumerate(prompts)]
+    assert _cached_tokens(collector, "chunked-1") >= 64
+    assert outputs == [_run(plain, f"whole-{i}", prompt) for i, prompt in enumerate(prompts)]
+
+
+def test_a_chunk_that_fails_mid_pass_fails_its_prompt_alone_and_the_running_rows_go_on(plain, chunked) -> None:
+    """Where the chunk and the rows' step share a pass, a failure in a layer after the first (some of the rows' KV
+    already appended) is undone: the rows decode that step again on their own and their output is unchanged."""
+    engine, collector = chunked
+    countdown = [3]  # the third pass of more than one position (a chunk's) fails
+
+    def fail_in_the_second_layer(_layer: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.size(1) > 1 and countdown[0] > 0:
+            countdown[0] -= 1
+            if countdown[0] == 0:
+                raise RuntimeError("injected chunk fault")
+
+    running, params = engine.tokenizer.encode("1, 2, 3,"), {"max_new_tokens": 40, "ignore_eos": True}
+    engine.submit("steady", running, GenerationParams(**params))
+    assert collector.wait_for(lambda: len(collector.tokens("steady")) >= 1)
+    layer = engine._call.model.model.layers[1]
+    hook = layer.register_forward_pre_hook(fail_in_the_second_layer, with_kwargs=True)
+    try:
+        doomed = engine.tokenizer.encode("The history of bread. " * 20)
+        engine.submit("doomed", doomed, GenerationParams(max_new_tokens=NEW_TOKENS))
+        collector.wait_finished("doomed", "steady")
+    finally:
+        hook.remove()
+    failure = collector.updates["doomed"][-1]
+    assert countdown[0] == 0 and not collector.tokens("doomed")
+    assert failure.code == 424 and "injected chunk fault" in (failure.error or "")
+    assert collector.tokens("steady") == _run(plain, "steady", running, **params)
+    assert _run(chunked, "again", doomed) == _run(plain, "again", doomed)  # no slot or state left behind

@@ -43,7 +43,7 @@ class ModelCaller:
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": mask,
-            self._cache_arg: cache if cache is not None else self._empty_cache(),
+            self._cache_arg: cache if cache is not None else self.empty_cache(),
             "use_cache": True,
             "return_dict": True,
         }
@@ -92,7 +92,7 @@ class ModelCaller:
             return tuple(tensors)
         return with_layers(copy.deepcopy(self.template), tensors)
 
-    def _empty_cache(self) -> Any:
+    def empty_cache(self) -> Any:
         """None (the model makes its own) before the probe and for tuple caches; else an empty copy of the template,
         so that a prefill from nothing decodes into `kv_headroom` layers too."""
         if self.template is None or isinstance(self.template, (tuple, list)):
@@ -170,6 +170,12 @@ class DecodeBatch:
         logits, cache = call(ids, mask, cache)
         return cls(mask, cache, ids[:, -1:]), logits
 
+    @classmethod
+    def of_prompt(cls, cache: Any, tokens: int, device: torch.device) -> DecodeBatch:
+        """One row over a prompt prefilled into `cache` (all its `tokens`, no padding), its next token yet unset."""
+        ones = torch.ones((1, tokens), dtype=torch.long, device=device)
+        return cls(ones, cache, ones[:, -1:])
+
     def row_kv(self, row: int) -> list[LayerKV]:
         """One row's KV per layer `(heads, tokens, head_dim)`, its padding left out, oldest token first."""
         columns = self.mask[row].nonzero().squeeze(-1)
@@ -177,9 +183,18 @@ class DecodeBatch:
 
     def decode(self, call: ModelCaller) -> torch.Tensor:
         """One step for every row: feed `next_tokens`; returns the next-token logits."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
+        self.grow()
         logits, self.cache = call(self.next_tokens, self.mask, self.cache)
         return logits
+
+    def grow(self) -> None:
+        """A column for the step about to run: every row's `next_tokens`."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
+
+    def trim(self, columns: int) -> None:
+        """Keep the first `columns` columns: undo a `grow` (and whatever KV its step appended) of a failed pass."""
+        self.mask = self.mask[:, :columns]
+        self.cache = with_layers(self.cache, [(k[:, :, :columns], v[:, :, :columns]) for k, v in layers(self.cache)])
 
     def set_next_tokens(self, tokens: list[int]) -> None:
         self.next_tokens = torch.tensor(tokens, dtype=torch.long, device=self.mask.device).unsqueeze(-1)

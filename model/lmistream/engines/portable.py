@@ -11,7 +11,8 @@ A prompt starts from the longest prefix of it whose KV the prefix cache holds (`
 option.enable_prefix_caching, on by default; not for LoRA rows, whose KV depends on the adapter) and prefills only the
 rest; its full blocks are stored once it is prefilled whole, so a request cancelled or failed before that stores
 nothing. With option.max_rolling_batch_prefill_tokens a longer prompt is prefilled a chunk per step, each step also
-decoding the running rows, so that it does not stall their streams.
+decoding the running rows, so that it does not stall their streams; where the model allows (`packed_attention`), the
+chunk and the rows' step are one forward pass, which a CPU runs in much less time than the two apart.
 
 Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admitted requests
 carry their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the
@@ -26,7 +27,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import torch
 
@@ -49,6 +50,7 @@ from .loading import (
     text_config,
 )
 from .lora import LoraLayers
+from .packed_attention import PackedPass, supports_packing
 from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache, uniform_layers
 from .sampling import RequestSampler, select_tokens
 from .scheduler import QueuedRequest, Scheduler, StepPlan
@@ -57,6 +59,7 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 30.0
 #: which forward pass over the batch is about to run: joining prompts (a chunk of one included), or the running rows
 ForwardPass = Literal["prefill", "decode"]
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -85,6 +88,8 @@ class _Prefill:
     done: int = 0
     #: whether the request asks for its prompt's log-probabilities (`decoder_input_details`)
     prompt_logprobs: bool = False
+    #: the prompt's own cache, growing a chunk per packed pass (`packed_attention`); None until its first
+    cache: Any = None
 
 
 class PortableEngine:
@@ -116,6 +121,9 @@ class PortableEngine:
         self._thread: threading.Thread | None = None
         token_bytes = in_setup_thread(lambda: self._call.probe(self._device))
         self.prefix_cache = self._prefix_cache(config, token_bytes)
+        # a chunk and the rows' decode step share a pass where the model allows it; LoRA routes adapters by batch row
+        packs = self._chunk_tokens and not config.enable_lora and supports_packing(model, self._call.template)
+        self._packed = PackedPass(model) if packs else None
 
     def _prefix_cache(self, config: HandlerConfig, token_bytes: int) -> PrefixCache | None:
         if not config.enable_prefix_caching:
@@ -235,8 +243,14 @@ class PortableEngine:
             self._chunking = [p for p in self._chunking if p.row.request_id not in cancelled]
         if plan.admit:
             self._join(plan.admit)
+        if self._chunking and self._packed is not None:
+            self._packed_step(self._packed)
+            return
         if self._chunking:
             self._prefill_chunk()
+        self._decode()
+
+    def _decode(self) -> None:
         if self._batch is not None:
             self._route([row.adapter for row in self._rows])
             self._before_forward("decode")
@@ -278,41 +292,91 @@ class PortableEngine:
         elif self._prefill([pending], end):
             self._chunking.insert(0, pending)
 
+    def _packed_step(self, packed: PackedPass) -> None:
+        """The next chunk of the first prompt in line and the running rows' decode step, in one pass; its last chunk
+        joins it to the batch. A failed pass fails the prompt alone: the rows' step is undone and runs on its own."""
+        pending, batch = self._chunking[0], self._batch
+        assert self._chunk_tokens is not None  # prompts queue for chunks only when chunks have a size
+        end = min(pending.done + self._chunk_tokens, len(pending.prompt))
+        last, columns = end == len(pending.prompt), batch.mask.size(1) if batch is not None else 0
+
+        def chunk_pass() -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            if last and pending.prompt_logprobs:
+                pending.row.prefill = self._call.prompt_log_probs(list(pending.prompt), self._device)
+            self._before_forward("prefill")
+            if pending.cache is None:
+                past = [(keys[None], values[None]) for keys, values in pending.past or ()]
+                pending.cache = self._call.cache_of(past) if past else self._call.empty_cache()
+                pending.past = None  # the cache copies it into its buffers at the first append
+            return packed(batch, list(pending.prompt[pending.done : end]), pending.cache, pending.done, last)
+
+        if batch is not None:
+            self._before_forward("decode")
+        result = self._guarded([pending.row], chunk_pass)
+        if result is None:
+            self._chunking.pop(0)
+            if batch is not None:  # the rows' step again, on its own (its observers have seen it)
+                batch.trim(columns)
+                self._advance(batch, self._rows, batch.decode(self._call))
+            return
+        row_logits, chunk_logits = result
+        if batch is not None and row_logits is not None:
+            self._advance(batch, self._rows, row_logits)
+        pending.done = end
+        if chunk_logits is not None:
+            self._chunking.pop(0)
+            joined = DecodeBatch.of_prompt(pending.cache, end, self._device)
+            self._store(joined, [pending])
+            rows = [pending.row]
+            self._advance(joined, rows, chunk_logits[None])
+            if rows:
+                self._extend(joined, rows)
+
     def _prefill(self, pending: list[_Prefill], end: int | None = None) -> bool:
         """Prefill these prompts from where each stands: up to `end` (a chunk of one prompt, its KV kept for the next)
         or whole, then store them in the prefix cache, pick their first tokens and join them to the batch. A failure
         fails them alone, and the running rows go on; False then."""
         rows = [p.row for p in pending]
-        try:
-            with oom_as_handler_error("prefilling"):
-                for p in pending:
-                    if end is None and p.prompt_logprobs:  # once, over the whole prompt, when it joins the batch
-                        self._route([p.row.adapter])
-                        p.row.prefill = self._call.prompt_log_probs(list(p.prompt), self._device)
-                self._route([row.adapter for row in rows])
-                self._before_forward("prefill")
-                batch, logits = DecodeBatch.prefill(
-                    self._call,
-                    [list(p.prompt[p.done : end]) for p in pending],
-                    self.tokenizer.pad_token_id,
-                    self._device,
-                    [p.past for p in pending],
-                )
-                if end is not None:
-                    pending[0].past, pending[0].done = batch.row_kv(0), end
-                    return True
+
+        def prefill() -> DecodeBatch:
+            for p in pending:
+                if end is None and p.prompt_logprobs:  # once, over the whole prompt, when it joins the batch
+                    self._route([p.row.adapter])
+                    p.row.prefill = self._call.prompt_log_probs(list(p.prompt), self._device)
+            self._route([row.adapter for row in rows])
+            self._before_forward("prefill")
+            batch, logits = DecodeBatch.prefill(
+                self._call,
+                [list(p.prompt[p.done : end]) for p in pending],
+                self.tokenizer.pad_token_id,
+                self._device,
+                [p.past for p in pending],
+            )
+            if end is not None:
+                pending[0].past, pending[0].done = batch.row_kv(0), end
+            else:
                 self._store(batch, pending)
                 self._advance(batch, rows, logits)
+            return batch
+
+        batch = self._guarded(rows, prefill)
+        if batch is None:
+            return False
+        if end is None and rows:
+            self._extend(batch, rows)
+        return True
+
+    def _guarded(self, rows: list[_Row], prefill: Callable[[], Result]) -> Result | None:
+        """Run a prefill; a failure fails these joining rows alone (None then), and the running rows go on."""
+        try:
+            with oom_as_handler_error("prefilling"):
+                return prefill()
         except HandlerError as error:
             self._fail(rows, error.message, error.status)
-            return False
         except Exception as error:
             logger.exception("portable engine prefill failed")
             self._fail(rows, f"prefill failed: {error}")
-            return False
-        if rows:
-            self._extend(batch, rows)
-        return True
+        return None
 
     def _store(self, batch: DecodeBatch, pending: list[_Prefill]) -> None:
         """Keep the full blocks of prompts prefilled whole, before any of them can leave the batch."""

@@ -1,0 +1,106 @@
+"""packed_attention: one pass over a decode batch's rows and a prompt's chunk gives the logits, and leaves the KV, of the
+two passes it replaces (the rows' decode step, the chunk's prefill), with and without rows, from a prompt's start and
+after tokens already known; on a grouped-query model (heads folded over the chunk) and on the tiny trained one.
+transformers with the attention interface and cache layers only: elsewhere (the LMI 0.23 tier) the engine keeps a pass
+per chunk, and `supports_packing` says so."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+cache_utils = pytest.importorskip("transformers.cache_utils")
+if not hasattr(cache_utils, "DynamicLayer"):
+    pytest.skip("this transformers keeps tuples, not cache layers", allow_module_level=True)
+
+from lmikit.embedded_model import ensure_tiny_model
+from lmistream.engines.batch import DecodeBatch, ModelCaller, layers
+from lmistream.engines.packed_attention import PackedPass, supports_packing
+from reference import DTYPE_KEYWORD
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+CPU = torch.device("cpu")
+
+
+def _grouped_query_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _tiny_model() -> object:
+    return AutoModelForCausalLM.from_pretrained(str(ensure_tiny_model()), **{DTYPE_KEYWORD: torch.float32}).eval()
+
+
+@pytest.fixture(scope="module", params=["grouped-query", "tiny"])
+def model(request: pytest.FixtureRequest) -> object:
+    return _grouped_query_model() if request.param == "grouped-query" else _tiny_model()
+
+
+def _caller(model: object) -> ModelCaller:
+    call = ModelCaller(model)
+    call.probe(CPU)
+    return call
+
+
+def _prompt(generator: torch.Generator, length: int) -> list[int]:
+    return torch.randint(3, 90, (length,), generator=generator).tolist()
+
+
+@pytest.mark.parametrize("rows", [0, 3])
+@pytest.mark.parametrize("known", [0, 21])
+def test_a_packed_pass_equals_the_decode_step_and_the_chunk_prefill_apart(model, rows: int, known: int) -> None:
+    call, generator = _caller(model), torch.Generator().manual_seed(rows + known)
+    assert supports_packing(model, call.template)
+    packed = PackedPass(model)
+    prompt = _prompt(generator, known + 9)
+    with torch.inference_mode():
+        batch = None
+        if rows:  # rows of different lengths, left-padded, one decode step already taken
+            batch, logits = DecodeBatch.prefill(call, [_prompt(generator, n) for n in (7, 12, 4)][:rows], 0, CPU)
+            batch.set_next_tokens(logits.argmax(-1).tolist())
+            batch.set_next_tokens(batch.decode(call).argmax(-1).tolist())
+        chunk_cache = call.empty_cache()
+        if known:
+            _, chunk_cache = call(torch.tensor([prompt[:known]]), torch.ones((1, known), dtype=torch.long), None)
+        expected_batch, expected_chunk_cache = copy.deepcopy(batch), copy.deepcopy(chunk_cache)
+        expected_rows = expected_batch.decode(call) if expected_batch is not None else None
+        mask = torch.ones((1, len(prompt)), dtype=torch.long)
+        expected_chunk, expected_chunk_cache = call(torch.tensor([prompt[known:]]), mask, expected_chunk_cache)
+
+        row_logits, chunk_logits = packed(batch, prompt[known:], chunk_cache, known, last=True)
+
+    assert chunk_logits is not None and torch.allclose(chunk_logits, expected_chunk[0], atol=1e-4)
+    _assert_same_kv(chunk_cache, expected_chunk_cache)
+    if rows:
+        assert row_logits is not None and torch.allclose(row_logits, expected_rows, atol=1e-4)
+        assert torch.equal(batch.mask, expected_batch.mask)
+        _assert_same_kv(batch.cache, expected_batch.cache)
+    else:
+        assert row_logits is None
+
+
+def test_a_chunk_before_the_prompts_end_returns_only_the_rows_logits(model) -> None:
+    call, generator = _caller(model), torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        batch, logits = DecodeBatch.prefill(call, [_prompt(generator, 6)], 0, CPU)
+        batch.set_next_tokens(logits.argmax(-1).tolist())
+        row_logits, chunk_logits = PackedPass(model)(batch, _prompt(generator, 8), call.empty_cache(), 0, last=False)
+    assert chunk_logits is None and row_logits is not None and row_logits.shape[0] == 1
+    # the model's own attention is back once the pass is over
+    assert model.config._attn_implementation != "lmistream_packed"
+
+
+def _assert_same_kv(cache: object, expected: object) -> None:
+    for (keys, values), (expected_keys, expected_values) in zip(layers(cache), layers(expected), strict=True):
+        assert torch.allclose(keys, expected_keys, atol=1e-4) and torch.allclose(values, expected_values, atol=1e-4)
