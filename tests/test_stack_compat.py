@@ -18,6 +18,7 @@ TORCH_MODULES = {
     "loading.py",
     "batch.py",
     "kv_headroom.py",
+    "packed_attention.py",
     "sampling.py",
     "portable.py",
     "distributed.py",
