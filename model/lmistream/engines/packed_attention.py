@@ -42,7 +42,9 @@ class _Parts:
     rows_cache: Any
     rows_mask: torch.Tensor | None  # (rows, 1, 1, columns) bool, the new column included
     chunk_cache: Any
-    chunk_mask: torch.Tensor  # (1, 1, chunk, known + chunk) bool: causal after the tokens already known
+    #: (1, 1, groups * chunk, known + chunk) additive: causal after the tokens already known, tiled once per pass for
+    #: the query heads each key head serves (`_chunk_attention`)
+    chunk_mask: torch.Tensor
 
 
 def supports_packing(model: Any, cache: Any) -> bool:
@@ -75,6 +77,10 @@ class PackedPass:
 
         AttentionInterface.register(NAME, _packed_attention)
         self.model = model
+        config = getattr(model.config, "text_config", None) or model.config
+        self._groups = config.num_attention_heads // (
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        )
         self._configs = list(
             {
                 id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PretrainedConfig)
@@ -97,8 +103,7 @@ class PackedPass:
             rows_mask = batch.mask.bool()[:, None, None, :]
             positions = torch.cat([batch.mask.sum(-1) - 1, positions])
             ids = torch.cat([batch.next_tokens.squeeze(-1), ids])
-        columns = torch.arange(known + len(chunk), device=device)
-        chunk_mask = (columns[None, :] <= columns[known:, None])[None, None]
+        chunk_mask = self._chunk_mask(known, len(chunk))
         keep = torch.arange(rows, device=device)
         if last:
             keep = torch.cat([keep, keep.new_tensor([rows + len(chunk) - 1])])
@@ -114,6 +119,15 @@ class PackedPass:
             )
         logits = output.logits[0]
         return (logits[:rows] if rows else None), (logits[rows] if last else None)
+
+    def _chunk_mask(self, known: int, chunk: int) -> torch.Tensor:
+        """The chunk's additive causal mask, built once per pass rather than per layer: SDPA reads a float mask a
+        little faster than a boolean one, and a layer's tiling of it would write it once more per layer."""
+        columns = torch.arange(known + chunk, device=self.model.device)
+        visible = columns[None, :] <= columns[known:, None]
+        mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=visible.device)
+        mask.masked_fill_(~visible, torch.finfo(mask.dtype).min)
+        return mask.repeat(self._groups, 1)[None, None]
 
     @contextmanager
     def _packed(self) -> Iterator[None]:
@@ -161,14 +175,13 @@ def _chunk_attention(
 ) -> torch.Tensor:
     """The chunk's attention with each key head's query heads folded into its query positions, so that grouped-query
     attention reads the keys once instead of copying them per query head (`repeat_kv`, as transformers does for more
-    than one query position). (1, heads, chunk, dim) in, (1, chunk, heads, dim) out."""
+    than one query position); `mask` is already tiled for the folded positions. (1, heads, chunk, dim) in,
+    (1, chunk, heads, dim) out."""
     _, heads, chunk, dim = query.shape
     kv_heads = keys.size(1)
     groups = heads // kv_heads
     folded = query.reshape(1, kv_heads, groups * chunk, dim)
-    output = torch.nn.functional.scaled_dot_product_attention(
-        folded, keys, values, attn_mask=mask.repeat(1, 1, groups, 1), scale=scaling
-    )
+    output = torch.nn.functional.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scaling)
     return output.reshape(1, heads, chunk, dim).transpose(1, 2)
 
 
