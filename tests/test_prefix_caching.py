@@ -1,7 +1,7 @@
 """The portable engine's prefix cache and chunked prefill, with the tiny trained model on whichever stack runs the tests
 (transformers 5.24's cache classes here, 4.30.2's tuples in the LMI 0.23 tier): greedy output with the cache, under
 eviction, and with chunks equals the output of an engine without them, token for token; a cancelled prompt stores
-nothing; running rows decode between the chunks of a long prompt."""
+nothing, and a prompt whose join fails fails alone; running rows decode between the chunks of a long prompt."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def chunked() -> Iterator[tuple[PortableEngine, Timeline]]:
 
 def _run(started: tuple[PortableEngine, Timeline], request_id: str, prompt: list[int], **params) -> list[int]:
     engine, collector = started
+    assert request_id not in collector.updates, f"{request_id} already ran on this engine: its wait would not wait"
     engine.submit(request_id, prompt, GenerationParams(**{"max_new_tokens": NEW_TOKENS, **params}))
     collector.wait_finished(request_id)
     return collector.tokens(request_id)
@@ -197,4 +198,33 @@ def test_a_chunk_that_fails_mid_pass_fails_its_prompt_alone_and_the_running_rows
     assert countdown[0] == 0 and not collector.tokens("doomed")
     assert failure.code == 424 and "injected chunk fault" in (failure.error or "")
     assert collector.tokens("steady") == _run(plain, "steady", running, **params)
-    assert _run(chunked, "again", doomed) == _run(plain, "again", doomed)  # no slot or state left behind
+    assert _run(chunked, "again-chunk", doomed) == _run(plain, "again-chunk", doomed)  # no slot or state left behind
+
+
+def test_a_prompt_whose_store_fails_as_it_joins_fails_alone_and_leaves_no_slot(plain, chunked, monkeypatch) -> None:
+    """The join after a prompt's last chunk (its pass packed with the rows' step where the model allows it) stores
+    the prompt's blocks and picks its first token; a failure there is the prompt's alone."""
+    engine, collector = chunked
+    assert engine.prefix_cache is not None
+    failures = [1]
+    store = engine.prefix_cache.store
+
+    def store_failing_once(keys: list[bytes], kv: list) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("injected store fault")
+        store(keys, kv)
+
+    running, params = engine.tokenizer.encode("4, 5, 6,"), {"max_new_tokens": 40, "ignore_eos": True}
+    engine.submit("steady-store", running, GenerationParams(**params))
+    assert collector.wait_for(lambda: len(collector.tokens("steady-store")) >= 1)
+    monkeypatch.setattr(engine.prefix_cache, "store", store_failing_once)
+    doomed = engine.tokenizer.encode("The history of cakes. " * 20)
+    engine.submit("doomed-store", doomed, GenerationParams(max_new_tokens=NEW_TOKENS))
+    collector.wait_finished("doomed-store", "steady-store")
+    failure = collector.updates["doomed-store"][-1]
+    assert failures[0] == 0 and not collector.tokens("doomed-store")
+    assert failure.code == 424 and "injected store fault" in (failure.error or "")
+    assert collector.tokens("steady-store") == _run(plain, "steady-store", running, **params)
+    assert engine.running == 0
+    assert _run(chunked, "again-store", doomed) == _run(plain, "again-store", doomed)

@@ -325,25 +325,19 @@ class PortableEngine:
         pending.done = end
         if chunk_logits is not None:
             self._chunking.pop(0)
-            joined = DecodeBatch.of_prompt(pending.cache, end, self._device)
-            self._store(joined, [pending])
-            rows = [pending.row]
-            self._advance(joined, rows, chunk_logits[None])
-            if rows:
-                self._extend(joined, rows)
+            self._join_prefilled(DecodeBatch.of_prompt(pending.cache, end, self._device), [pending], chunk_logits[None])
 
     def _prefill(self, pending: list[_Prefill], end: int | None = None) -> bool:
         """Prefill these prompts from where each stands: up to `end` (a chunk of one prompt, its KV kept for the next)
-        or whole, then store them in the prefix cache, pick their first tokens and join them to the batch. A failure
-        fails them alone, and the running rows go on; False then."""
-        rows = [p.row for p in pending]
+        or whole, then join them to the batch (`_join_prefilled`). A failure fails them alone, and the running rows go
+        on; False then."""
 
-        def prefill() -> DecodeBatch:
+        def prefill() -> tuple[DecodeBatch, torch.Tensor]:
             for p in pending:
                 if end is None and p.prompt_logprobs:  # once, over the whole prompt, when it joins the batch
                     self._route([p.row.adapter])
                     p.row.prefill = self._call.prompt_log_probs(list(p.prompt), self._device)
-            self._route([row.adapter for row in rows])
+            self._route([p.row.adapter for p in pending])
             self._before_forward("prefill")
             batch, logits = DecodeBatch.prefill(
                 self._call,
@@ -354,15 +348,27 @@ class PortableEngine:
             )
             if end is not None:
                 pending[0].past, pending[0].done = batch.row_kv(0), end
-            else:
-                self._store(batch, pending)
-                self._advance(batch, rows, logits)
+            return batch, logits
+
+        result = self._guarded([p.row for p in pending], prefill)
+        if result is None:
+            return False
+        batch, logits = result
+        return end is not None or self._join_prefilled(batch, pending, logits)
+
+    def _join_prefilled(self, batch: DecodeBatch, pending: list[_Prefill], logits: torch.Tensor) -> bool:
+        """Store prompts prefilled whole in the prefix cache, pick their first tokens and join the rows that go on to
+        the running batch; a failure before the join fails them alone (False then)."""
+        rows = [p.row for p in pending]
+
+        def first_tokens() -> DecodeBatch:
+            self._store(batch, pending)
+            self._advance(batch, rows, logits)
             return batch
 
-        batch = self._guarded(rows, prefill)
-        if batch is None:
+        if self._guarded(rows, first_tokens) is None:
             return False
-        if end is None and rows:
+        if rows:
             self._extend(batch, rows)
         return True
 
