@@ -228,3 +228,41 @@ def test_a_prompt_whose_store_fails_as_it_joins_fails_alone_and_leaves_no_slot(p
     assert collector.tokens("steady-store") == _run(plain, "steady-store", running, **params)
     assert engine.running == 0
     assert _run(chunked, "again-store", doomed) == _run(plain, "again-store", doomed)
+
+
+def test_prompts_joining_together_whose_pass_fails_fail_alone_and_the_running_rows_go_on(plain, cached) -> None:
+    """Prompts admitted in one step share a pass with the rows' decode step where the model allows it; a failure in
+    that pass fails those prompts, and the rows decode the step again on their own, their output unchanged."""
+    engine, collector = cached
+    armed = [False]
+
+    def fail_a_prompt_pass(_layer: object, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if armed[0] and hidden.size(1) > 1:
+            armed[0] = False
+            raise RuntimeError("injected join fault")
+
+    running, params = engine.tokenizer.encode("7, 8, 9,"), {"max_new_tokens": 40, "ignore_eos": True}
+    doomed = [engine.tokenizer.encode(SYSTEM + question) for question in QUESTIONS[:2]]
+    to_submit = list(enumerate(doomed))
+
+    def submit_both_at_a_decode_step(kind: str) -> None:  # in the loop's thread: both queued by the next boundary
+        while kind == "decode" and to_submit:
+            index, prompt = to_submit.pop(0)
+            engine.submit(f"doomed-join{index}", prompt, GenerationParams(max_new_tokens=NEW_TOKENS))
+            armed[0] = True
+
+    engine.submit("steady-join", running, GenerationParams(**params))
+    assert collector.wait_for(lambda: len(collector.tokens("steady-join")) >= 1)
+    hook = engine._call.model.model.layers[1].register_forward_pre_hook(fail_a_prompt_pass, with_kwargs=True)
+    engine.observe_forward_passes(submit_both_at_a_decode_step)
+    try:
+        collector.wait_finished("doomed-join0", "doomed-join1", "steady-join")
+    finally:
+        hook.remove()
+    for index in range(2):
+        failure = collector.updates[f"doomed-join{index}"][-1]
+        assert failure.code == 424 and "injected join fault" in (failure.error or ""), failure
+    assert collector.tokens("steady-join") == _run(plain, "steady-join", running, **params)
+    assert engine.running == 0
+    assert _run(cached, "again-join", doomed[0]) == _run(plain, "again-join", doomed[0])

@@ -171,10 +171,22 @@ class DecodeBatch:
         return cls(mask, cache, ids[:, -1:]), logits
 
     @classmethod
-    def of_prompt(cls, cache: Any, tokens: int, device: torch.device) -> DecodeBatch:
-        """One row over a prompt prefilled into `cache` (all its `tokens`, no padding), its next token yet unset."""
-        ones = torch.ones((1, tokens), dtype=torch.long, device=device)
-        return cls(ones, cache, ones[:, -1:])
+    def of_prompts(cls, caches: list[Any], lengths: list[int], call: ModelCaller) -> DecodeBatch:
+        """Rows over prompts prefilled each into a cache of its own (one row, `lengths[i]` tokens, no padding),
+        left-padded to one width (one prompt's cache is taken as it is); their next tokens yet unset."""
+        width = max(lengths)
+        device = layers(caches[0])[0][0].device
+        mask = torch.zeros((len(caches), width), dtype=torch.long, device=device)
+        for row, length in enumerate(lengths):
+            mask[row, width - length :] = 1
+        if len(caches) == 1:
+            return cls(mask, caches[0], mask[:, -1:])
+        tensors = []
+        for layer in zip(*(layers(cache) for cache in caches)):  # one layer's (keys, values) of every prompt
+            keys = torch.cat([_pad_left(k, width, 2) for k, _ in layer])
+            values = torch.cat([_pad_left(v, width, 2) for _, v in layer])
+            tensors.append((keys, values))
+        return cls(mask, call.cache_of(tensors), mask[:, -1:])
 
     def row_kv(self, row: int) -> list[LayerKV]:
         """One row's KV per layer `(heads, tokens, head_dim)`, its padding left out, oldest token first."""

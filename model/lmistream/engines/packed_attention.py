@@ -1,19 +1,21 @@
-"""packed_attention: one forward pass over the decode batch's rows and a chunk of a prompt, for chunked prefill.
+"""packed_attention: one forward pass over the decode batch's rows and the prompts joining it, without padding.
 
-A chunk prefilled in a pass of its own costs the running rows a second pass per step, and on a CPU a pass has a
+A prompt prefilled in a pass of its own costs the running rows a second pass per step, and on a CPU a pass has a
 fixed part (the whole model's weights streamed once, the small matrix products) about as large as the 16-row decode
-step itself, so their inter-token latency doubles whatever the chunk's size. Packed, the rows' newest tokens and the
-chunk's tokens go through the model's layers as one sequence of `rows + chunk` tokens, and only attention runs apart:
-the attention function registered here with transformers' `AttentionInterface` splits each layer's queries, keys and
-values, appends the keys and values to each part's own cache in place (the batch's left-padded rows, the prompt's one
-row: `kv_headroom` layers) and runs SDPA on each part with its mask: transformers' own for the rows' single positions,
-and for the chunk torch's with grouped query heads folded into positions (transformers copies the keys per query head
-there, which over a long prompt costs more than the arithmetic).
+step itself, so their inter-token latency doubles whatever the prompt's size. Several prompts prefilled together in a
+rectangular batch pay for their padding, and transformers copies the keys of a grouped-query model per query head
+there (`repeat_kv`), which over a long cached prefix costs more than the arithmetic. Packed, the rows' newest tokens
+and each prompt's segment (the whole of its uncached part, or a chunk of it) go through the model's layers as one
+sequence, and only attention runs apart: the attention function registered here with transformers'
+`AttentionInterface` splits each layer's queries, keys and values, appends the keys and values to each part's own
+cache in place (the batch's left-padded rows, each prompt's one row: `kv_headroom` layers) and runs SDPA on each part
+with its mask: transformers' own for the rows' single positions, and for a segment torch's with grouped query heads
+folded into positions, so the keys are read once.
 
 Written here because transformers' attention over packed sequences is flash-attention's (GPUs only) or its paged
 continuous batching's, neither of which reads the portable engine's left-padded dynamic cache. Only where transformers
 has the interface, the model dispatches its attention through it and nothing else in a layer mixes positions
-(`supports_packing`); elsewhere (LMI 0.23's transformers 4.30) a chunk keeps a pass of its own.
+(`supports_packing`); elsewhere (LMI 0.23's transformers 4.30) prompts are prefilled in passes of their own.
 """
 
 from __future__ import annotations
@@ -35,16 +37,27 @@ PARTS_ARG = "lmistream_parts"
 
 
 @dataclass
+class Segment:
+    """A prompt's part of a packed pass: its `tokens` after the `known` ones whose KV `cache` holds (theirs is
+    appended to it); `last` when they end the prompt, whose next-token logits the pass then returns."""
+
+    tokens: list[int]
+    cache: Any
+    known: int
+    last: bool
+
+
+@dataclass
 class _Parts:
-    """What each layer's attention needs to split a packed pass: the decode rows' cache and mask, the prompt's."""
+    """What each layer's attention needs to split a packed pass: the decode rows' cache and mask, and per segment its
+    length, cache and mask."""
 
     rows: int
     rows_cache: Any
     rows_mask: torch.Tensor | None  # (rows, 1, 1, columns) bool, the new column included
-    chunk_cache: Any
-    #: (1, 1, groups * chunk, known + chunk) additive: causal after the tokens already known, tiled once per pass for
-    #: the query heads each key head serves (`_chunk_attention`)
-    chunk_mask: torch.Tensor
+    #: per segment: its tokens, its cache, and its (1, 1, groups * tokens, known + tokens) additive mask, causal
+    #: after the tokens already known and tiled once per pass for the query heads each key head serves
+    segments: list[tuple[int, Any, torch.Tensor]]
 
 
 def supports_packing(model: Any, cache: Any) -> bool:
@@ -88,42 +101,49 @@ class PackedPass:
         )
 
     def __call__(
-        self, batch: DecodeBatch | None, chunk: list[int], chunk_cache: Any, known: int, last: bool
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Decode every row of `batch` once and prefill `chunk` (the prompt's tokens after its first `known`, whose KV
-        `chunk_cache` holds and which the chunk's is appended to). Returns the rows' next-token logits (None without a
-        batch) and, for the prompt's `last` chunk, its next-token logits."""
+        self, batch: DecodeBatch | None, segments: list[Segment]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """Decode every row of `batch` once and prefill each segment. Returns the rows' next-token logits (None
+        without a batch) and, per segment, the next-token logits of its prompt where it is the `last` (else None)."""
         device = self.model.device
         rows = len(batch) if batch is not None else 0
-        positions = torch.arange(known, known + len(chunk), device=device)
-        ids = torch.tensor(chunk, dtype=torch.long, device=device)
+        positions = [torch.arange(s.known, s.known + len(s.tokens), device=device) for s in segments]
+        ids = [torch.tensor(s.tokens, dtype=torch.long, device=device) for s in segments]
         rows_mask = None
         if batch is not None:
             batch.grow()
             rows_mask = batch.mask.bool()[:, None, None, :]
-            positions = torch.cat([batch.mask.sum(-1) - 1, positions])
-            ids = torch.cat([batch.next_tokens.squeeze(-1), ids])
-        chunk_mask = self._chunk_mask(known, len(chunk))
-        keep = torch.arange(rows, device=device)
-        if last:
-            keep = torch.cat([keep, keep.new_tensor([rows + len(chunk) - 1])])
-        parts = _Parts(rows, batch.cache if batch is not None else None, rows_mask, chunk_cache, chunk_mask)
+            positions.insert(0, batch.mask.sum(-1) - 1)
+            ids.insert(0, batch.next_tokens.squeeze(-1))
+        masks: dict[tuple[int, int], torch.Tensor] = {}  # segments alike share one
+        parts = _Parts(rows, batch.cache if batch is not None else None, rows_mask, [])
+        keep, end = list(range(rows)), rows
+        for segment in segments:
+            shape = (segment.known, len(segment.tokens))
+            if shape not in masks:
+                masks[shape] = self._segment_mask(*shape)
+            mask = masks[shape]
+            parts.segments.append((len(segment.tokens), segment.cache, mask))
+            end += len(segment.tokens)
+            if segment.last:
+                keep.append(end - 1)
         with self._packed():
             output = self.model(
-                input_ids=ids[None],
-                position_ids=positions[None],
+                input_ids=torch.cat(ids)[None],
+                position_ids=torch.cat(positions)[None],
                 use_cache=False,
                 return_dict=True,
-                logits_to_keep=keep,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=device),
                 **{PARTS_ARG: parts},
             )
         logits = output.logits[0]
-        return (logits[:rows] if rows else None), (logits[rows] if last else None)
+        lasts = iter(logits[rows:])
+        return (logits[:rows] if rows else None), [next(lasts) if segment.last else None for segment in segments]
 
-    def _chunk_mask(self, known: int, chunk: int) -> torch.Tensor:
-        """The chunk's additive causal mask, built once per pass rather than per layer: SDPA reads a float mask a
+    def _segment_mask(self, known: int, tokens: int) -> torch.Tensor:
+        """A segment's additive causal mask, built once per pass rather than per layer: SDPA reads a float mask a
         little faster than a boolean one, and a layer's tiling of it would write it once more per layer."""
-        columns = torch.arange(known + chunk, device=self.model.device)
+        columns = torch.arange(known + tokens, device=self.model.device)
         visible = columns[None, :] <= columns[known:, None]
         mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=visible.device)
         mask.masked_fill_(~visible, torch.finfo(mask.dtype).min)
@@ -149,7 +169,7 @@ def _packed_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """One layer's attention over a packed pass: (1, heads, rows + chunk, dim) in, (1, rows + chunk, heads, dim) out."""
+    """One layer's attention over a packed pass: (1, heads, tokens, dim) in, (1, tokens, heads, dim) out."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     parts: _Parts = kwargs.pop(PARTS_ARG)
@@ -163,26 +183,28 @@ def _packed_attention(
             module, _as_rows(query[:, :, :rows]), row_keys, row_values, parts.rows_mask, **kwargs
         )
         outputs.append(row_output.transpose(0, 1))  # (rows, 1, heads, dim) -> (1, rows, heads, dim)
-    chunk_keys, chunk_values = parts.chunk_cache.layers[layer].update(key[:, :, rows:], value[:, :, rows:])
-    outputs.append(
-        _chunk_attention(query[:, :, rows:], chunk_keys, chunk_values, parts.chunk_mask, kwargs.get("scaling"))
-    )
+    start = rows
+    for length, cache, mask in parts.segments:
+        span = slice(start, start + length)
+        keys, values = cache.layers[layer].update(key[:, :, span], value[:, :, span])
+        outputs.append(_segment_attention(query[:, :, span], keys, values, mask, kwargs.get("scaling")))
+        start += length
     return torch.cat(outputs, dim=1), None
 
 
-def _chunk_attention(
+def _segment_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float | None
 ) -> torch.Tensor:
-    """The chunk's attention with each key head's query heads folded into its query positions, so that grouped-query
+    """A segment's attention with each key head's query heads folded into its query positions, so that grouped-query
     attention reads the keys once instead of copying them per query head (`repeat_kv`, as transformers does for more
-    than one query position); `mask` is already tiled for the folded positions. (1, heads, chunk, dim) in,
-    (1, chunk, heads, dim) out."""
-    _, heads, chunk, dim = query.shape
+    than one query position); `mask` is already tiled for the folded positions. (1, heads, tokens, dim) in,
+    (1, tokens, heads, dim) out."""
+    _, heads, tokens, dim = query.shape
     kv_heads = keys.size(1)
     groups = heads // kv_heads
-    folded = query.reshape(1, kv_heads, groups * chunk, dim)
+    folded = query.reshape(1, kv_heads, groups * tokens, dim)
     output = torch.nn.functional.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scaling)
-    return output.reshape(1, heads, chunk, dim).transpose(1, 2)
+    return output.reshape(1, heads, tokens, dim).transpose(1, 2)
 
 
 def _as_rows(packed: torch.Tensor) -> torch.Tensor:

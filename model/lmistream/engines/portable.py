@@ -11,8 +11,9 @@ A prompt starts from the longest prefix of it whose KV the prefix cache holds (`
 option.enable_prefix_caching, on by default; not for LoRA rows, whose KV depends on the adapter) and prefills only the
 rest; its full blocks are stored once it is prefilled whole, so a request cancelled or failed before that stores
 nothing. With option.max_rolling_batch_prefill_tokens a longer prompt is prefilled a chunk per step, each step also
-decoding the running rows, so that it does not stall their streams; where the model allows (`packed_attention`), the
-chunk and the rows' step are one forward pass, which a CPU runs in much less time than the two apart.
+decoding the running rows, so that it does not stall their streams. Where the model allows (`packed_attention`; not
+with LoRA, whose adapters are routed by batch row), the rows' decode step, the prompts joining whole and the next chunk
+are one forward pass over unpadded segments, which a CPU runs in much less time than padded passes apart.
 
 Tensor-parallel ranks stay in lockstep because a step is a pure function of its plan and the model: admitted requests
 carry their seeds, nothing in a step reads the clock or the queue, and finishing on eos or length depends only on the
@@ -50,7 +51,7 @@ from .loading import (
     text_config,
 )
 from .lora import LoraLayers
-from .packed_attention import PackedPass, supports_packing
+from .packed_attention import PackedPass, Segment, supports_packing
 from .prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, PrefixCache, uniform_layers
 from .sampling import RequestSampler, select_tokens
 from .scheduler import QueuedRequest, Scheduler, StepPlan
@@ -121,8 +122,8 @@ class PortableEngine:
         self._thread: threading.Thread | None = None
         token_bytes = in_setup_thread(lambda: self._call.probe(self._device))
         self.prefix_cache = self._prefix_cache(config, token_bytes)
-        # a chunk and the rows' decode step share a pass where the model allows it; LoRA routes adapters by batch row
-        packs = self._chunk_tokens and not config.enable_lora and supports_packing(model, self._call.template)
+        # joining prompts and the rows' decode step share a pass where the model allows it; LoRA routes adapters by row
+        packs = not config.enable_lora and supports_packing(model, self._call.template)
         self._packed = PackedPass(model) if packs else None
 
     def _prefix_cache(self, config: HandlerConfig, token_bytes: int) -> PrefixCache | None:
@@ -236,16 +237,17 @@ class PortableEngine:
 
     def step(self, plan: StepPlan) -> None:
         """Apply one plan: drop cancelled rows, prefill and join admitted ones (a prompt longer than a chunk: its
-        next chunk), decode every row once."""
+        next chunk), decode every row once; in one packed pass where the model allows."""
         if plan.cancel:
             cancelled = set(plan.cancel)
             self._keep([i for i, row in enumerate(self._rows) if row.request_id not in cancelled])
             self._chunking = [p for p in self._chunking if p.row.request_id not in cancelled]
-        if plan.admit:
-            self._join(plan.admit)
-        if self._chunking and self._packed is not None:
-            self._packed_step(self._packed)
+        whole = self._join(plan.admit) if plan.admit else []
+        if self._packed is not None and (whole or self._chunking):
+            self._packed_step(self._packed, whole)
             return
+        if whole:
+            self._prefill(whole)
         if self._chunking:
             self._prefill_chunk()
         self._decode()
@@ -257,15 +259,13 @@ class PortableEngine:
             logits = self._batch.decode(self._call)
             self._advance(self._batch, self._rows, logits)
 
-    def _join(self, admitted: tuple[QueuedRequest, ...]) -> None:
-        """Start the admitted requests from their cached prefixes; prefill together those that fit in a chunk, and
-        queue the others to be prefilled a chunk per step."""
+    def _join(self, admitted: tuple[QueuedRequest, ...]) -> list[_Prefill]:
+        """Start the admitted requests from their cached prefixes; queue those longer than a chunk to be prefilled a
+        chunk per step, and return the others, to be prefilled whole in this step."""
         pending = [self._from_cache(request) for request in admitted]
         chunk = self._chunk_tokens
-        whole = [p for p in pending if chunk is None or len(p.prompt) - p.done <= chunk]
         self._chunking.extend(p for p in pending if chunk is not None and len(p.prompt) - p.done > chunk)
-        if whole:
-            self._prefill(whole)
+        return [p for p in pending if chunk is None or len(p.prompt) - p.done <= chunk]
 
     def _from_cache(self, request: QueuedRequest) -> _Prefill:
         """The request's row and what the prefix cache holds of its prompt (LoRA rows are not cached: their KV
@@ -292,40 +292,52 @@ class PortableEngine:
         elif self._prefill([pending], end):
             self._chunking.insert(0, pending)
 
-    def _packed_step(self, packed: PackedPass) -> None:
-        """The next chunk of the first prompt in line and the running rows' decode step, in one pass; its last chunk
-        joins it to the batch. A failed pass fails the prompt alone: the rows' step is undone and runs on its own."""
-        pending, batch = self._chunking[0], self._batch
-        assert self._chunk_tokens is not None  # prompts queue for chunks only when chunks have a size
-        end = min(pending.done + self._chunk_tokens, len(pending.prompt))
-        last, columns = end == len(pending.prompt), batch.mask.size(1) if batch is not None else 0
+    def _packed_step(self, packed: PackedPass, whole: list[_Prefill]) -> None:
+        """The running rows' decode step, the prompts joining whole and the next chunk of the first prompt in line, in
+        one pass; the prompts it ends join the batch. A failed pass fails those prompts alone: the rows' step is
+        undone and runs on its own."""
+        batch, parts = self._batch, [(p, len(p.prompt)) for p in whole]
+        if self._chunking:
+            head = self._chunking[0]
+            assert self._chunk_tokens is not None  # prompts queue for chunks only when chunks have a size
+            parts.append((head, min(head.done + self._chunk_tokens, len(head.prompt))))
+        columns = batch.mask.size(1) if batch is not None else 0
 
-        def chunk_pass() -> tuple[torch.Tensor | None, torch.Tensor | None]:
-            if last and pending.prompt_logprobs:
-                pending.row.prefill = self._call.prompt_log_probs(list(pending.prompt), self._device)
+        def packed_pass() -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+            for pending, end in parts:
+                if end == len(pending.prompt) and pending.prompt_logprobs:
+                    pending.row.prefill = self._call.prompt_log_probs(list(pending.prompt), self._device)
             self._before_forward("prefill")
-            if pending.cache is None:
-                past = [(keys[None], values[None]) for keys, values in pending.past or ()]
-                pending.cache = self._call.cache_of(past) if past else self._call.empty_cache()
-                pending.past = None  # the cache copies it into its buffers at the first append
-            return packed(batch, list(pending.prompt[pending.done : end]), pending.cache, pending.done, last)
+            return packed(batch, [_segment(pending, end, self._cache_of(pending)) for pending, end in parts])
 
         if batch is not None:
             self._before_forward("decode")
-        result = self._guarded([pending.row], chunk_pass)
+        result = self._guarded([pending.row for pending, _ in parts], packed_pass)
         if result is None:
-            self._chunking.pop(0)
+            self._chunking = [p for p in self._chunking if all(p is not pending for pending, _ in parts)]
             if batch is not None:  # the rows' step again, on its own (its observers have seen it)
                 batch.trim(columns)
                 self._advance(batch, self._rows, batch.decode(self._call))
             return
-        row_logits, chunk_logits = result
+        row_logits, prompt_logits = result
         if batch is not None and row_logits is not None:
             self._advance(batch, self._rows, row_logits)
-        pending.done = end
-        if chunk_logits is not None:
-            self._chunking.pop(0)
-            self._join_prefilled(DecodeBatch.of_prompt(pending.cache, end, self._device), [pending], chunk_logits[None])
+        for pending, end in parts:
+            pending.done = end
+        ended = [(pending, logits) for (pending, _), logits in zip(parts, prompt_logits) if logits is not None]
+        if ended:
+            prompts = [pending for pending, _ in ended]
+            self._chunking = [p for p in self._chunking if all(p is not pending for pending in prompts)]
+            joined = DecodeBatch.of_prompts([p.cache for p in prompts], [p.done for p in prompts], self._call)
+            self._join_prefilled(joined, prompts, torch.stack([logits for _, logits in ended]))
+
+    def _cache_of(self, pending: _Prefill) -> Any:
+        """The prompt's own cache for packed passes: made at its first from what the prefix cache held of it."""
+        if pending.cache is None:
+            past = [(keys[None], values[None]) for keys, values in pending.past or ()]
+            pending.cache = self._call.cache_of(past) if past else self._call.empty_cache()
+            pending.past = None  # the cache copies it into its buffers at the first append
+        return pending.cache
 
     def _prefill(self, pending: list[_Prefill], end: int | None = None) -> bool:
         """Prefill these prompts from where each stands: up to `end` (a chunk of one prompt, its KV kept for the next)
@@ -457,6 +469,11 @@ def _load(config: HandlerConfig, device: torch.device, tp: TensorParallel | None
     if tp is not None:
         return load_sharded(config, device, tp)
     return (*load(config, device), "one device")
+
+
+def _segment(pending: _Prefill, end: int, cache: Any) -> Segment:
+    """A prompt's tokens from where it stands up to `end`, as a packed pass's segment over its own cache."""
+    return Segment(list(pending.prompt[pending.done : end]), cache, pending.done, end == len(pending.prompt))
 
 
 def _keep_rows(batch: DecodeBatch, rows: list[_Row], keep: list[int]) -> None:
