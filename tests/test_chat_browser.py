@@ -205,7 +205,10 @@ def set_tools(page: Page, tools: str, choice: str) -> None:
 
 
 def stats(page: Page) -> tuple[str, str, int]:
-    ttft, rate = (metric.inner_text() for metric in page.locator('[data-testid="stMetricValue"]').all())
+    """The sidebar's figures for the last answer, once the page has drawn them (they render after the answer)."""
+    metrics = page.locator('[data-testid="stMetricValue"]')
+    expect(metrics).to_have_count(2)
+    ttft, rate = (metric.inner_text() for metric in metrics.all())
     tokens = page.get_by_text(re.compile(r"^\d+ tokens$")).inner_text()
     return ttft, rate, int(tokens.split()[0])
 
